@@ -1,0 +1,40 @@
+# defacegan: the three commands a newcomer needs are `make install`, `make test`, `make train`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH  ?= torch==2.13.0
+DEMO   ?= data/demo
+
+.PHONY: install test test-all train demo weights bench clean
+
+install:
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e '.[dev]'
+	@if [ ! -f /usr/share/mricron/templates/ch2.nii.gz ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's mricron-data (Colin27 head)"; \
+		(apt-get update -qq && apt-get install -y -qq mricron-data) || echo "warning: mricron-data not installed; demo uses pydeface's head only"; \
+	fi
+
+test:
+	$(PY) -m pytest -q
+
+test-all:
+	$(PY) -m pytest -q -m ''
+
+demo:
+	test -f $(DEMO)/manifest.csv || $(VENV)/bin/defacegan data build --source demo --out $(DEMO)
+
+train: demo
+	$(PY) train.py data.root=$(DEMO)
+
+weights:
+	$(PY) -m defacegan.weights
+
+bench:
+	$(PY) bench/deface.py
+	$(PY) bench/pipeline.py
+
+clean:
+	rm -rf outputs multirun wandb

@@ -1,0 +1,221 @@
+"""Load, validate and save NIfTI head scans.
+
+Every scan enters the project through :func:`load_scan`, which returns the volume in closest
+canonical orientation (RAS+: axis 0 runs left→right, axis 1 posterior→anterior, axis 2
+inferior→superior) as float32, and remembers how to go back to the file's own orientation so
+outputs can be written in the input's space and header. Anything unusable raises
+:class:`ScanError` with a one-line message naming the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+class ScanError(Exception):
+    """A scan that cannot be used. ``str()`` is ``'<path>: <reason>'`` on one line."""
+
+    def __init__(self, path: str | os.PathLike | None, reason: str):
+        self.path = None if path is None else str(path)
+        self.reason = " ".join(str(reason).split())
+        super().__init__(f"{self.path or '<array>'}: {self.reason}")
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """A validated 3D scan in RAS+ orientation.
+
+    ``data`` is float32 (scaling applied); ``affine`` maps its voxels to scanner mm.
+    ``original`` is the image as stored on disk (header and orientation), used by
+    :meth:`to_original` so that outputs land in the input's own voxel order and header.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    original: nib.Nifti1Image | None = None
+    path: Path | None = None
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
+
+    @property
+    def image(self) -> nib.Nifti1Image:
+        """The RAS+ volume as a float32 NIfTI image."""
+        return nib.Nifti1Image(self.data, self.affine)
+
+    def to_original(self, data: np.ndarray, dtype: np.dtype | None = None) -> nib.Nifti1Image:
+        """Put a RAS+ array (same grid as ``data``) back into the input's orientation and header.
+
+        ``dtype`` defaults to the input's stored type for intensity outputs; pass ``np.uint8``
+        for masks.
+        """
+        if data.shape != self.data.shape:
+            raise ValueError(f"shape {data.shape} does not match the scan's {self.data.shape}")
+        if self.original is None:
+            return nib.Nifti1Image(np.asarray(data, dtype=dtype or np.float32), self.affine)
+        to_disk = ornt_transform(io_orientation(self.affine), io_orientation(self.original.affine))
+        array = apply_orientation(np.asarray(data, dtype=np.float32), to_disk)
+        header = self.original.header.copy()
+        if dtype is None:
+            # The input's stored type; NaN slope lets nibabel choose the scaling on save.
+            header.set_data_dtype(self.original.get_data_dtype())
+            header.set_slope_inter(np.nan, np.nan)
+        else:
+            header.set_data_dtype(np.dtype(dtype))
+            header.set_slope_inter(1.0, 0.0)
+            if np.issubdtype(np.dtype(dtype), np.integer):
+                array = np.rint(array).astype(dtype)
+        return type(self.original)(array, self.original.affine, header)
+
+
+def validate_volume(data: np.ndarray, name: str | os.PathLike | None = None) -> np.ndarray:
+    """Return ``data`` as a float32 3D array, or raise :class:`ScanError` explaining why not.
+
+    A trailing singleton 4th dimension is squeezed; real 2D/4D data, NaN/inf values, empty and
+    constant volumes are rejected.
+    """
+    data = np.asarray(data)
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        kind = f"{data.ndim}D" if data.ndim != 4 else f"4D with {data.shape[3]} volumes"
+        raise ScanError(name, f"expected a 3D volume, got {kind} array of shape {data.shape}")
+    if min(data.shape) < 2:
+        raise ScanError(name, f"volume of shape {data.shape} is too thin to be a head scan")
+    if data.size == 0:
+        raise ScanError(name, "volume is empty")
+    if np.issubdtype(data.dtype, np.complexfloating):
+        raise ScanError(name, f"complex data ({data.dtype}) is not a magnitude image")
+    data = data.astype(np.float32, copy=False)
+    finite = np.isfinite(data)
+    if not finite.all():
+        raise ScanError(name, f"{(~finite).sum()} voxels are NaN or infinite")
+    if float(data.max()) == float(data.min()):
+        raise ScanError(name, f"volume is constant (all voxels = {float(data.min()):g})")
+    return data
+
+
+def load_scan(path: str | os.PathLike) -> Scan:
+    """Read a NIfTI file, reorient it to RAS+ and validate it; never modifies the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ScanError(path, "no such file")
+    if path.is_dir():
+        raise ScanError(path, "is a folder, not a NIfTI file")
+    if path.stat().st_size == 0:
+        raise ScanError(path, "file is empty (0 bytes)")
+    try:
+        image = nib.load(str(path))
+    except Exception as error:  # nibabel raises many types for foreign or broken files
+        raise ScanError(path, f"not a readable NIfTI file ({type(error).__name__}: {error})") from None
+    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise ScanError(path, f"not a NIfTI image ({type(image).__name__})")
+    shape = image.shape
+    if len(shape) > 3 and int(np.prod(shape[3:])) > 1:
+        raise ScanError(path, f"expected a 3D volume, got 4D with shape {shape}")
+    if np.prod(shape) > 2_000_000_000:
+        raise ScanError(path, f"header dims {shape} are implausibly large")
+    try:
+        data = np.asanyarray(image.dataobj)
+    except (EOFError, OSError, ValueError, zlib.error, gzip.BadGzipFile) as error:
+        raise ScanError(path, f"truncated or corrupt data ({type(error).__name__}: {error})") from None
+    data = validate_volume(data, path)
+    affine = image.affine
+    if affine is None or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise ScanError(path, "header has no usable voxel-to-world affine")
+    ornt = io_orientation(affine)
+    canonical = apply_orientation(data, ornt)
+    canonical_affine = affine @ inv_ornt_aff(ornt, data.shape)
+    return Scan(np.ascontiguousarray(canonical, dtype=np.float32), canonical_affine, image, path)
+
+
+def save_nifti(
+    image: nib.Nifti1Image,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    protect: tuple[str | os.PathLike, ...] = (),
+) -> Path:
+    """Write ``image`` atomically: a temporary file in the target folder, then a rename.
+
+    Refuses to write onto an existing file unless ``overwrite``, and always refuses to write
+    onto any path in ``protect`` (the inputs), so a run can never clobber its own inputs.
+    """
+    path = Path(path)
+    if not is_nifti(path):
+        raise ValueError(f"{path}: output name must end in .nii or .nii.gz")
+    target = path.resolve()
+    if any(target == Path(p).resolve() for p in protect):
+        raise ScanError(path, "refusing to overwrite an input file")
+    if path.exists() and not overwrite:
+        raise ScanError(path, "output exists (pass overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(image, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file (TSV, JSON, HTML, Markdown) atomically."""
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def find_scans(paths: list[str | os.PathLike]) -> list[Path]:
+    """Expand files and folders (recursively) into a sorted list of NIfTI paths.
+
+    Files named explicitly are kept even if they do not look like NIfTI, so that they are
+    reported as unreadable rather than silently skipped.
+    """
+    found: list[Path] = []
+    for item in map(Path, paths):
+        if item.is_dir():
+            found.extend(sorted(p for p in item.rglob("*") if p.is_file() and is_nifti(p)))
+        else:
+            found.append(item)
+    return list(dict.fromkeys(found))
+
+
+def stem(path: str | os.PathLike) -> str:
+    """File name without .nii / .nii.gz."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name

@@ -1,0 +1,3 @@
+from defacegan.train import main
+
+main()
