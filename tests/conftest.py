@@ -1,0 +1,27 @@
+"""Shared fixtures: real data locations and small generated heads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+IXI_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ixi-t1-2mm"
+
+
+@pytest.fixture(scope="session")
+def ixi_dir() -> Path:
+    """The 32 real IXI heads (2 mm) beside the project; skip where a clone lacks them."""
+    folder = Path(os.environ.get("DEFACEGAN_IXI_DIR", IXI_DIR))
+    if not any(folder.glob("*.nii.gz")):
+        pytest.skip(f"real IXI subset not found at {folder} (set DEFACEGAN_IXI_DIR)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ixi_scans(ixi_dir: Path) -> list[Path]:
+    return sorted(ixi_dir.glob("*.nii.gz"))
