@@ -1,0 +1,145 @@
+"""Multi-branch CNN: is this head defaced?
+
+One small conv stack per 2D view (the seed's design: 8, 16, 32 filters, kernel 3, on 32×32
+views); the branches are independent but run as one grouped convolution, so six views cost one
+kernel launch per layer. Branch features are concatenated into a dense head with dropout that
+outputs one logit, p(defaced) = sigmoid(logit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from pytorch_lightning import LightningModule
+from torch import nn
+
+from defacegan import report
+from defacegan.metrics import classification_metrics
+from defacegan.views import VIEW_MODES
+
+
+def branch_stack(n_views: int, channels: Sequence[int], kernel_size: int) -> nn.Sequential:
+    """Per-view conv → BN → ReLU → pool blocks, kept separate by ``groups=n_views``."""
+    layers: list[nn.Module] = []
+    width = 1
+    for out in channels:
+        layers += [
+            nn.Conv2d(n_views * width, n_views * out, kernel_size, padding=kernel_size // 2, groups=n_views),
+            nn.BatchNorm2d(n_views * out),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        ]
+        width = out
+    return nn.Sequential(*layers)
+
+
+class MultiBranchCNN(LightningModule):
+    """Binary classifier over a stack of views (B, V, S, S) in [0, 1]; label 1 = defaced.
+
+    ``view_mode``, ``size``, ``spacing`` and ``grid_shape`` describe the input it was trained on
+    (which views, their pixel size, the standard 3D grid in mm/voxels); they are saved in the
+    checkpoint so inference prepares scans exactly as training did.
+    """
+
+    task = "classify"
+
+    def __init__(
+        self,
+        view_mode: str = "all",
+        size: int = 32,
+        spacing: float = 2.0,
+        grid_shape: Sequence[int] = (128, 128, 128),
+        channels: Sequence[int] = (8, 16, 32),
+        kernel_size: int = 3,
+        hidden: int = 64,
+        dropout: float = 0.3,
+        pooled: int = 4,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        n_views = len(VIEW_MODES[view_mode])
+        self.branches = branch_stack(n_views, list(channels), kernel_size)
+        self.pool = nn.AdaptiveAvgPool2d(pooled)  # any view size → fixed feature length
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(n_views * channels[-1] * pooled * pooled, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, 1),
+        )
+        self.loss = nn.BCEWithLogitsLoss()
+        self._outputs: dict[str, list[dict]] = {"val": [], "test": []}
+        self.test_results: dict[str, np.ndarray] = {}
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        """Logits (B,) for views (B, V, S, S)."""
+        return self.head(self.pool(self.branches(views))).squeeze(1)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self(batch["views"]), batch["label"].float())
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
+        return loss
+
+    def _evaluate(self, batch: dict, stage: str) -> None:
+        logits = self(batch["views"])
+        self.log(f"{stage}/loss", self.loss(logits, batch["label"].float()), batch_size=len(logits))
+        self._outputs[stage].append(
+            {
+                "probability": torch.sigmoid(logits.float()).cpu(),
+                "label": batch["label"].cpu(),
+                "subject": list(batch["subject"]),
+                "kind": list(batch["kind"]),
+            }
+        )
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _epoch_end(self, stage: str) -> dict[str, np.ndarray]:
+        outputs = self._outputs[stage]
+        self._outputs[stage] = []
+        if not outputs:
+            return {}
+        results = collate_predictions(outputs)
+        scores = classification_metrics(results["label"], results["probability"])
+        self.log_dict({f"{stage}/{k}": v for k, v in scores.items() if k not in ("confusion", "n")})
+        return results
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._epoch_end("test")
+
+    def test_summary(self, out) -> dict:
+        """Test metrics (all, per defacing method) and ROC/confusion PNGs in ``out``."""
+        r = self.test_results
+        return report.classification_outputs(r["label"], r["probability"], r["kind"], out)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return torch.sigmoid(self(batch["views"]).float())
+
+    def configure_optimizers(self):
+        optimizer = (self.hparams.optimizer or torch.optim.AdamW)(self.parameters())
+        if self.hparams.scheduler is None:
+            return optimizer
+        # `monitor` serves ReduceLROnPlateau; other schedulers ignore it.
+        scheduler = {"scheduler": self.hparams.scheduler(optimizer), "monitor": "val/loss"}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def collate_predictions(outputs: list[dict]) -> dict[str, np.ndarray]:
+    """Concatenate per-batch prediction dicts into arrays (probability, label, subject, kind)."""
+    return {
+        "probability": torch.cat([o["probability"] for o in outputs]).numpy(),
+        "label": torch.cat([o["label"] for o in outputs]).numpy().astype(int),
+        "subject": np.array([s for o in outputs for s in o["subject"]]),
+        "kind": np.array([k for o in outputs for k in o["kind"]]),
+    }

@@ -1,0 +1,163 @@
+"""`train(cfg)`: compose, instantiate, fit, test on the best checkpoint, report.
+
+Lightning models (CNN, Pix2Pix) go through a Trainer; scikit-learn voting models are fitted on
+the same DataModule's views without one. Either way the run folder gets `metrics.json`, plots
+and a printed table, and a W&B run is always finished so multirun jobs never log into each other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import joblib
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning import LightningModule, seed_everything
+from pytorch_lightning.loggers import Logger, WandbLogger
+
+from defacegan import report
+from defacegan.io import atomic_write_text
+from defacegan.metrics import classification_report
+
+log = logging.getLogger(__name__)
+
+OmegaConf.register_new_resolver("path_name", lambda path: Path(str(path)).name, replace=True)
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
+    """Loggers from the `logger` group; the W&B-only `log_faces` switch is not a logger argument."""
+    loggers = []
+    for name, conf in (cfg or {}).items():
+        conf = OmegaConf.to_container(conf, resolve=True)
+        conf.pop("log_faces", None)
+        loggers.append(instantiate(conf))
+        log.info("logger %s", name)
+    return loggers
+
+
+def finish_wandb(loggers: list[Logger]) -> None:
+    if any(isinstance(lg, WandbLogger) for lg in loggers):
+        import wandb
+
+        wandb.finish()
+
+
+def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """`last` means this run folder's checkpoints/last.ckpt (resume by reusing hydra.run.dir)."""
+    if ckpt_path == "last":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if not last.exists():
+            raise FileNotFoundError(f"{last}: no checkpoint to resume (set hydra.run.dir to the earlier run's folder)")
+        return str(last)
+    return ckpt_path
+
+
+def fit_lightning(cfg: DictConfig, model: LightningModule, datamodule, loggers: list[Logger], out: Path) -> dict:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    summary: dict = {}
+    if cfg.train:
+        started = time.perf_counter()
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_checkpoint(cfg.get("ckpt_path"), out))
+        summary["train_seconds"] = time.perf_counter() - started
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    summary["checkpoint"] = best or None
+    if cfg.test:
+        ckpt = best or None
+        validated = trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt)[0]
+        summary["val"] = {k.removeprefix("val/"): float(v) for k, v in validated.items()}
+        started = time.perf_counter()
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
+        summary["test_seconds"] = time.perf_counter() - started
+        summary.update(model.test_summary(out))
+    return summary
+
+
+def fit_sklearn(cfg: DictConfig, model, datamodule, loggers: list[Logger], out: Path) -> dict:
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    train = datamodule.collect("train", passes=model.augment_passes)
+    started = time.perf_counter()
+    model.fit(train["views"], train["label"], train["subject"])
+    summary: dict = {"train_seconds": time.perf_counter() - started, "best_params": model.best_params()}
+    val = datamodule.collect("val")
+    summary["val"] = classification_report(val["label"], model.predict_proba(val["views"]), val["kind"])["all"]
+    if cfg.test:
+        datamodule.setup("test")
+        started = time.perf_counter()
+        test = datamodule.collect("test")
+        probability = model.predict_proba(test["views"])
+        summary["test_seconds"] = time.perf_counter() - started
+        summary.update(report.classification_outputs(test["label"], probability, test["kind"], out))
+    if model.curves:
+        curves = [model.curves_for_view(train["views"], train["label"], train["subject"], v) for v in range(train["views"].shape[1])]
+        summary["plots"] = summary.get("plots", []) + [str(report.plot_curves(curves, datamodule.view_names, out / "curves.png"))]
+    joblib.dump(model, out / "model.joblib")
+    summary["checkpoint"] = str(out / "model.joblib")
+    for logger in loggers:
+        logger.log_metrics(flat_metrics(summary))
+    return summary
+
+
+def flat_metrics(summary: dict) -> dict[str, float]:
+    """`val/f1`-style scalar keys from a summary, for loggers and sweepers."""
+    flat = {}
+    for stage in ("val", "test"):
+        flat.update({f"{stage}/{k}": float(v) for k, v in (summary.get(stage) or {}).items() if isinstance(v, (int, float))})
+    for method, scores in (summary.get("test_by_method") or {}).items():
+        flat.update({f"test/{method}/{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))})
+    return flat
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Run one experiment; return `cfg.optimized_metric` for Hydra sweepers."""
+    seed_everything(cfg.seed, workers=True)
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    loggers = instantiate_loggers(cfg.get("logger"))
+    try:
+        for logger in loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        fit = fit_lightning if isinstance(model, LightningModule) else fit_sklearn
+        summary = fit(cfg, model, datamodule, loggers, out)
+        summary.update(run_facts(cfg, model, summary))
+        atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2, default=float))
+        report.print_summary(summary, out)
+        return flat_metrics(summary).get(cfg.optimized_metric)
+    finally:
+        finish_wandb(loggers)
+
+
+def run_facts(cfg: DictConfig, model, summary: dict) -> dict:
+    """Identity of the run for comparison tables: model, view mode, task, inference cost."""
+    test = summary.get("test") or {}
+    n = test.get("n") or 0
+    facts = {
+        "model": hydra_choice("model"),
+        "view_mode": cfg.data.get("view_mode"),
+        "task": cfg.data.get("task"),
+        "train_methods": list(cfg.data.get("train_methods") or []),
+        "output_dir": str(Path(cfg.paths.output_dir)),
+    }
+    if n and "test_seconds" in summary:
+        facts["inference_ms_per_scan"] = 1000 * summary["test_seconds"] / n
+    return facts
+
+
+def hydra_choice(group: str) -> str | None:
+    """The running job's choice in a config group (e.g. model=svm), when run through Hydra."""
+    return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return train(cfg)
