@@ -60,7 +60,9 @@ class MultiBranchCNN(LightningModule):
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(logger=False)
+        # Optimizer factories stay out of the checkpoint so it loads with weights_only=True.
+        self.save_hyperparameters(logger=False, ignore=["optimizer", "scheduler"])
+        self.optimizer, self.scheduler = optimizer, scheduler
         n_views = len(VIEW_MODES[view_mode])
         self.branches = branch_stack(n_views, list(channels), kernel_size)
         self.pool = nn.AdaptiveAvgPool2d(pooled)  # any view size → fixed feature length
@@ -127,11 +129,11 @@ class MultiBranchCNN(LightningModule):
         return torch.sigmoid(self(batch["views"]).float())
 
     def configure_optimizers(self):
-        optimizer = (self.hparams.optimizer or torch.optim.AdamW)(self.parameters())
-        if self.hparams.scheduler is None:
+        optimizer = (self.optimizer or torch.optim.AdamW)(self.parameters())
+        if self.scheduler is None:
             return optimizer
         # `monitor` serves ReduceLROnPlateau; other schedulers ignore it.
-        scheduler = {"scheduler": self.hparams.scheduler(optimizer), "monitor": "val/loss"}
+        scheduler = {"scheduler": self.scheduler(optimizer), "monitor": "val/loss"}
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
 
