@@ -1,0 +1,316 @@
+"""LightningDataModule: cohort manifest → cached standard-grid volumes → augmented batches → views.
+
+- ``prepare_data`` puts every volume of the cohort once on the standard grid
+  (:func:`defacegan.augment.standard_grid`) and caches it as ``.npy`` (float16 intensities,
+  uint8 masks), read back memory-mapped, so epochs never decode gzip again.
+- Loader workers build a ``tio.Subject`` per item and apply the TorchIO augmentation on the CPU
+  (train split only); the loader yields 3D volumes.
+- ``on_after_batch_transfer`` turns them into views or sagittal slices on the batch's device.
+
+Batches after transfer:
+
+- classify: ``views`` (B, V, S, S) float in [0, 1], ``label`` (B,) float (0 face, 1 defaced),
+  ``subject`` list[str], ``kind`` list[str] ("face" or the defacing method);
+- translate: ``source`` and ``target`` (B, n_slices, S, S) in [-1, 1], both scaled by the
+  source's robust intensity scale, ``mask`` (B, n_slices, S, S) float, 1 on the removed region,
+  ``subject`` list[str].
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+import torchio as tio
+from pytorch_lightning.utilities import move_data_to_device
+from torch.utils.data import DataLoader, Dataset
+
+from defacegan.augment import build_augmentation, standard_grid
+from defacegan.cohort import SPLITS, load_manifest
+from defacegan.io import atomic_write_bytes
+from defacegan.metrics import CLASS_NAMES
+from defacegan.views import VIEW_MODES, VIEW_NAMES, compute_views, robust_scale, sagittal_slices
+
+TASKS = ("classify", "translate")
+DIRECTIONS = ("deface", "reface")
+
+
+def volume_columns(methods: Sequence[str]) -> list[str]:
+    """Manifest columns of a scan's volumes for these defacing methods, the face first."""
+    return ["face", *(f"{prefix}_{method}" for method in methods for prefix in ("defaced", "removed"))]
+
+
+def is_mask_column(column: str) -> bool:
+    return column.startswith("removed_")
+
+
+def _file_key(path: str) -> str:
+    stat = Path(path).stat()
+    return f"{Path(path).resolve()}:{stat.st_mtime_ns}:{stat.st_size}"
+
+
+def cache_scan(row: Mapping, columns: Sequence[str], folder: Path, spacing: float, shape: Sequence[int]) -> dict[str, Path]:
+    """Put one manifest row's volumes on the standard grid, once; return ``{column: .npy path}``.
+
+    Intensities are divided by the face's robust scale (one factor for the scan, so its
+    defaced twins stay exactly comparable), clipped at 0 and stored as float16: ≈[0, 1] keeps
+    float16 precise and gives TorchIO's gamma/noise a meaningful range. Masks are uint8 {0, 1}.
+    A file's name carries a hash of the grid and of its source's (and the face's) path, mtime
+    and size, so an edited cohort is re-cached; each file is written atomically.
+    """
+    grid = f"{spacing}|{tuple(shape)}|{_file_key(row['face'])}"
+    targets = {
+        column: folder / f"{column}-{hashlib.sha1(f'{grid}|{_file_key(row[column])}'.encode()).hexdigest()[:16]}.npy"
+        for column in columns
+    }
+    missing = [column for column, path in targets.items() if not path.exists()]
+    if not missing:
+        return targets
+    images = {column: (tio.LabelMap if is_mask_column(column) else tio.ScalarImage)(row[column]) for column in {"face", *missing}}
+    subject = standard_grid(spacing, shape)(tio.Subject(images))
+    scale = float(robust_scale(subject["face"].data[None]))
+    for column in missing:
+        path, data = targets[column], subject[column].data[0]
+        array = data.numpy().astype(np.uint8) if is_mask_column(column) else (data / scale).clamp_min(0).numpy().astype(np.float16)
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        atomic_write_bytes(path, buffer.getvalue())
+        for stale in folder.glob(f"{column}-*.npy"):
+            if stale != path:
+                stale.unlink(missing_ok=True)
+    return targets
+
+
+@dataclass(frozen=True)
+class Item:
+    """One dataset entry: cached volumes by role ("volume", or "face"/"defaced"/"removed")."""
+
+    subject: str
+    kind: str
+    volumes: dict[str, Path]
+    label: int | None = None  # classify: the index in CLASS_NAMES
+
+
+class VolumeDataset(Dataset):
+    """Cached volumes of one split; ``augmentation`` (TorchIO) runs here, in the loader workers.
+
+    Yields float16 intensities and uint8 masks as (1, X, Y, Z) tensors: half the bytes to
+    pin and transfer; the views are computed in float32 on the device.
+    """
+
+    def __init__(self, items: Sequence[Item], spacing: float, augmentation: tio.Transform | None = None):
+        self.items = list(items)
+        self.affine = np.diag([spacing, spacing, spacing, 1.0])
+        self.augmentation = augmentation
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index]
+        arrays = {role: np.load(path, mmap_mode="r") for role, path in item.volumes.items()}
+        if self.augmentation is None:
+            tensors = {role: torch.from_numpy(np.array(array))[None] for role, array in arrays.items()}
+        else:
+            subject = tio.Subject(
+                {
+                    role: (tio.LabelMap if array.dtype == np.uint8 else tio.ScalarImage)(
+                        tensor=torch.from_numpy(array.astype(np.float32))[None], affine=self.affine
+                    )
+                    for role, array in arrays.items()
+                }
+            )
+            subject = self.augmentation(subject)
+            tensors = {role: torch.from_numpy(subject[role].numpy().astype(array.dtype)) for role, array in arrays.items()}
+        sample = {**tensors, "subject": item.subject, "kind": item.kind}
+        if item.label is not None:
+            sample["label"] = torch.tensor(item.label, dtype=torch.float32)
+        return sample
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and random in each loader worker from its torch seed (set from the loader's generator)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class DefaceDataModule(pl.LightningDataModule):
+    """Face / defaced volumes of a cohort, split by subject, for the classifiers and Pix2Pix.
+
+    ``task`` "classify": each scan contributes its face (label 0) and its defaced volumes
+    (label 1) for the split's methods; in train the face is repeated once per method so the
+    classes are balanced. ``task`` "translate": one (face, defaced, removed) triple per scan
+    and method; ``direction`` "deface" translates face → defaced, "reface" defaced → face.
+    Train and val use ``train_methods``, test uses ``test_methods``.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        task: str = "classify",
+        view_mode: str = "all",
+        size: int = 32,
+        train_methods: Sequence[str] = ("mask", "plane"),
+        test_methods: Sequence[str] | None = None,
+        direction: str = "deface",
+        n_slices: int = 1,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        augment: Mapping | None = None,
+        spacing: float = 2.0,
+        shape: Sequence[int] = (128, 128, 128),
+        cache_dir: str | os.PathLike | None = None,
+        pin_memory: bool | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"task {task!r} is not one of {TASKS}")
+        if view_mode not in VIEW_MODES:
+            raise ValueError(f"view_mode {view_mode!r} is not one of {sorted(VIEW_MODES)}")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction {direction!r} is not one of {DIRECTIONS}")
+        self.save_hyperparameters(logger=False)
+        self.root = Path(root)
+        self.task = task
+        self.view_mode = view_mode
+        self.size = size
+        self.train_methods = tuple(train_methods)
+        self.test_methods = tuple(test_methods or train_methods)
+        self.direction = direction
+        self.n_slices = n_slices
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.augmentation = build_augmentation(augment)
+        self.spacing = float(spacing)
+        self.shape = tuple(int(s) for s in shape)
+        self.cohort_dir = (self.root if self.root.is_dir() else self.root.parent).resolve()
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else self.cohort_dir / "cache"
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.seed = seed
+        self.datasets: dict[str, VolumeDataset] = {}
+
+    @property
+    def view_names(self) -> tuple[str, ...]:
+        """Names of the channels of ``views`` (classify), in order."""
+        return tuple(VIEW_NAMES[v] for v in VIEW_MODES[self.view_mode])
+
+    @property
+    def n_views(self) -> int:
+        return len(self.view_names)
+
+    def methods(self, split: str) -> tuple[str, ...]:
+        return self.test_methods if split == "test" else self.train_methods
+
+    def _cached(self) -> tuple[pd.DataFrame, list[dict[str, Path]]]:
+        """The manifest and each row's cached volumes (building what is missing)."""
+        manifest = load_manifest(self.root)
+        methods = dict.fromkeys(self.train_methods + self.test_methods)
+        columns = volume_columns(list(methods))
+        missing = [c for c in columns if c not in manifest.columns]
+        if missing:
+            raise ValueError(f"{self.root}: manifest has no column {missing} (methods {list(methods)})")
+        grid = self.cache_dir / f"{self.spacing:g}mm-{'x'.join(map(str, self.shape))}"
+        paths = [
+            cache_scan(row, columns, grid / Path(row["face"]).parent.relative_to(self.cohort_dir), self.spacing, self.shape)
+            for _, row in manifest.iterrows()
+        ]
+        return manifest, paths
+
+    def prepare_data(self) -> None:
+        self._cached()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        manifest, paths = self._cached()
+        for split in SPLITS:
+            items = [
+                item
+                for (_, row), cached in zip(manifest.iterrows(), paths)
+                if row["split"] == split
+                for item in self._items(row["subject"], cached, self.methods(split), balance=split == "train")
+            ]
+            augmentation = self.augmentation if split == "train" else None
+            self.datasets[split] = VolumeDataset(items, self.spacing, augmentation)
+
+    def _items(self, subject: str, cached: dict[str, Path], methods: Sequence[str], balance: bool) -> list[Item]:
+        if self.task == "translate":
+            return [
+                Item(subject, method, {"face": cached["face"], "defaced": cached[f"defaced_{method}"], "removed": cached[f"removed_{method}"]})
+                for method in methods
+            ]
+        face, defaced = CLASS_NAMES.index("face"), CLASS_NAMES.index("defaced")
+        faces = [Item(subject, "face", {"volume": cached["face"]}, face)] * (len(methods) if balance else 1)
+        return faces + [Item(subject, method, {"volume": cached[f"defaced_{method}"]}, defaced) for method in methods]
+
+    def _loader(self, split: str, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
+        if not self.datasets:
+            raise RuntimeError("call prepare_data() and setup() first")
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled and augmented; drops a ragged last batch (a batch of one breaks BatchNorm)."""
+        return self._loader("train", shuffle=True, drop_last=len(self.datasets["train"]) > self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """3D volumes on the device → views (classify) or sagittal slices (translate)."""
+        if self.task == "classify":
+            views = compute_views(batch["volume"], self.size, self.view_mode)
+            return {"views": views, "label": batch["label"], "subject": batch["subject"], "kind": batch["kind"]}
+        source, target = (batch["face"], batch["defaced"]) if self.direction == "deface" else (batch["defaced"], batch["face"])
+        scale = robust_scale(source)
+        mask = sagittal_slices(batch["removed"], self.size, self.n_slices, scale=1.0) >= 0.5
+        return {
+            "source": sagittal_slices(source, self.size, self.n_slices, scale) * 2 - 1,
+            "target": sagittal_slices(target, self.size, self.n_slices, scale) * 2 - 1,
+            "mask": mask.float(),
+            "subject": batch["subject"],
+        }
+
+    def collect(self, split: str, passes: int = 1, device: str | torch.device | None = None) -> dict:
+        """Every batch of ``split`` after transfer, concatenated: tensors on the CPU, lists joined.
+
+        For models trained without a Trainer (scikit-learn). The train split is augmented as in
+        training, so ``passes`` > 1 gives that many augmented copies. Deterministic per ``seed``.
+        """
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        parts: dict[str, list] = {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            loader = self._loader(split)
+            for _ in range(passes):
+                for batch in loader:
+                    batch = self.on_after_batch_transfer(move_data_to_device(batch, device), 0)
+                    for key, value in batch.items():
+                        parts.setdefault(key, []).append(value.cpu() if torch.is_tensor(value) else value)
+        return {key: torch.cat(values) if torch.is_tensor(values[0]) else [v for part in values for v in part] for key, values in parts.items()}

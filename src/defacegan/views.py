@@ -1,0 +1,117 @@
+"""The six 2D views of a head that the classifiers see, and the sagittal slices Pix2Pix translates.
+
+Pure torch, batched, the same code on CPU and CUDA (it runs in ``on_after_batch_transfer`` on the
+batch's device). Volumes are canonical RAS+ ``(B, 1, X, Y, Z)``: X runs left→right, Y
+posterior→anterior, Z inferior→superior.
+
+Every 2D image is displayed the same way:
+
+- sagittal (collapses X): rows superior (top) → inferior, columns posterior → anterior, so the
+  face looks to the right of the image;
+- coronal (collapses Y): rows superior → inferior, columns the patient's left → right
+  (neurological convention: the patient's right is on the image's right);
+- axial (collapses Z): rows anterior (top) → posterior, columns left → right.
+
+A "slice" is the voxel plane at index ``n // 2`` of the collapsed axis; a "mean" is the average
+over that axis. Each image is zero-padded to a centred square (aspect preserved), resized to
+``size``² with an antialiased bilinear filter, divided by the volume's robust intensity scale and
+clamped to [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+#: View order and names; channel ``v`` of :func:`compute_views` is ``VIEW_NAMES[v]``.
+VIEW_NAMES = ("mean_sagittal", "mean_coronal", "mean_axial", "slice_sagittal", "slice_coronal", "slice_axial")
+#: Which views each ``view_mode`` keeps (indices into VIEW_NAMES).
+VIEW_MODES = {"mean": (0, 1, 2), "slice": (3, 4, 5), "all": (0, 1, 2, 3, 4, 5)}
+#: The collapsed volume axis of each plane (RAS+ axes 0, 1, 2).
+PLANE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+ROBUST_PERCENTILE = 99.5
+#: Voxels per volume the percentile is estimated from (a strided subsample keeps it cheap).
+ROBUST_SAMPLES = 2**16
+
+
+def robust_scale(volumes: torch.Tensor, percentile: float = ROBUST_PERCENTILE) -> torch.Tensor:
+    """Per-volume intensity scale ``(B,)``: the ``percentile`` of the nonzero voxels.
+
+    Estimated on the volumes' device from a strided subsample of at most ``ROBUST_SAMPLES``
+    voxels, by nearest rank counted from the top with ``topk`` (no full sort, no host sync; the
+    zeros need no masking, they rank below every positive voxel). A volume without positive
+    signal gets scale 1.
+    """
+    flat = volumes.reshape(volumes.shape[0], -1)
+    sample = flat[:, :: max(1, math.ceil(flat.shape[1] / ROBUST_SAMPLES))].float()
+    count = (sample != 0).sum(dim=1)
+    from_top = ((count - 1).clamp_min(0) * (1 - percentile / 100)).round().long()
+    most = math.ceil((sample.shape[1] - 1) * (1 - percentile / 100)) + 1
+    scale = sample.topk(most, dim=1).values.gather(1, from_top[:, None]).squeeze(1)
+    return torch.where((count > 0) & (scale > 0), scale, torch.ones_like(scale))
+
+
+def _display(planes: torch.Tensor) -> torch.Tensor:
+    """(..., A, B) planes, axes in RAS order → images: B's high end at the top row, A rightwards."""
+    return planes.transpose(-1, -2).flip(-2)
+
+
+def _square(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Zero-pad (B, C, H, W) images to a centred square, then resize to ``size``² (antialiased)."""
+    height, width = images.shape[-2:]
+    side = max(height, width)
+    left, top = (side - width) // 2, (side - height) // 2
+    padded = F.pad(images, (left, side - width - left, top, side - height - top))
+    if side == size:
+        return padded
+    return F.interpolate(padded, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def _view(volumes: torch.Tensor, name: str) -> torch.Tensor:
+    """One named view, (B, 1, H, W), before resizing and scaling."""
+    reduction, plane = name.split("_")
+    dim = 2 + PLANE_AXES[plane]
+    if reduction == "mean":
+        collapsed = volumes.mean(dim)
+    else:
+        collapsed = volumes.select(dim, volumes.shape[dim] // 2)
+    return _display(collapsed)
+
+
+def _scaled(images: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    scale = torch.as_tensor(scale, dtype=images.dtype, device=images.device).reshape(-1, 1, 1, 1)
+    return (images / scale).clamp(0, 1)
+
+
+def compute_views(volumes: torch.Tensor, size: int, mode: str = "all") -> torch.Tensor:
+    """(B, 1, X, Y, Z) RAS+ volumes → (B, V, size, size) views in [0, 1], ordered as VIEW_NAMES.
+
+    ``mode`` picks the views (``VIEW_MODES``): "mean", "slice" or "all".
+    """
+    if mode not in VIEW_MODES:
+        raise ValueError(f"view mode {mode!r} is not one of {sorted(VIEW_MODES)}")
+    volumes = volumes.float()
+    images = torch.cat([_square(_view(volumes, VIEW_NAMES[v]), size) for v in VIEW_MODES[mode]], dim=1)
+    return _scaled(images, robust_scale(volumes))
+
+
+def sagittal_slices(
+    volumes: torch.Tensor, size: int, n_slices: int = 1, scale: torch.Tensor | float | None = None
+) -> torch.Tensor:
+    """(B, 1, X, Y, Z) → (B, n_slices, size, size) adjacent sagittal slices in [0, 1].
+
+    The slices are centred on the middle one (index ``X // 2``; for ``n_slices`` = 3 that is
+    ``X//2 - 1 … X//2 + 1``) and shown like the sagittal views (face to the right). ``scale`` is
+    the per-volume intensity scale, ``(B,)`` or a number; by default the volumes' own
+    :func:`robust_scale`. Pass the source's scale for its paired target so both share it.
+    """
+    volumes = volumes.float()
+    middle = volumes.shape[2] // 2
+    first = middle - n_slices // 2
+    if n_slices < 1 or first < 0 or first + n_slices > volumes.shape[2]:
+        raise ValueError(f"cannot take {n_slices} sagittal slices from {volumes.shape[2]} voxels")
+    images = _square(_display(volumes[:, 0, first : first + n_slices]), size)
+    return _scaled(images, robust_scale(volumes) if scale is None else scale)

@@ -1,0 +1,174 @@
+"""DefaceDataModule on a generated cohort: batch contract, splits, balance, cache, config, Trainer hook."""
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from defacegan.datamodule import SPLITS, DefaceDataModule
+from defacegan.views import VIEW_MODES
+
+CONFIG_DIR = str(Path(__file__).parents[1] / "conf")
+SMALL_GRID = {"spacing": 4.0, "shape": (48, 48, 48), "size": 32, "batch_size": 4}
+AUGMENT = {"flip": {"axes": ("LR",)}, "affine": {"p": 1, "degrees": 10}, "noise": {"p": 0.5, "std": 0.02}}
+
+
+def datamodule(root: Path, **options) -> DefaceDataModule:
+    dm = DefaceDataModule(root, **{**SMALL_GRID, **options})
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def first_batch(dm: DefaceDataModule, split: str = "train") -> dict:
+    loader = {"train": dm.train_dataloader, "val": dm.val_dataloader, "test": dm.test_dataloader}[split]()
+    return dm.on_after_batch_transfer(next(iter(loader)), 0)
+
+
+@pytest.mark.parametrize("view_mode", sorted(VIEW_MODES))
+def test_classify_batches_follow_the_contract(synthetic_cohort, view_mode):
+    dm = datamodule(synthetic_cohort, view_mode=view_mode, augment=AUGMENT)
+    raw = next(iter(dm.train_dataloader()))
+    assert raw["volume"].shape == (4, 1, 48, 48, 48) and raw["volume"].dtype == torch.float16
+    batch = dm.on_after_batch_transfer(raw, 0)
+    assert set(batch) == {"views", "label", "subject", "kind"}
+    assert batch["views"].shape == (4, dm.n_views, 32, 32) and dm.n_views == len(VIEW_MODES[view_mode])
+    assert batch["views"].dtype == torch.float32 and 0 <= batch["views"].min() and batch["views"].max() <= 1
+    assert batch["label"].dtype == torch.float32 and batch["label"].shape == (4,)
+    assert [kind != "face" for kind in batch["kind"]] == batch["label"].bool().tolist()
+    assert all(isinstance(s, str) for s in batch["subject"])
+
+
+@pytest.mark.parametrize("direction, n_slices", [("deface", 1), ("reface", 3)])
+def test_translate_batches_follow_the_contract(synthetic_cohort, direction, n_slices):
+    dm = datamodule(synthetic_cohort, task="translate", direction=direction, n_slices=n_slices)
+    batch = first_batch(dm, "val")
+    assert set(batch) == {"source", "target", "mask", "subject"}
+    for key in ("source", "target", "mask"):
+        assert batch[key].shape == (2, n_slices, 32, 32) and batch[key].dtype == torch.float32
+    assert batch["source"].min() >= -1 and batch["source"].max() <= 1 and batch["target"].min() >= -1
+    mask = batch["mask"].bool()
+    assert set(batch["mask"].unique().tolist()) == {0.0, 1.0}
+    defaced = batch["target"] if direction == "deface" else batch["source"]
+    face = batch["source"] if direction == "deface" else batch["target"]
+    assert (defaced[mask] < -0.9).float().mean() > 0.9  # the removed region is empty in the defaced image
+    assert face[mask].mean() > -0.9  # ... and holds the face in the other
+    # Both are scaled by the source's factor, so they agree where nothing was removed.
+    assert (face - defaced)[~mask].abs().mean() < 0.02
+
+
+def test_splits_do_not_leak_and_classes_are_balanced(synthetic_cohort):
+    manifest = pd.read_csv(synthetic_cohort / "manifest.csv", dtype={"subject": str})
+    dm = datamodule(synthetic_cohort)
+    subjects = {split: {item.subject for item in dm.datasets[split].items} for split in SPLITS}
+    for split in SPLITS:
+        assert subjects[split] == set(manifest.loc[manifest.split == split, "subject"])
+        for item in dm.datasets[split].items:  # the cached files are the subject's own
+            assert all(path.parent.name == item.subject for path in item.volumes.values())
+    assert not (subjects["train"] & subjects["val"] or subjects["train"] & subjects["test"] or subjects["val"] & subjects["test"])
+    train = Counter(item.kind for item in dm.datasets["train"].items)
+    assert train == {"face": 8, "mask": 4, "plane": 4}  # the face repeated once per method
+    assert Counter(item.kind for item in dm.datasets["test"].items) == {"face": 1, "mask": 1, "plane": 1}
+    assert datamodule(synthetic_cohort / "manifest.csv").datasets["test"].items == dm.datasets["test"].items
+
+
+def test_test_methods_apply_to_the_test_split_only(synthetic_cohort):
+    dm = datamodule(synthetic_cohort, train_methods=["mask"], test_methods=["mask", "plane"])
+    assert {item.kind for item in dm.datasets["train"].items} == {"face", "mask"}
+    assert {item.kind for item in dm.datasets["val"].items} == {"face", "mask"}
+    assert {item.kind for item in dm.datasets["test"].items} == {"face", "mask", "plane"}
+    with pytest.raises(ValueError, match="no column"):
+        datamodule(synthetic_cohort, train_methods=["blur"])
+
+
+def test_cache_is_compact_reused_and_refreshed(synthetic_cohort, tmp_path):
+    dm = datamodule(synthetic_cohort, cache_dir=tmp_path)
+    files = sorted(tmp_path.rglob("*.npy"))
+    assert len(files) == 6 * 5  # five volumes per subject
+    arrays = {path.name.split("-")[0]: np.load(path, mmap_mode="r") for path in files if path.parent.name == "sub-00"}
+    assert arrays["face"].dtype == np.float16 and arrays["removed_mask"].dtype == np.uint8
+    assert arrays["face"].shape == (48, 48, 48) and set(np.unique(arrays["removed_plane"])) == {0, 1}
+    written = {path: path.stat().st_mtime_ns for path in files}
+    datamodule(synthetic_cohort, cache_dir=tmp_path)
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*.npy")} == written
+    # A source file that changed is cached again (the old file goes), nothing else is.
+    source = synthetic_cohort / "sub-01" / "defaced_plane.nii.gz"
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
+    datamodule(synthetic_cohort, cache_dir=tmp_path)
+    now = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*.npy")}
+    changed = set(now.items()) ^ set(written.items())
+    assert {path.parent.name + "/" + path.name.split("-")[0] for path, _ in changed} == {"sub-01/defaced_plane"}
+    assert len(now) == len(written) and dm.datasets["test"].items
+
+
+def test_collect_is_deterministic_per_seed(synthetic_cohort):
+    dm = datamodule(synthetic_cohort, train_methods=["mask"], augment=AUGMENT, seed=1)
+    twice, once = dm.collect("train", passes=2), dm.collect("train")
+    assert twice["views"].shape == (16, 6, 32, 32) and len(twice["subject"]) == len(twice["kind"]) == 16
+    torch.testing.assert_close(once["views"], twice["views"][:8])
+    assert not torch.equal(twice["views"][8:], twice["views"][:8])  # the second pass is another draw
+    other = datamodule(synthetic_cohort, train_methods=["mask"], augment=AUGMENT, seed=2).collect("train")
+    assert not torch.equal(other["views"], once["views"])
+    plain = dm.collect("val")
+    assert plain["label"].tolist() == [0.0, 1.0] and plain["kind"] == ["face", "mask"]
+
+
+def test_workers_load_what_the_main_process_loads_and_augment_per_seed(synthetic_cohort):
+    in_main = datamodule(synthetic_cohort, batch_size=3).collect("val")
+    in_workers = datamodule(synthetic_cohort, batch_size=3, num_workers=2).collect("val")
+    torch.testing.assert_close(in_workers["views"], in_main["views"])
+    augmented = [datamodule(synthetic_cohort, train_methods=["mask"], augment=AUGMENT, num_workers=2).collect("train") for _ in range(2)]
+    torch.testing.assert_close(augmented[0]["views"], augmented[1]["views"])
+
+
+@pytest.mark.parametrize("group, views", [("all", 6), ("mean", 3), ("slice", 3)])
+def test_config_group_instantiates(synthetic_cohort, tmp_path, group, views):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        overrides = [f"data={group}", f"data.root={synthetic_cohort}", "data.augment=null"]
+        cfg = compose("train", overrides=overrides + [f"data.{key}={value}" for key, value in SMALL_GRID.items() if key != "shape"])
+    dm = instantiate(cfg.data, shape=[48, 48, 48])
+    assert dm.view_mode == group and dm.n_views == views and dm.augmentation is None
+    assert cfg.data.augment is None and dm.cache_dir == synthetic_cohort / "cache"
+
+
+class ViewsProbe(pl.LightningModule):
+    """The smallest classifier, to see what a Trainer hands to training_step."""
+
+    def __init__(self, n_views: int):
+        super().__init__()
+        self.linear = torch.nn.Linear(n_views * 32 * 32, 1)
+        self.seen = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append({key: tuple(value.shape) for key, value in batch.items() if torch.is_tensor(value)})
+        logits = self.linear(batch["views"].flatten(1)).squeeze(1)
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["label"])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_trainer_gets_views_from_the_batch_hook(synthetic_cohort):
+    dm = DefaceDataModule(synthetic_cohort, view_mode="mean", **SMALL_GRID)
+    probe = ViewsProbe(dm.n_views)
+    trainer = pl.Trainer(fast_dev_run=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(probe, datamodule=dm)
+    assert probe.seen == [{"views": (4, 3, 32, 32), "label": (4,)}] * 2
+
+
+@pytest.mark.slow
+def test_demo_cohort_batches(tmp_path):
+    cohort = pytest.importorskip("defacegan.cohort")
+    root = cohort.build_cohort("demo", tmp_path / "demo", subjects=6, seed=0)
+    for task in ("classify", "translate"):
+        dm = datamodule(root, task=task, spacing=2.0, shape=(128, 128, 128), augment=AUGMENT)
+        batch = first_batch(dm)
+        key = "views" if task == "classify" else "source"
+        assert batch[key].shape[-2:] == (32, 32) and torch.isfinite(batch[key]).all()
