@@ -1,0 +1,278 @@
+"""Is each scan defaced? The check most users run, as a library.
+
+:func:`gather_scans` turns files, folders and BIDS datasets into a list of scans (with subject
+and session where the names carry them); :func:`check_scans` runs a loaded
+:class:`~defacegan.inference.Detector` over them in batches; :func:`write_report` writes what a
+person needs to review the answer: ``results.tsv``, ``results.json``, one PNG per scan with the
+views the model saw, and an ``index.html`` listing them. Inputs are only ever read.
+
+The PNGs show faces wherever a face is still present: they are written only to the folder the
+caller chooses.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from jinja2 import Environment, PackageLoader, select_autoescape
+from PIL import Image, ImageDraw, ImageFont
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from defacegan.inference import Detector, Prediction
+from defacegan.io import atomic_write_bytes, atomic_write_text, find_scans, stem
+
+#: The anatomical BIDS suffixes whose images can show a face.
+BIDS_SUFFIXES = ("T1w", "T2w", "PD")
+#: ``sub-<label>[_ses-<label>][_<key>-<value>...]_<suffix>.nii[.gz]``
+BIDS_NAME = re.compile(
+    r"^sub-(?P<subject>[a-zA-Z0-9]+)(?:_ses-(?P<session>[a-zA-Z0-9]+))?(?:_[a-zA-Z0-9]+-[a-zA-Z0-9]+)*"
+    r"_(?P<suffix>[a-zA-Z0-9]+)\.nii(?:\.gz)?$"
+)
+#: Missing values in TSV files, as BIDS writes them.
+MISSING = "n/a"
+
+TEMPLATES = Environment(loader=PackageLoader("defacegan", "templates"), autoescape=select_autoescape())
+
+
+@dataclass(frozen=True)
+class ScanFile:
+    """A scan to check; ``subject``/``session`` are BIDS labels without prefix, when the name has them."""
+
+    path: Path
+    subject: str | None = None
+    session: str | None = None
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike) -> ScanFile:
+        path = Path(path)
+        match = BIDS_NAME.match(path.name)
+        return cls(path, match["subject"], match["session"]) if match else cls(path)
+
+
+def is_bids_root(folder: Path) -> bool:
+    return folder.is_dir() and (folder / "dataset_description.json").is_file()
+
+
+def bids_anatomical_scans(root: Path) -> list[ScanFile]:
+    """T1w/T2w/PD images in ``sub-*/[ses-*/]anat/`` of a BIDS dataset (derivatives are not raw data)."""
+    paths = sorted({*root.glob("sub-*/anat/*.nii*"), *root.glob("sub-*/ses-*/anat/*.nii*")})
+    return [
+        ScanFile(path, match["subject"], match["session"])
+        for path in paths
+        if (match := BIDS_NAME.match(path.name)) and match["suffix"] in BIDS_SUFFIXES
+    ]
+
+
+def gather_scans(paths: Iterable[str | os.PathLike], participant_labels: Sequence[str] = ()) -> list[ScanFile]:
+    """Expand NIfTI files, folders (recursively) and BIDS roots into the scans to check.
+
+    ``participant_labels`` (with or without ``sub-``) keeps only those subjects; a label that
+    matches no scan is an error, so that a typo cannot pass for a clean dataset.
+    """
+    scans: dict[Path, ScanFile] = {}
+    for path in map(Path, paths):
+        found = bids_anatomical_scans(path) if is_bids_root(path) else map(ScanFile.from_path, find_scans([path]))
+        scans.update((scan.path, scan) for scan in found if scan.path not in scans)
+    selected = list(scans.values())
+    if participant_labels:
+        wanted = {label.removeprefix("sub-") for label in participant_labels}
+        selected = [scan for scan in selected if scan.subject in wanted]
+        missing = wanted - {scan.subject for scan in selected}
+        if missing:
+            raise ValueError(f"no scans found for participant(s) {', '.join(sorted(missing))}")
+    return selected
+
+
+@dataclass
+class CheckResult:
+    """One scan's answer. ``views`` (V, S, S) in [0, 1] are kept when a report will show them."""
+
+    file: str
+    subject: str | None = None
+    session: str | None = None
+    probability: float | None = None
+    defaced: bool | None = None
+    error: str | None = None
+    views: np.ndarray | None = None
+    views_png: str | None = None  # path of the views PNG, relative to the report folder
+
+    @classmethod
+    def from_prediction(cls, prediction: Prediction, scan: ScanFile) -> CheckResult:
+        """The answer for ``scan``; an error drops the path the Detector put before it (the row names the file)."""
+        error = prediction.error and prediction.error.removeprefix(f"{prediction.source}: ")
+        fields = (prediction.probability, prediction.defaced, error, prediction.views)
+        return cls(str(scan.path), scan.subject, scan.session, *fields)
+
+    @property
+    def status(self) -> str:
+        """'error', 'defaced' or 'face'."""
+        return "error" if self.error else "defaced" if self.defaced else "face"
+
+    @property
+    def verdict(self) -> str:
+        return {"error": f"error: {self.error}", "defaced": "defaced", "face": "FACE PRESENT"}[self.status]
+
+    @property
+    def probability_text(self) -> str:
+        return MISSING if self.probability is None else f"{self.probability:.3f}"
+
+    def record(self) -> dict:
+        """The JSON/TSV row (no arrays)."""
+        return {
+            "subject": self.subject,
+            "session": self.session,
+            "file": self.file,
+            "probability": self.probability,
+            "defaced": self.defaced,
+            "verdict": self.verdict,
+            "error": self.error,
+            "views_png": self.views_png,
+        }
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a run found: scans checked, those with a face, those unreadable; and its wall-clock seconds."""
+
+    scanned: int
+    faces: int
+    unreadable: int
+    seconds: float
+
+    @classmethod
+    def of(cls, results: Sequence[CheckResult], seconds: float) -> Summary:
+        statuses = [result.status for result in results]
+        return cls(len(results), statuses.count("face"), statuses.count("error"), seconds)
+
+    @property
+    def line(self) -> str:
+        return f"{self.scanned} scanned, {self.faces} with a face, {self.unreadable} unreadable, {self.seconds:.1f} s"
+
+
+def check_scans(scans: Sequence[ScanFile], detector: Detector, keep_views: bool = False) -> list[CheckResult]:
+    """Classify every scan in one batched Detector run; unreadable scans get an ``error``."""
+    predictions = detector.predict([scan.path for scan in scans], keep_views=keep_views)
+    return [CheckResult.from_prediction(p, scan) for p, scan in zip(predictions, scans)]
+
+
+def results_document(results: Sequence[CheckResult], summary: Summary, detector: Detector) -> dict:
+    """Everything about a run as one JSON-able dict (``--json`` and ``results.json``)."""
+    return {
+        "summary": asdict(summary) | {"seconds": round(summary.seconds, 3)},
+        "threshold": detector.threshold,
+        "checkpoint": str(detector.checkpoint),
+        "view_names": detector.view_names,
+        "results": [result.record() for result in results],
+    }
+
+
+VIEW_PIXELS = 128  # views are enlarged to about this many pixels, nearest neighbour: the model's pixels
+VERDICT_COLOURS = {"defaced": (23, 107, 44), "face": (176, 0, 32), "error": (138, 90, 0)}
+
+
+def views_png(views: np.ndarray, view_names: Sequence[str], title: Sequence[str], status: str) -> bytes:
+    """(V, S, S) views in [0, 1] as one PNG: the ``title`` lines on a bar coloured by verdict, then the views, 3 per row."""
+    font = ImageFont.load_default(size=14)
+    n_views, size = views.shape[0], views.shape[-1]
+    zoom = max(1, VIEW_PIXELS // size)
+    cell, line, gap = size * zoom, 18, 4
+    bar = len(title) * line + 2 * gap
+    columns = min(3, n_views)
+    rows = -(-n_views // columns)
+    canvas = Image.new("RGB", (columns * (cell + gap) + gap, bar + rows * (cell + line + gap) + gap), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((0, 0, canvas.width, bar - 1), fill=VERDICT_COLOURS[status])
+    for number, text in enumerate(title):
+        draw.text((2 * gap, gap + number * line), fitted(draw, text, font, canvas.width - 4 * gap), fill="white", font=font)
+    pixels = (np.clip(views, 0, 1) * 255).round().astype(np.uint8)
+    for index, (view, name) in enumerate(zip(pixels, view_names)):
+        left = gap + (index % columns) * (cell + gap)
+        top = bar + gap + (index // columns) * (cell + line + gap)
+        canvas.paste(Image.fromarray(view).resize((cell, cell), Image.Resampling.NEAREST), (left, top))
+        draw.text((left, top + cell + 1), name.replace("_", " "), fill="black", font=font)
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="png")
+    return buffer.getvalue()
+
+
+def fitted(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> str:
+    """``text``, or its start and end joined by '…', whichever fits ``width`` pixels."""
+    short, keep = text, len(text)
+    while keep > 2 and draw.textlength(short, font=font) > width:
+        keep -= 2
+        short = text[: keep // 2] + "…" + text[len(text) - keep // 2 :]
+    return short
+
+
+def result_png(result: CheckResult, view_names: Sequence[str]) -> bytes:
+    """The views of one result, titled with its verdict, probability and file name."""
+    title = [f"{result.verdict}    p(defaced) = {result.probability_text}", Path(result.file).name]
+    return views_png(result.views, view_names, title, result.status)
+
+
+def png_names(results: Sequence[CheckResult]) -> list[str]:
+    """A distinct PNG file name per result, from the scan's name (``-2``, ``-3``... on clashes)."""
+    names, used = [], set()
+    for result in results:
+        base = stem(result.file)
+        name, copy = f"{base}.png", 1
+        while name in used:
+            copy += 1
+            name = f"{base}-{copy}.png"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def write_report(results: Sequence[CheckResult], summary: Summary, detector: Detector, out: str | os.PathLike) -> Path:
+    """Write ``views/*.png``, ``results.tsv``, ``results.json`` and ``index.html`` into ``out``.
+
+    Sets each readable result's ``views_png``; results need their ``views``
+    (``check_scans(..., keep_views=True)``). Every file is written atomically. Returns the index.
+    """
+    out = Path(out)
+    for result, name in zip(results, png_names(results)):
+        if result.views is not None:
+            atomic_write_bytes(out / "views" / name, result_png(result, detector.view_names))
+            result.views_png = f"views/{name}"
+    records = [result.record() for result in results]
+    table = pd.DataFrame(records, columns=["subject", "session", "file", "probability", "verdict", "views_png"])
+    atomic_write_text(out / "results.tsv", table.to_csv(sep="\t", index=False, na_rep=MISSING, float_format="%.4f"))
+    atomic_write_text(out / "results.json", json.dumps(results_document(results, summary, detector), indent=2) + "\n")
+    page = TEMPLATES.get_template("report.html").render(
+        results=results, summary=summary, threshold=detector.threshold, checkpoint=detector.checkpoint
+    )
+    return atomic_write_text(out / "index.html", page)
+
+
+COLUMNS = ("subject", "session", "file", "p(defaced)", "verdict")
+VERDICT_STYLES = {"defaced": "green", "face": "bold red", "error": "yellow"}
+
+
+def print_results(results: Sequence[CheckResult], summary: Summary, console: Console | None = None) -> None:
+    """One row per scan and the summary line: a rich table on a terminal, plain aligned text otherwise."""
+    console = console or Console()
+    rows = [(r.subject or "", r.session or "", r.file, r.probability_text, r.verdict) for r in results]
+    if console.is_terminal:
+        table = Table(*COLUMNS)
+        table.columns[3].justify = "right"
+        for row, result in zip(rows, results):
+            table.add_row(*map(Text, row[:4]), Text(row[4], style=VERDICT_STYLES[result.status]))
+        console.print(table, summary.line, highlight=False)
+        return
+    widths = [max(len(text) for text in column) for column in zip(COLUMNS, *rows)]
+    for row in (COLUMNS, *rows):
+        print("  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip(), file=console.file)
+    print(summary.line, file=console.file)
+    console.file.flush()
+
