@@ -5,7 +5,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 DEMO   ?= data/demo
 
-.PHONY: install test test-all train demo weights bench clean
+.PHONY: install test test-all train demo weights assets bench clean
 
 install:
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,6 +15,10 @@ install:
 	@if [ ! -f /usr/share/mricron/templates/ch2.nii.gz ] && command -v apt-get >/dev/null; then \
 		echo "installing Debian's mricron-data (Colin27 head)"; \
 		(apt-get update -qq && apt-get install -y -qq mricron-data) || echo "warning: mricron-data not installed; demo uses pydeface's head only"; \
+	fi
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium (headless browser for the web page test)"; \
+		(apt-get update -qq && apt-get install -y -qq chromium) || echo "warning: chromium not installed; the browser test is skipped"; \
 	fi
 
 test:
@@ -31,6 +35,9 @@ train: demo
 
 weights:
 	$(PY) -m defacegan.weights
+
+assets:  # rebuild the shipped brain mask in pydeface-template space (needs Colin27)
+	$(PY) -m defacegan.deface
 
 bench:
 	$(PY) bench/deface.py

@@ -50,7 +50,8 @@ def test_classify_batches_follow_the_contract(synthetic_cohort, view_mode):
 def test_translate_batches_follow_the_contract(synthetic_cohort, direction, n_slices):
     dm = datamodule(synthetic_cohort, task="translate", direction=direction, n_slices=n_slices)
     batch = first_batch(dm, "val")
-    assert set(batch) == {"source", "target", "mask", "subject"}
+    assert set(batch) == {"source", "target", "mask", "subject", "kind"}
+    assert set(batch["kind"]) <= {"mask", "plane"}
     for key in ("source", "target", "mask"):
         assert batch[key].shape == (2, n_slices, 32, 32) and batch[key].dtype == torch.float32
     assert batch["source"].min() >= -1 and batch["source"].max() <= 1 and batch["target"].min() >= -1
@@ -135,7 +136,7 @@ def test_config_group_instantiates(synthetic_cohort, tmp_path, group, views):
         cfg = compose("train", overrides=overrides + [f"data.{key}={value}" for key, value in SMALL_GRID.items() if key != "shape"])
     dm = instantiate(cfg.data, shape=[48, 48, 48])
     assert dm.view_mode == group and dm.n_views == views and dm.augmentation is None
-    assert cfg.data.augment is None and dm.cache_dir == synthetic_cohort / "cache"
+    assert cfg.data.augment is None and dm.roots == [synthetic_cohort] and dm.cache_dir is None
 
 
 class ViewsProbe(pl.LightningModule):
@@ -172,3 +173,14 @@ def test_demo_cohort_batches(tmp_path):
         batch = first_batch(dm)
         key = "views" if task == "classify" else "source"
         assert batch[key].shape[-2:] == (32, 32) and torch.isfinite(batch[key]).all()
+
+
+def test_several_cohorts_train_together(synthetic_cohort, tmp_path):
+    from cohort_fixture import write_cohort
+
+    other = write_cohort(tmp_path / "other", n_subjects=3, seed=1).parent
+    alone, both = datamodule(synthetic_cohort), datamodule([synthetic_cohort, other])
+    # sub-00..02 of the second cohort are 3 train subjects: 2 methods x (face twice + 2 defaced).
+    assert len(both.datasets["train"]) == len(alone.datasets["train"]) + 3 * 4
+    assert len(both.datasets["test"]) == len(alone.datasets["test"])
+    assert (other / "cache").is_dir()

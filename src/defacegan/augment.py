@@ -19,7 +19,10 @@ def standard_grid(spacing: float | Sequence[float] = 2.0, shape: Sequence[int] =
     Deterministic: the cache and inference use it so that a scan is seen on the same grid.
     Masks (LabelMaps) are resampled with nearest neighbour, intensities linearly.
     """
-    return tio.Compose([tio.ToCanonical(), tio.Resample(spacing), tio.CropOrPad(tuple(shape))])
+    # One defensive copy of the input (by Compose), not one per step: a full-resolution scan
+    # costs tens of ms to deep-copy.
+    steps = [tio.ToCanonical(copy=False), tio.Resample(spacing, copy=False), tio.CropOrPad(tuple(shape), copy=False)]
+    return tio.Compose(steps)
 
 
 class RandomOrientation(tio.Transform):

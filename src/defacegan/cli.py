@@ -7,12 +7,16 @@ them at the end and exits 2 if any input could not be processed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from defacegan.io import ScanError
+import numpy as np
+
+from defacegan.deface import METHODS, deface, head_threshold
+from defacegan.io import ScanError, find_scans, load_scan, save_nifti, stem
 
 EXIT_OK, EXIT_FACE, EXIT_UNREADABLE = 0, 1, 2
 
@@ -39,7 +43,241 @@ def report_failures(failures: list[ScanError], total: int, started: float) -> in
 # Each subcommand: `add_<name>(commands)` declares its arguments and sets `run=run_<name>`,
 # where `run_<name>(args) -> int` returns the exit code.
 
-SUBCOMMANDS: list[Callable] = []
+
+def add_reface(commands) -> None:
+    parser = commands.add_parser(
+        "reface",
+        help="fill a defaced scan's face region with a trained Pix2Pix face (privacy audit)",
+        description="Re-face a defaced scan slice by slice with a Pix2Pix checkpoint; every voxel "
+        "outside the removed region is copied unchanged. Output: float32, the input's space and header.",
+    )
+    parser.add_argument("input", type=Path, help="defaced NIfTI scan")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="re-faced NIfTI to write")
+    parser.add_argument("--ckpt", type=Path, required=True, help="Pix2Pix checkpoint (direction reface)")
+    parser.add_argument(
+        "--mask", type=Path,
+        help="removed-region mask on the input's grid (nonzero = re-face); default: the face region "
+        "found by registering pydeface's template, which must be empty in the input",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.set_defaults(run=run_reface)
+
+
+def run_reface(args) -> int:
+    from defacegan.models.pix2pix import load_pix2pix, reface_file  # torch loads only when needed
+
+    started = time.perf_counter()
+    try:
+        model = load_pix2pix(args.ckpt)
+    except Exception as error:  # a missing, foreign or corrupt checkpoint fails in many ways
+        print(f"error: {args.ckpt}: not a usable Pix2Pix checkpoint ({type(error).__name__}: {error})", file=sys.stderr)
+        return EXIT_UNREADABLE
+    failures = run_batch(
+        [args.input], lambda path: reface_file(path, args.output, model, args.mask, overwrite=args.overwrite)
+    )
+    return report_failures(failures, 1, started)
+
+
+def load_detector(ckpt: Path | None, **options):
+    """The classifier for `check` and `serve`, or None after saying why it cannot be loaded."""
+    from defacegan.inference import Detector  # torch loads only when needed
+
+    try:
+        return Detector(ckpt, **options)
+    except Exception as error:  # a missing, foreign or corrupt checkpoint fails in many ways
+        print(f"error: {ckpt or 'shipped checkpoint'}: not a usable detector ({type(error).__name__}: {error})",
+              file=sys.stderr)
+        return None
+
+
+def add_check(commands) -> None:
+    parser = commands.add_parser(
+        "check",
+        help="is each scan defaced? (files, folders or a BIDS dataset)",
+        description="Classify every scan as defaced or not. Prints one row per scan and a summary; "
+        "exits 0 when every scan is defaced, 1 when any still shows a face, 2 when any is unreadable. "
+        "Inputs are only read, never modified.",
+        epilog="Privacy: with --out, the PNG views of every scan, including any face still present, "
+        "are written to that folder and nowhere else; keep it as private as the scans.",
+    )
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                        help="NIfTI file, folder (searched recursively) or BIDS root (T1w/T2w/PD in anat/)")
+    parser.add_argument("--out", type=Path, help="write results.tsv, results.json, views/*.png and index.html here")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    parser.add_argument("--threshold", type=float, default=0.5, help="p(defaced) at or above which a scan is defaced")
+    parser.add_argument("--ckpt", type=Path, help="detector checkpoint (default: the shipped one)")
+    parser.add_argument("--participant-label", nargs="+", default=(), metavar="LABEL",
+                        help="only these subjects (with or without 'sub-')")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="processes decoding scans in parallel (default: one per CPU, at most 4; 0: none)")
+    parser.add_argument("--batch-size", type=int, default=8, help="scans classified together")
+    parser.set_defaults(run=run_check)
+
+
+def run_check(args) -> int:
+    import json
+
+    from defacegan import check
+
+    started = time.perf_counter()
+    try:
+        scans = check.gather_scans(args.paths, args.participant_label)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    if not scans:
+        print(f"error: no NIfTI scans found in {' '.join(map(str, args.paths))}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    detector = load_detector(args.ckpt, threshold=args.threshold, batch_size=args.batch_size, workers=args.workers)
+    if detector is None:
+        return EXIT_UNREADABLE
+    results = check.check_scans(scans, detector, keep_views=args.out is not None)
+    summary = check.Summary.of(results, time.perf_counter() - started)
+    if args.out:
+        index = check.write_report(results, summary, detector, args.out)
+    if args.json:
+        print(json.dumps(check.results_document(results, summary, detector), indent=2))
+    else:
+        check.print_results(results, summary)
+    if args.out:
+        print(f"report: {index}", file=sys.stderr if args.json else sys.stdout)
+    return EXIT_UNREADABLE if summary.unreadable else EXIT_FACE if summary.faces else EXIT_OK
+
+
+def add_serve(commands) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="web page: upload one scan, see whether it is defaced",
+        description="Serve a page (and POST /api/check) that classifies an uploaded NIfTI scan. "
+        "Uploads are kept in a temporary folder only until the answer is sent.",
+    )
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: this machine only; uploads may show faces)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--ckpt", type=Path, help="detector checkpoint (default: the shipped one)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="p(defaced) at or above which a scan is defaced")
+    parser.add_argument("--max-mb", type=float, default=512, help="largest upload accepted, in MB")
+    parser.set_defaults(run=run_serve)
+
+
+def run_serve(args) -> int:
+    import uvicorn
+
+    from defacegan.web import create_app
+
+    detector = load_detector(args.ckpt, threshold=args.threshold)
+    if detector is None:
+        return EXIT_UNREADABLE
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: anyone who can reach it can upload scans", file=sys.stderr)
+    uvicorn.run(create_app(detector, max_mb=args.max_mb), host=args.host, port=args.port)
+    return EXIT_OK
+
+
+def add_data(commands) -> None:
+    parser = commands.add_parser(
+        "data",
+        help="build a paired cohort: faces, defaced versions, removed-region masks, splits",
+        description="Write each head's face volume, its mask- and plane-defaced versions and their "
+        "removed-region masks (NIfTI, RAS+) and manifest.csv with train/val/test splits by subject. "
+        "Inputs are only read; scans already built are kept; an unusable scan is reported and skipped.",
+    )
+    actions = parser.add_subparsers(dest="action", required=True)
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--out", type=Path, required=True, help="cohort folder (an unfinished one is finished)")
+    options.add_argument("--subjects", type=int, help="demo: how many subjects to make; folders: only the first N")
+    options.add_argument("--seed", type=int, help="seeds the splits, the demo deformations and the registrations")
+    options.add_argument("--fractions", type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
+                         help="split fractions (default 0.7 0.15 0.15)")
+    options.add_argument("--workers", type=int, help="processes building scans in parallel")
+    build = actions.add_parser("build", parents=[options], help="from the demo heads, IXI or a folder")
+    build.add_argument("--source", default="demo",
+                       help="'demo' (heads installed with the project; default), 'ixi' (download) "
+                       "or a folder of NIfTI T1 heads, flat or BIDS")
+    build.set_defaults(run=run_data)
+    ixi = actions.add_parser("ixi", parents=[options], help="download IXI's T1 heads (4.5 GB) and build them")
+    ixi.add_argument("--url", help="where to download IXI-T1.tar (default: brain-development.org)")
+    ixi.add_argument("--md5", help="expected MD5 of the archive ('' skips the check)")
+    ixi.add_argument("--keep-tar", action="store_true", help="keep the archive after unpacking")
+    ixi.set_defaults(run=run_data, source="ixi")
+
+
+def run_data(args) -> int:
+    from defacegan.cohort import build_cohort, load_manifest  # torch loads only when needed
+    from defacegan.ixi import IXI_T1_MD5, IXI_T1_URL, DownloadError, fetch_ixi
+
+    started = time.perf_counter()
+    failures: list[ScanError] = []
+    options = {name: value for name in ("subjects", "seed", "workers") if (value := getattr(args, name)) is not None}
+    if args.fractions:
+        options["fractions"] = tuple(args.fractions)
+    try:
+        if args.action == "ixi":
+            md5 = IXI_T1_MD5 if args.md5 is None else args.md5 or None
+            fetch_ixi(args.out, url=args.url or IXI_T1_URL, md5=md5, keep_tar=args.keep_tar)
+        manifest = build_cohort(args.source, args.out, failures=failures, **options)
+    except (DownloadError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    print(f"manifest: {manifest}")
+    return report_failures(failures, len(load_manifest(manifest)) + len(failures), started)
+
+
+def add_deface(commands) -> None:
+    parser = commands.add_parser(
+        "deface",
+        help="remove the face from head scans (pydeface's face mask or a quickshear plane; no FSL)",
+        description="Register pydeface's template onto each scan and zero its face. Writes "
+        "<stem>_defaced.nii.gz in the input's orientation and header; inputs are never modified.",
+    )
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="NIfTI files or folders")
+    parser.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--method", choices=METHODS, default="mask",
+                        help="mask: pydeface's face mask (default); plane: quickshear-style cut below the brain")
+    parser.add_argument("--save-mask", action="store_true",
+                        help="also write <stem>_defacemask.nii.gz (uint8, 1 = removed)")
+    parser.add_argument("--qc", action="store_true",
+                        help="also write <stem>_qc.png: sagittal slice and frontal rendering, before and after")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.set_defaults(run=run_deface)
+
+
+def run_deface(args) -> int:
+    from defacegan.report import deface_qc_figure, save_figure  # matplotlib, hydra load only when needed
+
+    started = time.perf_counter()
+    paths = find_scans(args.inputs)
+    if not paths:
+        print(f"error: no NIfTI scans found in {' '.join(map(str, args.inputs))}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    written: set[Path] = set()
+
+    def process(path: Path) -> str:
+        begun = time.perf_counter()
+        output = args.out / f"{stem(path)}_defaced.nii.gz"
+        if output in written:
+            raise ScanError(path, f"an earlier input was also written to {output} (same file name)")
+        if output.exists() and not args.overwrite:
+            raise ScanError(path, f"{output} exists (pass --overwrite to replace it)")
+        scan = load_scan(path)
+        result = deface(scan, methods=(args.method,))[args.method]
+        save_nifti(scan.to_original(result.defaced), output, overwrite=args.overwrite, protect=paths)
+        written.add(output)
+        if args.save_mask:
+            mask = scan.to_original(result.removed, dtype=np.uint8)
+            save_nifti(mask, args.out / f"{stem(path)}_defacemask.nii.gz", overwrite=args.overwrite, protect=paths)
+        if args.qc:
+            save_figure(deface_qc_figure(scan, result), args.out / f"{stem(path)}_qc.png")
+        head = scan.data > head_threshold(scan.data)
+        removed = 100 * np.count_nonzero(result.removed & head) / max(np.count_nonzero(head), 1)
+        seconds = time.perf_counter() - begun
+        return f"defaced ({args.method}), {removed:.1f}% of head removed, {seconds:.1f} s -> {output}"
+
+    failures = run_batch(paths, process)
+    return report_failures(failures, len(paths), started)
+
+
+SUBCOMMANDS: list[Callable] = [add_reface, add_check, add_serve, add_data, add_deface]
 
 
 def build_parser() -> argparse.ArgumentParser:

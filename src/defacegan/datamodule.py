@@ -156,7 +156,7 @@ class DefaceDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        root: str | os.PathLike,
+        root: str | os.PathLike | Sequence[str | os.PathLike],
         task: str = "classify",
         view_mode: str = "all",
         size: int = 32,
@@ -181,7 +181,7 @@ class DefaceDataModule(pl.LightningDataModule):
         if direction not in DIRECTIONS:
             raise ValueError(f"direction {direction!r} is not one of {DIRECTIONS}")
         self.save_hyperparameters(logger=False)
-        self.root = Path(root)
+        self.roots = [Path(r) for r in ([root] if isinstance(root, (str, os.PathLike)) else root)]
         self.task = task
         self.view_mode = view_mode
         self.size = size
@@ -194,8 +194,7 @@ class DefaceDataModule(pl.LightningDataModule):
         self.augmentation = build_augmentation(augment)
         self.spacing = float(spacing)
         self.shape = tuple(int(s) for s in shape)
-        self.cohort_dir = (self.root if self.root.is_dir() else self.root.parent).resolve()
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else self.cohort_dir / "cache"
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.seed = seed
         self.datasets: dict[str, VolumeDataset] = {}
@@ -213,19 +212,23 @@ class DefaceDataModule(pl.LightningDataModule):
         return self.test_methods if split == "test" else self.train_methods
 
     def _cached(self) -> tuple[pd.DataFrame, list[dict[str, Path]]]:
-        """The manifest and each row's cached volumes (building what is missing)."""
-        manifest = load_manifest(self.root)
+        """The manifests (one per root, concatenated) and each row's cached volumes, building what is missing."""
         methods = dict.fromkeys(self.train_methods + self.test_methods)
         columns = volume_columns(list(methods))
-        missing = [c for c in columns if c not in manifest.columns]
-        if missing:
-            raise ValueError(f"{self.root}: manifest has no column {missing} (methods {list(methods)})")
-        grid = self.cache_dir / f"{self.spacing:g}mm-{'x'.join(map(str, self.shape))}"
-        paths = [
-            cache_scan(row, columns, grid / Path(row["face"]).parent.relative_to(self.cohort_dir), self.spacing, self.shape)
-            for _, row in manifest.iterrows()
-        ]
-        return manifest, paths
+        manifests, paths = [], []
+        for root in self.roots:
+            manifest = load_manifest(root)
+            missing = [c for c in columns if c not in manifest.columns]
+            if missing:
+                raise ValueError(f"{root}: manifest has no column {missing} (methods {list(methods)})")
+            cohort_dir = (root if root.is_dir() else root.parent).resolve()
+            grid = (self.cache_dir or cohort_dir / "cache") / f"{self.spacing:g}mm-{'x'.join(map(str, self.shape))}"
+            paths += [
+                cache_scan(row, columns, grid / Path(row["face"]).parent.relative_to(cohort_dir), self.spacing, self.shape)
+                for _, row in manifest.iterrows()
+            ]
+            manifests.append(manifest)
+        return pd.concat(manifests, ignore_index=True), paths
 
     def prepare_data(self) -> None:
         self._cached()
@@ -295,6 +298,7 @@ class DefaceDataModule(pl.LightningDataModule):
             "target": sagittal_slices(target, self.size, self.n_slices, scale) * 2 - 1,
             "mask": mask.float(),
             "subject": batch["subject"],
+            "kind": batch["kind"],
         }
 
     def collect(self, split: str, passes: int = 1, device: str | torch.device | None = None) -> dict:

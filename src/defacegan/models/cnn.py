@@ -21,7 +21,12 @@ from defacegan.views import VIEW_MODES
 
 
 def branch_stack(n_views: int, channels: Sequence[int], kernel_size: int) -> nn.Sequential:
-    """Per-view conv → BN → ReLU → pool blocks, kept separate by ``groups=n_views``."""
+    """Per-view conv → BN → ReLU → pool blocks, kept separate by ``groups=n_views``.
+
+    BatchNorm (per channel, so per branch) keeps each view's absolute intensity level, which
+    carries much of the signal (a missing face darkens the projections); GroupNorm over a
+    branch normalised it away and training often collapsed to a constant output.
+    """
     layers: list[nn.Module] = []
     width = 1
     for out in channels:
