@@ -4,6 +4,8 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 DEMO   ?= data/demo
+IXI    ?= data/ixi
+IXI_SOURCE ?= ../shared/data/ixi-t1-2mm
 
 .PHONY: install test test-all train demo weights assets bench clean
 
@@ -33,8 +35,11 @@ demo:
 train: demo
 	$(PY) train.py data.root=$(DEMO)
 
-weights:
-	$(PY) -m defacegan.weights
+# The detector shipped in the package: demo + IXI subset cohorts, conf/experiment/weights.yaml.
+weights: demo
+	test -f $(IXI)/manifest.csv || $(VENV)/bin/defacegan data build --source $(IXI_SOURCE) --out $(IXI)
+	$(PY) train.py experiment=weights
+	$(PY) -c "from defacegan.inference import export_detector; print(export_detector('outputs/weights'))"
 
 assets:  # rebuild the shipped brain mask in pydeface-template space (needs Colin27)
 	$(PY) -m defacegan.deface
@@ -42,6 +47,8 @@ assets:  # rebuild the shipped brain mask in pydeface-template space (needs Coli
 bench:
 	$(PY) bench/deface.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/check.py
+	$(PY) bench/pix2pix.py --smoke
 
 clean:
 	rm -rf outputs multirun wandb

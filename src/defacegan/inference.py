@@ -8,6 +8,8 @@ stopping the batch.
 
 from __future__ import annotations
 
+import io
+import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ import torchio as tio
 from torch.utils.data import DataLoader, Dataset
 
 from defacegan.augment import standard_grid
-from defacegan.io import Scan, ScanError, load_scan, validate_volume
+from defacegan.io import Scan, ScanError, atomic_write_bytes, load_scan, validate_volume
 from defacegan.models.cnn import MultiBranchCNN
 from defacegan.views import VIEW_MODES, VIEW_NAMES, compute_views
 
@@ -133,3 +135,18 @@ def predict(items: Iterable[ScanInput], ckpt: str | os.PathLike | None = None, *
     """p(defaced) and verdict for each scan (paths, :class:`Scan`, NIfTI images or RAS+ arrays)."""
     keep_views = options.pop("keep_views", False)
     return Detector(ckpt, **options).predict(items, keep_views=keep_views)
+
+
+def export_detector(run_dir: str | os.PathLike, out: str | os.PathLike = str(SHIPPED_CHECKPOINT)) -> Path:
+    """Ship a training run's best CNN checkpoint: weights and input spec only, no optimizer state.
+
+    ``run_dir`` is a `train.py` output folder; its metrics.json names the best checkpoint.
+    """
+    summary = json.loads((Path(run_dir) / "metrics.json").read_text())
+    checkpoint = torch.load(summary["checkpoint"], map_location="cpu", weights_only=True)
+    slim = {key: checkpoint[key] for key in ("state_dict", "hyper_parameters", "pytorch-lightning_version")}
+    buffer = io.BytesIO()
+    torch.save(slim, buffer)
+    path = atomic_write_bytes(out, buffer.getvalue())
+    MultiBranchCNN.load_from_checkpoint(path, map_location="cpu")  # fails loudly if unusable
+    return path
