@@ -78,6 +78,7 @@ def test_save_is_atomic_and_protects_inputs(tmp_path):
     out = save_nifti(scan.to_original(scan.data), tmp_path / "out" / "o.nii.gz")
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
     assert sorted(p.name for p in out.parent.iterdir()) == ["o.nii.gz"]
+    assert out.stat().st_mode & 0o044 == 0o044  # readable by others, like any file the user writes
     np.testing.assert_allclose(nib.load(str(out)).get_fdata(), head(), rtol=1e-5)
 
 
