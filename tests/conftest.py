@@ -41,3 +41,19 @@ def detector_ckpt(tmp_path_factory) -> Path:
     from detector_fixture import fit_tiny_detector
 
     return fit_tiny_detector(tmp_path_factory.mktemp("detector") / "tiny.ckpt")
+
+
+@pytest.fixture(scope="session")
+def pix2pix_ckpt(tmp_path_factory) -> Path:
+    """An untrained 32² Pix2Pix on a 4 mm, 32³ standard grid, saved as a Lightning checkpoint."""
+    from pytorch_lightning import Trainer
+
+    from defacegan.models.pix2pix import Pix2Pix
+
+    model = Pix2Pix(size=32, spacing=4.0, grid_shape=(32, 32, 32), generator={"base_channels": 4},
+                    discriminator={"base_channels": 4})
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(model)
+    path = tmp_path_factory.mktemp("pix2pix") / "pix2pix.ckpt"
+    trainer.save_checkpoint(path)
+    return path

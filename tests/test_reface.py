@@ -8,7 +8,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from pytorch_lightning import Trainer
 
 from defacegan.cli import main
 from defacegan.deface import deface
@@ -121,18 +120,6 @@ def test_sagittal_planes_undo_the_views_layout():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """An untrained 32² Pix2Pix on a 4 mm, 32³ standard grid, saved as a Lightning checkpoint."""
-    model = Pix2Pix(size=32, spacing=4.0, grid_shape=(32, 32, 32), generator={"base_channels": 4},
-                    discriminator={"base_channels": 4})
-    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.strategy.connect(model)
-    path = tmp_path_factory.mktemp("pix2pix") / "pix2pix.ckpt"
-    trainer.save_checkpoint(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def defaced_head(tmp_path_factory):
     """A noisy ellipsoid 'head' stored LPS (not RAS), its anterior-inferior box zero-filled."""
     rng = np.random.default_rng(0)
@@ -149,10 +136,10 @@ def defaced_head(tmp_path_factory):
     return folder
 
 
-def test_reface_changes_the_removed_region_only(checkpoint, defaced_head, tmp_path):
+def test_reface_changes_the_removed_region_only(pix2pix_ckpt, defaced_head, tmp_path):
     source, mask = defaced_head / "defaced.nii.gz", defaced_head / "removed.nii.gz"
     output = tmp_path / "refaced.nii.gz"
-    assert main(["reface", str(source), "-o", str(output), "--ckpt", str(checkpoint), "--mask", str(mask)]) == 0
+    assert main(["reface", str(source), "-o", str(output), "--ckpt", str(pix2pix_ckpt), "--mask", str(mask)]) == 0
 
     before, after, removed = load_scan(source), load_scan(output), load_scan(mask).data > 0
     assert np.array_equal(nib.load(output).affine, nib.load(source).affine)  # the input's space and voxel order
@@ -172,18 +159,18 @@ def test_reface_scan_keeps_what_the_standard_grid_does_not_cover(defaced_head):
         reface_scan(scan, narrow, np.ones((2, 2, 2), bool))
 
 
-def test_reface_reports_unusable_inputs_and_keeps_going(checkpoint, defaced_head, tmp_path, capsys):
+def test_reface_reports_unusable_inputs_and_keeps_going(pix2pix_ckpt, defaced_head, tmp_path, capsys):
     empty = tmp_path / "empty.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)), empty)
     source = defaced_head / "defaced.nii.gz"
-    args = ["reface", str(source), "-o", str(tmp_path / "out.nii.gz"), "--ckpt", str(checkpoint)]
+    args = ["reface", str(source), "-o", str(tmp_path / "out.nii.gz"), "--ckpt", str(pix2pix_ckpt)]
     assert main([*args, "--mask", str(empty)]) == 2
     assert main(["reface", str(empty), "-o", str(tmp_path / "x.nii.gz"), "--ckpt", str(tmp_path / "none.ckpt")]) == 2
     assert "not a usable Pix2Pix checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_the_face_region_of_a_real_head_is_found_and_refused_while_the_face_is_there(ixi_scans, checkpoint, tmp_path):
+def test_the_face_region_of_a_real_head_is_found_and_refused_while_the_face_is_there(ixi_scans, pix2pix_ckpt, tmp_path):
     scan = load_scan(ixi_scans[0])
     with pytest.raises(ScanError, match="looks intact"):
         face_region(scan)
@@ -191,5 +178,5 @@ def test_the_face_region_of_a_real_head_is_found_and_refused_while_the_face_is_t
     defaced_scan = Scan(defaced.defaced, scan.affine, scan.original, scan.path)
     region = face_region(defaced_scan)
     assert region.any() and not defaced_scan.data[region].any()
-    refaced = reface_scan(defaced_scan, load_pix2pix(checkpoint, device="cpu"), region)
+    refaced = reface_scan(defaced_scan, load_pix2pix(pix2pix_ckpt, device="cpu"), region)
     assert np.array_equal(refaced[~region], defaced_scan.data[~region])

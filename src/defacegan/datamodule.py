@@ -76,7 +76,10 @@ def cache_scan(row: Mapping, columns: Sequence[str], folder: Path, spacing: floa
     if not missing:
         return targets
     images = {column: (tio.LabelMap if is_mask_column(column) else tio.ScalarImage)(row[column]) for column in {"face", *missing}}
-    subject = standard_grid(spacing, shape)(tio.Subject(images))
+    # TorchIO draws a random number per call, even for this fixed grid: building the cache must not
+    # move the global RNG, or a run's augmentations would depend on whether the cache existed.
+    with torch.random.fork_rng(devices=[]):
+        subject = standard_grid(spacing, shape)(tio.Subject(images))
     scale = float(robust_scale(subject["face"].data[None]))
     for column in missing:
         path, data = targets[column], subject[column].data[0]

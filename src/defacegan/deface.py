@@ -207,6 +207,16 @@ def _optimise(fixed: sitk.Image, fixed_mask: sitk.Image, transform: sitk.AffineT
     return registration.GetMetricValue()
 
 
+def require_head_extent(scan: Scan, purpose: str) -> None:
+    """Raise :class:`ScanError` when the field of view is under MIN_EXTENT_MM on any axis: too
+    small to hold a head, so neither a registration nor a classifier can say anything about it."""
+    extent = np.asarray(scan.data.shape) * np.asarray(scan.spacing)
+    if extent.min() < MIN_EXTENT_MM:
+        size = "x".join(f"{e:.0f}" for e in extent)
+        raise ScanError(scan.path, f"volume too small to {purpose} ({size} mm field of view, "
+                                   f"need at least {MIN_EXTENT_MM:.0f} mm per axis)")
+
+
 def register_template(scan: Scan, seed: int = 0) -> sitk.AffineTransform:
     """12-dof affine mapping scan points to pydeface template points (ITK convention).
 
@@ -217,11 +227,7 @@ def register_template(scan: Scan, seed: int = 0) -> sitk.AffineTransform:
     Raises :class:`ScanError` for volumes too small to hold a head or when the registration
     fails or gives an implausible scaling.
     """
-    extent = np.asarray(scan.data.shape) * np.asarray(scan.spacing)
-    if extent.min() < MIN_EXTENT_MM:
-        size = "x".join(f"{e:.0f}" for e in extent)
-        raise ScanError(scan.path, f"volume too small to register ({size} mm field of view, "
-                                   f"need at least {MIN_EXTENT_MM:.0f} mm per axis)")
+    require_head_extent(scan, "register")
     try:
         fixed = _low_resolution(to_sitk(scan.data, scan.affine))
         fixed_mask = _metric_mask(fixed)

@@ -23,6 +23,7 @@ import torchio as tio
 from torch.utils.data import DataLoader, Dataset
 
 from defacegan.augment import standard_grid
+from defacegan.deface import require_head_extent
 from defacegan.io import Scan, ScanError, atomic_write_bytes, load_scan, validate_volume
 from defacegan.models.cnn import MultiBranchCNN
 from defacegan.views import VIEW_MODES, VIEW_NAMES, compute_views
@@ -70,6 +71,7 @@ class GridDataset(Dataset):
         source = str(item) if isinstance(item, (str, os.PathLike)) else f"<input {index}>"
         try:
             scan = as_scan(item)
+            require_head_extent(scan, "classify")
             image = self.grid(tio.ScalarImage(tensor=torch.from_numpy(scan.data)[None], affine=scan.affine))
             return {"index": index, "source": source, "volume": image.data.float(), "error": ""}
         except ScanError as error:

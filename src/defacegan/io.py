@@ -21,9 +21,12 @@ import numpy as np
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
 
 try:  # ISA-L inflates gzip about twice as fast as zlib, and decoding dominates a check run
-    from isal.igzip import decompress as gunzip
+    from isal import igzip, isal_zlib
+
+    INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, gzip.BadGzipFile, isal_zlib.error)
 except ImportError:  # pragma: no cover - isal is a dependency; stay usable without it
-    gunzip = None
+    igzip = None
+    INFLATE_ERRORS = (zlib.error, gzip.BadGzipFile)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MAX_DEFLATE_RATIO = 1032  # gzip (deflate) never expands its input by more than this
@@ -108,6 +111,8 @@ def validate_volume(data: np.ndarray, name: str | os.PathLike | None = None) -> 
         raise ScanError(name, "volume is empty")
     if np.issubdtype(data.dtype, np.complexfloating):
         raise ScanError(name, f"complex data ({data.dtype}) is not a magnitude image")
+    if not np.issubdtype(data.dtype, np.number) and data.dtype != bool:
+        raise ScanError(name, f"{data.dtype} voxels (e.g. RGB colours) are not a scalar intensity image")
     data = data.astype(np.float32, copy=False)
     finite = np.isfinite(data)
     if not finite.all():
@@ -133,6 +138,8 @@ def load_scan(path: str | os.PathLike) -> Scan:
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise ScanError(path, f"not a NIfTI image ({type(image).__name__})")
     shape = image.shape
+    if min(shape, default=0) < 1:
+        raise ScanError(path, f"header dims {shape} are not all positive")
     voxels = int(np.prod(shape, dtype=object))  # Python ints: header dims can overflow int64
     if len(shape) > 3 and int(np.prod(shape[3:], dtype=object)) > 1:
         raise ScanError(path, f"expected a 3D volume, got 4D with shape {shape}")
@@ -145,11 +152,12 @@ def load_scan(path: str | os.PathLike) -> Scan:
         raise ScanError(path, f"truncated or corrupt: header dims {shape} need {needed} bytes of data, "
                               f"more than this {path.stat().st_size}-byte file can hold")
     try:
-        if gunzip is not None and path.name.lower().endswith(".gz"):
-            data = np.asanyarray(type(image).from_bytes(gunzip(path.read_bytes())).dataobj)
+        if igzip is not None and path.name.lower().endswith(".gz"):
+            with igzip.open(path) as stream:  # inflate only what the header promises (no gzip bombs)
+                data = np.asanyarray(type(image).from_bytes(stream.read(needed)).dataobj)
         else:
             data = np.asanyarray(image.dataobj)
-    except (EOFError, OSError, ValueError, MemoryError, zlib.error, gzip.BadGzipFile) as error:
+    except (EOFError, OSError, ValueError, MemoryError, *INFLATE_ERRORS) as error:
         raise ScanError(path, f"truncated or corrupt data ({type(error).__name__}: {error})") from None
     data = validate_volume(data, path)
     affine = image.affine

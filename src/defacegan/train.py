@@ -14,6 +14,7 @@ from pathlib import Path
 
 import hydra
 import joblib
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -27,6 +28,7 @@ from defacegan.metrics import classification_report
 log = logging.getLogger(__name__)
 
 OmegaConf.register_new_resolver("path_name", lambda path: Path(str(path)).name, replace=True)
+OmegaConf.register_new_resolver("is_gpu", lambda accelerator: str(accelerator) in ("gpu", "cuda"), replace=True)
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -59,7 +61,8 @@ def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
     return ckpt_path
 
 
-def fit_lightning(cfg: DictConfig, model: LightningModule, datamodule, loggers: list[Logger], out: Path) -> dict:
+def fit_lightning(cfg: DictConfig, model: LightningModule, datamodule, loggers: list[Logger], out: Path) -> dict | None:
+    """Fit, then validate and test the best checkpoint; None in the non-zero ranks of a multi-process run."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     summary: dict = {}
@@ -69,6 +72,15 @@ def fit_lightning(cfg: DictConfig, model: LightningModule, datamodule, loggers: 
         summary["train_seconds"] = time.perf_counter() - started
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     summary["checkpoint"] = best or None
+    if trainer.world_size > 1:
+        # DDP shards (and pads) the val/test sets across processes, so each would score a part:
+        # rank 0 evaluates every scan exactly once on one device, the other ranks are done.
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        if trainer.global_rank != 0:
+            return None
+        trainer = instantiate(cfg.trainer, devices=1, num_nodes=1, strategy="auto", sync_batchnorm=False,
+                              callbacks=callbacks, logger=loggers or False)
     if cfg.test:
         ckpt = best or None
         validated = trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt)[0]
@@ -129,6 +141,8 @@ def train(cfg: DictConfig) -> float | None:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         fit = fit_lightning if isinstance(model, LightningModule) else fit_sklearn
         summary = fit(cfg, model, datamodule, loggers, out)
+        if summary is None:
+            return None
         summary.update(run_facts(cfg, model, summary))
         atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2, default=float))
         report.print_summary(summary, out)
