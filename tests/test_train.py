@@ -93,3 +93,17 @@ def test_multirun_writes_comparison_table(tmp_path, synthetic_cohort):
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
     table = (tmp_path / "sweep" / "comparison.md").read_text()
     assert "logreg" in table and "cnn" in table
+
+
+def test_comparison_table_has_one_row_per_job(tmp_path):
+    from defacegan.report import write_comparison
+
+    for job, model, f1 in [("0_model=logreg", "logreg", 0.9), ("1_model=cnn", "cnn", 1.0)]:
+        (tmp_path / job).mkdir()
+        summary = {"model": model, "view_mode": "all", "train_methods": ["mask"], "test": {"f1": f1},
+                   "test_by_method": {"plane": {"f1": 0.5}}, "train_seconds": 1.5}
+        (tmp_path / job / "metrics.json").write_text(json.dumps(summary))
+    lines = write_comparison(tmp_path).read_text().splitlines()
+    assert len(lines) == 4 and "f1_plane" in lines[0]
+    assert "| logreg | all | mask |" in lines[2] and "1.0000" in lines[3]
+    assert (tmp_path / "comparison.csv").read_text().count("\n") == 3

@@ -211,12 +211,8 @@ def write_comparison(sweep_dir: str | Path) -> Path | None:
         return None
     columns = list(dict.fromkeys(k for row in rows for k in row))
     csv = "\n".join([",".join(columns)] + [",".join(format_value(r.get(c)) for c in columns) for r in rows]) + "\n"
-    markdown = "\n".join(
-        ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        + ["| " + " | ".join(format_value(r.get(c)) for c in columns) + " |" for r in rows]
-    ) + "\n"
     atomic_write_text(Path(sweep_dir) / "comparison.csv", csv)
-    return atomic_write_text(Path(sweep_dir) / "comparison.md", markdown)
+    return atomic_write_text(Path(sweep_dir) / "comparison.md", markdown_table(rows, columns))
 
 
 class ComparisonTable(Callback):
