@@ -38,6 +38,7 @@ train: demo
 # The detector shipped in the package: demo + IXI subset cohorts, conf/experiment/weights.yaml.
 weights: demo
 	test -f $(IXI)/manifest.csv || $(VENV)/bin/defacegan data build --source $(IXI_SOURCE) --out $(IXI)
+	rm -rf outputs/weights  # a fresh run folder: no stale checkpoints, no claim of an earlier run
 	$(PY) train.py experiment=weights
 	$(PY) -c "from defacegan.inference import export_detector; print(export_detector('outputs/weights'))"
 
@@ -47,6 +48,7 @@ assets:  # rebuild the shipped brain mask in pydeface-template space (needs Coli
 bench:
 	$(PY) bench/deface.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/throughput.py
 	$(PY) bench/check.py
 	$(PY) bench/pix2pix.py --smoke
 

@@ -1,20 +1,25 @@
 """Scaling out: DDP over CPU processes, Hydra's joblib and SLURM launchers, same seed → same
-metrics, and multirun jobs that never share an output folder."""
+metrics, runs and multirun jobs that never share an output folder, and resuming a killed run."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, instantiate
 from pytorch_lightning.accelerators import CPUAccelerator
 from test_train import make_cfg
 
-from defacegan.train import CONFIG_DIR, train
+from defacegan.models.cnn import gather_across_ranks
+from defacegan.train import CONFIG_DIR, WANDB_RUN_ID, train
 
 ROOT = Path(CONFIG_DIR).parent
 SCORES = ("val", "test", "test_by_method")  # metrics.json entries that a rerun must reproduce
@@ -25,10 +30,13 @@ def tiny_cohort(cohort: Path) -> list[str]:
     return [f"data.root={cohort}", "data.num_workers=0", "data.spacing=4.0", "data.shape=[40,48,44]"]
 
 
-def run_train(*overrides: str) -> subprocess.CompletedProcess:
+def run_train(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`python train.py <overrides>` in a subprocess; tests/ is importable (kill_callback)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+                            timeout=600, env=env)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
@@ -107,3 +115,65 @@ def test_joblib_multirun_jobs_get_their_own_folders_and_runs(tmp_path, synthetic
     if logger == "wandb":
         run_ids = {path.name for path in sweep.glob("*/wandb/offline-run-*")}
         assert len(run_ids) == 3
+
+
+def _gather_on_rank(rank: int, init_file: str, results: dict) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    shard = [{"probability": torch.full((2,), rank / 2), "label": torch.tensor([rank, rank]), "subject": [f"s{rank}"] * 2,
+              "kind": ["face", "mask"]}]
+    results[rank] = [(o["subject"], o["label"].tolist()) for o in gather_across_ranks(shard)]
+    dist.destroy_process_group()
+
+
+def test_cnn_scores_the_whole_val_set_on_every_ddp_rank(tmp_path):
+    """Both ranks see both shards, in rank order, so they log the same val/f1 (and stop alike)."""
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_gather_on_rank, args=(str(tmp_path / "init"), results), nprocs=2)
+        expected = [(["s0", "s0"], [0, 0]), (["s1", "s1"], [1, 1])]
+        assert results[0] == expected and results[1] == expected
+
+
+def test_a_run_folder_is_never_shared_unless_resumed(tmp_path, synthetic_cohort):
+    cfg = make_cfg(tmp_path, synthetic_cohort, "trainer=debug", "train=false", "test=false")
+    train(cfg)
+    with pytest.raises(FileExistsError, match="another run already uses this folder"):
+        train(cfg)
+    cfg.ckpt_path, cfg.train = "last", True
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):  # claim taken; nothing to resume
+        train(cfg)
+
+
+@pytest.mark.slow
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, synthetic_cohort):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    command = [sys.executable, "train.py", "train=false", "test=false", "logger=none", *tiny_cohort(synthetic_cohort),
+               f"paths.log_dir={tmp_path}"]
+    runs = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(3)]
+    for run in runs:
+        assert run.wait(timeout=300) == 0, run.stderr.read().decode()[-2000:]
+    folders = sorted((tmp_path / "train" / "runs").iterdir())
+    assert len(folders) == 3 and all((folder / "metrics.json").exists() for folder in folders)
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_at_its_step_in_the_same_wandb_run(tmp_path, synthetic_cohort):
+    """SIGKILL at the start of epoch 2; `ckpt_path=last` must go on from the step of epoch 1's
+    checkpoint to the same final step as four uninterrupted epochs, logging into one W&B run id."""
+    run = tmp_path / "run"
+    common = ["logger=wandb", "trainer.max_epochs=4", "trainer.min_epochs=4", "data.augment=null",
+              *tiny_cohort(synthetic_cohort), f"paths.log_dir={tmp_path}", f"hydra.run.dir={run}"]
+    killed = run_train(*common, "+callbacks.kill._target_=kill_callback.KillAtEpoch", "+callbacks.kill.epoch=2",
+                       check=False)
+    assert killed.returncode == -9 and not (run / "metrics.json").exists()
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["epoch"] == 1 and saved["global_step"] > 0
+    steps_per_epoch = saved["global_step"] // 2
+
+    run_train(*common, "ckpt_path=last")
+    final = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final["epoch"] == 3 and final["global_step"] == 4 * steps_per_epoch
+    run_id = (run / WANDB_RUN_ID).read_text().strip()
+    offline_runs = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 2 and all(path.name.endswith(f"-{run_id}") for path in offline_runs)
+    assert json.loads((run / "metrics.json").read_text())["test"]["n"] == 3

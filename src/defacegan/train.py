@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
 import time
 from pathlib import Path
 
@@ -16,10 +18,11 @@ import hydra
 import joblib
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import LightningModule, seed_everything
 from pytorch_lightning.loggers import Logger, WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
 
 from defacegan import report
 from defacegan.io import atomic_write_text
@@ -33,12 +36,54 @@ OmegaConf.register_new_resolver("is_gpu", lambda accelerator: str(accelerator) i
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
-def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
-    """Loggers from the `logger` group; the W&B-only `log_faces` switch is not a logger argument."""
+RUN_CLAIM = "run.claim"
+WANDB_RUN_ID = "wandb_run_id"
+
+
+def claim_output_dir(out: Path, resuming: bool) -> None:
+    """Make ``out`` this run's alone: a second run started into the same folder stops here.
+
+    Run folders are named to the microsecond, so two launches only meet in one folder when it
+    is given twice (``hydra.run.dir``); only a resume (``ckpt_path=last``) may reuse one.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    claim = out / RUN_CLAIM
+    try:
+        descriptor = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        if not resuming:
+            raise FileExistsError(
+                f"{out}: another run already uses this folder ({claim.read_text().strip()}); "
+                "give a new hydra.run.dir, or resume it with ckpt_path=last"
+            ) from None
+        claim.write_text(f"pid {os.getpid()} (resumed)\n")
+        return
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(f"pid {os.getpid()}\n")
+
+
+def wandb_run_id(out: Path) -> str:
+    """The W&B run id of this run folder: made on the first start, read back on a resume."""
+    path = out / WANDB_RUN_ID
+    if path.exists():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(4)
+    atomic_write_text(path, run_id + "\n")
+    return run_id
+
+
+def instantiate_loggers(cfg: DictConfig | None, out: Path) -> list[Logger]:
+    """Loggers from the `logger` group; the W&B-only `log_faces` switch is not a logger argument.
+
+    A W&B run without an explicit ``id`` gets the run folder's (:func:`wandb_run_id`), so a run
+    resumed with ``ckpt_path=last`` goes on logging into the same W&B run.
+    """
     loggers = []
     for name, conf in (cfg or {}).items():
         conf = OmegaConf.to_container(conf, resolve=True)
         conf.pop("log_faces", None)
+        if get_class(conf["_target_"]) is WandbLogger and not conf.get("id"):
+            conf.update(id=wandb_run_id(out), resume="allow")
         loggers.append(instantiate(conf))
         log.info("logger %s", name)
     return loggers
@@ -132,10 +177,11 @@ def train(cfg: DictConfig) -> float | None:
     """Run one experiment; return `cfg.optimized_metric` for Hydra sweepers."""
     seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if rank_zero_only.rank == 0:  # DDP's other ranks rerun this script into rank 0's folder
+        claim_output_dir(out, resuming=cfg.get("ckpt_path") == "last")
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
-    loggers = instantiate_loggers(cfg.get("logger"))
+    loggers = instantiate_loggers(cfg.get("logger"), out)
     try:
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

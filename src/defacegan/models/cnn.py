@@ -93,7 +93,7 @@ class MultiBranchCNN(LightningModule):
 
     def _evaluate(self, batch: dict, stage: str) -> None:
         logits = self(batch["views"])
-        self.log(f"{stage}/loss", self.loss(logits, batch["label"].float()), batch_size=len(logits))
+        self.log(f"{stage}/loss", self.loss(logits, batch["label"].float()), batch_size=len(logits), sync_dist=True)
         self._outputs[stage].append(
             {
                 "probability": torch.sigmoid(logits.float()).cpu(),
@@ -110,7 +110,7 @@ class MultiBranchCNN(LightningModule):
         self._evaluate(batch, "test")
 
     def _epoch_end(self, stage: str) -> dict[str, np.ndarray]:
-        outputs = self._outputs[stage]
+        outputs = gather_across_ranks(self._outputs[stage])
         self._outputs[stage] = []
         if not outputs:
             return {}
@@ -140,6 +140,20 @@ class MultiBranchCNN(LightningModule):
         # `monitor` serves ReduceLROnPlateau; other schedulers ignore it.
         scheduler = {"scheduler": self.scheduler(optimizer), "monitor": "val/loss"}
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def gather_across_ranks(outputs: list[dict]) -> list[dict]:
+    """Every process's prediction dicts, in rank order, when several train together (DDP).
+
+    Each rank sees a shard of the val set; scoring the whole set on every rank gives all of them
+    the same val/f1, so checkpointing and early stopping decide alike (a rank that stops alone
+    leaves the others waiting in the next collective).
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return outputs
+    gathered: list[list[dict] | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, outputs)
+    return [output for part in gathered for output in part]
 
 
 def collate_predictions(outputs: list[dict]) -> dict[str, np.ndarray]:
