@@ -13,9 +13,10 @@ from detector_fixture import write_head
 from PIL import Image
 from rich.console import Console
 
-from defacegan.check import ScanFile, Summary, check_scans, gather_scans, print_results
+from defacegan.check import Summary, check_scans, gather_scans, print_results
 from defacegan.cli import EXIT_FACE, EXIT_OK, EXIT_UNREADABLE, main
 from defacegan.inference import SHIPPED_CHECKPOINT, Detector
+from defacegan.io import ScanFile
 
 
 @pytest.fixture(scope="module")

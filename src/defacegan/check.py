@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,48 +28,18 @@ from rich.table import Table
 from rich.text import Text
 
 from defacegan.inference import Detector, Prediction
-from defacegan.io import atomic_write_bytes, atomic_write_text, find_scans, stem
+from defacegan.io import ScanFile, atomic_write_bytes, atomic_write_text, bids_anatomical_scans, find_scans, stem
 
 #: The anatomical BIDS suffixes whose images can show a face.
 BIDS_SUFFIXES = ("T1w", "T2w", "PD")
-#: ``sub-<label>[_ses-<label>][_<key>-<value>...]_<suffix>.nii[.gz]``
-BIDS_NAME = re.compile(
-    r"^sub-(?P<subject>[a-zA-Z0-9]+)(?:_ses-(?P<session>[a-zA-Z0-9]+))?(?:_[a-zA-Z0-9]+-[a-zA-Z0-9]+)*"
-    r"_(?P<suffix>[a-zA-Z0-9]+)\.nii(?:\.gz)?$"
-)
 #: Missing values in TSV files, as BIDS writes them.
 MISSING = "n/a"
 
 TEMPLATES = Environment(loader=PackageLoader("defacegan", "templates"), autoescape=select_autoescape())
 
 
-@dataclass(frozen=True)
-class ScanFile:
-    """A scan to check; ``subject``/``session`` are BIDS labels without prefix, when the name has them."""
-
-    path: Path
-    subject: str | None = None
-    session: str | None = None
-
-    @classmethod
-    def from_path(cls, path: str | os.PathLike) -> ScanFile:
-        path = Path(path)
-        match = BIDS_NAME.match(path.name)
-        return cls(path, match["subject"], match["session"]) if match else cls(path)
-
-
 def is_bids_root(folder: Path) -> bool:
     return folder.is_dir() and (folder / "dataset_description.json").is_file()
-
-
-def bids_anatomical_scans(root: Path) -> list[ScanFile]:
-    """T1w/T2w/PD images in ``sub-*/[ses-*/]anat/`` of a BIDS dataset (derivatives are not raw data)."""
-    paths = sorted({*root.glob("sub-*/anat/*.nii*"), *root.glob("sub-*/ses-*/anat/*.nii*")})
-    return [
-        ScanFile(path, match["subject"], match["session"])
-        for path in paths
-        if (match := BIDS_NAME.match(path.name)) and match["suffix"] in BIDS_SUFFIXES
-    ]
 
 
 def gather_scans(paths: Iterable[str | os.PathLike], participant_labels: Sequence[str] = ()) -> list[ScanFile]:
@@ -81,7 +50,7 @@ def gather_scans(paths: Iterable[str | os.PathLike], participant_labels: Sequenc
     """
     scans: dict[Path, ScanFile] = {}
     for path in map(Path, paths):
-        found = bids_anatomical_scans(path) if is_bids_root(path) else map(ScanFile.from_path, find_scans([path]))
+        found = bids_anatomical_scans(path, BIDS_SUFFIXES) if is_bids_root(path) else map(ScanFile.from_path, find_scans([path]))
         scans.update((scan.path, scan) for scan in found if scan.path not in scans)
     selected = list(scans.values())
     if participant_labels:

@@ -57,7 +57,7 @@ from defacegan.deface import (
     register_template,
     template_masks,
 )
-from defacegan.io import Scan, ScanError, atomic_write_text, find_scans, load_scan, save_nifti, stem
+from defacegan.io import Scan, ScanError, atomic_write_text, bids_anatomical_scans, find_scans, load_scan, save_nifti, stem
 from defacegan.ixi import fetch_ixi
 
 SPLITS = ("train", "val", "test")
@@ -86,7 +86,6 @@ FACE, BRAIN = 1, 2  # bits of a demo head's `regions` label map: one map moves b
 
 Volumes = tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]  # face, {method: removed (bool)}, RAS affine
 
-BIDS_T1W = re.compile(r"(sub-[^/_]+)/(?:ses-[^/_]+/)?anat/[^/]+_T1w\.nii(?:\.gz)?")
 IXI_SUBJECT = re.compile(r"(IXI\d+)-")
 
 
@@ -149,13 +148,12 @@ def scan_entries(folder: str | os.PathLike) -> list[Entry]:
     id or by its path without suffix (``/`` as ``_``).
     """
     folder = Path(folder)
-    paths = find_scans([folder])
-    relative = [path.relative_to(folder).as_posix() for path in paths]
-    bids = [BIDS_T1W.fullmatch(name) for name in relative]
-    if any(bids):
-        subjects = [(match.group(1), path) for match, path in zip(bids, paths) if match]
+    bids = bids_anatomical_scans(folder, ("T1w",))
+    if bids:
+        subjects = [(f"sub-{scan.subject}", scan.path) for scan in bids]
     else:
-        subjects = [(_subject_of(name), path) for name, path in zip(relative, paths)]
+        paths = find_scans([folder])
+        subjects = [(_subject_of(path.relative_to(folder).as_posix()), path) for path in paths]
     scans_of = Counter(subject for subject, _ in subjects)
     entries = [
         Entry(subject, subject if scans_of[subject] == 1 else f"{subject}/{stem(path)}", str(path.absolute()))

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import tempfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,6 +249,42 @@ def find_scans(paths: list[str | os.PathLike]) -> list[Path]:
         else:
             found.append(item)
     return list(dict.fromkeys(found))
+
+
+#: ``sub-<label>[_ses-<label>][_<key>-<value>...]_<suffix>.nii[.gz]`` (BIDS labels are alphanumeric)
+BIDS_NAME = re.compile(
+    r"^sub-(?P<subject>[a-zA-Z0-9]+)(?:_ses-(?P<session>[a-zA-Z0-9]+))?(?:_[a-zA-Z0-9]+-[a-zA-Z0-9]+)*"
+    r"_(?P<suffix>[a-zA-Z0-9]+)\.nii(?:\.gz)?$"
+)
+
+
+@dataclass(frozen=True)
+class ScanFile:
+    """A scan file; ``subject``/``session`` are BIDS labels without prefix, when the name has them."""
+
+    path: Path
+    subject: str | None = None
+    session: str | None = None
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike) -> ScanFile:
+        path = Path(path)
+        match = BIDS_NAME.match(path.name)
+        return cls(path, match["subject"], match["session"]) if match else cls(path)
+
+
+def bids_anatomical_scans(root: str | os.PathLike, suffixes: Sequence[str]) -> list[ScanFile]:
+    """Images with these suffixes (``T1w``...) in ``sub-*/[ses-*/]anat/`` of a BIDS dataset, sorted.
+
+    Only the raw data at the dataset's top: ``derivatives/`` and ``sourcedata/`` are not scanned.
+    """
+    root = Path(root)
+    paths = sorted({*root.glob("sub-*/anat/*.nii*"), *root.glob("sub-*/ses-*/anat/*.nii*")})
+    return [
+        ScanFile(path, match["subject"], match["session"])
+        for path in paths
+        if path.is_file() and (match := BIDS_NAME.match(path.name)) and match["suffix"] in suffixes
+    ]
 
 
 def stem(path: str | os.PathLike) -> str:

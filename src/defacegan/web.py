@@ -21,9 +21,9 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-from defacegan.check import TEMPLATES, CheckResult, ScanFile, result_png
+from defacegan.check import TEMPLATES, CheckResult, result_png
 from defacegan.inference import Detector, Prediction
-from defacegan.io import is_nifti
+from defacegan.io import ScanFile, is_nifti
 
 UPLOAD_FIELD = b"file"
 #: Bytes a multipart body may carry beyond the file itself (boundaries, part headers, small fields).
