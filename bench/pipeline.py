@@ -3,7 +3,7 @@
 - views: ``compute_views`` (all six) and ``sagittal_slices`` on a batch of 256³ float32 volumes
   (a 1 mm head), on the CPU and on CUDA when present. Needs torch only.
 - loader: the DataModule's train loader on the 2 mm / 128³ standard grid, augmentation off and
-  on (conf/data/default.yaml), with 0 and 2 workers, after the cache is built; the first batch
+  on (conf/augment/torchio.yaml), with 0 and 2 workers, after the cache is built; the first batch
   (worker start-up) is not timed.
 
     python bench/pipeline.py [--root COHORT] [--json bench/results/pipeline.json] [--only views|loader]
@@ -72,7 +72,7 @@ def bench_loader(root: Path, batches: int) -> list[dict]:
 
     from defacegan.datamodule import DefaceDataModule
 
-    augment = OmegaConf.load(ROOT / "conf" / "data" / "default.yaml").augment
+    augment = OmegaConf.load(ROOT / "conf" / "augment" / "torchio.yaml").augment
     rows = []
     for augmented in (False, True):
         for workers in (0, 2):

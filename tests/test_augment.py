@@ -1,4 +1,5 @@
-"""TorchIO pipelines: the standard grid, and augmentation that keeps a face and its defaced twin aligned."""
+"""The standard grid, and augmentation (TorchIO on the CPU, MONAI on the device) that keeps a face
+and its defaced twin aligned."""
 
 from pathlib import Path
 
@@ -10,9 +11,11 @@ from cohort_fixture import synthetic_head
 from omegaconf import OmegaConf
 from scipy.ndimage import binary_dilation, binary_erosion
 
-from defacegan.augment import RandomOrientation, build_augmentation, standard_grid
+from defacegan.augment import DeviceAugmentation, RandomOrientation, build_augmentation, standard_grid
 
-DEFAULT_AUGMENT = OmegaConf.load(Path(__file__).parents[1] / "conf" / "data" / "default.yaml").augment
+AUGMENT_CONF = Path(__file__).parents[1] / "conf" / "augment"
+DEFAULT_AUGMENT = OmegaConf.load(AUGMENT_CONF / "torchio.yaml").augment
+DEVICE_AUGMENT = OmegaConf.load(AUGMENT_CONF / "device.yaml").device_augment
 SPATIAL_AND_INTENSITY = {
     "flip": {"axes": ("LR",), "flip_probability": 0.5},
     "affine": {"p": 1, "scales": 0.1, "degrees": 15, "translation": 8},
@@ -113,3 +116,54 @@ def test_random_orientation_moves_all_images_alike_and_keeps_the_header():
     assert len(seen) > 1  # the data really moved
     with pytest.raises(ValueError, match="cubic"):
         RandomOrientation()(tio.CropOrPad((48, 40, 48))(subject))
+
+
+def head_batch(n=3) -> dict[str, torch.Tensor]:
+    """Generated heads as a transferred translate batch holds them: float16 volumes, uint8 masks."""
+    subjects = [head_subject(seed, method=("mask", "plane")[seed % 2]) for seed in range(n)]
+    dtypes = {"face": torch.float16, "defaced": torch.float16, "removed": torch.uint8}
+    return {role: torch.stack([s[role].data for s in subjects]).to(dtype) for role, dtype in dtypes.items()}
+
+
+def batch_subjects(batch: dict[str, torch.Tensor]) -> list[tio.Subject]:
+    return [tio.Subject(face=tio.ScalarImage(tensor=batch["face"][i].float()), defaced=tio.ScalarImage(tensor=batch["defaced"][i].float()),
+                        removed=tio.LabelMap(tensor=batch["removed"][i])) for i in range(len(batch["face"]))]
+
+
+def test_device_augmentation_moves_the_pair_together_and_shares_intensity_draws():
+    every_time = {key: {**options, "prob": 1.0} for key, options in OmegaConf.to_container(DEVICE_AUGMENT).items()}
+    batch = head_batch()
+    out = DeviceAugmentation(every_time, keys=("face", "defaced"), masks=("removed",), spacing=4.0, seed=0)(batch)
+    for role, volume in batch.items():
+        assert out[role].shape == volume.shape and out[role].dtype == volume.dtype
+        assert not torch.equal(out[role], volume)
+    assert set(out["removed"].unique().tolist()) == {0, 1}
+    for subject in batch_subjects(out):
+        assert misalignment(subject) < 0.01
+        assert (subject["defaced"].data[binary_erosion(subject["removed"].numpy(), iterations=1)] == 0).all()
+    # The check is sensitive: the twin moved by another draw is far off.
+    apart = DeviceAugmentation({"affine": every_time["affine"]}, keys=("face",), spacing=4.0, seed=1)(out)
+    assert all(misalignment(subject) > 0.05 for subject in batch_subjects(apart))
+
+
+def test_device_augmentation_draws_per_sample():
+    """Batched, yet each sample gets its own flip, affine and gamma (the same head twice differs)."""
+    head = head_batch(1)
+    twice = {role: volume.repeat(2, 1, 1, 1, 1) for role, volume in head.items()}
+    every_time = {"affine": {"prob": 1.0}, "contrast": {"prob": 1.0}}
+    out = DeviceAugmentation(every_time, keys=("face", "defaced"), masks=("removed",), spacing=4.0)(twice)
+    assert not torch.equal(out["face"][0], out["face"][1]) and not torch.equal(out["removed"][0], out["removed"][1])
+
+
+def test_device_augmentation_draws_from_its_seed():
+    batch = head_batch(2)
+    augmentation = DeviceAugmentation(DEVICE_AUGMENT, keys=("face", "defaced"), masks=("removed",), spacing=4.0, seed=5)
+    first = augmentation(batch)["face"]
+    assert not torch.equal(augmentation(batch)["face"], first)  # draws go on
+    augmentation.restart()
+    torch.manual_seed(123)  # the global RNG plays no part
+    torch.testing.assert_close(augmentation(batch)["face"], first)
+    other_seed = DeviceAugmentation(DEVICE_AUGMENT, keys=("face", "defaced"), masks=("removed",), spacing=4.0, seed=6)
+    assert not torch.equal(other_seed(batch)["face"], first)
+    with pytest.raises(ValueError, match="unknown device augmentation"):
+        DeviceAugmentation({"elastic": {"prob": 1}}, keys=("face",))

@@ -18,6 +18,7 @@ from defacegan.views import VIEW_MODES
 CONFIG_DIR = str(Path(__file__).parents[1] / "conf")
 SMALL_GRID = {"spacing": 4.0, "shape": (48, 48, 48), "size": 32, "batch_size": 4}
 AUGMENT = {"flip": {"axes": ("LR",)}, "affine": {"p": 1, "degrees": 10}, "noise": {"p": 0.5, "std": 0.02}}
+DEVICE_AUGMENT = {"flip": {"prob": 1.0}, "affine": {"prob": 1.0, "degrees": 10, "translation": 8}}
 
 
 def datamodule(root: Path, **options) -> DefaceDataModule:
@@ -139,18 +140,48 @@ def test_config_group_instantiates(synthetic_cohort, tmp_path, group, views):
     assert cfg.data.augment is None and dm.roots == [synthetic_cohort] and dm.cache_dir is None
 
 
+@pytest.mark.parametrize("choice, torchio, device", [("torchio", True, False), ("device", False, True), ("none", False, False)])
+def test_augment_group_picks_where_augmentation_runs(synthetic_cohort, choice, torchio, device):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"augment={choice}", f"data.root={synthetic_cohort}"])
+    dm = instantiate(cfg.data)
+    assert (dm.augmentation is not None) == torchio and (dm.device_augmentation is not None) == device
+
+
+def test_device_augmentation_runs_on_train_batches_only(synthetic_cohort):
+    plain = datamodule(synthetic_cohort, train_methods=["mask"])
+    dm = datamodule(synthetic_cohort, train_methods=["mask"], device_augment=DEVICE_AUGMENT, seed=1)
+    train = dm.collect("train")
+    assert not torch.equal(train["views"], plain.collect("train")["views"])
+    torch.testing.assert_close(dm.collect("train")["views"], train["views"])  # each collect restarts from the seed
+    torch.testing.assert_close(dm.collect("val")["views"], plain.collect("val")["views"])
+    # Under a Trainer the batch hook augments in the train loop, not in validation.
+    probe = ViewsProbe(dm.n_views)
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0, accelerator="cpu",
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(probe, datamodule=dm)
+    torch.testing.assert_close(probe.views["val"], plain.collect("val")["views"])
+    unaugmented = plain.collect("train")["views"]
+    assert all((unaugmented - view).abs().amax(dim=(1, 2, 3)).min() > 0 for view in probe.views["train"])
+
+
 class ViewsProbe(pl.LightningModule):
-    """The smallest classifier, to see what a Trainer hands to training_step."""
+    """The smallest classifier, to see what a Trainer hands to training_step and validation_step."""
 
     def __init__(self, n_views: int):
         super().__init__()
         self.linear = torch.nn.Linear(n_views * 32 * 32, 1)
         self.seen = []
+        self.views = {}
 
     def training_step(self, batch, batch_idx):
         self.seen.append({key: tuple(value.shape) for key, value in batch.items() if torch.is_tensor(value)})
+        self.views["train"] = batch["views"]
         logits = self.linear(batch["views"].flatten(1)).squeeze(1)
         return torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["label"])
+
+    def validation_step(self, batch, batch_idx):
+        self.views["val"] = batch["views"]
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)

@@ -17,7 +17,7 @@ from omegaconf import open_dict
 from defacegan.train import CONFIG_DIR, train
 
 ROOT = Path(CONFIG_DIR).parent
-GROUPS = {group: sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml")) for group in ("data", "model", "trainer", "logger")}
+GROUPS = {group: sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml")) for group in ("data", "augment", "model", "trainer", "logger")}
 
 
 def make_cfg(tmp_path: Path, cohort: Path, *overrides: str):
@@ -48,7 +48,7 @@ def test_every_config_group_option_composes_and_instantiates(tmp_path, synthetic
     elif group == "logger":
         assert all(instantiate({k: v for k, v in c.items() if k != "log_faces"}) for c in (cfg.logger or {}).values())
     else:
-        assert instantiate(cfg[group]) is not None
+        assert instantiate(cfg["data" if group == "augment" else group]) is not None  # augment fills data's keys
 
 
 def test_model_sets_its_task_and_checkpoint_metric(tmp_path, synthetic_cohort):

@@ -1,15 +1,21 @@
-"""TorchIO pipelines: the deterministic standard grid, and the train-time augmentation.
+"""Train-time augmentation, and the deterministic standard grid.
 
-Both act on a ``tio.Subject`` holding a face volume, its defaced twin and the removed-region
-mask (a LabelMap), so every spatial transform moves all three alike and the pair stays aligned.
+- TorchIO (the default, ``data.augment``) runs in the loader's CPU workers on a ``tio.Subject``
+  holding a face volume, its defaced twin and the removed-region mask (a LabelMap), so every
+  spatial transform moves all three alike and the pair stays aligned.
+- ``data.device_augment`` runs on the transferred batch, on the GPU when there is one, for
+  when CPU workers cannot keep it busy: flips, affine, smoothing and gamma, batched (MONAI layers).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
 import torchio as tio
+import monai.transforms.utils as mtu
+from monai.networks.layers import AffineTransform, GaussianFilter
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
@@ -117,3 +123,85 @@ def build_augmentation(cfg: Mapping | None) -> tio.Compose | None:
     if intensity:
         transforms.append(AcquisitionEffects(tio.Compose(intensity, copy=False), copy=False))
     return tio.Compose(transforms) if transforms else None
+
+
+class DeviceAugmentation:
+    """Random flips, affine, smoothing and gamma on a whole batch on its device (MONAI layers).
+
+    Batched, for a GPU that CPU loader workers cannot keep busy: each transform is a few kernels
+    per batch, not a Python loop over samples (MONAI's ``AffineTransform`` resamples every sample
+    with its own matrix, built by MONAI's ``create_rotate``/``create_scale``/``create_translate``).
+    The rules of the TorchIO path hold: a sample's volumes (face, defaced twin, removed mask)
+    move together; its intensity volumes share every intensity draw; voxels that were exactly 0
+    before the intensity transforms stay 0. Each sample gets its own draws, except the smoothing
+    width, drawn once per batch. Options are in TorchIO's units (mm, degrees; see
+    conf/augment/device.yaml); draws come from a generator seeded with ``seed``, not the global RNG.
+    """
+
+    DEFAULTS = {
+        "flip": {"prob": 0.5, "axes": (0,)},
+        "affine": {"prob": 0.75, "degrees": 10.0, "scales": 0.1, "translation": 8.0},
+        "smooth": {"prob": 0.2, "sigma": (0.25, 1.0)},
+        "contrast": {"prob": 0.3, "gamma": (0.74, 1.35)},
+    }
+
+    def __init__(self, cfg: Mapping, keys: Sequence[str], masks: Sequence[str] = (), spacing: float = 1.0, seed: int = 0):
+        cfg = _plain(cfg) or {}
+        unknown = set(cfg) - set(self.DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown device augmentation {sorted(unknown)}; known: {list(self.DEFAULTS)}")
+        self.options = {key: {**self.DEFAULTS[key], **cfg[key]} for key in self.DEFAULTS if cfg.get(key)}
+        self.keys, self.masks, self.spacing, self.seed = tuple(keys), tuple(masks), float(spacing), seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def restart(self, offset: int = 0) -> None:
+        """Start the random draws again from ``seed`` (+ ``offset``, e.g. a DDP rank)."""
+        self.generator.manual_seed(self.seed + offset)
+
+    def _uniform(self, low: float, high: float, *shape: int) -> torch.Tensor:
+        return low + (high - low) * torch.rand(shape, generator=self.generator, dtype=torch.float64)
+
+    def _chosen(self, key: str, n: int) -> torch.Tensor:
+        """Which of ``n`` samples get transform ``key`` (CPU bool mask; none when it is off)."""
+        prob = self.options[key]["prob"] if key in self.options else 0.0
+        return torch.rand(n, generator=self.generator) < prob
+
+    def _affine_matrices(self, n: int) -> torch.Tensor:
+        """(n, 4, 4) voxel-space matrices (output → input, about the grid's centre)."""
+        options = self.options["affine"]
+        angles = self._uniform(-1, 1, n, 3) * math.radians(options["degrees"])
+        scales = 1 + self._uniform(-1, 1, n, 3) * options["scales"]
+        shifts = self._uniform(-1, 1, n, 3) * options["translation"] / self.spacing
+        return torch.stack([
+            mtu.create_translate(3, shift.tolist(), backend="torch")
+            @ mtu.create_rotate(3, angle.tolist(), backend="torch")
+            @ mtu.create_scale(3, scale.tolist(), backend="torch")
+            for angle, scale, shift in zip(angles, scales, shifts)
+        ]).float()
+
+    def __call__(self, batch: dict) -> dict:
+        """``batch`` with its ``keys`` and ``masks`` tensors (B, 1, X, Y, Z) replaced by augmented copies."""
+        roles = [*self.keys, *self.masks]
+        volumes = {role: batch[role].float() for role in roles}
+        n, device = len(volumes[roles[0]]), volumes[roles[0]].device
+        for axis in self.options.get("flip", {}).get("axes", ()):
+            chosen = self._chosen("flip", n).to(device)[:, None, None, None, None]
+            volumes = {role: torch.where(chosen, volume.flip(2 + axis), volume) for role, volume in volumes.items()}
+        if (chosen := self._chosen("affine", n)).any():
+            theta = self._affine_matrices(int(chosen.sum())).to(device)
+            chosen = chosen.to(device)
+            for role in roles:
+                warp = AffineTransform(mode="nearest" if role in self.masks else "bilinear", padding_mode="zeros", zero_centered=True)
+                volumes[role] = volumes[role].index_put((chosen,), warp(volumes[role][chosen], theta))
+        image = torch.cat([volumes[key] for key in self.keys], dim=1)  # (B, keys, X, Y, Z): shared draws
+        absent = image == 0
+        if (chosen := self._chosen("smooth", n)).any():
+            sigma = float(self._uniform(*self.options["smooth"]["sigma"], 1)) / self.spacing
+            chosen = chosen.to(device)
+            image = image.index_put((chosen,), GaussianFilter(3, sigma).to(device)(image[chosen]))
+        if (chosen := self._chosen("contrast", n)).any():
+            low, high = (math.log(g) for g in self.options["contrast"]["gamma"])
+            gamma = torch.where(chosen, self._uniform(low, high, n).exp(), 1.0).float().to(device)
+            image = image.clamp_min(0).pow(gamma[:, None, None, None, None])
+        volumes.update(zip(self.keys, torch.where(absent, 0, image).split(1, dim=1)))
+        return {**batch, **{role: volumes[role].to(batch[role].dtype) for role in roles}}

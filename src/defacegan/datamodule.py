@@ -5,7 +5,8 @@
   uint8 masks), read back memory-mapped, so epochs never decode gzip again.
 - Loader workers build a ``tio.Subject`` per item and apply the TorchIO augmentation on the CPU
   (train split only); the loader yields 3D volumes.
-- ``on_after_batch_transfer`` turns them into views or sagittal slices on the batch's device.
+- ``on_after_batch_transfer`` applies the optional on-device (MONAI) augmentation to train
+  batches, then turns the volumes into views or sagittal slices on the batch's device.
 
 Batches after transfer:
 
@@ -34,7 +35,7 @@ import torchio as tio
 from pytorch_lightning.utilities import move_data_to_device
 from torch.utils.data import DataLoader, Dataset
 
-from defacegan.augment import build_augmentation, standard_grid
+from defacegan.augment import DeviceAugmentation, build_augmentation, standard_grid
 from defacegan.cohort import SPLITS, load_manifest
 from defacegan.io import atomic_write_bytes
 from defacegan.metrics import CLASS_NAMES
@@ -67,7 +68,7 @@ def cache_scan(row: Mapping, columns: Sequence[str], folder: Path, spacing: floa
     A file's name carries a hash of the grid and of its source's (and the face's) path, mtime
     and size, so an edited cohort is re-cached; each file is written atomically.
     """
-    grid = f"{spacing}|{tuple(shape)}|{_file_key(row['face'])}"
+    grid = f"C-order|{spacing}|{tuple(shape)}|{_file_key(row['face'])}"
     targets = {
         column: folder / f"{column}-{hashlib.sha1(f'{grid}|{_file_key(row[column])}'.encode()).hexdigest()[:16]}.npy"
         for column in columns
@@ -83,7 +84,9 @@ def cache_scan(row: Mapping, columns: Sequence[str], folder: Path, spacing: floa
     scale = float(robust_scale(subject["face"].data[None]))
     for column in missing:
         path, data = targets[column], subject[column].data[0]
-        array = data.numpy().astype(np.uint8) if is_mask_column(column) else (data / scale).clamp_min(0).numpy().astype(np.float16)
+        # C order (scans load in Fortran order): batches of C-order arrays stack 4x faster.
+        array = data.numpy() if is_mask_column(column) else (data / scale).clamp_min(0).numpy()
+        array = np.ascontiguousarray(array, dtype=np.uint8 if is_mask_column(column) else np.float16)
         buffer = io.BytesIO()
         np.save(buffer, array)
         atomic_write_bytes(path, buffer.getvalue())
@@ -133,7 +136,7 @@ class VolumeDataset(Dataset):
                 }
             )
             subject = self.augmentation(subject)
-            tensors = {role: torch.from_numpy(subject[role].numpy().astype(array.dtype)) for role, array in arrays.items()}
+            tensors = {role: torch.from_numpy(subject[role].numpy().astype(array.dtype, order="C")) for role, array in arrays.items()}
         sample = {**tensors, "subject": item.subject, "kind": item.kind}
         if item.label is not None:
             sample["label"] = torch.tensor(item.label, dtype=torch.float32)
@@ -170,6 +173,7 @@ class DefaceDataModule(pl.LightningDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         augment: Mapping | None = None,
+        device_augment: Mapping | None = None,
         spacing: float = 2.0,
         shape: Sequence[int] = (128, 128, 128),
         cache_dir: str | os.PathLike | None = None,
@@ -196,6 +200,8 @@ class DefaceDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.augmentation = build_augmentation(augment)
         self.spacing = float(spacing)
+        keys, masks = (("face", "defaced"), ("removed",)) if task == "translate" else (("volume",), ())
+        self.device_augmentation = DeviceAugmentation(device_augment, keys, masks, self.spacing, seed) if device_augment else None
         self.shape = tuple(int(s) for s in shape)
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -236,7 +242,15 @@ class DefaceDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         self._cached()
 
+    @property
+    def rank(self) -> int:
+        """This process's rank under a (DDP) Trainer, else 0: it offsets every augmentation seed, so
+        that ranks draw different augmentations for their different samples."""
+        return self.trainer.global_rank if self.trainer is not None else 0
+
     def setup(self, stage: str | None = None) -> None:
+        if self.device_augmentation is not None:
+            self.device_augmentation.restart(offset=self.rank)
         if self.datasets:
             return
         manifest, paths = self._cached()
@@ -272,7 +286,7 @@ class DefaceDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=seed_worker,
-            generator=torch.Generator().manual_seed(self.seed),
+            generator=torch.Generator().manual_seed(self.seed + self.rank),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -289,7 +303,15 @@ class DefaceDataModule(pl.LightningDataModule):
         return self._loader("test")
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """3D volumes on the device → views (classify) or sagittal slices (translate)."""
+        return self.model_inputs(batch, augment=self.trainer is not None and self.trainer.training)
+
+    def model_inputs(self, batch: dict, augment: bool = False) -> dict:
+        """3D volumes on the device → views (classify) or sagittal slices (translate).
+
+        ``augment``: a train batch, which gets the on-device augmentation when there is one.
+        """
+        if augment and self.device_augmentation is not None:
+            batch = self.device_augmentation(batch)
         if self.task == "classify":
             views = compute_views(batch["volume"], self.size, self.view_mode)
             return {"views": views, "label": batch["label"], "subject": batch["subject"], "kind": batch["kind"]}
@@ -308,16 +330,18 @@ class DefaceDataModule(pl.LightningDataModule):
         """Every batch of ``split`` after transfer, concatenated: tensors on the CPU, lists joined.
 
         For models trained without a Trainer (scikit-learn). The train split is augmented as in
-        training, so ``passes`` > 1 gives that many augmented copies. Deterministic per ``seed``.
+        training (on the CPU workers and on ``device``), so ``passes`` > 1 gives that many augmented copies. Deterministic per ``seed``.
         """
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         parts: dict[str, list] = {}
+        if self.device_augmentation is not None:
+            self.device_augmentation.restart()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             loader = self._loader(split)
             for _ in range(passes):
                 for batch in loader:
-                    batch = self.on_after_batch_transfer(move_data_to_device(batch, device), 0)
+                    batch = self.model_inputs(move_data_to_device(batch, device), augment=split == "train")
                     for key, value in batch.items():
                         parts.setdefault(key, []).append(value.cpu() if torch.is_tensor(value) else value)
         return {key: torch.cat(values) if torch.is_tensor(values[0]) else [v for part in values for v in part] for key, values in parts.items()}
