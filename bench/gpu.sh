@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The pipeline benchmarks and GPU tests in one call on a machine with a GPU. Installs nothing:
-# reports which libraries are importable and runs what they allow (the views benchmark needs
-# torch only). Results: bench/results/pipeline-gpu.json (override with OUT=folder).
+# Every GPU benchmark and the GPU tests in one call, ending with one table: views and loader
+# (pipeline.py), end-to-end training vs the pure step for the CNN and Pix2Pix with each
+# augmentation path (throughput.py), Pix2Pix step speed (pix2pix.py). Installs nothing: reports
+# which libraries are importable and runs what they allow (the views benchmark needs torch only).
+# Results: bench/results/*-gpu.json (override with OUT=folder).
 set -u
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -19,8 +21,10 @@ print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.
 PYTHON
 
 status=0
-if "$PY" -c "import torchio, nibabel, pytorch_lightning, pandas, omegaconf, SimpleITK" 2>/dev/null; then
+if "$PY" -c "import torchio, monai, nibabel, pytorch_lightning, pandas, hydra, SimpleITK" 2>/dev/null; then
     "$PY" bench/pipeline.py --json "$OUT/pipeline-gpu.json" || status=1
+    "$PY" bench/throughput.py --json "$OUT/throughput-gpu.json" || status=1
+    "$PY" bench/pix2pix.py --json "$OUT/pix2pix-gpu.json" || status=1
 else
     echo "data libraries missing: views benchmark only"
     "$PY" bench/pipeline.py --only views --json "$OUT/pipeline-gpu.json" || status=1
@@ -30,4 +34,5 @@ if "$PY" -c "import pytest, numpy" 2>/dev/null; then
 else
     echo "pytest missing: GPU tests skipped"
 fi
+"$PY" bench/summary.py "$OUT/pipeline-gpu.json" "$OUT/throughput-gpu.json" "$OUT/pix2pix-gpu.json"
 exit $status

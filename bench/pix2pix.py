@@ -28,9 +28,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning import Callback, Trainer
+from pytorch_lightning import Trainer
 from rich.console import Console
 from rich.table import Table
+from timing import StepTimer, synchronize
 from torch.utils.data import DataLoader
 
 from defacegan.models.pix2pix import Pix2Pix
@@ -38,30 +39,6 @@ from defacegan.models.pix2pix import Pix2Pix
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Reference pix2pix training images/s on one H100 at 256², by (batch, precision).
 REFERENCE = {(1, "fp32"): 94, (16, "fp32"): 911, (16, "bf16"): 1207, (64, "bf16"): 1658}
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class StepTimer(Callback):
-    """Wall time of the training batches after ``warmup`` batches."""
-
-    def __init__(self, warmup: int, steps: int):
-        self.warmup, self.steps = warmup, steps
-        self.seconds = float("nan")
-        self._start = 0.0
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if batch_idx == self.warmup:
-            synchronize(module.device)
-            self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if batch_idx == self.steps - 1:
-            synchronize(module.device)
-            self.seconds = time.perf_counter() - self._start
 
 
 def translate_batch(batch_size: int, size: int, device: torch.device) -> dict:
@@ -91,7 +68,7 @@ def train_throughput(args, batch_size: int, precision: str, device: torch.device
     """Training images/s, and the trained model (its networks compiled and on the device)."""
     model = build_model(args, precision, device)
     batch = translate_batch(batch_size, args.size, device)
-    timer = StepTimer(args.warmup, args.warmup + args.steps)
+    timer = StepTimer(args.warmup, args.steps)
     trainer = Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
         max_steps=2 * (args.warmup + args.steps),  # two optimizer steps per batch
