@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import monai.transforms.utils as mtu
 import torch
 import torchio as tio
-import monai.transforms.utils as mtu
 from monai.networks.layers import AffineTransform, GaussianFilter
 from omegaconf import DictConfig, ListConfig, OmegaConf
 

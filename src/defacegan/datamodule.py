@@ -330,7 +330,8 @@ class DefaceDataModule(pl.LightningDataModule):
         """Every batch of ``split`` after transfer, concatenated: tensors on the CPU, lists joined.
 
         For models trained without a Trainer (scikit-learn). The train split is augmented as in
-        training (on the CPU workers and on ``device``), so ``passes`` > 1 gives that many augmented copies. Deterministic per ``seed``.
+        training (in the loader workers, then on ``device``), so ``passes`` > 1 gives that many
+        augmented copies. Deterministic per ``seed``.
         """
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         parts: dict[str, list] = {}
