@@ -29,7 +29,8 @@ def translate_batches(n_batches: int, batch_size: int = 2, n_slices: int = 1, se
         mask[..., 8:24, 20:] = 1
         subjects = [f"sub-{index}{item}" for item in range(batch_size)]
         source = torch.where(mask > 0, -1.0, faces)
-        batches.append({"source": source, "target": faces, "mask": mask, "subject": subjects})
+        kinds = [("mask", "plane")[index % 2]] * batch_size
+        batches.append({"source": source, "target": faces, "mask": mask, "subject": subjects, "kind": kinds})
     return DataLoader(batches, batch_size=None)
 
 
@@ -116,14 +117,21 @@ def test_test_loop_audits_the_whole_test_set_and_writes_its_files(tmp_path):
     written = json.loads((tmp_path / "run" / "reface_metrics.json").read_text())
     assert written["n_subjects"] == 6 and written["scores"]["pix2pix"] == pytest.approx(results["pix2pix"], nan_ok=True)
     table = (tmp_path / "run" / "reface_metrics.md").read_text().splitlines()
-    assert table[0].startswith("|  | ssim_face") and len(table) == 2 + 4
+    assert table[0].startswith("|  | ssim_face") and len(table) == 2 + 4 + 2  # 4 candidates, Pix2Pix per method
+    assert table[-1].startswith("| Pix2Pix on plane-defaced scans |")
+    # Batches 0 and 2 hold mask-defaced scans, batch 1 plane-defaced ones: each method audited alone.
+    by_defacing = model.test_results_by_defacing
+    assert set(by_defacing) == {"mask", "plane"} == set(written["pix2pix_by_defacing"])
+    assert all(written["pix2pix_by_defacing"][kind] == pytest.approx(by_defacing[kind], nan_ok=True) for kind in by_defacing)
+    assert by_defacing["plane"]["reid_top5"] == 1.0  # 2 subjects: any guess is in the top 5
     assert (tmp_path / "run" / "reface_grid.png").stat().st_size > 0
     summary = model.test_summary(tmp_path)
     assert summary["test"] == results["pix2pix"]
-    assert set(summary["test_by_method"]) == {"defaced", "average_face", "chance"}
+    assert set(summary["test_by_method"]) == {"defaced", "average_face", "chance", "pix2pix on mask", "pix2pix on plane"}
     assert summary["plots"] == [str(tmp_path / "run" / "reface_grid.png")]
     logged = trainer.callback_metrics["test/average_face/ssim_face"]
     assert logged == pytest.approx(results["average_face"]["ssim_face"])
+    assert trainer.callback_metrics["test/plane/ssim_face"] == pytest.approx(by_defacing["plane"]["ssim_face"])
 
 
 def test_group_by_subject_joins_each_subjects_entries_in_loader_order():

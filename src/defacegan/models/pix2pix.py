@@ -112,6 +112,8 @@ class Pix2Pix(LightningModule):
         self._cuda_prepared = False
         self._test_outputs: list[dict] = []
         self.test_results: dict[str, dict[str, float]] = {}
+        #: The Pix2Pix scores on each defacing method's scans, when the test set holds several.
+        self.test_results_by_defacing: dict[str, dict[str, float]] = {}
         self.test_files: list[Path] = []
 
     # -- devices and precision ------------------------------------------------------------
@@ -209,7 +211,7 @@ class Pix2Pix(LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         fake = self(self.as_images(batch["source"])).reshape(batch["source"].shape)
         self._test_outputs.append(
-            {"subject": list(batch["subject"]), "refaced": fake.cpu()}
+            {"subject": list(batch["subject"]), "kind": list(batch["kind"]), "refaced": fake.cpu()}
             | {key: batch[key].float().cpu() for key in ("source", "target", "mask")}
         )
 
@@ -220,15 +222,22 @@ class Pix2Pix(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         """Score the whole test set (single process: the outputs are not gathered across ranks)."""
-        subjects, slices = group_by_subject(self._test_outputs)
-        self._test_outputs = []
+        outputs, self._test_outputs = self._test_outputs, []
+        subjects, slices = group_by_subject(outputs)
         if not subjects:
             return
         average = None if self.average_face is None else self.average_face.cpu()
         self.test_results = reface_audit(slices["refaced"], slices["source"], slices["target"], slices["mask"], average)
-        self.log_dict(flat_audit(self.test_results))
+        # How reversible is each defacing method: the same audit on its scans alone.
+        kinds = sorted({kind for output in outputs for kind in output["kind"]})
+        self.test_results_by_defacing = {}
+        for kind in kinds if len(kinds) > 1 else ():
+            _, part = group_by_subject(outputs_of_kind(outputs, kind))
+            self.test_results_by_defacing[kind] = reface_audit(part["refaced"], part["source"], part["target"], part["mask"])["pix2pix"]
+        by_defacing = {f"test/{kind}/{name}": value for kind, scores in self.test_results_by_defacing.items() for name, value in scores.items()}
+        self.log_dict(flat_audit(self.test_results) | by_defacing)
         folder = Path(self.hparams.output_dir or self.trainer.log_dir or self.trainer.default_root_dir)
-        self.test_files = write_audit(self.test_results, subjects, slices, folder, self.hparams.grid_rows)
+        self.test_files = write_audit(self.test_results, self.test_results_by_defacing, subjects, slices, folder, self.hparams.grid_rows)
         if self.hparams.log_faces:
             for logger in self.loggers:
                 if isinstance(logger, WandbLogger):
@@ -240,10 +249,12 @@ class Pix2Pix(LightningModule):
         return [path for path in self.test_files if path.suffix == ".png"]
 
     def test_summary(self, out) -> dict:
-        """The audit for the run summary: Pix2Pix as ``test``, the baselines by name, the image grid."""
+        """The audit for the run summary: Pix2Pix as ``test``, the baselines by name and Pix2Pix on
+        each defacing method (``pix2pix on mask``...), the image grid."""
+        by_defacing = {f"pix2pix on {kind}": scores for kind, scores in self.test_results_by_defacing.items()}
         return {
             "test": self.test_results.get("pix2pix", {}),
-            "test_by_method": {name: scores for name, scores in self.test_results.items() if name != "pix2pix"},
+            "test_by_method": {name: scores for name, scores in self.test_results.items() if name != "pix2pix"} | by_defacing,
             "plots": [str(path) for path in self.test_images],
         }
 
@@ -259,14 +270,24 @@ def group_by_subject(outputs: list[dict]) -> tuple[list[str], dict[str, torch.Te
     for output in outputs:
         for index, subject in enumerate(output["subject"]):
             for key, value in output.items():
-                if key != "subject":
+                if torch.is_tensor(value):
                     entries.setdefault(subject, {}).setdefault(key, []).append(value[index])
     if not entries:
         return [], {}
     count = min(len(parts["refaced"]) for parts in entries.values())
-    keys = [key for key in outputs[0] if key != "subject"]
+    keys = [key for key, value in outputs[0].items() if torch.is_tensor(value)]
     stacked = {key: torch.stack([torch.cat(parts[key][:count]) for parts in entries.values()]) for key in keys}
     return list(entries), stacked
+
+
+def outputs_of_kind(outputs: list[dict], kind: str) -> list[dict]:
+    """The entries of per-batch test outputs whose ``kind`` (defacing method) is ``kind``."""
+    selected = []
+    for output in outputs:
+        index = [i for i, entry_kind in enumerate(output["kind"]) if entry_kind == kind]
+        if index:
+            selected.append({key: value[index] if torch.is_tensor(value) else [value[i] for i in index] for key, value in output.items()})
+    return selected
 
 
 def flat_audit(results: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -279,13 +300,20 @@ def flat_audit(results: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def write_audit(
-    results: dict[str, dict[str, float]], subjects: list[str], slices: dict[str, torch.Tensor], folder: Path, rows: int
+    results: dict[str, dict[str, float]],
+    by_defacing: dict[str, dict[str, float]],
+    subjects: list[str],
+    slices: dict[str, torch.Tensor],
+    folder: Path,
+    rows: int,
 ) -> list[Path]:
-    """reface_metrics.json, reface_metrics.md (one row per candidate) and reface_grid.png
-    (input | output | target | |error| for the first ``rows`` subjects, their first slice)."""
+    """reface_metrics.json, reface_metrics.md (one row per candidate, then Pix2Pix per defacing
+    method) and reface_grid.png (input | output | target | |error| for the first ``rows``
+    subjects, their first slice)."""
     columns = list(dict.fromkeys(name for scores in results.values() for name in scores))
     table = [{"": AUDIT_NAMES.get(candidate, candidate)} | scores for candidate, scores in results.items()]
-    summary = {"n_subjects": len(subjects), "subjects": subjects, "scores": results}
+    table += [{"": f"Pix2Pix on {kind}-defaced scans"} | scores for kind, scores in by_defacing.items()]
+    summary = {"n_subjects": len(subjects), "subjects": subjects, "scores": results, "pix2pix_by_defacing": by_defacing}
     shown = {key: slices[key][:rows, 0].numpy() for key in ("source", "refaced", "target")}
     grid = {"input": shown["source"], "output": shown["refaced"], "target": shown["target"]}
     grid["|output − target|"] = np.abs(shown["refaced"] - shown["target"])
