@@ -74,11 +74,10 @@ def data_path_rate(datamodule, device: torch.device, warmup: int, steps: int) ->
     stream, seconds = batches(), 0.0
     for index in range(warmup + steps):
         started = time.perf_counter()
-        inputs = datamodule.model_inputs(move_data_to_device(next(stream), device), augment=True)
+        datamodule.model_inputs(move_data_to_device(next(stream), device), augment=True)
         synchronize(device)
         if index >= warmup:
             seconds += time.perf_counter() - started
-    del inputs
     return datamodule.batch_size * steps / seconds
 
 

@@ -30,11 +30,15 @@ def tiny_cohort(cohort: Path) -> list[str]:
     return [f"data.root={cohort}", "data.num_workers=0", "data.spacing=4.0", "data.shape=[40,48,44]"]
 
 
+def train_env() -> dict[str, str]:
+    """The environment of `train.py` subprocesses: tests/ is importable (kill_callback)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))}
+
+
 def run_train(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    """`python train.py <overrides>` in a subprocess; tests/ is importable (kill_callback)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))}
+    """`python train.py <overrides>` in a subprocess."""
     result = subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600, env=env)
+                            timeout=600, env=train_env())
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -146,10 +150,9 @@ def test_a_run_folder_is_never_shared_unless_resumed(tmp_path, synthetic_cohort)
 
 @pytest.mark.slow
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, synthetic_cohort):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
     command = [sys.executable, "train.py", "train=false", "test=false", "logger=none", *tiny_cohort(synthetic_cohort),
                f"paths.log_dir={tmp_path}"]
-    runs = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(3)]
+    runs = [subprocess.Popen(command, cwd=ROOT, env=train_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(3)]
     for run in runs:
         assert run.wait(timeout=300) == 0, run.stderr.read().decode()[-2000:]
     folders = sorted((tmp_path / "train" / "runs").iterdir())

@@ -153,6 +153,7 @@ class DeviceAugmentation:
         self.options = {key: {**self.DEFAULTS[key], **cfg[key]} for key in self.DEFAULTS if cfg.get(key)}
         self.keys, self.masks, self.spacing, self.seed = tuple(keys), tuple(masks), float(spacing), seed
         self.generator = torch.Generator().manual_seed(seed)
+        self._warps = {mode: AffineTransform(mode=mode, padding_mode="zeros", zero_centered=True) for mode in ("bilinear", "nearest")}
 
     def restart(self, offset: int = 0) -> None:
         """Start the random draws again from ``seed`` (+ ``offset``, e.g. a DDP rank)."""
@@ -191,7 +192,7 @@ class DeviceAugmentation:
             theta = self._affine_matrices(int(chosen.sum())).to(device)
             chosen = chosen.to(device)
             for role in roles:
-                warp = AffineTransform(mode="nearest" if role in self.masks else "bilinear", padding_mode="zeros", zero_centered=True)
+                warp = self._warps["nearest" if role in self.masks else "bilinear"]
                 volumes[role] = volumes[role].index_put((chosen,), warp(volumes[role][chosen], theta))
         image = torch.cat([volumes[key] for key in self.keys], dim=1)  # (B, keys, X, Y, Z): shared draws
         absent = image == 0
