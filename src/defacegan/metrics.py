@@ -11,6 +11,31 @@ from sklearn import metrics as skm
 CLASS_NAMES = ("face", "defaced")  # label 0, label 1
 
 
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial rate (95 % for z = 1.96); (nan, nan) without trials.
+
+    Unlike the normal approximation it stays inside [0, 1] and is honest at rates of 0 or 1:
+    8 of 8 gives [0.68, 1.0], not [1.0, 1.0].
+    """
+    if trials == 0:
+        return float("nan"), float("nan")
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def expected_calibration_error(probabilities, labels, bins: int = 15) -> float:
+    """ECE of the top-class confidence: the scan-weighted mean |accuracy − confidence| over
+    ``bins`` equal-width confidence bins. ``probabilities``: (N, classes)."""
+    probabilities = np.asarray(probabilities, dtype=float)
+    confidence = probabilities.max(1)
+    correct = probabilities.argmax(1) == np.asarray(labels)
+    which = np.clip(np.digitize(confidence, np.linspace(0, 1, bins + 1)) - 1, 0, bins - 1)
+    return float(sum(abs(correct[which == b].mean() - confidence[which == b].mean()) * (which == b).mean()
+                     for b in range(bins) if (which == b).any()))
+
+
 def classification_metrics(labels, probabilities, threshold: float = 0.5) -> dict:
     """Accuracy, precision, recall, F1 (defaced = positive), ROC AUC and the confusion matrix.
 

@@ -1,0 +1,284 @@
+"""Evaluate the three-way detector on held-out IXI subjects: every figure the README states.
+
+Every IXI head of the subset is registered once (cached bundles), every defacing family is drawn
+``--draws`` times per head with a random pose and contrast, and the detector is fitted with
+:mod:`defacegan.detector_training`. Then:
+
+1. **k-fold over subjects** (``--folds``, default 4 × 8 subjects): each subject is a test subject
+   once; 3 training subjects per fold calibrate the temperature. Rates on the test folds:
+   real faces called ``face``; partial defacings that leave the eyes and the nose called
+   ``face``; every face-labelled variant; removed faces not called ``face``; replaced faces
+   called ``replaced``; one row per family. Wilson 95 % intervals, with the number of scans and
+   of independent subjects behind each rate (draws of one subject are not independent: the
+   subject count is the one that limits what a rate can claim).
+2. **Calibration**: expected calibration error (15 bins, top-class confidence) before and after
+   temperature scaling, and a reliability diagram.
+3. **Partial-removal sweep**: the share of the face region removed from below, from the front, or
+   of the nose only, against p(face), on each subject with the fold model that never saw it.
+4. **Leave-one-family-out** on one subject split (fold 0): trained without a family, tested on it.
+
+Writes ``<out>/detector_eval.json``, ``detector_eval.md``, ``reliability.png``, ``sweep.png``;
+prints the tables. About 25 minutes on 2 CPU cores, most of it the fits and the first
+registration of the 32 heads (cached in ``data/bundles``).
+
+    python bench/detector_eval.py [--ixi ../shared/data/ixi-t1-2mm] [--folds 4] [--draws 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from defacegan.contract import VERDICTS, InputContract
+from defacegan.detector_training import Samples, calibrate, draw, fit, load_bundles, logits_of, split_subjects
+from defacegan.families import FAMILIES, FaceBundle, Variant
+from defacegan.features import FACE_MIN_FRACTION, FEATURES
+from defacegan.io import atomic_write_text
+from defacegan.metrics import expected_calibration_error, wilson_interval
+from defacegan.report import markdown_table
+
+FACE, REMOVED, REPLACED = (VERDICTS.index(v) for v in VERDICTS)
+SWEEP_STEPS = np.linspace(0, 1, 11)
+
+
+def rate(hits: np.ndarray, subjects: np.ndarray) -> dict:
+    """A rate with its Wilson interval, scan count and subject count."""
+    k, n = int(np.sum(hits)), int(np.size(hits))
+    low, high = wilson_interval(k, n)
+    return {"rate": k / n if n else float("nan"), "low": low, "high": high, "k": k, "n": n,
+            "subjects": int(np.unique(subjects).size)}
+
+
+def rate_text(entry: dict) -> str:
+    if not entry["n"]:
+        return "n/a"
+    return f"{entry['rate']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
+
+
+def kfold(bundles: list[FaceBundle], samples: Samples, contract: InputContract, folds: int, epochs: int, seed: int):
+    """Test probabilities (calibrated and raw logits) for every sample, each from the fold model
+    that did not see its subject; plus the fold models and the seconds each fit cost."""
+    subjects = np.array(sorted({b.subject for b in bundles}))
+    order = np.random.default_rng(seed).permutation(len(subjects))
+    fold_of = {subjects[i]: n % folds for n, i in enumerate(order)}
+    probabilities = np.zeros((len(samples.label), len(VERDICTS)), np.float32)
+    raw = np.zeros_like(probabilities)
+    models, seconds = {}, []
+    for fold in range(folds):
+        test = {s for s, f in fold_of.items() if f == fold}
+        train_subjects, val_subjects = split_subjects([s for s in subjects if s not in test], val=3, seed=seed + fold)
+        started = time.perf_counter()
+        net = fit(samples.where(np.isin(samples.subject, train_subjects)), contract, epochs=epochs, seed=seed + fold)
+        seconds.append(time.perf_counter() - started)
+        at_test = np.isin(samples.subject, sorted(test))
+        raw[at_test] = torch.softmax(logits_of(net, samples.views[torch.as_tensor(at_test)]), 1).numpy()
+        calibrate(net, samples.where(np.isin(samples.subject, val_subjects)))
+        probabilities[at_test] = torch.softmax(logits_of(net, samples.views[torch.as_tensor(at_test)]), 1).numpy()
+        models.update({s: net for s in test})
+        print(f"fold {fold}: {len(train_subjects)} train / {len(val_subjects)} val / {len(test)} test subjects, "
+              f"T = {float(net.temperature):.2f}, fit {seconds[-1]:.0f} s", flush=True)
+    return probabilities, raw, models, seconds
+
+
+def headline(samples: Samples, probabilities: np.ndarray) -> dict[str, dict]:
+    """The issue's targets, each as a rate over test scans."""
+    said = probabilities.argmax(1)
+    eyes, nose = FEATURES.index("eyes"), FEATURES.index("nose")
+    keeps_eyes_nose = (samples.own[:, eyes] >= FACE_MIN_FRACTION) & (samples.own[:, nose] >= FACE_MIN_FRACTION)
+    groups = {
+        "real faces called face": (samples.family == "none", said == FACE),
+        "partial defacings leaving eyes and nose called face": ((samples.family == "partial") & keeps_eyes_nose, said == FACE),
+        "every face-labelled variant called face": (samples.label == FACE, said == FACE),
+        "removed faces not called face": (samples.label == REMOVED, said != FACE),
+        "replaced faces not called face": (samples.label == REPLACED, said != FACE),
+        "replaced faces called replaced": (samples.label == REPLACED, said == REPLACED),
+        "removed faces called removed": (samples.label == REMOVED, said == REMOVED),
+    }
+    return {name: rate(hit[which], samples.subject[which]) for name, (which, hit) in groups.items()}
+
+
+def per_family(samples: Samples, probabilities: np.ndarray) -> dict[str, dict]:
+    said = probabilities.argmax(1)
+    table = {}
+    for family in FAMILIES:
+        which = samples.family == family
+        labels = samples.label[which]
+        table[family] = {
+            "labels": {v: int((labels == i).sum()) for i, v in enumerate(VERDICTS)},
+            "three_way": rate(said[which] == labels, samples.subject[which]),
+            "face_or_not": rate((said[which] == FACE) == (labels == FACE), samples.subject[which]),
+        }
+    return table
+
+
+def reliability_png(probabilities: np.ndarray, labels: np.ndarray, path: Path, bins: int = 15) -> None:
+    confidence, correct = probabilities.max(1), probabilities.argmax(1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges) - 1, 0, bins - 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    accuracy = [correct[which == b].mean() if (which == b).any() else np.nan for b in range(bins)]
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    axis.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    axis.bar(centres, accuracy, width=1 / bins, edgecolor="k", alpha=0.7, label="test scans")
+    axis.set(xlabel="confidence (top class)", ylabel="accuracy", title="Reliability, calibrated, k-fold test")
+    axis.legend(loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def sweep_variant(bundle: FaceBundle, mode: str, share: float) -> Variant:
+    """The face region (``nose``: the nose feature) removed by ``share``, from below or the front."""
+    region = bundle.face_region if mode != "nose" else np.isin(bundle.features, [1 + FEATURES.index("nose")])
+    coordinates = np.nonzero(region)
+    axis = 2 if mode == "below" else 1
+    values = coordinates[axis]
+    removed = np.zeros(region.shape, bool)
+    if values.size and share > 0:
+        if axis == 2:  # from below: the lowest share of the region's voxels
+            keep = values <= np.quantile(values, share)
+        else:  # from the front (nose: its front first)
+            keep = values >= np.quantile(values, 1 - share)
+        removed[tuple(c[keep] for c in coordinates)] = True
+    volume = np.where(removed, 0, bundle.face).astype(np.float32)
+    return Variant(f"sweep_{mode}", volume, removed, np.zeros_like(removed))
+
+
+def sweep(bundles: list[FaceBundle], models: dict, contract: InputContract) -> dict:
+    results = {}
+    for mode in ("below", "front", "nose"):
+        curves, rule = [], []
+        for bundle in bundles:
+            variants = [sweep_variant(bundle, mode, share) for share in SWEEP_STEPS]
+            volumes = contract.intensities(torch.stack([torch.from_numpy(v.volume) for v in variants])[:, None])
+            logits = logits_of(models[bundle.subject], contract.views(volumes))
+            curves.append(torch.softmax(logits, 1)[:, FACE].numpy())
+            rule.append([v.label(bundle.features) == "face" for v in variants])
+        results[mode] = {"share": SWEEP_STEPS.tolist(), "p_face_mean": np.mean(curves, 0).tolist(),
+                         "p_face_min": np.min(curves, 0).tolist(), "p_face_max": np.max(curves, 0).tolist(),
+                         "rule_face_rate": np.mean(rule, 0).tolist(), "subjects": len(bundles)}
+    return results
+
+
+def sweep_png(results: dict, path: Path) -> None:
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.8), sharey=True)
+    titles = {"below": "face region removed from below", "front": "face region removed from the front",
+              "nose": "nose removed from the front"}
+    for axis, (mode, r) in zip(axes, results.items()):
+        axis.fill_between(r["share"], r["p_face_min"], r["p_face_max"], alpha=0.25, label="min-max over subjects")
+        axis.plot(r["share"], r["p_face_mean"], "o-", label="mean p(face)")
+        axis.plot(r["share"], r["rule_face_rate"], "k--", label="share labelled face by the rule")
+        axis.set(title=titles[mode], xlabel="share removed", ylim=(-0.02, 1.02))
+    axes[0].set_ylabel(f"p(face), {results['below']['subjects']} held-out subjects")
+    axes[0].legend(loc="lower left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def leave_one_family_out(samples: Samples, contract: InputContract, bundles: list[FaceBundle], folds: int,
+                         epochs: int, seed: int) -> dict:
+    subjects = np.array(sorted({b.subject for b in bundles}))
+    order = np.random.default_rng(seed).permutation(len(subjects))
+    test = sorted(subjects[i] for n, i in enumerate(order) if n % folds == 0)
+    train_subjects, val_subjects = split_subjects([s for s in subjects if s not in test], val=3, seed=seed)
+    results = {}
+    for family in FAMILIES:
+        if family == "none":
+            continue
+        started = time.perf_counter()
+        without = samples.family != family
+        net = fit(samples.where(without & np.isin(samples.subject, train_subjects)), contract, epochs=epochs, seed=seed)
+        calibrate(net, samples.where(without & np.isin(samples.subject, val_subjects)))
+        held = samples.where((samples.family == family) & np.isin(samples.subject, test))
+        said = logits_of(net, held.views).argmax(1).numpy()
+        results[family] = {
+            "labels": {v: int((held.label == i).sum()) for i, v in enumerate(VERDICTS)},
+            "three_way": rate(said == held.label, held.subject),
+            "face_or_not": rate((said == FACE) == (held.label == FACE), held.subject),
+            "replaced_vs_removed": rate(said[held.label != FACE] == held.label[held.label != FACE], held.subject[held.label != FACE]),
+            "fit_seconds": time.perf_counter() - started,
+        }
+        print(f"without {family}: {rate_text(results[family]['three_way'])} three-way on it "
+              f"({results[family]['fit_seconds']:.0f} s)", flush=True)
+    return {"test_subjects": test, "train_subjects": train_subjects, "families": results}
+
+
+def table(columns: list[str], rows: list[list[str]]) -> str:
+    return markdown_table([dict(zip(columns, row)) for row in rows], columns)
+
+
+def markdown(report: dict) -> str:
+    lines = [f"Held-out IXI subjects, {report['subjects']} in {report['folds']} folds; {report['draws']} draws per "
+             "family and subject; rate [Wilson 95 %], scans (subjects).", ""]
+    rows = [[name, rate_text(r), f"{r['n']} ({r['subjects']})"] for name, r in report["headline"].items()]
+    lines += [table(["k-fold test", "rate", "scans (subjects)"], rows), ""]
+    rows = [[family, " / ".join(f"{v[0]}{n}" for v, n in r["labels"].items()), rate_text(r["three_way"]),
+             rate_text(r["face_or_not"]), f"{r['three_way']['n']} ({r['three_way']['subjects']})"]
+            for family, r in report["per_family"].items()]
+    lines += [table(["family", "labels f/r/r", "three-way", "face or not", "scans (subjects)"], rows), ""]
+    calibration = report["calibration"]
+    lines += [f"Expected calibration error (15 bins): {calibration['ece_raw']:.3f} before, "
+              f"{calibration['ece_calibrated']:.3f} after temperature scaling ({calibration['scans']} test scans).", ""]
+    lofo = report["leave_one_family_out"]
+    rows = [[family, rate_text(r["three_way"]), rate_text(r["face_or_not"]), rate_text(r["replaced_vs_removed"]),
+             f"{r['three_way']['n']} ({r['three_way']['subjects']})", f"{r['fit_seconds']:.0f}"]
+            for family, r in lofo["families"].items()]
+    lines += [f"Leave-one-family-out ({len(lofo['test_subjects'])} test subjects):", "",
+              table(["held-out family", "three-way", "face or not", "replaced vs removed", "scans (subjects)", "fit s"], rows)]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ixi", type=Path, default=Path("../shared/data/ixi-t1-2mm"))
+    parser.add_argument("--cache", type=Path, default=Path("data/bundles"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/detector_eval"))
+    parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-lofo", action="store_true", help="skip the leave-one-family-out fits")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    torch.set_num_threads(2)
+    contract = InputContract()
+    bundles = load_bundles(sorted(args.ixi.glob("*.nii*")), contract, args.cache)
+    samples = draw(bundles, contract, draws=args.draws, seed=args.seed)
+    print(f"{len(samples.label)} scans drawn from {len(bundles)} subjects ({time.perf_counter() - started:.0f} s)", flush=True)
+    probabilities, raw, models, seconds = kfold(bundles, samples, contract, args.folds, args.epochs, args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    reliability_png(probabilities, samples.label, args.out / "reliability.png")
+    sweeps = sweep(bundles, models, contract)
+    sweep_png(sweeps, args.out / "sweep.png")
+    report = {
+        "subjects": len(bundles), "folds": args.folds, "draws": args.draws, "epochs": args.epochs,
+        "contract": contract.to_dict(), "fit_seconds": seconds,
+        "headline": headline(samples, probabilities),
+        "per_family": per_family(samples, probabilities),
+        "calibration": {"ece_raw": expected_calibration_error(raw, samples.label),
+                        "ece_calibrated": expected_calibration_error(probabilities, samples.label),
+                        "scans": len(samples.label)},
+        "sweep": sweeps,
+    }
+    report["leave_one_family_out"] = ({"test_subjects": [], "families": {}} if args.no_lofo else
+                                      leave_one_family_out(samples, contract, bundles, args.folds, args.epochs, args.seed))
+    report["seconds"] = time.perf_counter() - started
+    atomic_write_text(args.out / "detector_eval.json", json.dumps(report, indent=2, default=float) + "\n")
+    text = markdown(report)
+    atomic_write_text(args.out / "detector_eval.md", text)
+    print(text)
+    print(f"written to {args.out} in {report['seconds'] / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

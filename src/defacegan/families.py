@@ -1,0 +1,262 @@
+"""Training-data generator: many ways a face can be defaced, replaced, or *not quite* defaced.
+
+A detector trained on two defacers learns those two defacers. This module makes randomised
+versions of the families of defacing seen in the field, each recording which voxels lost the
+subject's own tissue (``removed``: zeros, noise, a constant, outside the field of view) and which
+hold tissue that is not the subject's (``foreign``: a template face or a generic face shell). The
+label of every generated volume then follows from :mod:`defacegan.features` — whether any
+identifiable feature keeps the subject's own tissue — not from the family's name, so a failed
+defacing is labelled ``face`` whatever tool made it.
+
+Everything works on one grid (the :class:`defacegan.contract.InputContract` grid), on a
+:class:`FaceBundle` made once per scan from its registration to pydeface's template.
+
+Families (:data:`FAMILIES`):
+
+- ``none``: the scan as it is.
+- ``mask``: pydeface's face mask, grown or shrunk by a voxel, soft or hard edged.
+- ``plane``: quickshear's plane with a random margin.
+- ``face_ears``: the face mask and the ears (fsl_deface removes both).
+- ``shell``: a skin-deep layer over the face removed (mri_deface-like), 8-20 mm deep.
+- ``fill``: the face region filled with noise or a constant instead of zeros.
+- ``crop``: the face outside the field of view (everything in front of a coronal plane).
+- ``partial``: failed or partial defacings — the lowest part of the mask only, the nose or the
+  mouth and chin only, the mask shifted 15-40 mm, or a plane placed too far out.
+- ``blur``: the face smoothed (σ 3-8 mm); blurred faces are recognisable, so mostly ``face``.
+- ``replace_template``: the registered template's face pasted in (AFNI refacer / mri_reface-like).
+- ``replace_shell``: a smooth generic face shell pasted in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from defacegan.contract import InputContract
+from defacegan.features import FEATURES, feature_map, fractions, head_mask, in_boxes, label_from, skin_shell, template_voxels
+from defacegan.io import Scan
+
+#: Label value of the ears in a bundle's ``features`` map (not an identifying feature).
+EARS = len(FEATURES) + 1
+#: The ears in pydeface-template voxel indices (as FEATURE_BOXES), on the skin shell.
+EAR_BOXES = (((0, 32), (85, 140), (55, 110)), ((144, 176), (85, 140), (55, 110)))
+
+
+@dataclass
+class FaceBundle:
+    """One head on the contract grid, with what the generator needs (all arrays (X, Y, Z)).
+
+    ``face``: intensities (scaled, float32); ``head``: bool; ``depth``: mm from the air outside
+    the head (0 outside); ``features``: uint8 (1 + index in FEATURES, EARS for the ears);
+    ``face_region``: pydeface's face mask moved onto the head (bool, True = remove);
+    ``brain``: the template brain mask moved onto the head (bool); ``template_face``: the
+    template head moved onto the head and matched in intensity; ``affine``: grid voxel → mm.
+    """
+
+    subject: str
+    face: np.ndarray
+    head: np.ndarray
+    depth: np.ndarray
+    features: np.ndarray
+    face_region: np.ndarray
+    brain: np.ndarray
+    template_face: np.ndarray
+    affine: np.ndarray
+
+    @property
+    def spacing(self) -> float:
+        return float(np.linalg.norm(self.affine[:3, 0]))
+
+
+@dataclass
+class Variant:
+    """One generated volume: its family, the volume, and where the subject's tissue went."""
+
+    family: str
+    volume: np.ndarray
+    removed: np.ndarray
+    foreign: np.ndarray
+
+    def shares(self, features: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
+        """(own, foreign): each feature's share of voxels that are the subject's, or foreign."""
+        return fractions(features, ~(self.removed | self.foreign)), fractions(features, self.foreign)
+
+    def label(self, features: np.ndarray) -> str:
+        return label_from(*self.shares(features))
+
+
+def make_bundle(scan: Scan, subject: str, contract: InputContract, seed: int = 0) -> FaceBundle:
+    """Register the template onto ``scan`` once, carry the face, brain, features and template
+    head onto it, and put them all on the contract's grid."""
+    from defacegan import deface
+
+    transform = deface.register_template(scan, seed)
+    head_image, face_mask = deface.template_masks()[:2]
+    voxels = template_voxels(scan.data.shape, scan.affine, transform, head_image.affine)
+    shell = skin_shell(head_mask(scan.data), scan.spacing)
+    features = feature_map(shell, voxels, np.asanyarray(face_mask.dataobj) < 0.5)
+    features[(features == 0) & shell & in_boxes(voxels, EAR_BOXES)] = EARS
+    template = deface.warp(head_image, transform, scan.data.shape, scan.affine)
+
+    def grid(data, label=False):
+        return contract.on_grid(data, scan.affine, label=label).numpy()
+
+    face = contract.volume(scan.data, scan.affine)[0].numpy()
+    head = grid(head_mask(scan.data).astype(np.float32), label=True) > 0.5
+    affine = contract.grid_affine
+    return FaceBundle(
+        subject=subject,
+        face=face,
+        head=head,
+        depth=ndimage.distance_transform_edt(head, sampling=contract.spacing).astype(np.float32),
+        features=grid(features, label=True).astype(np.uint8),
+        face_region=grid(deface.face_region(scan, transform).astype(np.float32), label=True) > 0.5,
+        brain=grid(deface.brain_region(scan, transform).astype(np.float32), label=True) > 0.5,
+        template_face=contract.volume(template, scan.affine)[0].numpy(),
+        affine=affine,
+    )
+
+
+def _grow(region: np.ndarray, voxels: int) -> np.ndarray:
+    if voxels > 0:
+        return ndimage.binary_dilation(region, iterations=voxels)
+    if voxels < 0:
+        return ndimage.binary_erosion(region, iterations=-voxels)
+    return region
+
+
+def _paste(bundle: FaceBundle, region: np.ndarray, fill: np.ndarray | float, feather_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """``fill`` blended into ``region`` with a soft edge of ``feather_mm``; returns (volume,
+    where the fill dominates). A voxel counts as replaced where the fill's weight is ≥ 0.5."""
+    weight = region.astype(np.float32)
+    if feather_mm > 0:
+        weight = ndimage.gaussian_filter(weight, feather_mm / bundle.spacing)
+    volume = (1 - weight) * bundle.face + weight * fill
+    return volume.astype(np.float32), weight >= 0.5
+
+
+def _zeroed(bundle: FaceBundle, region: np.ndarray, family: str, rng: np.random.Generator) -> Variant:
+    volume, lost = _paste(bundle, region, 0.0, float(rng.choice([0.0, 0.0, 1.0, 2.0])))
+    return Variant(family, volume, lost, np.zeros_like(lost))
+
+
+def _plane(bundle: FaceBundle, margin_mm: float) -> np.ndarray:
+    from defacegan.deface import plane_cut
+
+    return plane_cut(bundle.brain, bundle.affine, margin_mm)
+
+
+def none(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
+    empty = np.zeros(bundle.face.shape, bool)
+    return Variant("none", bundle.face.copy(), empty, empty)
+
+
+def mask(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
+    return _zeroed(bundle, _grow(bundle.face_region, int(rng.integers(-1, 3))), "mask", rng)
+
+
+def plane(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
+    return _zeroed(bundle, _plane(bundle, float(rng.uniform(4, 16))), "plane", rng)
+
+
+def face_ears(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
+    ears = _grow(bundle.features == EARS, int(rng.integers(1, 4)))
+    return _zeroed(bundle, _grow(bundle.face_region, int(rng.integers(0, 2))) | ears, "face_ears", rng)
+
+
+def shell(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
+    layer = _grow(bundle.face_region, 2) & (bundle.depth > 0) & (bundle.depth <= rng.uniform(8, 20))
+    return _zeroed(bundle, layer, "shell", rng)
+
+
+def fill(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
+    region = _grow(bundle.face_region, int(rng.integers(0, 2)))
+    if rng.random() < 0.5:
+        level = rng.uniform(0.05, 0.6)
+        content: np.ndarray | float = level
+    else:
+        content = np.abs(rng.normal(rng.uniform(0, 0.4), rng.uniform(0.02, 0.3), bundle.face.shape)).astype(np.float32)
+    volume, lost = _paste(bundle, region, content, float(rng.choice([0.0, 1.5])))
+    return Variant("fill", volume, lost, np.zeros_like(lost))
+
+
+def crop(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
+    """Everything in front of a coronal plane just behind the face features: outside the field of view."""
+    face_voxels = np.nonzero(np.isin(bundle.features, range(1, len(FEATURES) + 1)))
+    y = np.arange(bundle.face.shape[1])[None, :, None]
+    cut = (face_voxels[1].min() if face_voxels[1].size else bundle.face.shape[1]) + rng.uniform(-8, 2) / bundle.spacing
+    region = np.broadcast_to(y >= cut, bundle.face.shape)
+    if rng.random() < 0.5:  # often the field of view also ends below the chin
+        z = np.arange(bundle.face.shape[2])[None, None, :]
+        region = region | (z < face_voxels[2].min() + rng.uniform(-4, 4) / bundle.spacing)
+    volume = np.where(region, 0, bundle.face).astype(np.float32)
+    return Variant("crop", volume, np.array(region), np.zeros(bundle.face.shape, bool))
+
+
+def partial(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
+    """Defacings that miss part of the face: most keep an identifiable feature."""
+    kind = rng.integers(4)
+    region = bundle.face_region
+    if kind == 0:  # only the lowest part of the mask
+        z = np.nonzero(region)[2]
+        level = np.quantile(z, rng.uniform(0.2, 0.65)) if z.size else 0
+        region = region & (np.arange(region.shape[2])[None, None, :] <= level)
+    elif kind == 1:  # one feature group only
+        chosen = [("nose",), ("mouth", "chin"), ("eyes",)][rng.integers(3)]
+        labels = [1 + FEATURES.index(name) for name in chosen]
+        region = _grow(np.isin(bundle.features, labels), int(rng.integers(1, 4)))
+    elif kind == 2:  # a mis-registered mask
+        direction = rng.choice([[0, 0, 1], [0, 0, -1], [0, 1, 0], [0, 1, 1]]).astype(float)
+        shift = direction / np.linalg.norm(direction) * rng.uniform(15, 40) / bundle.spacing
+        region = ndimage.shift(region.astype(np.float32), shift, order=0) > 0.5
+    else:  # a plane placed too far out
+        region = _plane(bundle, float(rng.uniform(22, 45)))
+    return _zeroed(bundle, region, "partial", rng)
+
+
+def blur(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
+    region = _grow(bundle.face_region, 2)
+    smooth = ndimage.gaussian_filter(bundle.face, rng.uniform(3, 8) / bundle.spacing)
+    volume, _ = _paste(bundle, region, smooth, 2.0)
+    empty = np.zeros(bundle.face.shape, bool)
+    return Variant("blur", volume, empty, empty)
+
+
+def replace_template(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
+    region = _grow(bundle.face_region, int(rng.integers(0, 3)))
+    volume, foreign = _paste(bundle, region, bundle.template_face * rng.uniform(0.8, 1.2), float(rng.uniform(1, 4)))
+    return Variant("replace_template", volume, np.zeros_like(foreign), foreign)
+
+
+def replace_shell(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
+    """A generic face: the template's head outline, filled with smooth tissue-like intensity."""
+    region = _grow(bundle.face_region, int(rng.integers(0, 3)))
+    outline = ndimage.gaussian_filter((bundle.template_face > 0.15).astype(np.float32), rng.uniform(1, 3) / bundle.spacing)
+    generic = outline * rng.uniform(0.3, 0.8)
+    volume, foreign = _paste(bundle, region, generic.astype(np.float32), float(rng.uniform(1, 4)))
+    return Variant("replace_shell", volume, np.zeros_like(foreign), foreign)
+
+
+FAMILIES: dict[str, Callable[[FaceBundle, np.random.Generator], Variant]] = {
+    "none": none,
+    "mask": mask,
+    "plane": plane,
+    "face_ears": face_ears,
+    "shell": shell,
+    "fill": fill,
+    "crop": crop,
+    "partial": partial,
+    "blur": blur,
+    "replace_template": replace_template,
+    "replace_shell": replace_shell,
+}
+
+
+def generate(bundle: FaceBundle, family: str, rng: np.random.Generator) -> Variant:
+    """One randomised volume of ``family`` from ``bundle``."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown defacing family {family!r}; choose from {list(FAMILIES)}")
+    return FAMILIES[family](bundle, rng)
