@@ -26,7 +26,8 @@ from defacegan.cohort import (
     load_manifest,
     scan_entries,
 )
-from defacegan.deface import METHODS, head_threshold
+from defacegan.deface import METHODS
+from defacegan.io import head_threshold
 
 FEW_SUBJECTS = 4
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from defacegan.deface import METHODS, deface, head_threshold
-from defacegan.io import ScanError, find_scans, load_scan, save_nifti, stem
+from defacegan.deface import METHODS, deface
+from defacegan.io import ScanError, find_scans, head_threshold, load_scan, save_nifti, stem
 
 EXIT_OK, EXIT_FACE, EXIT_UNREADABLE = 0, 1, 2
 

@@ -52,12 +52,21 @@ from defacegan.deface import (
     brain_region,
     deface,
     face_region,
-    head_threshold,
     plane_cut,
     register_template,
     template_masks,
 )
-from defacegan.io import Scan, ScanError, atomic_write_text, bids_anatomical_scans, find_scans, load_scan, save_nifti, stem
+from defacegan.io import (
+    Scan,
+    ScanError,
+    atomic_write_text,
+    bids_anatomical_scans,
+    find_scans,
+    head_threshold,
+    load_scan,
+    save_nifti,
+    stem,
+)
 from defacegan.ixi import fetch_ixi
 
 SPLITS = ("train", "val", "test")

@@ -31,7 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy.spatial import ConvexHull, QhullError
 
-from defacegan.io import Scan, ScanError, load_scan, save_nifti
+from defacegan.io import Scan, ScanError, load_scan, require_head_extent, save_nifti
 
 METHODS = ("mask", "plane")
 PYDEFACE_DATA = files("pydeface") / "data"
@@ -41,7 +41,6 @@ COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 REGISTRATION_SPACING_MM = 4.0  # both images are block-averaged to about this before registering
 SAMPLING_FRACTION = 0.3  # of the ~4 mm voxels in the final level, drawn at random (seeded)
 PITCH_STARTS_DEG = (-20.0, 0.0, 20.0)  # heads nod in scanners; one optimisation from each
-MIN_EXTENT_MM = 64.0  # a head is far larger; anything smaller cannot be registered meaningfully
 PLANE_MARGIN_MM = 10.0  # quickshear's default buffer (10 voxels at 1 mm)
 LPS = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS world coordinates
 
@@ -130,13 +129,6 @@ def random_affine(
     return transform
 
 
-def head_threshold(data: np.ndarray) -> float:
-    """Otsu's intensity threshold between air and head."""
-    otsu = sitk.OtsuThresholdImageFilter()
-    otsu.Execute(sitk.GetImageFromArray(np.asarray(data, dtype=np.float32)))
-    return float(otsu.GetThreshold())
-
-
 def _low_resolution(image: sitk.Image) -> sitk.Image:
     """Block-average to about REGISTRATION_SPACING_MM (anti-aliased and fast)."""
     factors = [max(1, round(REGISTRATION_SPACING_MM / s)) for s in image.GetSpacing()]
@@ -205,16 +197,6 @@ def _optimise(fixed: sitk.Image, fixed_mask: sitk.Image, transform: sitk.AffineT
     registration.SetNumberOfWorkUnits(1)  # split metric sums add up in varying order; no faster here
     registration.Execute(fixed, _template()["head"])
     return registration.GetMetricValue()
-
-
-def require_head_extent(scan: Scan, purpose: str) -> None:
-    """Raise :class:`ScanError` when the field of view is under MIN_EXTENT_MM on any axis: too
-    small to hold a head, so neither a registration nor a classifier can say anything about it."""
-    extent = np.asarray(scan.data.shape) * np.asarray(scan.spacing)
-    if extent.min() < MIN_EXTENT_MM:
-        size = "x".join(f"{e:.0f}" for e in extent)
-        raise ScanError(scan.path, f"volume too small to {purpose} ({size} mm field of view, "
-                                   f"need at least {MIN_EXTENT_MM:.0f} mm per axis)")
 
 
 def register_template(scan: Scan, seed: int = 0) -> sitk.AffineTransform:

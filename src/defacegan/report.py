@@ -15,8 +15,8 @@ from rich.table import Table
 from scipy.ndimage import gaussian_filter
 from sklearn.metrics import ConfusionMatrixDisplay, auc, roc_curve
 
-from defacegan.deface import Defaced, head_threshold
-from defacegan.io import Scan, atomic_write_bytes, atomic_write_text
+from defacegan.deface import Defaced
+from defacegan.io import Scan, atomic_write_bytes, atomic_write_text, head_threshold
 from defacegan.metrics import CLASS_NAMES, classification_report
 
 

@@ -33,8 +33,8 @@ from pytorch_lightning.loggers import WandbLogger
 
 from defacegan import report
 from defacegan.augment import standard_grid
-from defacegan.deface import deface, head_threshold
-from defacegan.io import Scan, ScanError, atomic_write_text, load_scan, save_nifti
+from defacegan.deface import deface
+from defacegan.io import Scan, ScanError, atomic_write_text, head_threshold, load_scan, save_nifti
 from defacegan.metrics import image_similarity, reface_audit
 from defacegan.models.networks import GAN_CRITERIA, ConditionalPatchDiscriminator, UNetGenerator, gan_loss
 from defacegan.views import robust_scale, sagittal_slices
