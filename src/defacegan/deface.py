@@ -32,8 +32,8 @@ import SimpleITK as sitk
 from scipy.spatial import ConvexHull, QhullError
 
 from defacegan.io import Scan, ScanError, load_scan, require_head_extent, save_nifti
+from defacegan.manifest import METHODS
 
-METHODS = ("mask", "plane")
 PYDEFACE_DATA = files("pydeface") / "data"
 BRAIN_MASK_ASSET = files("defacegan") / "assets" / "template_brain_mask.nii.gz"
 COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")

@@ -8,9 +8,6 @@ import torch.nn.functional as F
 from monai.metrics.regression import compute_ssim_and_cs
 from sklearn import metrics as skm
 
-CLASS_NAMES = ("face", "defaced")  # label 0, label 1
-
-
 def classification_metrics(labels, probabilities, threshold: float = 0.5) -> dict:
     """Accuracy, precision, recall, F1 (defaced = positive), ROC AUC and the confusion matrix.
 

@@ -17,7 +17,8 @@ from sklearn.metrics import ConfusionMatrixDisplay, auc, roc_curve
 
 from defacegan.deface import Defaced
 from defacegan.io import Scan, atomic_write_bytes, atomic_write_text, head_threshold
-from defacegan.metrics import CLASS_NAMES, classification_report
+from defacegan.manifest import CLASS_NAMES
+from defacegan.metrics import classification_report
 
 
 def _outline(axis, region: np.ndarray) -> None:
