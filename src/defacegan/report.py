@@ -7,9 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from hydra.experimental.callback import Callback
 from matplotlib.figure import Figure
-from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 from scipy.ndimage import gaussian_filter
@@ -214,12 +212,3 @@ def write_comparison(sweep_dir: str | Path) -> Path | None:
     csv = "\n".join([",".join(columns)] + [",".join(format_value(r.get(c)) for c in columns) for r in rows]) + "\n"
     atomic_write_text(Path(sweep_dir) / "comparison.csv", csv)
     return atomic_write_text(Path(sweep_dir) / "comparison.md", markdown_table(rows, columns))
-
-
-class ComparisonTable(Callback):
-    """Hydra callback: after a multirun, collect every job's metrics.json into one table."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        path = write_comparison(config.hydra.sweep.dir)
-        if path is not None:
-            Console().print(f"comparison table: {path}")
