@@ -65,7 +65,7 @@ def add_reface(commands) -> None:
 
 
 def run_reface(args) -> int:
-    from defacegan.models.pix2pix import load_pix2pix, reface_file  # torch loads only when needed
+    from defacegan.reface import load_pix2pix, reface_file  # torch loads only when needed
 
     started = time.perf_counter()
     try:
