@@ -289,9 +289,6 @@ class DefaceDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
 
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         return self.model_inputs(batch, augment=self.trainer is not None and self.trainer.training)
 

@@ -106,29 +106,6 @@ def warp(
     return from_sitk(moved)[0]
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two boolean masks (1.0 when both are empty)."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
-def random_affine(
-    rng: np.random.Generator,
-    center_mm: np.ndarray,
-    rotation_deg: float = 10.0,
-    shift_mm: float = 15.0,
-    scale: float = 0.10,
-) -> sitk.AffineTransform:
-    """A random affine about ``center_mm`` (RAS mm): rotations up to ±``rotation_deg``
-    per axis, shifts up to ±``shift_mm``, per-axis scaling up to ±``scale``."""
-    angles = np.deg2rad(rng.uniform(-rotation_deg, rotation_deg, 3))
-    rotation = sitk.Euler3DTransform((0, 0, 0), *angles.tolist())
-    matrix = np.reshape(rotation.GetMatrix(), (3, 3)) @ np.diag(1 + rng.uniform(-scale, scale, 3))
-    transform = sitk.AffineTransform(matrix.ravel().tolist(), rng.uniform(-shift_mm, shift_mm, 3).tolist())
-    transform.SetCenter((LPS @ np.asarray(center_mm, dtype=float)).tolist())
-    return transform
-
-
 def _low_resolution(image: sitk.Image) -> sitk.Image:
     """Block-average to about REGISTRATION_SPACING_MM (anti-aliased and fast)."""
     factors = [max(1, round(REGISTRATION_SPACING_MM / s)) for s in image.GetSpacing()]

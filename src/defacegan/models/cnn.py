@@ -47,8 +47,6 @@ class MultiBranchCNN(LightningModule):
     checkpoint so inference prepares scans exactly as training did.
     """
 
-    task = "classify"
-
     def __init__(
         self,
         view_mode: str = "all",
@@ -123,9 +121,6 @@ class MultiBranchCNN(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self._epoch_end("test")
-
-    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return torch.sigmoid(self(batch["views"]).float())
 
     def configure_optimizers(self):
         optimizer = (self.optimizer or torch.optim.AdamW)(self.parameters())

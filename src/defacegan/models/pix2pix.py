@@ -62,8 +62,6 @@ class Pix2Pix(LightningModule):
     the trainer's log folder. The grid shows faces: it goes to W&B only if ``log_faces``.
     """
 
-    task = "translate"
-
     def __init__(
         self,
         size: int = 256,
