@@ -170,6 +170,7 @@ class DemoSource:
                 for index, name in enumerate(names)]
 
     def volume_builder(self) -> Callable[[Entry, int], Volumes]:
+        """Loads the heads here, once, so that worker processes need not register Colin27 again."""
         return _DemoVolumes(demo_heads())
 
 

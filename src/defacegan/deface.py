@@ -257,7 +257,7 @@ def plane_cut(brain_mask: np.ndarray, affine: np.ndarray, margin_mm: float = PLA
 
 
 def deface(scan: Scan, methods: tuple[str, ...] = ("mask",), seed: int = 0) -> dict[str, Defaced]:
-    """Deface ``scan`` with each of ``methods`` (see :data:`METHODS`), sharing one registration.
+    """Deface ``scan`` with each of ``methods`` (see :data:`defacegan.manifest.METHODS`), sharing one registration.
 
     Returns ``{method: Defaced}``; ``seed`` seeds the registration's sampling (same seed, same
     result). Raises :class:`ScanError` when the scan cannot be registered."""
