@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import runpy
 import time
 from pathlib import Path
 
@@ -27,20 +28,13 @@ import SimpleITK as sitk
 from rich.console import Console
 from rich.table import Table
 
-from defacegan.deface import (
-    METHODS,
-    Defaced,
-    brain_region,
-    deface,
-    dice,
-    face_region,
-    plane_cut,
-    random_affine,
-    register_template,
-    template_masks,
-    warp,
-)
+from defacegan.deface import Defaced, brain_region, deface, face_region, plane_cut, register_template, template_masks, warp
 from defacegan.io import Scan, atomic_write_text, load_scan
+from defacegan.manifest import METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
+GEOMETRY = runpy.run_path(str(ROOT / "tests" / "support" / "geometry.py"))  # shared with the deface tests
+dice, random_affine = GEOMETRY["dice"], GEOMETRY["random_affine"]
 
 
 def truths(scan: Scan, transform: sitk.Transform) -> dict[str, np.ndarray]:

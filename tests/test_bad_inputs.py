@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from make_bad_inputs import Case, make_bad_inputs
 
 from defacegan.cli import EXIT_OK, EXIT_UNREADABLE, main
-from defacegan.cohort import VOLUMES
 from defacegan.io import Scan, ScanError, load_scan, save_nifti, stem
+from defacegan.manifest import VOLUMES
 
 #: Valid scans stored on the plain scan's own grid: their verdicts must match it closely.
 SAME_GRID = ("int8", "uint16", "float64", "lps", "gzip_bomb")

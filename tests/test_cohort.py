@@ -14,19 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nibabel.orientations import apply_orientation, io_orientation
 
-from defacegan import cohort
+from defacegan import demo
 from defacegan.cli import EXIT_UNREADABLE, main
-from defacegan.cohort import (
-    COLUMNS,
-    MANIFEST,
-    SPLITS,
-    VOLUMES,
-    assign_splits,
-    build_cohort,
-    load_manifest,
-    scan_entries,
-)
-from defacegan.deface import METHODS, head_threshold
+from defacegan.cohort import DemoSource, build_cohort, scan_entries
+from defacegan.io import head_threshold
+from defacegan.manifest import COLUMNS, MANIFEST, METHODS, SPLITS, VOLUMES, assign_splits, load_manifest
 
 FEW_SUBJECTS = 4
 
@@ -141,9 +133,10 @@ def test_folder_build_skips_a_corrupt_scan_and_leaves_inputs_alone(ixi_scans, tm
 
 
 def test_demo_without_colin27_uses_the_mean_head_and_says_so(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cohort, "COLIN27", tmp_path / "absent" / "ch2.nii.gz")
-    assert [entry.subject for entry in cohort.demo_entries(2)] == ["demo-mean-000", "demo-mean-001"]
-    build_cohort("demo", tmp_path / "cohort", subjects=0)
+    monkeypatch.setattr(demo, "COLIN27", tmp_path / "absent" / "ch2.nii.gz")
+    assert [entry.subject for entry in DemoSource(2).entries(tmp_path)] == ["demo-mean-000", "demo-mean-001"]
+    capsys.readouterr()
+    build_cohort(DemoSource(0), tmp_path / "cohort")
     assert "not found" in capsys.readouterr().out
 
 

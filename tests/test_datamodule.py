@@ -12,7 +12,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from defacegan.datamodule import SPLITS, DefaceDataModule
+from defacegan.datamodule import DefaceDataModule
+from defacegan.manifest import SPLITS
 from defacegan.views import VIEW_MODES
 
 CONFIG_DIR = str(Path(__file__).parents[1] / "conf")

@@ -11,19 +11,10 @@ import pytest
 from scipy.ndimage import distance_transform_edt
 
 from defacegan.cli import EXIT_UNREADABLE, main
-from defacegan.deface import (
-    METHODS,
-    brain_region,
-    deface,
-    dice,
-    face_region,
-    plane_cut,
-    random_affine,
-    register_template,
-    template_masks,
-    warp,
-)
+from defacegan.deface import brain_region, deface, face_region, plane_cut, register_template, template_masks, warp
 from defacegan.io import Scan, ScanError, load_scan
+from defacegan.manifest import METHODS
+from support.geometry import dice, random_affine
 
 
 def world(affine: np.ndarray, mask: np.ndarray) -> np.ndarray:

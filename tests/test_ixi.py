@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from defacegan.cli import EXIT_OK, main
-from defacegan.cohort import SPLITS, load_manifest
 from defacegan.io import load_scan
 from defacegan.ixi import DownloadError, download, fetch_ixi
+from defacegan.manifest import SPLITS, load_manifest
 
 NAMES = ("IXI002-Guys-0828-T1.nii.gz", "IXI012-HH-1211-T1.nii.gz", "IXI013-HH-1212-T1.nii.gz")
 

@@ -13,7 +13,8 @@ from hydra.utils import instantiate
 from pytorch_lightning import Callback, Trainer
 from torch.utils.data import DataLoader
 
-from defacegan.models.pix2pix import Pix2Pix, group_by_subject, linear_decay, load_pix2pix
+from defacegan.models.pix2pix import Pix2Pix, group_by_subject, linear_decay
+from defacegan.reface import load_pix2pix
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 SIZE = 32

@@ -13,7 +13,8 @@ from defacegan.cli import main
 from defacegan.deface import deface
 from defacegan.io import Scan, ScanError, load_scan
 from defacegan.metrics import MAX_PSNR_DB, dilate, image_similarity, reface_audit, reidentification
-from defacegan.models.pix2pix import Pix2Pix, face_region, load_pix2pix, reface_scan, sagittal_planes
+from defacegan.models.pix2pix import Pix2Pix
+from defacegan.reface import face_region, load_pix2pix, reface_scan, sagittal_planes
 from defacegan.views import sagittal_slices
 
 

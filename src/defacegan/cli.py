@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from defacegan.deface import METHODS, deface, head_threshold
-from defacegan.io import ScanError, find_scans, load_scan, save_nifti, stem
+from defacegan.deface import deface
+from defacegan.io import ScanError, find_scans, head_threshold, load_scan, save_nifti, stem
+from defacegan.manifest import METHODS, load_manifest
 
 EXIT_OK, EXIT_FACE, EXIT_UNREADABLE = 0, 1, 2
 
@@ -64,7 +65,7 @@ def add_reface(commands) -> None:
 
 
 def run_reface(args) -> int:
-    from defacegan.models.pix2pix import load_pix2pix, reface_file  # torch loads only when needed
+    from defacegan.reface import load_pix2pix, reface_file  # torch loads only when needed
 
     started = time.perf_counter()
     try:
@@ -203,7 +204,7 @@ def add_data(commands) -> None:
 
 
 def run_data(args) -> int:
-    from defacegan.cohort import build_cohort, load_manifest  # torch loads only when needed
+    from defacegan.cohort import build_cohort  # torch loads only when needed
     from defacegan.ixi import IXI_T1_MD5, IXI_T1_URL, DownloadError, fetch_ixi
 
     started = time.perf_counter()

@@ -1,28 +1,19 @@
 """Build paired cohorts: each head with its face, beside its two defaced versions.
 
-A cohort is a folder with one sub-folder per scan, ``<subject>/`` (``<subject>/<scan>/`` when a
-subject has several scans), holding RAS+ NIfTI volumes on the scan's own grid:
+The folder and manifest format is :mod:`defacegan.manifest`'s. A source says which scans there
+are (:class:`Entry`) and how one is made into volumes; building runs those in worker processes,
+skips scans already built, reports unusable inputs and writes the manifest last.
 
-- ``face.nii.gz``: the head with its face;
-- ``defaced_mask.nii.gz`` and ``removed_mask.nii.gz``: pydeface's face-mask method, the removed
-  region as uint8 (1 = removed), and defaced = face × (1 − removed) exactly;
-- ``defaced_plane.nii.gz`` and ``removed_plane.nii.gz``: the same for the quickshear plane cut;
+Sources (:func:`source_from` maps the CLI's ``--source`` onto them):
 
-and ``manifest.csv`` (:data:`COLUMNS`, paths relative to it), written last so a folder without
-it is an unfinished build. Splits are drawn per subject from the subject ids and the seed alone,
-before any volume is made: every scan of a subject, and every later augmentation of it, stays
-in one split.
-
-Sources:
-
-- ``demo``: the heads installed with the project, pydeface's mean head and Colin27 (when Debian's
-  ``mricron-data`` is there), each made into many subjects by random smooth deformations
-  (TorchIO) on a 2 mm grid. The face mask and brain mask move with the head, so no registration
-  runs per subject. Demo subjects share two anatomies: they prove the pipeline, not a score.
-- a folder of NIfTI T1 heads: one subject per file (``IXI012`` from ``IXI012-HH-1211_T1.nii.gz``),
-  or per ``sub-XX`` in a BIDS layout (``sub-XX[/ses-YY]/anat/*_T1w.nii[.gz]``); each scan is
-  defaced by :func:`defacegan.deface.deface` at its native resolution.
-- ``ixi``: the IXI T1 archive, downloaded by :func:`defacegan.ixi.fetch_ixi`, then as a folder.
+- :class:`DemoSource`: the heads installed with the project, deformed into many subjects
+  (:mod:`defacegan.demo`).
+- :class:`FolderSource`: a folder of NIfTI T1 heads: one subject per file (``IXI012`` from
+  ``IXI012-HH-1211_T1.nii.gz``), or per ``sub-XX`` in a BIDS layout
+  (``sub-XX[/ses-YY]/anat/*_T1w.nii[.gz]``); each scan is defaced by
+  :func:`defacegan.deface.deface` at its native resolution.
+- :class:`IXISource`: the IXI T1 archive, downloaded by :func:`defacegan.ixi.fetch_ixi`, then as
+  a folder.
 """
 
 from __future__ import annotations
@@ -32,10 +23,9 @@ import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path, PurePosixPath
 
@@ -46,43 +36,23 @@ import SimpleITK as sitk
 import torch
 import torchio as tio
 
-from defacegan.deface import (
-    COLIN27,
-    METHODS,
-    brain_region,
-    deface,
-    face_region,
-    head_threshold,
-    plane_cut,
-    register_template,
-    template_masks,
+from defacegan.deface import deface
+from defacegan.demo import DEMO_SUBJECTS, demo_heads, demo_subject, head_names
+from defacegan.io import (
+    Scan,
+    ScanError,
+    atomic_write_text,
+    bids_anatomical_scans,
+    find_scans,
+    load_scan,
+    save_nifti,
+    stem,
 )
-from defacegan.io import Scan, ScanError, atomic_write_text, bids_anatomical_scans, find_scans, load_scan, save_nifti, stem
 from defacegan.ixi import fetch_ixi
+from defacegan.manifest import COLUMNS, DEFAULT_FRACTIONS, MANIFEST, METHODS, VOLUMES, assign_splits
 
-SPLITS = ("train", "val", "test")
-DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
-MANIFEST = "manifest.csv"
 SETTINGS = "cohort.json"  # the source and seed a cohort folder was built with
-VOLUMES = ("face", *(f"{kind}_{method}" for method in METHODS for kind in ("defaced", "removed")))
-COLUMNS = ("subject", "source", "split", *VOLUMES, "spacing", "shape")
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
-
-DEMO_SUBJECTS = 24  # about 50 s on 2 cores: each subject costs ~3 CPU-s, mostly the elastic resampling
-DEMO_SPACING_MM = 2.0
-DEMO_SHAPE = (96, 128, 128)  # 192 x 256 x 256 mm: a whole head with room to move
-DEMO_DEFORMATION = tio.Compose([
-    tio.RandomAffineElasticDeformation(  # one resampling for both
-        affine_kwargs={"scales": 0.1, "degrees": 8, "translation": 8},  # translation in mm
-        elastic_kwargs={"num_control_points": 7, "max_displacement": 8},  # mm
-    ),
-    tio.RandomGamma(log_gamma=0.2),
-    tio.RandomBiasField(coefficients=0.3, order=2),
-    tio.RandomNoise(std=(0, 0.02)),
-    tio.RescaleIntensity(out_min_max=(0, 255), percentiles=(0, 99.5)),  # stored as uint8
-])
-
-FACE, BRAIN = 1, 2  # bits of a demo head's `regions` label map: one map moves both masks, a third faster
 
 Volumes = tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]  # face, {method: removed (bool)}, RAS affine
 
@@ -99,45 +69,6 @@ class Entry:
     folder: str
     source: str
     index: int = 0
-
-
-def assign_splits(
-    subjects: Iterable[str], fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, seed: int = 0
-) -> dict[str, str]:
-    """Map each distinct subject to one of :data:`SPLITS`: a seeded shuffle cut by ``fractions``.
-
-    Sizes follow the fractions (largest remainder); with at least as many subjects as splits,
-    every split with a positive fraction gets at least one.
-    """
-    unique = sorted(set(subjects))
-    sizes = _split_sizes(len(unique), fractions)
-    in_order = np.repeat(np.array(SPLITS, dtype=object), sizes)
-    splits = np.empty(len(unique), dtype=object)
-    splits[np.random.default_rng(seed).permutation(len(unique))] = in_order
-    return dict(zip(unique, splits.tolist()))
-
-
-def _split_sizes(count: int, fractions: tuple[float, ...]) -> np.ndarray:
-    fractions = np.asarray(fractions, dtype=float)
-    if fractions.shape != (len(SPLITS),) or (fractions < 0).any() or fractions.sum() <= 0:
-        raise ValueError(f"fractions must be {len(SPLITS)} non-negative numbers for {SPLITS}, "
-                         f"got {fractions.tolist()}")
-    share = fractions / fractions.sum() * count
-    sizes = np.floor(share).astype(int)
-    sizes[np.argsort(sizes - share, kind="stable")[: count - sizes.sum()]] += 1
-    wanted = fractions > 0
-    while count >= wanted.sum() and (empty := np.flatnonzero(wanted & (sizes == 0))).size:
-        sizes[np.argmax(sizes)] -= 1
-        sizes[empty[0]] += 1
-    return sizes
-
-
-def demo_entries(count: int = DEMO_SUBJECTS) -> list[Entry]:
-    """``count`` demo subjects, taking the installed heads in turn: demo-mean-000, demo-colin-001..."""
-    heads = ("mean", "colin") if COLIN27.is_file() else ("mean",)
-    names = [heads[index % len(heads)] for index in range(count)]
-    return [Entry(f"demo-{name}-{index:03d}", f"demo-{name}-{index:03d}", f"demo:{name}", index)
-            for index, name in enumerate(names)]
 
 
 def scan_entries(folder: str | os.PathLike) -> list[Entry]:
@@ -169,66 +100,6 @@ def _subject_of(relative: str) -> str:
     name = PurePosixPath(relative)
     ixi = IXI_SUBJECT.match(name.name)
     return ixi.group(1) if ixi else str(name.with_name(stem(name))).replace("/", "_")
-
-
-@lru_cache(maxsize=1)
-def demo_heads() -> dict[str, tio.Subject]:
-    """The installed heads on the demo grid with their face and brain masks, intensities in [0, 1].
-
-    pydeface's mean head comes with its masks in template space; the template's masks are moved
-    onto Colin27 by the defacing registration (:func:`defacegan.deface.register_template`),
-    once per process.
-    """
-    head, face_mask, brain_mask = template_masks()
-    heads = {"mean": _on_demo_grid(
-        tio.ScalarImage(tensor=_channel(head.dataobj, np.float32), affine=head.affine),
-        tio.LabelMap(tensor=_channel(np.asanyarray(face_mask.dataobj) < 0.5), affine=face_mask.affine),
-        tio.LabelMap(tensor=_channel(brain_mask.dataobj), affine=brain_mask.affine),
-    )}
-    if COLIN27.is_file():
-        colin = load_scan(COLIN27)
-        transform = register_template(colin)
-        heads["colin"] = _on_demo_grid(
-            tio.ScalarImage(tensor=_channel(colin.data, np.float32), affine=colin.affine),
-            tio.LabelMap(tensor=_channel(face_region(colin, transform)), affine=colin.affine),
-            tio.LabelMap(tensor=_channel(brain_region(colin, transform)), affine=colin.affine),
-        )
-    return heads
-
-
-def _channel(data, dtype=np.uint8) -> torch.Tensor:
-    """A (1, X, Y, Z) tensor as TorchIO images hold them."""
-    return torch.from_numpy(np.asarray(data, dtype=dtype)[None].copy())
-
-
-def _on_demo_grid(head: tio.ScalarImage, face_mask: tio.LabelMap, brain_mask: tio.LabelMap) -> tio.Subject:
-    """Resample onto an axis-aligned RAS grid (DEMO_SHAPE, DEMO_SPACING_MM) centred on the head;
-    the two masks become the bits of one ``regions`` label map."""
-    data = head.data[0].numpy()
-    voxels = np.argwhere(data > head_threshold(data))
-    centre = nib.affines.apply_affine(head.affine, (voxels.min(0) + voxels.max(0)) / 2)
-    affine = np.diag([DEMO_SPACING_MM] * 3 + [1.0])
-    affine[:3, 3] = centre - DEMO_SPACING_MM * (np.asarray(DEMO_SHAPE) - 1) / 2
-    to_grid = tio.Compose([
-        tio.Resample((DEMO_SHAPE, affine)),
-        tio.RescaleIntensity(out_min_max=(0, 1), percentiles=(0, 99.5)),
-    ])
-    on_grid = to_grid(tio.Subject(head=head, face_mask=face_mask, brain_mask=brain_mask))
-    face, brain = on_grid["face_mask"].data > 0, on_grid["brain_mask"].data > 0
-    regions = (FACE * face | BRAIN * brain).to(torch.uint8)
-    return tio.Subject(head=on_grid["head"], regions=tio.LabelMap(tensor=regions, affine=affine))
-
-
-def demo_subject(base: tio.Subject, seed: int) -> Volumes:
-    """One random deformation of a demo head: (face uint8, {method: removed bool}, affine)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        subject = DEMO_DEFORMATION(base)
-    face = np.clip(np.rint(subject["head"].numpy()[0]), 0, 255).astype(np.uint8)
-    affine = subject["head"].affine
-    regions = subject["regions"].numpy()[0].astype(np.uint8)
-    removed = {"mask": (regions & FACE) > 0, "plane": plane_cut((regions & BRAIN) > 0, affine)}
-    return face, removed, affine
 
 
 def stored_intensities(scan: Scan) -> np.ndarray:
@@ -269,25 +140,110 @@ def write_volumes(folder: Path, face: np.ndarray, removed: dict[str, np.ndarray]
         save_nifti(image, folder / f"{name}.nii.gz", overwrite=True, protect=protect)
 
 
+def _scan_volumes(entry: Entry, seed: int) -> Volumes:
+    return scan_subject(entry.source, seed)
+
+
+@dataclass(frozen=True)
+class _DemoVolumes:
+    """Makes a demo entry's volumes from the demo heads, loaded once by the parent process."""
+
+    heads: dict[str, tio.Subject]
+
+    def __call__(self, entry: Entry, seed: int) -> Volumes:
+        base = self.heads[entry.source.removeprefix("demo:")]
+        state = np.random.SeedSequence([seed, entry.index]).generate_state(1)[0]
+        return demo_subject(base, int(state))
+
+
+@dataclass(frozen=True)
+class DemoSource:
+    """``count`` demo subjects, taking the installed heads in turn: demo-mean-000, demo-colin-001..."""
+
+    count: int = DEMO_SUBJECTS
+    label = "demo"
+
+    def entries(self, out: Path) -> list[Entry]:
+        heads = head_names()
+        names = [heads[index % len(heads)] for index in range(self.count)]
+        return [Entry(f"demo-{name}-{index:03d}", f"demo-{name}-{index:03d}", f"demo:{name}", index)
+                for index, name in enumerate(names)]
+
+    def volume_builder(self) -> Callable[[Entry, int], Volumes]:
+        """Loads the heads here, once, so that worker processes need not register Colin27 again."""
+        return _DemoVolumes(demo_heads())
+
+
+@dataclass(frozen=True)
+class FolderSource:
+    """The NIfTI heads under ``folder`` (:func:`scan_entries`); ``subjects``: only the first N."""
+
+    folder: Path
+    subjects: int | None = None
+
+    @property
+    def label(self) -> str:
+        return str(self.folder.resolve())
+
+    def entries(self, out: Path) -> list[Entry]:
+        folder = self.folder
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: source must be 'demo', 'ixi' or a folder of NIfTI scans")
+        if out.resolve().is_relative_to(folder.resolve()):
+            raise ValueError(f"{out}: the output folder must not lie inside the source folder {folder}")
+        entries = scan_entries(folder)
+        if not entries:
+            raise ValueError(f"{folder}: no NIfTI scans found")
+        if self.subjects is not None:
+            kept = set(sorted({entry.subject for entry in entries})[: self.subjects])
+            entries = [entry for entry in entries if entry.subject in kept]
+        return entries
+
+    def volume_builder(self) -> Callable[[Entry, int], Volumes]:
+        return _scan_volumes
+
+
+@dataclass(frozen=True)
+class IXISource:
+    """IXI's T1 heads, downloaded into the cohort folder, then built as a folder."""
+
+    subjects: int | None = None
+    label = "ixi"
+
+    def entries(self, out: Path) -> list[Entry]:
+        return FolderSource(fetch_ixi(out), self.subjects).entries(out)
+
+    def volume_builder(self) -> Callable[[Entry, int], Volumes]:
+        return _scan_volumes
+
+
+Source = DemoSource | FolderSource | IXISource
+
+
+def source_from(text: str | os.PathLike, subjects: int | None = None) -> Source:
+    """The source the CLI's ``--source demo|ixi|FOLDER`` names. ``subjects``: how many demo
+    subjects (default :data:`DEMO_SUBJECTS`), or the first N subjects of a folder."""
+    if str(text) == "demo":
+        return DemoSource(DEMO_SUBJECTS if subjects is None else subjects)
+    if str(text) == "ixi":
+        return IXISource(subjects)
+    return FolderSource(Path(text), subjects)
+
+
 @dataclass(frozen=True)
 class _Builder:
-    """Builds one entry; picklable, so worker processes can run it. ``heads``: demo only."""
+    """Builds one entry; picklable, so worker processes can run it."""
 
     out: Path
     seed: int
-    heads: dict[str, tio.Subject] | None = None
+    volumes: Callable[[Entry, int], Volumes]  # the source's volume builder
 
     def __call__(self, entry: Entry) -> tuple[str, str] | None:
         """None when built; (input, reason) for an input that cannot be used."""
         try:
-            if self.heads is None:
-                face, removed, affine = scan_subject(entry.source, self.seed)
-            else:
-                base = self.heads[entry.source.removeprefix("demo:")]
-                state = np.random.SeedSequence([self.seed, entry.index]).generate_state(1)[0]
-                face, removed, affine = demo_subject(base, int(state))
-            protect = () if self.heads else (entry.source,)
-            write_volumes(self.out / entry.folder, face, removed, affine, protect=protect)
+            face, removed, affine = self.volumes(entry, self.seed)
+            # A folder scan's input file; a demo entry's ``demo:<head>`` names no file.
+            write_volumes(self.out / entry.folder, face, removed, affine, protect=(entry.source,))
         except ScanError as error:
             return error.path or entry.source, error.reason
         return None
@@ -350,7 +306,7 @@ def _manifest_row(out: Path, entry: Entry, split: str) -> dict[str, str]:
 
 
 def build_cohort(
-    source: str | os.PathLike,
+    source: Source | str | os.PathLike,
     out: str | os.PathLike,
     *,
     subjects: int | None = None,
@@ -361,36 +317,25 @@ def build_cohort(
 ) -> Path:
     """Build (or finish) the cohort of ``source`` in ``out``; return the manifest's path.
 
-    ``source``: ``"demo"``, ``"ixi"`` or a folder of NIfTI heads. ``subjects``: how many demo
-    subjects (default :data:`DEMO_SUBJECTS`), or the first N subjects of a folder. Scans whose
+    ``source``: a source object, or ``"demo"``, ``"ixi"`` or a folder of NIfTI heads with
+    ``subjects`` as in :func:`source_from`. Scans whose
     volumes all exist are not built again. Inputs that cannot be used are printed on one line
     each, appended to ``failures`` and left out of the manifest; the rest carry on.
     """
     out = Path(out)
-    if str(source) == "demo":
-        entries, label = demo_entries(DEMO_SUBJECTS if subjects is None else subjects), "demo"
-        if not COLIN27.is_file():
-            print(f"notice: {COLIN27} not found (Debian package mricron-data); demo heads: pydeface's only")
-    else:
-        folder = fetch_ixi(out) if str(source) == "ixi" else Path(source)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: source must be 'demo', 'ixi' or a folder of NIfTI scans")
-        if out.resolve().is_relative_to(folder.resolve()):
-            raise ValueError(f"{out}: the output folder must not lie inside the source folder {folder}")
-        entries, label = scan_entries(folder), "ixi" if str(source) == "ixi" else str(folder.resolve())
-        if not entries:
-            raise ValueError(f"{folder}: no NIfTI scans found")
-        if subjects is not None:
-            kept = set(sorted({entry.subject for entry in entries})[:subjects])
-            entries = [entry for entry in entries if entry.subject in kept]
-    _claim(out, label, seed)
+    if isinstance(source, (str, os.PathLike)):
+        source = source_from(source, subjects)
+    elif subjects is not None:
+        raise ValueError("subjects: give it to the source object")
+    entries = source.entries(out)
+    _claim(out, source.label, seed)
     split_of = assign_splits([entry.subject for entry in entries], fractions, seed)
     todo = [entry for entry in entries if not _complete(out / entry.folder)]
     print(f"{out}: {len(entries)} scans of {len(split_of)} subjects, {len(entries) - len(todo)} already built",
           flush=True)
-    builder = _Builder(out, seed, demo_heads() if label == "demo" and todo else None)
+    results = _build_all(_Builder(out, seed, source.volume_builder()), todo, workers) if todo else ()
     failed = set()
-    for entry, problem in zip(todo, _build_all(builder, todo, workers)):
+    for entry, problem in zip(todo, results):
         if problem is None:
             print(f"{entry.folder}: built from {entry.source}", flush=True)
             continue
@@ -402,21 +347,3 @@ def build_cohort(
     rows = [_manifest_row(out, entry, split_of[entry.subject]) for entry in entries if entry not in failed]
     return atomic_write_text(out / MANIFEST, pd.DataFrame(rows, columns=COLUMNS).to_csv(index=False))
 
-
-def load_manifest(path_or_dir: str | os.PathLike) -> pd.DataFrame:
-    """A cohort's manifest (the file, or the folder holding it) with absolute volume paths."""
-    path = Path(path_or_dir)
-    if path.is_dir():
-        path = path / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no cohort manifest (make one with `defacegan data build`)")
-    manifest = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [column for column in COLUMNS if column not in manifest.columns]
-    if missing:
-        raise ValueError(f"{path}: manifest lacks column(s) {missing}")
-    unknown = sorted(set(manifest["split"]) - set(SPLITS))
-    if unknown:
-        raise ValueError(f"{path}: unknown split(s) {unknown}, expected {SPLITS}")
-    for column in VOLUMES:
-        manifest[column] = [str(path.parent.resolve() / relative) for relative in manifest[column]]
-    return manifest

@@ -36,22 +36,12 @@ from pytorch_lightning.utilities import move_data_to_device
 from torch.utils.data import DataLoader, Dataset
 
 from defacegan.augment import DeviceAugmentation, build_augmentation, standard_grid
-from defacegan.cohort import SPLITS, load_manifest
 from defacegan.io import atomic_write_bytes
-from defacegan.metrics import CLASS_NAMES
+from defacegan.manifest import CLASS_NAMES, SPLITS, is_mask_column, load_manifest, volume_columns
 from defacegan.views import VIEW_MODES, VIEW_NAMES, compute_views, robust_scale, sagittal_slices
 
 TASKS = ("classify", "translate")
 DIRECTIONS = ("deface", "reface")
-
-
-def volume_columns(methods: Sequence[str]) -> list[str]:
-    """Manifest columns of a scan's volumes for these defacing methods, the face first."""
-    return ["face", *(f"{prefix}_{method}" for method in methods for prefix in ("defaced", "removed"))]
-
-
-def is_mask_column(column: str) -> bool:
-    return column.startswith("removed_")
 
 
 def _file_key(path: str) -> str:
@@ -297,9 +287,6 @@ class DefaceDataModule(pl.LightningDataModule):
         return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
         return self._loader("test")
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:

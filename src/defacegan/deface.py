@@ -31,9 +31,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy.spatial import ConvexHull, QhullError
 
-from defacegan.io import Scan, ScanError, load_scan, save_nifti
+from defacegan.io import Scan, ScanError, load_scan, require_head_extent, save_nifti
+from defacegan.manifest import METHODS
 
-METHODS = ("mask", "plane")
 PYDEFACE_DATA = files("pydeface") / "data"
 BRAIN_MASK_ASSET = files("defacegan") / "assets" / "template_brain_mask.nii.gz"
 COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
@@ -41,7 +41,6 @@ COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 REGISTRATION_SPACING_MM = 4.0  # both images are block-averaged to about this before registering
 SAMPLING_FRACTION = 0.3  # of the ~4 mm voxels in the final level, drawn at random (seeded)
 PITCH_STARTS_DEG = (-20.0, 0.0, 20.0)  # heads nod in scanners; one optimisation from each
-MIN_EXTENT_MM = 64.0  # a head is far larger; anything smaller cannot be registered meaningfully
 PLANE_MARGIN_MM = 10.0  # quickshear's default buffer (10 voxels at 1 mm)
 LPS = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS world coordinates
 
@@ -105,36 +104,6 @@ def warp(
     interpolator = sitk.sitkLinear if linear else sitk.sitkNearestNeighbor
     moved = sitk.Resample(image, reference, transform, interpolator, default, sitk.sitkFloat32)
     return from_sitk(moved)[0]
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two boolean masks (1.0 when both are empty)."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
-def random_affine(
-    rng: np.random.Generator,
-    center_mm: np.ndarray,
-    rotation_deg: float = 10.0,
-    shift_mm: float = 15.0,
-    scale: float = 0.10,
-) -> sitk.AffineTransform:
-    """A random affine about ``center_mm`` (RAS mm): rotations up to ±``rotation_deg``
-    per axis, shifts up to ±``shift_mm``, per-axis scaling up to ±``scale``."""
-    angles = np.deg2rad(rng.uniform(-rotation_deg, rotation_deg, 3))
-    rotation = sitk.Euler3DTransform((0, 0, 0), *angles.tolist())
-    matrix = np.reshape(rotation.GetMatrix(), (3, 3)) @ np.diag(1 + rng.uniform(-scale, scale, 3))
-    transform = sitk.AffineTransform(matrix.ravel().tolist(), rng.uniform(-shift_mm, shift_mm, 3).tolist())
-    transform.SetCenter((LPS @ np.asarray(center_mm, dtype=float)).tolist())
-    return transform
-
-
-def head_threshold(data: np.ndarray) -> float:
-    """Otsu's intensity threshold between air and head."""
-    otsu = sitk.OtsuThresholdImageFilter()
-    otsu.Execute(sitk.GetImageFromArray(np.asarray(data, dtype=np.float32)))
-    return float(otsu.GetThreshold())
 
 
 def _low_resolution(image: sitk.Image) -> sitk.Image:
@@ -205,16 +174,6 @@ def _optimise(fixed: sitk.Image, fixed_mask: sitk.Image, transform: sitk.AffineT
     registration.SetNumberOfWorkUnits(1)  # split metric sums add up in varying order; no faster here
     registration.Execute(fixed, _template()["head"])
     return registration.GetMetricValue()
-
-
-def require_head_extent(scan: Scan, purpose: str) -> None:
-    """Raise :class:`ScanError` when the field of view is under MIN_EXTENT_MM on any axis: too
-    small to hold a head, so neither a registration nor a classifier can say anything about it."""
-    extent = np.asarray(scan.data.shape) * np.asarray(scan.spacing)
-    if extent.min() < MIN_EXTENT_MM:
-        size = "x".join(f"{e:.0f}" for e in extent)
-        raise ScanError(scan.path, f"volume too small to {purpose} ({size} mm field of view, "
-                                   f"need at least {MIN_EXTENT_MM:.0f} mm per axis)")
 
 
 def register_template(scan: Scan, seed: int = 0) -> sitk.AffineTransform:
@@ -298,7 +257,7 @@ def plane_cut(brain_mask: np.ndarray, affine: np.ndarray, margin_mm: float = PLA
 
 
 def deface(scan: Scan, methods: tuple[str, ...] = ("mask",), seed: int = 0) -> dict[str, Defaced]:
-    """Deface ``scan`` with each of ``methods`` (see :data:`METHODS`), sharing one registration.
+    """Deface ``scan`` with each of ``methods`` (see :data:`defacegan.manifest.METHODS`), sharing one registration.
 
     Returns ``{method: Defaced}``; ``seed`` seeds the registration's sampling (same seed, same
     result). Raises :class:`ScanError` when the scan cannot be registered."""

@@ -23,8 +23,7 @@ import torchio as tio
 from torch.utils.data import DataLoader, Dataset
 
 from defacegan.augment import standard_grid
-from defacegan.deface import require_head_extent
-from defacegan.io import Scan, ScanError, atomic_write_bytes, load_scan, validate_volume
+from defacegan.io import Scan, ScanError, atomic_write_bytes, load_scan, require_head_extent, validate_volume
 from defacegan.models.cnn import MultiBranchCNN
 from defacegan.views import VIEW_MODES, VIEW_NAMES, compute_views
 

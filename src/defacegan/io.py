@@ -32,6 +32,7 @@ except ImportError:  # pragma: no cover - isal is a dependency; stay usable with
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MAX_DEFLATE_RATIO = 1032  # gzip (deflate) never expands its input by more than this
+MIN_EXTENT_MM = 64.0  # a head is far larger; anything smaller cannot be registered meaningfully
 
 
 class ScanError(Exception):
@@ -170,6 +171,25 @@ def load_scan(path: str | os.PathLike) -> Scan:
     canonical_affine = affine @ inv_ornt_aff(ornt, data.shape)
     # Fortran order (x fastest), as NIfTI and SimpleITK store voxels: no transposing copies later.
     return Scan(np.asfortranarray(canonical, dtype=np.float32), canonical_affine, image, path)
+
+
+def head_threshold(data: np.ndarray) -> float:
+    """Otsu's intensity threshold between air and head."""
+    import SimpleITK as sitk  # only callers that look for the head pay for loading it
+
+    otsu = sitk.OtsuThresholdImageFilter()
+    otsu.Execute(sitk.GetImageFromArray(np.asarray(data, dtype=np.float32)))
+    return float(otsu.GetThreshold())
+
+
+def require_head_extent(scan: Scan, purpose: str) -> None:
+    """Raise :class:`ScanError` when the field of view is under MIN_EXTENT_MM on any axis: too
+    small to hold a head, so neither a registration nor a classifier can say anything about it."""
+    extent = np.asarray(scan.data.shape) * np.asarray(scan.spacing)
+    if extent.min() < MIN_EXTENT_MM:
+        size = "x".join(f"{e:.0f}" for e in extent)
+        raise ScanError(scan.path, f"volume too small to {purpose} ({size} mm field of view, "
+                                   f"need at least {MIN_EXTENT_MM:.0f} mm per axis)")
 
 
 def save_nifti(

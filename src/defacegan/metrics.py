@@ -8,9 +8,6 @@ import torch.nn.functional as F
 from monai.metrics.regression import compute_ssim_and_cs
 from sklearn import metrics as skm
 
-CLASS_NAMES = ("face", "defaced")  # label 0, label 1
-
-
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval of a binomial rate (95 % for z = 1.96); (nan, nan) without trials.
 

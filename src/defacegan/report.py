@@ -7,17 +7,16 @@ import json
 from pathlib import Path
 
 import numpy as np
-from hydra.experimental.callback import Callback
 from matplotlib.figure import Figure
-from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 from scipy.ndimage import gaussian_filter
 from sklearn.metrics import ConfusionMatrixDisplay, auc, roc_curve
 
-from defacegan.deface import Defaced, head_threshold
-from defacegan.io import Scan, atomic_write_bytes, atomic_write_text
-from defacegan.metrics import CLASS_NAMES, classification_report
+from defacegan.deface import Defaced
+from defacegan.io import Scan, atomic_write_bytes, atomic_write_text, head_threshold
+from defacegan.manifest import CLASS_NAMES
+from defacegan.metrics import classification_report
 
 
 def _outline(axis, region: np.ndarray) -> None:
@@ -215,10 +214,33 @@ def write_comparison(sweep_dir: str | Path) -> Path | None:
     return atomic_write_text(Path(sweep_dir) / "comparison.md", markdown_table(rows, columns))
 
 
-class ComparisonTable(Callback):
-    """Hydra callback: after a multirun, collect every job's metrics.json into one table."""
+AUDIT_NAMES = {"pix2pix": "Pix2Pix", "defaced": "defaced input", "average_face": "average face", "chance": "chance"}
 
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        path = write_comparison(config.hydra.sweep.dir)
-        if path is not None:
-            Console().print(f"comparison table: {path}")
+
+def write_reface_audit(
+    results: dict[str, dict[str, float]],
+    by_defacing: dict[str, dict[str, float]],
+    subjects: list[str],
+    shown: dict[str, np.ndarray],
+    folder: Path,
+) -> list[Path]:
+    """reface_metrics.json, reface_metrics.md (one row per candidate, then Pix2Pix per defacing
+    method) and reface_grid.png (input | output | target | |error|): ``shown`` holds the first
+    slice of the first subjects, ``source``, ``refaced`` and ``target`` (N, S, S) in [-1, 1]."""
+    columns = list(dict.fromkeys(name for scores in results.values() for name in scores))
+    table = [{"": AUDIT_NAMES.get(candidate, candidate)} | scores for candidate, scores in results.items()]
+    table += [{"": f"Pix2Pix on {kind}-defaced scans"} | scores for kind, scores in by_defacing.items()]
+    summary = {"n_subjects": len(subjects), "subjects": subjects, "scores": results, "pix2pix_by_defacing": by_defacing}
+    grid = {"input": shown["source"], "output": shown["refaced"], "target": shown["target"]}
+    grid["|output − target|"] = np.abs(shown["refaced"] - shown["target"])
+    return [
+        atomic_write_text(folder / "reface_metrics.json", json.dumps(summary, indent=2)),
+        atomic_write_text(folder / "reface_metrics.md", markdown_table(table, ["", *columns])),
+        plot_image_grid(
+            grid,
+            folder / "reface_grid.png",
+            row_labels=subjects[: len(shown["source"])],
+            limits={"input": (-1, 1), "output": (-1, 1), "target": (-1, 1), "|output − target|": (0, 1)},
+            cmaps={"|output − target|": "magma"},
+        ),
+    ]

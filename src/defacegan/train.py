@@ -18,15 +18,18 @@ import hydra
 import joblib
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import LightningModule, seed_everything
 from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
+from rich.console import Console
 
 from defacegan import report
 from defacegan.io import atomic_write_text
 from defacegan.metrics import classification_report
+from defacegan.models.cnn import MultiBranchCNN
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +136,17 @@ def fit_lightning(cfg: DictConfig, model: LightningModule, datamodule, loggers: 
         started = time.perf_counter()
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
         summary["test_seconds"] = time.perf_counter() - started
-        summary.update(model.test_summary(out))
+        summary.update(summarise_test(model, out))
     return summary
+
+
+def summarise_test(model: LightningModule, out: Path) -> dict:
+    """The test part of the run summary: a classifier's scores and ROC/confusion PNGs in ``out``
+    (all scans, per defacing method), or what the model reports itself (Pix2Pix's audit)."""
+    if isinstance(model, MultiBranchCNN):
+        r = model.test_results
+        return report.classification_outputs(r["label"], r["probability"], r["kind"], out)
+    return model.test_summary(out)
 
 
 def fit_sklearn(cfg: DictConfig, model, datamodule, loggers: list[Logger], out: Path) -> dict:
@@ -216,6 +228,15 @@ def run_facts(cfg: DictConfig, model, summary: dict) -> dict:
 def hydra_choice(group: str) -> str | None:
     """The running job's choice in a config group (e.g. model=svm), when run through Hydra."""
     return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
+
+
+class ComparisonTable(Callback):
+    """Hydra callback: after a multirun, collect every job's metrics.json into one table."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        path = report.write_comparison(config.hydra.sweep.dir)
+        if path is not None:
+            Console().print(f"comparison table: {path}")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

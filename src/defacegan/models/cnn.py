@@ -15,7 +15,6 @@ import torch
 from pytorch_lightning import LightningModule
 from torch import nn
 
-from defacegan import report
 from defacegan.metrics import classification_metrics
 from defacegan.views import VIEW_MODES
 
@@ -47,8 +46,6 @@ class MultiBranchCNN(LightningModule):
     (which views, their pixel size, the standard 3D grid in mm/voxels); they are saved in the
     checkpoint so inference prepares scans exactly as training did.
     """
-
-    task = "classify"
 
     def __init__(
         self,
@@ -124,14 +121,6 @@ class MultiBranchCNN(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self._epoch_end("test")
-
-    def test_summary(self, out) -> dict:
-        """Test metrics (all, per defacing method) and ROC/confusion PNGs in ``out``."""
-        r = self.test_results
-        return report.classification_outputs(r["label"], r["probability"], r["kind"], out)
-
-    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return torch.sigmoid(self(batch["views"]).float())
 
     def configure_optimizers(self):
         optimizer = (self.optimizer or torch.optim.AdamW)(self.parameters())

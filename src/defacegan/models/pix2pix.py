@@ -5,7 +5,7 @@ Trained on the translate batches of :class:`defacegan.datamodule.DefaceDataModul
 loop scores the re-faced slices against the true faces inside the removed region, next to two
 baselines (the zero-filled input and the mean training face), and measures whether a re-faced
 subject can be picked out among all test subjects (:func:`defacegan.metrics.reface_audit`).
-:func:`reface_scan` runs a trained generator over a whole defaced 3D scan.
+:func:`defacegan.reface.reface_scan` runs a trained generator over a whole defaced 3D scan.
 
 Steps: manual optimisation, a discriminator step then a generator step per batch, so
 Lightning's ``trainer.global_step`` grows by 2 per batch: ``trainer.max_steps`` and
@@ -16,32 +16,23 @@ learning-rate schedule steps once per epoch, as in the reference pix2pix.
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-import torchio as tio
 from pytorch_lightning import LightningModule
 from pytorch_lightning.loggers import WandbLogger
 
 from defacegan import report
-from defacegan.augment import standard_grid
-from defacegan.deface import deface, head_threshold
-from defacegan.io import Scan, ScanError, atomic_write_text, load_scan, save_nifti
 from defacegan.metrics import image_similarity, reface_audit
 from defacegan.models.networks import GAN_CRITERIA, ConditionalPatchDiscriminator, UNetGenerator, gan_loss
-from defacegan.views import robust_scale, sagittal_slices
 
 #: The reference pix2pix optimiser, for both networks.
 PIX2PIX_ADAM = partial(torch.optim.Adam, lr=2e-4, betas=(0.5, 0.999))
-AUDIT_NAMES = {"pix2pix": "Pix2Pix", "defaced": "defaced input", "average_face": "average face", "chance": "chance"}
 
 
 def linear_decay(epoch: int, constant_epochs: int, decay_epochs: int) -> float:
@@ -60,7 +51,7 @@ class Pix2Pix(LightningModule):
     ``size`` and ``channels``); ``optimizer_g`` / ``optimizer_d`` build the optimizers (Hydra
     ``_partial_`` configs; default Adam, lr 2e-4, betas (0.5, 0.999)). ``lr_decay_epochs`` > 0
     turns on the linear decay after ``lr_constant_epochs``. ``spacing`` and ``grid_shape`` (the
-    standard 3D grid) and ``size`` are stored in the checkpoint so that :func:`reface_scan`
+    standard 3D grid) and ``size`` are stored in the checkpoint so that :func:`defacegan.reface.reface_scan`
     prepares scans as training did.
 
     On CUDA, ``bf16`` runs the networks under bfloat16 autocast, ``channels_last`` uses NHWC
@@ -70,8 +61,6 @@ class Pix2Pix(LightningModule):
     Test outputs (``reface_metrics.json``/``.md``, ``reface_grid.png``) go to ``output_dir`` or
     the trainer's log folder. The grid shows faces: it goes to W&B only if ``log_faces``.
     """
-
-    task = "translate"
 
     def __init__(
         self,
@@ -237,7 +226,9 @@ class Pix2Pix(LightningModule):
         by_defacing = {f"test/{kind}/{name}": value for kind, scores in self.test_results_by_defacing.items() for name, value in scores.items()}
         self.log_dict(flat_audit(self.test_results) | by_defacing)
         folder = Path(self.hparams.output_dir or self.trainer.log_dir or self.trainer.default_root_dir)
-        self.test_files = write_audit(self.test_results, self.test_results_by_defacing, subjects, slices, folder, self.hparams.grid_rows)
+        rows = self.hparams.grid_rows
+        shown = {key: slices[key][:rows, 0].numpy() for key in ("source", "refaced", "target")}
+        self.test_files = report.write_reface_audit(self.test_results, self.test_results_by_defacing, subjects, shown, folder)
         if self.hparams.log_faces:
             for logger in self.loggers:
                 if isinstance(logger, WandbLogger):
@@ -297,154 +288,3 @@ def flat_audit(results: dict[str, dict[str, float]]) -> dict[str, float]:
         for candidate, scores in results.items()
         for name, value in scores.items()
     }
-
-
-def write_audit(
-    results: dict[str, dict[str, float]],
-    by_defacing: dict[str, dict[str, float]],
-    subjects: list[str],
-    slices: dict[str, torch.Tensor],
-    folder: Path,
-    rows: int,
-) -> list[Path]:
-    """reface_metrics.json, reface_metrics.md (one row per candidate, then Pix2Pix per defacing
-    method) and reface_grid.png (input | output | target | |error| for the first ``rows``
-    subjects, their first slice)."""
-    columns = list(dict.fromkeys(name for scores in results.values() for name in scores))
-    table = [{"": AUDIT_NAMES.get(candidate, candidate)} | scores for candidate, scores in results.items()]
-    table += [{"": f"Pix2Pix on {kind}-defaced scans"} | scores for kind, scores in by_defacing.items()]
-    summary = {"n_subjects": len(subjects), "subjects": subjects, "scores": results, "pix2pix_by_defacing": by_defacing}
-    shown = {key: slices[key][:rows, 0].numpy() for key in ("source", "refaced", "target")}
-    grid = {"input": shown["source"], "output": shown["refaced"], "target": shown["target"]}
-    grid["|output − target|"] = np.abs(shown["refaced"] - shown["target"])
-    return [
-        atomic_write_text(folder / "reface_metrics.json", json.dumps(summary, indent=2)),
-        atomic_write_text(folder / "reface_metrics.md", report.markdown_table(table, ["", *columns])),
-        report.plot_image_grid(
-            grid,
-            folder / "reface_grid.png",
-            row_labels=subjects[:rows],
-            limits={"input": (-1, 1), "output": (-1, 1), "target": (-1, 1), "|output − target|": (0, 1)},
-            cmaps={"|output − target|": "magma"},
-        ),
-    ]
-
-
-# -- 3D re-facing -------------------------------------------------------------------------------
-
-#: A face region in which more voxels than this hold tissue still has its face. (On IXI heads at
-#: 2 mm: 21-27 % before defacing, 1-6 % after pydeface-style or plane defacing.)
-INTACT_TISSUE_FRACTION = 0.12
-
-
-def load_pix2pix(ckpt: str | os.PathLike, device: str | torch.device | None = None) -> Pix2Pix:
-    """A trained model from its Lightning checkpoint, in eval mode on ``device`` (default: CUDA if any)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return Pix2Pix.load_from_checkpoint(ckpt, map_location=device).eval()
-
-
-def face_region(scan: Scan) -> np.ndarray:
-    """Where the face of a defaced ``scan`` was: the zero voxels of the region that pydeface's
-    mask method removes (found by registering its template, :func:`defacegan.deface.deface`).
-
-    Tissue a defacer left inside that region is kept. Raises :class:`ScanError` when the region
-    is empty or still holds a face.
-    """
-    removed = deface(scan, ("mask",))["mask"].removed
-    if not removed.any():
-        raise ScanError(scan.path, "no removed region: the face region lies outside the scan")
-    tissue = float((scan.data[removed] > head_threshold(scan.data)).mean())
-    if tissue > INTACT_TISSUE_FRACTION:
-        raise ScanError(
-            scan.path,
-            f"no removed region: {tissue:.0%} of the face region holds tissue, so the face looks intact "
-            "(pass a mask to re-face a region anyway)",
-        )
-    return removed & (scan.data == 0)
-
-
-def sagittal_planes(images: torch.Tensor, plane_shape: Sequence[int]) -> torch.Tensor:
-    """Undo :func:`defacegan.views.sagittal_slices`' layout: (k, S, S) images → (k, Y, Z) planes.
-
-    Resize back to the padded square, cut the centred (Z, Y) picture out, and turn it from
-    display order (superior at the top, anterior to the right) back to RAS (Y, Z) order.
-    """
-    height, width = plane_shape[1], plane_shape[0]
-    side = max(height, width)
-    if images.shape[-1] != side:
-        images = F.interpolate(images[:, None], size=(side, side), mode="bilinear", antialias=True)[:, 0]
-    top, left = (side - height) // 2, (side - width) // 2
-    return images[:, top : top + height, left : left + width].flip(-2).transpose(-1, -2)
-
-
-@torch.no_grad()
-def reface_scan(scan: Scan, model: Pix2Pix, removed: np.ndarray, *, batch_size: int = 16) -> np.ndarray:
-    """``scan`` with its removed region filled by the generator: float32, RAS+, the scan's grid.
-
-    As in training, the scan goes onto the standard grid (:func:`defacegan.augment.standard_grid`
-    with the checkpoint's spacing and shape), every sagittal slice through the region is scaled
-    by the scan's robust intensity scale and translated, and the slices are put back into a
-    volume, which is resampled (linearly) onto the scan's grid. Only voxels in ``removed``
-    (bool, the scan's grid) that the standard grid covers change; all others are copied as they are.
-    """
-    hparams = model.hparams
-    if hparams.channels != 1:
-        raise ValueError(f"re-facing needs a generator of 1-slice images, not {hparams.channels} channels")
-    removed = np.asarray(removed, dtype=bool)
-    if removed.shape != scan.data.shape:
-        raise ScanError(scan.path, f"mask shape {removed.shape} does not match the scan's {scan.data.shape}")
-    if not removed.any():
-        raise ScanError(scan.path, "no removed region: the mask is empty")
-
-    def image(kind, array):
-        return kind(tensor=torch.from_numpy(np.ascontiguousarray(array))[None], affine=scan.affine)
-
-    on_grid = standard_grid(hparams.spacing, hparams.grid_shape)(
-        tio.Subject(
-            volume=image(tio.ScalarImage, scan.data),
-            removed=image(tio.LabelMap, removed.astype(np.uint8)),
-            covered=image(tio.LabelMap, np.ones(scan.data.shape, np.uint8)),
-        )
-    )
-    volume = on_grid["volume"].data[0].float().clamp_min(0)  # the cache clips at 0 too
-    region = on_grid["removed"].data[0] > 0
-    positions = region.any(dim=(1, 2)).nonzero()[:, 0]
-    scale = robust_scale(volume[None, None])
-    sources = sagittal_slices(volume[positions][:, None, None], hparams.size, 1, scale) * 2 - 1
-    generated = torch.cat([model(batch.to(model.device)).cpu() for batch in sources.split(batch_size)])
-    faces = sagittal_planes((generated[:, 0] + 1) / 2 * scale, volume.shape[1:])
-    refaced = volume.clone()
-    refaced[positions] = torch.where(region[positions], faces, volume[positions])
-    back = tio.Resample((scan.data.shape, scan.affine))(
-        tio.Subject(
-            volume=tio.ScalarImage(tensor=refaced[None], affine=on_grid["volume"].affine),
-            covered=on_grid["covered"],
-        )
-    )
-    changed = removed & (back["covered"].data[0].numpy() > 0)
-    return np.where(changed, back["volume"].data[0].numpy(), scan.data).astype(np.float32)
-
-
-def reface_file(
-    path: str | os.PathLike,
-    output: str | os.PathLike,
-    model: Pix2Pix,
-    mask: str | os.PathLike | None = None,
-    *,
-    overwrite: bool = False,
-) -> str:
-    """Re-face one NIfTI file; write the result in the input's orientation and header as float32
-    (so that the voxels outside the region keep their exact values). Returns a one-line summary."""
-    started = time.perf_counter()
-    scan = load_scan(path)
-    if mask is None:
-        removed = face_region(scan)
-    else:
-        mask_scan = load_scan(mask)
-        if mask_scan.data.shape != scan.data.shape or not np.allclose(mask_scan.affine, scan.affine, atol=1e-3):
-            raise ScanError(mask, f"mask grid {mask_scan.data.shape} does not match the scan's {scan.data.shape}")
-        removed = mask_scan.data > 0.5
-    refaced = reface_scan(scan, model, removed)
-    inputs = (path, mask) if mask else (path,)
-    save_nifti(scan.to_original(refaced, dtype=np.float32), output, overwrite=overwrite, protect=inputs)
-    return f"re-faced {int(removed.sum())} voxels in {time.perf_counter() - started:.1f} s -> {output}"

@@ -34,8 +34,6 @@ class ViewVoting:
     ``views`` is (N, V, S, S); ``groups`` are subject ids for GroupKFold.
     """
 
-    task = "classify"
-
     def __init__(
         self,
         estimator: BaseEstimator,

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests (and the benchmarks, which load them by path)."""

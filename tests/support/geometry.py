@@ -1,0 +1,31 @@
+"""Known geometry to score defacing against: Dice overlap and random affine head motions."""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from defacegan.deface import LPS
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two boolean masks (1.0 when both are empty)."""
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def random_affine(
+    rng: np.random.Generator,
+    center_mm: np.ndarray,
+    rotation_deg: float = 10.0,
+    shift_mm: float = 15.0,
+    scale: float = 0.10,
+) -> sitk.AffineTransform:
+    """A random affine about ``center_mm`` (RAS mm): rotations up to ±``rotation_deg``
+    per axis, shifts up to ±``shift_mm``, per-axis scaling up to ±``scale``."""
+    angles = np.deg2rad(rng.uniform(-rotation_deg, rotation_deg, 3))
+    rotation = sitk.Euler3DTransform((0, 0, 0), *angles.tolist())
+    matrix = np.reshape(rotation.GetMatrix(), (3, 3)) @ np.diag(1 + rng.uniform(-scale, scale, 3))
+    transform = sitk.AffineTransform(matrix.ravel().tolist(), rng.uniform(-shift_mm, shift_mm, 3).tolist())
+    transform.SetCenter((LPS @ np.asarray(center_mm, dtype=float)).tolist())
+    return transform
