@@ -19,7 +19,7 @@ from monai.networks.layers import AffineTransform, GaussianFilter
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
-def standard_grid(spacing: float | Sequence[float] = 2.0, shape: Sequence[int] = (128, 128, 128)) -> tio.Transform:
+def standard_grid(spacing: float | Sequence[float], shape: Sequence[int]) -> tio.Transform:
     """RAS+ orientation, isotropic ``spacing`` mm, centred crop/zero-pad to ``shape`` voxels.
 
     Deterministic: the cache and inference use it so that a scan is seen on the same grid.
