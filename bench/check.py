@@ -11,7 +11,7 @@ onto that grid with Rician noise, so that gzip has real work to do. Then, after 
 
 Prints a table and writes JSON (default bench/results/check.json). The model's weights do not
 change the timing: without the shipped checkpoint an untrained detector of the default
-architecture (2 mm, 128³ grid) is used.
+architecture on a 2 mm, 128³ grid is used.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def write_scans(folder: Path, count: int, seed: int = 0) -> list[Path]:
 
 
 def untrained_checkpoint(path: Path) -> Path:
-    model = MultiBranchCNN()
+    model = MultiBranchCNN(spacing=2.0, grid_shape=(128, 128, 128))
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
                 "pytorch-lightning_version": pl.__version__}, path)
     return path

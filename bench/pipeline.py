@@ -76,7 +76,8 @@ def bench_loader(root: Path, batches: int) -> list[dict]:
     rows = []
     for augmented in (False, True):
         for workers in (0, 2):
-            dm = DefaceDataModule(root, batch_size=4, num_workers=workers, augment=augment if augmented else None, pin_memory=False)
+            dm = DefaceDataModule(root, batch_size=4, num_workers=workers, augment=augment if augmented else None, pin_memory=False,
+                                  spacing=2.0, shape=(128, 128, 128))
             dm.prepare_data()
             dm.setup("fit")
             loader, timed_batches, loaded, seconds = dm.train_dataloader(), 0, 0, 0.0

@@ -17,12 +17,12 @@ AUGMENT_CONF = Path(__file__).parents[1] / "conf" / "augment"
 DEFAULT_AUGMENT = OmegaConf.load(AUGMENT_CONF / "torchio.yaml").augment
 DEVICE_AUGMENT = OmegaConf.load(AUGMENT_CONF / "device.yaml").device_augment
 SPATIAL_AND_INTENSITY = {
-    "flip": {"axes": ("LR",), "flip_probability": 0.5},
-    "affine": {"p": 1, "scales": 0.1, "degrees": 15, "translation": 8},
-    "anisotropy": {"p": 1, "downsampling": (1.5, 2.5)},
-    "bias_field": {"p": 1, "coefficients": 0.5, "order": 2},
-    "gamma": {"p": 1, "log_gamma": 0.3},
-    "noise": {"p": 1, "std": 0.05},
+    "flip": {"_target_": "torchio.RandomFlip", "axes": ("LR",), "flip_probability": 0.5},
+    "affine": {"_target_": "torchio.RandomAffine", "p": 1, "scales": 0.1, "degrees": 15, "translation": 8},
+    "anisotropy": {"_target_": "torchio.RandomAnisotropy", "p": 1, "downsampling": (1.5, 2.5)},
+    "bias_field": {"_target_": "torchio.RandomBiasField", "p": 1, "coefficients": 0.5, "order": 2},
+    "gamma": {"_target_": "torchio.RandomGamma", "p": 1, "log_gamma": 0.3},
+    "noise": {"_target_": "torchio.RandomNoise", "p": 1, "std": 0.05},
 }
 
 
@@ -63,8 +63,8 @@ def test_standard_grid_is_canonical_resampled_and_centred():
 def test_nothing_enabled_means_no_augmentation():
     assert build_augmentation(None) is None
     assert build_augmentation({}) is None
-    assert build_augmentation({"affine": {"p": 0.0}, "noise": None}) is None
-    with pytest.raises(ValueError, match="unknown augmentation"):
+    assert build_augmentation({"affine": {"_target_": "torchio.RandomAffine", "p": 0.0}, "noise": None}) is None
+    with pytest.raises(ValueError, match="names no _target_"):
         build_augmentation({"rotate": {"p": 1}})
 
 
@@ -93,7 +93,7 @@ def test_pair_stays_aligned_under_random_spatial_and_intensity_transforms(seed):
 
 def test_intensity_draws_are_shared_and_zeros_stay_zero():
     intensity = {key: SPATIAL_AND_INTENSITY[key] for key in ("bias_field", "gamma", "noise")}
-    intensity["motion"] = {"p": 1, "degrees": 5, "translation": 5}
+    intensity["motion"] = {"_target_": "torchio.RandomMotion", "p": 1, "degrees": 5, "translation": 5}
     torch.manual_seed(3)
     subject = head_subject()
     subject.add_image(tio.ScalarImage(tensor=subject["face"].data.clone(), affine=subject["face"].affine), "copy")

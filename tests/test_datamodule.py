@@ -18,7 +18,9 @@ from defacegan.views import VIEW_MODES
 
 CONFIG_DIR = str(Path(__file__).parents[1] / "conf")
 SMALL_GRID = {"spacing": 4.0, "shape": (48, 48, 48), "size": 32, "batch_size": 4}
-AUGMENT = {"flip": {"axes": ("LR",)}, "affine": {"p": 1, "degrees": 10}, "noise": {"p": 0.5, "std": 0.02}}
+AUGMENT = {"flip": {"_target_": "torchio.RandomFlip", "axes": ("LR",)},
+           "affine": {"_target_": "torchio.RandomAffine", "p": 1, "degrees": 10},
+           "noise": {"_target_": "torchio.RandomNoise", "p": 0.5, "std": 0.02}}
 DEVICE_AUGMENT = {"flip": {"prob": 1.0}, "affine": {"prob": 1.0, "degrees": 10, "translation": 8}}
 
 

@@ -19,7 +19,7 @@ from monai.networks.layers import AffineTransform, GaussianFilter
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
-def standard_grid(spacing: float | Sequence[float] = 2.0, shape: Sequence[int] = (128, 128, 128)) -> tio.Transform:
+def standard_grid(spacing: float | Sequence[float], shape: Sequence[int]) -> tio.Transform:
     """RAS+ orientation, isotropic ``spacing`` mm, centred crop/zero-pad to ``shape`` voxels.
 
     Deterministic: the cache and inference use it so that a scan is seen on the same grid.
@@ -72,24 +72,6 @@ class AcquisitionEffects(tio.Transform):
         return subject
 
 
-#: Config key → TorchIO transform, in the order they are applied (spatial, then intensity).
-SPATIAL_AUGMENTATIONS = {
-    "orientation": RandomOrientation,
-    "flip": tio.RandomFlip,
-    "affine": tio.RandomAffine,
-    "elastic": tio.RandomElasticDeformation,
-    "anisotropy": tio.RandomAnisotropy,
-}
-INTENSITY_AUGMENTATIONS = {
-    "motion": tio.RandomMotion,
-    "ghosting": tio.RandomGhosting,
-    "bias_field": tio.RandomBiasField,
-    "blur": tio.RandomBlur,
-    "gamma": tio.RandomGamma,
-    "noise": tio.RandomNoise,
-}
-
-
 def _plain(value):
     """Config values as TorchIO wants them: dicts, and tuples instead of (Omega) lists."""
     if isinstance(value, (DictConfig, ListConfig)):
@@ -104,22 +86,23 @@ def _plain(value):
 def build_augmentation(cfg: Mapping | None) -> tio.Compose | None:
     """The random train-time pipeline described by ``cfg``, or None when nothing is enabled.
 
-    ``cfg`` maps a key of SPATIAL_AUGMENTATIONS / INTENSITY_AUGMENTATIONS to the keyword
-    arguments of that TorchIO transform (``p`` is its probability); an entry that is null or
-    has ``p: 0`` is off. Intensity transforms only touch ScalarImages (see AcquisitionEffects).
+    ``cfg`` maps a name to a ``_target_`` block: a transform class (TorchIO's, or
+    :class:`RandomOrientation`) and its keyword arguments, ``p`` its probability (see
+    conf/augment/torchio.yaml); an entry that is null or has ``p: 0`` is off. Spatial transforms
+    run in the order given; the intensity ones (``tio.IntensityTransform``) then run together in
+    :class:`AcquisitionEffects`, so they only touch ScalarImages and share their draws.
     """
-    cfg = _plain(cfg) or {}
-    unknown = set(cfg) - set(SPATIAL_AUGMENTATIONS) - set(INTENSITY_AUGMENTATIONS)
-    if unknown:
-        known = [*SPATIAL_AUGMENTATIONS, *INTENSITY_AUGMENTATIONS]
-        raise ValueError(f"unknown augmentation {sorted(unknown)}; known: {known}")
+    from hydra.utils import instantiate  # training-only dependency: not at module import
 
-    def enabled(table: dict[str, type[tio.Transform]]) -> list[tio.Transform]:
+    transforms, intensity = [], []
+    for name, entry in (_plain(cfg) or {}).items():
+        if not entry or entry.get("p", 1) <= 0:
+            continue
+        if "_target_" not in entry:
+            raise ValueError(f"augmentation {name!r} names no _target_ (e.g. torchio.RandomAffine)")
         # One copy of the input, by the outer Compose, is enough: the steps work in place.
-        return [make(**cfg[key], copy=False) for key, make in table.items() if cfg.get(key) and cfg[key].get("p", 1) > 0]
-
-    transforms = enabled(SPATIAL_AUGMENTATIONS)
-    intensity = enabled(INTENSITY_AUGMENTATIONS)
+        transform = instantiate(entry, copy=False, _convert_="all")
+        (intensity if isinstance(transform, tio.IntensityTransform) else transforms).append(transform)
     if intensity:
         transforms.append(AcquisitionEffects(tio.Compose(intensity, copy=False), copy=False))
     return tio.Compose(transforms) if transforms else None

@@ -76,7 +76,7 @@ def wandb_run_id(out: Path) -> str:
 
 
 def instantiate_loggers(cfg: DictConfig | None, out: Path) -> list[Logger]:
-    """Loggers from the `logger` group; the W&B-only `log_faces` switch is not a logger argument.
+    """Loggers from the `logger` group.
 
     A W&B run without an explicit ``id`` gets the run folder's (:func:`wandb_run_id`), so a run
     resumed with ``ckpt_path=last`` goes on logging into the same W&B run.
@@ -84,7 +84,6 @@ def instantiate_loggers(cfg: DictConfig | None, out: Path) -> list[Logger]:
     loggers = []
     for name, conf in (cfg or {}).items():
         conf = OmegaConf.to_container(conf, resolve=True)
-        conf.pop("log_faces", None)
         if get_class(conf["_target_"]) is WandbLogger and not conf.get("id"):
             conf.update(id=wandb_run_id(out), resume="allow")
         loggers.append(instantiate(conf))

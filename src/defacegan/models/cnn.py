@@ -9,6 +9,7 @@ outputs one logit, p(defaced) = sigmoid(logit).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ from torch import nn
 
 from defacegan.metrics import classification_metrics
 from defacegan.views import VIEW_MODES
+
+#: The optimizer of conf/model/cnn.yaml, for a model built without one.
+CNN_ADAMW = partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-4)
 
 
 def branch_stack(n_views: int, channels: Sequence[int], kernel_size: int) -> nn.Sequential:
@@ -51,8 +55,8 @@ class MultiBranchCNN(LightningModule):
         self,
         view_mode: str = "all",
         size: int = 32,
-        spacing: float = 2.0,
-        grid_shape: Sequence[int] = (128, 128, 128),
+        spacing: float = 4.0,
+        grid_shape: Sequence[int] = (64, 64, 64),
         channels: Sequence[int] = (8, 16, 32),
         kernel_size: int = 3,
         hidden: int = 64,
@@ -123,7 +127,7 @@ class MultiBranchCNN(LightningModule):
         self.test_results = self._epoch_end("test")
 
     def configure_optimizers(self):
-        optimizer = (self.optimizer or torch.optim.AdamW)(self.parameters())
+        optimizer = (self.optimizer or CNN_ADAMW)(self.parameters())
         if self.scheduler is None:
             return optimizer
         # `monitor` serves ReduceLROnPlateau; other schedulers ignore it.

@@ -41,7 +41,7 @@ class ViewVoting:
         cv_folds: int = 3,
         scoring: str = "f1",
         n_jobs: int = 1,
-        augment_passes: int = 1,
+        augment_passes: int = 2,
         curves: bool = True,
         seed: int = 0,
     ):
