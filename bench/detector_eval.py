@@ -159,7 +159,7 @@ def sweep(bundles: list[FaceBundle], models: dict, contract: InputContract) -> d
         curves, rule = [], []
         for bundle in bundles:
             variants = [sweep_variant(bundle, mode, share) for share in SWEEP_STEPS]
-            volumes = contract.intensities(torch.stack([torch.from_numpy(v.volume) for v in variants])[:, None])
+            volumes = torch.stack([torch.from_numpy(v.volume) for v in variants])[:, None]
             logits = logits_of(models[bundle.subject], contract.views(volumes))
             curves.append(torch.softmax(logits, 1)[:, FACE].numpy())
             rule.append([v.label(bundle.features) == "face" for v in variants])
@@ -247,12 +247,13 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--subjects", type=int, default=None, help="only the first N heads (a quick smoke run)")
     parser.add_argument("--no-lofo", action="store_true", help="skip the leave-one-family-out fits")
     args = parser.parse_args()
     started = time.perf_counter()
     torch.set_num_threads(2)
     contract = InputContract()
-    bundles = load_bundles(sorted(args.ixi.glob("*.nii*")), contract, args.cache)
+    bundles = load_bundles(sorted(args.ixi.glob("*.nii*"))[: args.subjects], contract, args.cache)
     samples = draw(bundles, contract, draws=args.draws, seed=args.seed)
     print(f"{len(samples.label)} scans drawn from {len(bundles)} subjects ({time.perf_counter() - started:.0f} s)", flush=True)
     probabilities, raw, models, seconds = kfold(bundles, samples, contract, args.folds, args.epochs, args.seed)

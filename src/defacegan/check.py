@@ -1,4 +1,4 @@
-"""Is each scan defaced? The check most users run, as a library.
+"""Does each scan still show a face, or was it removed or replaced? The check most users run.
 
 :func:`gather_scans` turns files, folders and BIDS datasets into a list of scans (with subject
 and session where the names carry them); :func:`check_scans` runs a loaded
@@ -12,6 +12,7 @@ caller chooses.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -20,13 +21,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image, ImageDraw, ImageFont
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from defacegan.contract import VERDICTS
 from defacegan.inference import Detector, Prediction
 from defacegan.io import ScanFile, atomic_write_bytes, atomic_write_text, bids_anatomical_scans, find_scans, stem
 
@@ -69,8 +70,8 @@ class CheckResult:
     file: str
     subject: str | None = None
     session: str | None = None
-    probability: float | None = None
-    defaced: bool | None = None
+    probabilities: dict[str, float] | None = None
+    answer: str | None = None  # face, removed or replaced
     error: str | None = None
     views: np.ndarray | None = None
     views_png: str | None = None  # path of the views PNG, relative to the report folder
@@ -79,21 +80,25 @@ class CheckResult:
     def from_prediction(cls, prediction: Prediction, scan: ScanFile) -> CheckResult:
         """The answer for ``scan``; an error drops the path the Detector put before it (the row names the file)."""
         error = prediction.error and prediction.error.removeprefix(f"{prediction.source}: ")
-        fields = (prediction.probability, prediction.defaced, error, prediction.views)
+        fields = (prediction.probabilities, prediction.verdict, error, prediction.views)
         return cls(str(scan.path), scan.subject, scan.session, *fields)
 
     @property
     def status(self) -> str:
-        """'error', 'defaced' or 'face'."""
-        return "error" if self.error else "defaced" if self.defaced else "face"
+        """'error', 'face', 'removed' or 'replaced'."""
+        return "error" if self.error else self.answer
 
     @property
     def verdict(self) -> str:
-        return {"error": f"error: {self.error}", "defaced": "defaced", "face": "FACE PRESENT"}[self.status]
+        return {"error": f"error: {self.error}", "face": "FACE PRESENT", "removed": "face removed",
+                "replaced": "face replaced"}[self.status]
 
-    @property
-    def probability_text(self) -> str:
-        return MISSING if self.probability is None else f"{self.probability:.3f}"
+    def probability(self, verdict: str) -> float | None:
+        return None if self.probabilities is None else self.probabilities[verdict]
+
+    def probability_text(self, verdict: str = "face") -> str:
+        value = self.probability(verdict)
+        return MISSING if value is None else f"{value:.3f}"
 
     def record(self) -> dict:
         """The JSON/TSV row (no arrays)."""
@@ -101,9 +106,8 @@ class CheckResult:
             "subject": self.subject,
             "session": self.session,
             "file": self.file,
-            "probability": self.probability,
-            "defaced": self.defaced,
-            "verdict": self.verdict,
+            **{f"p_{verdict}": self.probability(verdict) for verdict in VERDICTS},
+            "verdict": self.status if not self.error else "error",
             "error": self.error,
             "views_png": self.views_png,
         }
@@ -146,7 +150,7 @@ def results_document(results: Sequence[CheckResult], summary: Summary, detector:
 
 
 VIEW_PIXELS = 128  # views are enlarged to about this many pixels, nearest neighbour: the model's pixels
-VERDICT_COLOURS = {"defaced": (23, 107, 44), "face": (176, 0, 32), "error": (138, 90, 0)}
+VERDICT_COLOURS = {"removed": (23, 107, 44), "replaced": (23, 107, 44), "face": (176, 0, 32), "error": (138, 90, 0)}
 
 
 def views_png(views: np.ndarray, view_names: Sequence[str], title: Sequence[str], status: str) -> bytes:
@@ -185,7 +189,7 @@ def fitted(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> str:
 
 def result_png(result: CheckResult, view_names: Sequence[str]) -> bytes:
     """The views of one result, titled with its verdict, probability and file name."""
-    title = [f"{result.verdict}    p(defaced) = {result.probability_text}", Path(result.file).name]
+    title = [f"{result.verdict}    p(face) = {result.probability_text('face')}", Path(result.file).name]
     return views_png(result.views, view_names, title, result.status)
 
 
@@ -203,6 +207,19 @@ def png_names(results: Sequence[CheckResult]) -> list[str]:
     return names
 
 
+def tsv_text(records: Sequence[dict], columns: Sequence[str]) -> str:
+    """Tab-separated rows as BIDS writes them: ``n/a`` for missing values, 4 decimals for numbers."""
+
+    def cell(value) -> str:
+        return MISSING if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([cell(record.get(column)) for column in columns] for record in records)
+    return buffer.getvalue()
+
+
 def write_report(results: Sequence[CheckResult], summary: Summary, detector: Detector, out: str | os.PathLike) -> Path:
     """Write ``views/*.png``, ``results.tsv``, ``results.json`` and ``index.html`` into ``out``.
 
@@ -215,8 +232,8 @@ def write_report(results: Sequence[CheckResult], summary: Summary, detector: Det
             atomic_write_bytes(out / "views" / name, result_png(result, detector.view_names))
             result.views_png = f"views/{name}"
     records = [result.record() for result in results]
-    table = pd.DataFrame(records, columns=["subject", "session", "file", "probability", "verdict", "views_png"])
-    atomic_write_text(out / "results.tsv", table.to_csv(sep="\t", index=False, na_rep=MISSING, float_format="%.4f"))
+    columns = ["subject", "session", "file", *(f"p_{verdict}" for verdict in VERDICTS), "verdict", "views_png"]
+    atomic_write_text(out / "results.tsv", tsv_text(records, columns))
     atomic_write_text(out / "results.json", json.dumps(results_document(results, summary, detector), indent=2) + "\n")
     page = TEMPLATES.get_template("report.html").render(
         results=results, summary=summary, threshold=detector.threshold, checkpoint=detector.checkpoint
@@ -224,19 +241,20 @@ def write_report(results: Sequence[CheckResult], summary: Summary, detector: Det
     return atomic_write_text(out / "index.html", page)
 
 
-COLUMNS = ("subject", "session", "file", "p(defaced)", "verdict")
-VERDICT_STYLES = {"defaced": "green", "face": "bold red", "error": "yellow"}
+COLUMNS = ("subject", "session", "file", "p(face)", "p(removed)", "p(replaced)", "verdict")
+VERDICT_STYLES = {"removed": "green", "replaced": "green", "face": "bold red", "error": "yellow"}
 
 
 def print_results(results: Sequence[CheckResult], summary: Summary, console: Console | None = None) -> None:
     """One row per scan and the summary line: a rich table on a terminal, plain aligned text otherwise."""
     console = console or Console()
-    rows = [(r.subject or "", r.session or "", r.file, r.probability_text, r.verdict) for r in results]
+    rows = [(r.subject or "", r.session or "", r.file, *map(r.probability_text, VERDICTS), r.verdict) for r in results]
     if console.is_terminal:
         table = Table(*COLUMNS)
-        table.columns[3].justify = "right"
+        for column in table.columns[3:6]:
+            column.justify = "right"
         for row, result in zip(rows, results):
-            table.add_row(*map(Text, row[:4]), Text(row[4], style=VERDICT_STYLES[result.status]))
+            table.add_row(*map(Text, row[:-1]), Text(row[-1], style=VERDICT_STYLES[result.status]))
         console.print(table, summary.line, highlight=False)
         return
     widths = [max(len(text) for text in column) for column in zip(COLUMNS, *rows)]

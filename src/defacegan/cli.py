@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from defacegan.deface import deface
 from defacegan.io import ScanError, find_scans, head_threshold, load_scan, save_nifti, stem
 from defacegan.manifest import METHODS, load_manifest
 
@@ -95,8 +94,9 @@ def add_check(commands) -> None:
     parser = commands.add_parser(
         "check",
         help="is each scan defaced? (files, folders or a BIDS dataset)",
-        description="Classify every scan as defaced or not. Prints one row per scan and a summary; "
-        "exits 0 when every scan is defaced, 1 when any still shows a face, 2 when any is unreadable. "
+        description="Say of every scan whether it still shows a face, or whether the face was removed or "
+        "replaced (p_face, p_removed, p_replaced). Prints one row per scan and a summary; exits 0 when "
+        "every face was removed or replaced, 1 when any scan still shows a face, 2 when any is unreadable. "
         "Inputs are only read, never modified.",
         epilog="Privacy: with --out, the PNG views of every scan, including any face still present, "
         "are written to that folder and nowhere else; keep it as private as the scans.",
@@ -105,7 +105,7 @@ def add_check(commands) -> None:
                         help="NIfTI file, folder (searched recursively) or BIDS root (T1w/T2w/PD in anat/)")
     parser.add_argument("--out", type=Path, help="write results.tsv, results.json, views/*.png and index.html here")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
-    parser.add_argument("--threshold", type=float, default=0.5, help="p(defaced) at or above which a scan is defaced")
+    parser.add_argument("--threshold", type=float, default=0.5, help="p(face) at or above which a scan is called 'face' (default 0.5)")
     parser.add_argument("--ckpt", type=Path, help="detector checkpoint (default: the shipped one)")
     parser.add_argument("--participant-label", nargs="+", default=(), metavar="LABEL",
                         help="only these subjects (with or without 'sub-')")
@@ -156,7 +156,7 @@ def add_serve(commands) -> None:
                         help="address to listen on (default: this machine only; uploads may show faces)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--ckpt", type=Path, help="detector checkpoint (default: the shipped one)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="p(defaced) at or above which a scan is defaced")
+    parser.add_argument("--threshold", type=float, default=0.5, help="p(face) at or above which a scan is called 'face' (default 0.5)")
     parser.add_argument("--max-mb", type=float, default=512, help="largest upload accepted, in MB")
     parser.set_defaults(run=run_serve)
 
@@ -244,7 +244,8 @@ def add_deface(commands) -> None:
 
 
 def run_deface(args) -> int:
-    from defacegan.report import deface_qc_figure, save_figure  # matplotlib, hydra load only when needed
+    from defacegan.deface import deface  # SimpleITK, matplotlib load only when needed
+    from defacegan.report import deface_qc_figure, save_figure
 
     started = time.perf_counter()
     paths = find_scans(args.inputs)

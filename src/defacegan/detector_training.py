@@ -45,7 +45,7 @@ POSE = {  # DeviceAugmentation options: head pose and contrast as scanners vary 
 
 @dataclass
 class Samples:
-    """Drawn training or test examples: views (N, V, S, S) float16 and their facts."""
+    """Drawn training or test examples: views (N, V, S, S) and their facts."""
 
     views: torch.Tensor
     label: np.ndarray  # index in VERDICTS
@@ -121,7 +121,7 @@ def draw(bundles: Sequence[FaceBundle], contract: InputContract, families: Seque
         batch = torch.stack(volumes)[:, None]
         if posing is not None:
             batch = posing({"volume": batch})["volume"]
-        views = contract.views(contract.intensities(batch)).half()
+        views = contract.views(batch)
         parts.append(Samples(views, np.array(labels), np.array(names), np.array([bundle.subject] * len(labels)),
                              np.array(owns, dtype=np.float32)))
     return Samples.join(parts)
@@ -146,15 +146,15 @@ def fit(samples: Samples, contract: InputContract, epochs: int = 30, seed: int =
         for start in range(0, len(order) - batch_size + 1, batch_size):
             index = order[start : start + batch_size]
             optimiser.zero_grad()
-            loss(net(samples.views[index].float()), labels[index]).backward()
+            loss(net(samples.views[index]), labels[index]).backward()
             optimiser.step()
             schedule.step()
     return net.eval()
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def logits_of(net: DetectorNet, views: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    return torch.cat([net(views[i : i + batch_size].float()) for i in range(0, len(views), batch_size)])
+    return torch.cat([net(views[i : i + batch_size]) for i in range(0, len(views), batch_size)])
 
 
 def calibrate(net: DetectorNet, samples: Samples) -> float:
@@ -183,8 +183,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--source", type=Path, default=Path("../shared/data/ixi-t1-2mm"), help="folder of T1 heads with faces")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "assets" / "detector.pt")
     parser.add_argument("--cache", type=Path, default=Path("data/bundles"))
-    parser.add_argument("--draws", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     started = time.perf_counter()

@@ -1,15 +1,15 @@
-"""Inference: p(defaced) for scans on disk or in memory, with the trained multi-branch CNN.
+"""Inference: is there a face, was it removed, or was it replaced? For scans on disk or in memory.
 
-The checkpoint is loaded once; scans are decoded and put on the training grid in loader workers
-(decoding gzip dominates the cost), then their views are computed and classified in batches on
-the chosen device. Unreadable scans come back as predictions with an ``error`` instead of
-stopping the batch.
+The checkpoint (:func:`defacegan.detector_training.save_detector`) holds the input contract and
+the weights of a plain-torch :class:`~defacegan.models.detector.DetectorNet`, so loading it needs
+torch alone: no Lightning, Hydra, TorchIO or MONAI. Scans are decoded and put on the contract's
+grid in loader workers (decoding gzip dominates the cost), then their views are classified in
+batches on the chosen device. Unreadable scans come back as predictions with an ``error``
+instead of stopping the batch.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -19,28 +19,33 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-import torchio as tio
 from torch.utils.data import DataLoader, Dataset
 
-from defacegan.augment import standard_grid
-from defacegan.io import Scan, ScanError, atomic_write_bytes, load_scan, require_head_extent, validate_volume
-from defacegan.models.cnn import MultiBranchCNN
-from defacegan.views import VIEW_MODES, VIEW_NAMES, compute_views
+from defacegan.contract import InputContract
+from defacegan.io import Scan, ScanError, load_scan, require_head_extent, validate_volume
+from defacegan.models.detector import DetectorNet
 
-SHIPPED_CHECKPOINT = files("defacegan") / "assets" / "detector.ckpt"
+SHIPPED_CHECKPOINT = files("defacegan") / "assets" / "detector.pt"
 
 ScanInput = str | os.PathLike | Scan | nib.Nifti1Image | np.ndarray
 
 
 @dataclass
 class Prediction:
-    """One scan's verdict; ``probability``/``defaced`` are None when ``error`` says why."""
+    """One scan's answer: ``probabilities`` per verdict and the ``verdict``; None when ``error`` says why."""
 
     source: str
-    probability: float | None = None
-    defaced: bool | None = None
+    probabilities: dict[str, float] | None = None
+    verdict: str | None = None
     error: str | None = None
     views: np.ndarray | None = None  # (V, S, S) in [0, 1]: what the model saw
+
+
+def verdict_of(probabilities: dict[str, float], threshold: float) -> str:
+    """``face`` when p(face) ≥ ``threshold``; otherwise the likelier of ``removed`` and ``replaced``."""
+    if probabilities["face"] >= threshold:
+        return "face"
+    return max(("removed", "replaced"), key=probabilities.__getitem__)
 
 
 def as_scan(item: ScanInput) -> Scan:
@@ -56,11 +61,11 @@ def as_scan(item: ScanInput) -> Scan:
 
 
 class GridDataset(Dataset):
-    """Scans resampled to the model's standard grid; failures are returned, not raised."""
+    """Scans as the contract's 3D input; failures are returned, not raised."""
 
-    def __init__(self, items: Sequence[ScanInput], spacing: float, grid_shape: Sequence[int]):
+    def __init__(self, items: Sequence[ScanInput], contract: InputContract):
         self.items = list(items)
-        self.grid = standard_grid(spacing, tuple(grid_shape))
+        self.contract = contract
 
     def __len__(self) -> int:
         return len(self.items)
@@ -71,8 +76,7 @@ class GridDataset(Dataset):
         try:
             scan = as_scan(item)
             require_head_extent(scan, "classify")
-            image = self.grid(tio.ScalarImage(tensor=torch.from_numpy(scan.data)[None], affine=scan.affine))
-            return {"index": index, "source": source, "volume": image.data.float(), "error": ""}
+            return {"index": index, "source": source, "volume": self.contract.volume(scan.data, scan.affine), "error": ""}
         except ScanError as error:
             return {"index": index, "source": source, "volume": None, "error": str(error)}
 
@@ -81,8 +85,17 @@ def collate(items: list[dict]) -> list[dict]:
     return items
 
 
+def load_network(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[DetectorNet, InputContract, dict]:
+    """(network in eval mode, its input contract, its training facts) from a detector checkpoint."""
+    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    contract = InputContract.from_dict(checkpoint["contract"])
+    net = DetectorNet(n_views=len(contract.view_names), n_classes=len(contract.classes))
+    net.load_state_dict(checkpoint["state_dict"])
+    return net.to(device).eval(), contract, checkpoint.get("facts", {})
+
+
 class Detector:
-    """A loaded classifier: ``Detector(ckpt).predict(paths)`` → list of :class:`Prediction`."""
+    """A loaded detector: ``Detector(ckpt).predict(paths)`` → list of :class:`Prediction`."""
 
     def __init__(
         self,
@@ -95,8 +108,8 @@ class Detector:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         path = Path(ckpt) if ckpt is not None else Path(str(SHIPPED_CHECKPOINT))
         if not path.exists():
-            raise FileNotFoundError(f"{path}: checkpoint not found (train one, or run `make weights`)")
-        self.model = MultiBranchCNN.load_from_checkpoint(path, map_location=self.device).eval()
+            raise FileNotFoundError(f"{path}: checkpoint not found (train one with `make weights`)")
+        self.net, self.contract, self.facts = load_network(path, self.device)
         self.checkpoint = path
         self.threshold = threshold
         self.batch_size = batch_size
@@ -104,17 +117,15 @@ class Detector:
 
     @property
     def view_names(self) -> list[str]:
-        return [VIEW_NAMES[i] for i in VIEW_MODES[self.model.hparams.view_mode]]
+        return self.contract.view_names
 
     def loader(self, items: Sequence[ScanInput]) -> DataLoader:
-        hp = self.model.hparams
-        dataset = GridDataset(items, hp.spacing, hp.grid_shape)
+        dataset = GridDataset(items, self.contract)
         return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.workers, collate_fn=collate)
 
     @torch.inference_mode()
     def predict(self, items: Iterable[ScanInput], keep_views: bool = False) -> list[Prediction]:
         items = list(items)
-        hp = self.model.hparams
         predictions: list[Prediction | None] = [None] * len(items)
         for batch in self.loader(items):
             good = [b for b in batch if not b["error"]]
@@ -122,32 +133,17 @@ class Detector:
                 predictions[bad["index"]] = Prediction(bad["source"], error=bad["error"])
             if not good:
                 continue
-            volumes = torch.stack([b["volume"] for b in good]).to(self.device)
-            views = compute_views(volumes, hp.size, hp.view_mode)
-            probabilities = torch.sigmoid(self.model(views).float()).cpu().numpy()
+            views = self.contract.views(torch.stack([b["volume"] for b in good]).to(self.device))
+            probabilities = torch.softmax(self.net(views).float(), dim=1).cpu().numpy()
             for b, p, v in zip(good, probabilities, views.cpu().numpy()):
-                predictions[b["index"]] = Prediction(
-                    b["source"], float(p), bool(p >= self.threshold), views=v if keep_views else None
-                )
+                named = {name: float(value) for name, value in zip(self.contract.classes, p)}
+                predictions[b["index"]] = Prediction(b["source"], named, verdict_of(named, self.threshold),
+                                                     views=v if keep_views else None)
         return predictions
 
 
 def predict(items: Iterable[ScanInput], ckpt: str | os.PathLike | None = None, **options) -> list[Prediction]:
-    """p(defaced) and verdict for each scan (paths, :class:`Scan`, NIfTI images or RAS+ arrays)."""
+    """Probabilities and verdict (face / removed / replaced) for each scan (paths, :class:`Scan`,
+    NIfTI images or RAS+ arrays)."""
     keep_views = options.pop("keep_views", False)
     return Detector(ckpt, **options).predict(items, keep_views=keep_views)
-
-
-def export_detector(run_dir: str | os.PathLike, out: str | os.PathLike = str(SHIPPED_CHECKPOINT)) -> Path:
-    """Ship a training run's best CNN checkpoint: weights and input spec only, no optimizer state.
-
-    ``run_dir`` is a `train.py` output folder; its metrics.json names the best checkpoint.
-    """
-    summary = json.loads((Path(run_dir) / "metrics.json").read_text())
-    checkpoint = torch.load(summary["checkpoint"], map_location="cpu", weights_only=True)
-    slim = {key: checkpoint[key] for key in ("state_dict", "hyper_parameters", "pytorch-lightning_version")}
-    buffer = io.BytesIO()
-    torch.save(slim, buffer)
-    path = atomic_write_bytes(out, buffer.getvalue())
-    MultiBranchCNN.load_from_checkpoint(path, map_location="cpu")  # fails loudly if unusable
-    return path

@@ -19,9 +19,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas
 
 METHODS = ("mask", "plane")  # the defacing methods (defacegan.deface), one pair of volumes each
 CLASS_NAMES = ("face", "defaced")  # label 0, label 1
@@ -74,14 +77,16 @@ def _split_sizes(count: int, fractions: tuple[float, ...]) -> np.ndarray:
     return sizes
 
 
-def load_manifest(path_or_dir: str | os.PathLike) -> pd.DataFrame:
+def load_manifest(path_or_dir: str | os.PathLike) -> pandas.DataFrame:
     """A cohort's manifest (the file, or the folder holding it) with absolute volume paths."""
     path = Path(path_or_dir)
     if path.is_dir():
         path = path / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no cohort manifest (make one with `defacegan data build`)")
-    manifest = pd.read_csv(path, dtype=str, keep_default_na=False)
+    import pandas  # only the cohort commands read manifests: `check` starts without it
+
+    manifest = pandas.read_csv(path, dtype=str, keep_default_na=False)
     missing = [column for column in COLUMNS if column not in manifest.columns]
     if missing:
         raise ValueError(f"{path}: manifest lacks column(s) {missing}")

@@ -216,7 +216,7 @@ def create_app(detector: Detector, max_mb: float = 512, upload_root: str | Path 
 
     @app.post("/api/check")
     async def check_api(request: Request) -> JSONResponse:
-        """p(defaced), verdict and the views (a PNG data URL) of the scan uploaded as field ``file``."""
+        """p(face), p(removed), p(replaced), verdict and the views (a PNG data URL) of the scan uploaded as field ``file``."""
         try:
             result = await check_upload(request)
         except UploadRejected as rejected:

@@ -1,9 +1,9 @@
-"""Multi-branch CNN: is this head defaced?
+"""Multi-branch CNN as a Lightning module: face or defaced, for the experiment framework.
 
-One small conv stack per 2D view (the seed's design: 8, 16, 32 filters, kernel 3, on 32×32
-views); the branches are independent but run as one grouped convolution, so six views cost one
-kernel launch per layer. Branch features are concatenated into a dense head with dropout that
-outputs one logit, p(defaced) = sigmoid(logit).
+The network is :class:`~defacegan.models.detector.DetectorNet` (one conv branch per 2D view)
+with one output logit, p(defaced) = sigmoid(logit), trained on a cohort's two defacing methods
+through ``train.py``. The shipped three-way detector (face / removed / replaced) is the same
+network with three logits, trained on every defacing family by :mod:`defacegan.detector_training`.
 """
 
 from __future__ import annotations
@@ -17,30 +17,11 @@ from pytorch_lightning import LightningModule
 from torch import nn
 
 from defacegan.metrics import classification_metrics
+from defacegan.models.detector import DetectorNet
 from defacegan.views import VIEW_MODES
 
 #: The optimizer of conf/model/cnn.yaml, for a model built without one.
 CNN_ADAMW = partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-4)
-
-
-def branch_stack(n_views: int, channels: Sequence[int], kernel_size: int) -> nn.Sequential:
-    """Per-view conv → BN → ReLU → pool blocks, kept separate by ``groups=n_views``.
-
-    BatchNorm (per channel, so per branch) keeps each view's absolute intensity level, which
-    carries much of the signal (a missing face darkens the projections); GroupNorm over a
-    branch normalised it away and training often collapsed to a constant output.
-    """
-    layers: list[nn.Module] = []
-    width = 1
-    for out in channels:
-        layers += [
-            nn.Conv2d(n_views * width, n_views * out, kernel_size, padding=kernel_size // 2, groups=n_views),
-            nn.BatchNorm2d(n_views * out),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-        ]
-        width = out
-    return nn.Sequential(*layers)
 
 
 class MultiBranchCNN(LightningModule):
@@ -69,23 +50,14 @@ class MultiBranchCNN(LightningModule):
         # Optimizer factories stay out of the checkpoint so it loads with weights_only=True.
         self.save_hyperparameters(logger=False, ignore=["optimizer", "scheduler"])
         self.optimizer, self.scheduler = optimizer, scheduler
-        n_views = len(VIEW_MODES[view_mode])
-        self.branches = branch_stack(n_views, list(channels), kernel_size)
-        self.pool = nn.AdaptiveAvgPool2d(pooled)  # any view size → fixed feature length
-        self.head = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(n_views * channels[-1] * pooled * pooled, hidden),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, 1),
-        )
+        self.net = DetectorNet(len(VIEW_MODES[view_mode]), 1, channels, kernel_size, hidden, dropout, pooled)
         self.loss = nn.BCEWithLogitsLoss()
         self._outputs: dict[str, list[dict]] = {"val": [], "test": []}
         self.test_results: dict[str, np.ndarray] = {}
 
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         """Logits (B,) for views (B, V, S, S)."""
-        return self.head(self.pool(self.branches(views))).squeeze(1)
+        return self.net(views).squeeze(1)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(self(batch["views"]), batch["label"].float())

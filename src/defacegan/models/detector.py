@@ -74,4 +74,4 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 200
         return value
 
     optimiser.step(closure)
-    return float(log_t.exp())
+    return float(log_t.detach().exp())
