@@ -30,15 +30,15 @@ def ixi_scans(ixi_dir: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def synthetic_cohort(tmp_path_factory) -> Path:
     """Six generated 4 mm heads (4 train, 1 val, 1 test) with both defacings; the cohort folder."""
-    from cohort_fixture import write_cohort
+    from support.cohort_fixture import write_cohort
 
     return write_cohort(tmp_path_factory.mktemp("cohort")).parent
 
 
 @pytest.fixture(scope="session")
 def detector_ckpt(tmp_path_factory) -> Path:
-    """A tiny detector checkpoint (4 mm grid) fitted in seconds on generated heads; see detector_fixture."""
-    from detector_fixture import fit_tiny_detector
+    """A tiny detector checkpoint (4 mm grid) fitted in seconds on generated heads; see support.detector_fixture."""
+    from support.detector_fixture import fit_tiny_detector
 
     return fit_tiny_detector(tmp_path_factory.mktemp("detector") / "tiny.ckpt")
 

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from make_bad_inputs import Case, make_bad_inputs
+from support.make_bad_inputs import Case, make_bad_inputs
 
 from defacegan.cli import EXIT_OK, EXIT_UNREADABLE, main
 from defacegan.cohort import VOLUMES

@@ -207,7 +207,7 @@ def test_demo_cohort_batches(tmp_path):
 
 
 def test_several_cohorts_train_together(synthetic_cohort, tmp_path):
-    from cohort_fixture import write_cohort
+    from support.cohort_fixture import write_cohort
 
     other = write_cohort(tmp_path / "other", n_subjects=3, seed=1).parent
     alone, both = datamodule(synthetic_cohort), datamodule([synthetic_cohort, other])

@@ -31,7 +31,7 @@ def tiny_cohort(cohort: Path) -> list[str]:
 
 
 def train_env() -> dict[str, str]:
-    """The environment of `train.py` subprocesses: tests/ is importable (kill_callback)."""
+    """The environment of `train.py` subprocesses: tests/ is importable (support.kill_callback)."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))}
 
 
@@ -166,7 +166,7 @@ def test_a_killed_run_resumes_at_its_step_in_the_same_wandb_run(tmp_path, synthe
     run = tmp_path / "run"
     common = ["logger=wandb", "trainer.max_epochs=4", "trainer.min_epochs=4", "data.augment=null",
               *tiny_cohort(synthetic_cohort), f"paths.log_dir={tmp_path}", f"hydra.run.dir={run}"]
-    killed = run_train(*common, "+callbacks.kill._target_=kill_callback.KillAtEpoch", "+callbacks.kill.epoch=2",
+    killed = run_train(*common, "+callbacks.kill._target_=support.kill_callback.KillAtEpoch", "+callbacks.kill.epoch=2",
                        check=False)
     assert killed.returncode == -9 and not (run / "metrics.json").exists()
     saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

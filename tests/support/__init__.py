@@ -1,0 +1,5 @@
+"""Helpers the tests share (generated heads and cohorts, a tiny detector, bad inputs, a kill switch).
+
+Imported as ``support.<module>``: pytest puts tests/ on ``sys.path`` (rootdir conftest, no
+``__init__.py`` in tests/), and `train.py` subprocesses get it on ``PYTHONPATH``.
+"""
