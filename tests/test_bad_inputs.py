@@ -81,7 +81,7 @@ def removed_percent(out: str, case: Case) -> float:
 #: Registration-based commands cost about a second per valid scan: by default they get the bad
 #: scans and these valid ones, and all valid ones in the `slow` run.
 WITH_VALID = pytest.mark.parametrize(
-    "valid", [("good", "int8", "lps"), pytest.param(None, marks=pytest.mark.slow, id="all-valid")],
+    "valid", [("good", "lps"), pytest.param(None, marks=pytest.mark.slow, id="all-valid")],
     ids=lambda valid: "+".join(valid) if valid else None,
 )
 

@@ -117,6 +117,7 @@ def _gather_on_rank(rank: int, init_file: str, results: dict) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned interpreters import torch; the DDP run above checks the result end to end
 def test_cnn_scores_the_whole_val_set_on_every_ddp_rank(tmp_path):
     """Both ranks see both shards, in rank order, so they log the same val/f1 (and stop alike)."""
     with mp.Manager() as manager:

@@ -95,6 +95,7 @@ def test_pix2pix_debug_run_fits_tests_and_audits(compose_cfg, tmp_path):
     assert (tmp_path / "reface_metrics.json").exists() and (tmp_path / "checkpoints" / "last.ckpt").exists()
 
 
+@pytest.mark.slow  # a fresh interpreter imports the whole stack: ~10 s for one print
 def test_cfg_job_prints_the_composed_config():
     result = subprocess.run([sys.executable, "train.py", "--cfg", "job"], cwd=ROOT, capture_output=True, text=True, check=True)
     assert "_target_: defacegan.models.cnn.MultiBranchCNN" in result.stdout
