@@ -76,11 +76,12 @@ def test_cnn_debug_run_fits_tests_and_reports(compose_cfg, tmp_path, capsys):
 
 
 def test_sklearn_run_reports_with_curves(compose_cfg, tmp_path):
-    cfg = compose_cfg("model=logreg", "data=mean", "model.cv_folds=2", "model.augment_passes=1")
+    cfg = compose_cfg("model=logreg", "data=mean", "model.cv_folds=2", "model.augment_passes=1", "model.param_grid.C=[0.01,1.0]")
     train(cfg)
     summary = json.loads((tmp_path / "metrics.json").read_text())
     assert (summary["model"], summary["view_mode"], summary["task"]) == ("logreg", "mean", "classify")
-    assert len(summary["best_params"]) == 3 and summary["test"]["n"] == 3
+    assert [params["C"] in (0.01, 1.0) for params in summary["best_params"]] == [True] * 3  # one search per view
+    assert summary["test"]["n"] == 3
     assert (tmp_path / "curves.png").exists() and (tmp_path / "model.joblib").exists()
 
 
