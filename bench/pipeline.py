@@ -8,7 +8,7 @@
 
     python bench/pipeline.py [--root COHORT] [--json bench/results/pipeline.json] [--only views|loader]
 
-Without ``--root`` the loader runs on a generated cohort (tests/cohort_fixture.py) in a
+Without ``--root`` the loader runs on a generated cohort (tests/support/cohort_fixture.py) in a
 temporary folder.
 """
 
@@ -63,7 +63,7 @@ def bench_views(batch: int, side: int, repeats: int) -> list[dict]:
 
 
 def generated_cohort(folder: Path) -> Path:
-    write_cohort = runpy.run_path(str(ROOT / "tests" / "cohort_fixture.py"))["write_cohort"]
+    write_cohort = runpy.run_path(str(ROOT / "tests" / "support" / "cohort_fixture.py"))["write_cohort"]
     return write_cohort(folder, n_subjects=8, shape=(88, 108, 96), spacing=2.0).parent
 
 
@@ -123,7 +123,7 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average_before": load_before,
-        "cohort": str(args.root) if args.root else "generated: tests/cohort_fixture.py, 8 subjects",
+        "cohort": str(args.root) if args.root else "generated: tests/support/cohort_fixture.py, 8 subjects",
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"machine": machine, "results": rows}, indent=2) + "\n")

@@ -110,7 +110,7 @@ def bench(model_name: str, augments: list[str], root: Path, output_dir: Path, ar
 
 
 def generated_cohort(folder: Path) -> Path:
-    write_cohort = runpy.run_path(str(ROOT / "tests" / "cohort_fixture.py"))["write_cohort"]
+    write_cohort = runpy.run_path(str(ROOT / "tests" / "support" / "cohort_fixture.py"))["write_cohort"]
     return write_cohort(folder, n_subjects=12, shape=(88, 108, 96), spacing=2.0).parent
 
 

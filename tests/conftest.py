@@ -1,4 +1,9 @@
-"""Shared fixtures: real data locations and small generated heads."""
+"""Shared fixtures: real data locations, small generated heads, the composed `train` config.
+
+Tests run one thread per process: the machines are small and shared, the tensors are tiny,
+and more threads only contend. The environment reaches `train.py` subprocesses and loader
+workers; `torch.set_num_threads` covers this process, whatever imported torch first.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,14 @@ from pathlib import Path
 
 import pytest
 
+for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+import torch  # noqa: E402  (after the thread variables, which it reads once)
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 IXI_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ixi-t1-2mm"
 
@@ -30,15 +41,15 @@ def ixi_scans(ixi_dir: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def synthetic_cohort(tmp_path_factory) -> Path:
     """Six generated 4 mm heads (4 train, 1 val, 1 test) with both defacings; the cohort folder."""
-    from cohort_fixture import write_cohort
+    from support.cohort_fixture import write_cohort
 
     return write_cohort(tmp_path_factory.mktemp("cohort")).parent
 
 
 @pytest.fixture(scope="session")
 def detector_ckpt(tmp_path_factory) -> Path:
-    """A tiny detector checkpoint (4 mm grid) fitted in seconds on generated heads; see detector_fixture."""
-    from detector_fixture import fit_tiny_detector
+    """A tiny detector checkpoint (4 mm grid) fitted in seconds on generated heads; see support.detector_fixture."""
+    from support.detector_fixture import fit_tiny_detector
 
     return fit_tiny_detector(tmp_path_factory.mktemp("detector") / "tiny.ckpt")
 
@@ -57,3 +68,34 @@ def pix2pix_ckpt(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("pix2pix") / "pix2pix.ckpt"
     trainer.save_checkpoint(path)
     return path
+
+
+@pytest.fixture
+def compose_cfg(tmp_path, synthetic_cohort):
+    """Compose the real `train` config as `python train.py <overrides>` would, made tiny.
+
+    The generated cohort on its 4 mm grid, no loader processes, the CSV logger and ``tmp_path``
+    (or ``output_dir``) for every output come first, so ``overrides`` win over them. The
+    Hydra node is dropped as in a real run, where the task function never sees it, unless
+    ``keep_hydra`` (to check launchers and run folders).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from defacegan.train import CONFIG_DIR
+    from support.config import tiny_overrides
+
+    def compose_cfg(*overrides: str, output_dir: Path | None = None, keep_hydra: bool = False):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=[*tiny_overrides(synthetic_cohort), "logger=csv", *overrides],
+                          return_hydra_config=True)
+        if keep_hydra:
+            return cfg
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.output_dir = cfg.paths.log_dir = str(output_dir or tmp_path)
+            del cfg.hydra
+        return cfg
+
+    return compose_cfg

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torchio as tio
-from cohort_fixture import synthetic_head
+from support.cohort_fixture import synthetic_head
 from omegaconf import OmegaConf
 from scipy.ndimage import binary_dilation, binary_erosion
 

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from make_bad_inputs import Case, make_bad_inputs
+from support.make_bad_inputs import Case, make_bad_inputs
 
 from defacegan.cli import EXIT_OK, EXIT_UNREADABLE, main
 from defacegan.io import Scan, ScanError, load_scan, save_nifti, stem
@@ -80,10 +80,12 @@ def removed_percent(out: str, case: Case) -> float:
 
 #: Registration-based commands cost about a second per valid scan: by default they get the bad
 #: scans and these valid ones, and all valid ones in the `slow` run.
-WITH_VALID = pytest.mark.parametrize(
-    "valid", [("good", "int8", "lps"), pytest.param(None, marks=pytest.mark.slow, id="all-valid")],
-    ids=lambda valid: "+".join(valid) if valid else None,
-)
+def with_valid(*names: str):
+    """Every bad case with the valid cases ``names`` by default; with every valid case under `slow`."""
+    return pytest.mark.parametrize(
+        "valid", [names, pytest.param(None, marks=pytest.mark.slow, id="all-valid")],
+        ids=lambda valid: "+".join(valid) if valid else None,
+    )
 
 
 def chosen_cases(corpus: dict[str, Case], valid: tuple[str, ...] | None) -> dict[str, Case]:
@@ -91,7 +93,7 @@ def chosen_cases(corpus: dict[str, Case], valid: tuple[str, ...] | None) -> dict
     return {name: case for name, case in corpus.items() if not case.valid or valid is None or name in valid}
 
 
-@WITH_VALID
+@with_valid("good", "lps")  # good: the reference share of face
 def test_deface_processes_the_valid_scans_and_names_each_bad_one(corpus, tmp_path, capsys, untouched, valid):
     cases = chosen_cases(corpus, valid)
     out = tmp_path / "out"
@@ -140,7 +142,8 @@ def box_mask(scan: Scan) -> np.ndarray:
     return removed
 
 
-def test_reface_fills_valid_scans_and_refuses_bad_scans_and_masks(corpus, pix2pix_ckpt, tmp_path, capsys, untouched):
+@with_valid("good", "lps")
+def test_reface_fills_valid_scans_and_refuses_bad_scans_and_masks(corpus, pix2pix_ckpt, tmp_path, capsys, untouched, valid):
     out, masks = tmp_path / "out", tmp_path / "masks"
     good = corpus["good"].path
     for name, case in bad_cases(corpus).items():
@@ -151,7 +154,8 @@ def test_reface_fills_valid_scans_and_refuses_bad_scans_and_masks(corpus, pix2pi
             assert_named_once(capsys.readouterr().err, {name: case}, with_reason=role == "scan")
     assert not out.exists()
 
-    for name, case in valid_cases(corpus).items():
+    refaced_cases = valid_cases(chosen_cases(corpus, valid))
+    for name, case in refaced_cases.items():
         scan = load_scan(case.path)
         removed = box_mask(scan)
         mask = save_nifti(scan.to_original(removed, dtype=np.uint8), masks / f"{name}.nii.gz")
@@ -164,10 +168,10 @@ def test_reface_fills_valid_scans_and_refuses_bad_scans_and_masks(corpus, pix2pi
         after = load_scan(output).data
         assert np.array_equal(after[~removed], scan.data[~removed]), name
         assert not np.array_equal(after[removed], scan.data[removed]), name
-    assert files_below(out) == sorted(f"{name}.nii.gz" for name in valid_cases(corpus))
+    assert files_below(out) == sorted(f"{name}.nii.gz" for name in refaced_cases)
 
 
-@WITH_VALID
+@with_valid("lps")  # stored LPS, built RAS+
 def test_data_build_builds_the_valid_scans_and_skips_each_bad_one(corpus, tmp_path, capsys, untouched, valid):
     source = tmp_path / "source"
     source.mkdir()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from detector_fixture import write_head
+from support.detector_fixture import write_head
 from PIL import Image
 from rich.console import Console
 

@@ -20,7 +20,7 @@ from defacegan.cohort import DemoSource, build_cohort, scan_entries
 from defacegan.io import head_threshold
 from defacegan.manifest import COLUMNS, MANIFEST, METHODS, SPLITS, VOLUMES, assign_splits, load_manifest
 
-FEW_SUBJECTS = 4
+FEW_SUBJECTS = 3  # one per split, and both installed heads (mean, colin)
 
 
 def volume(path: str | Path) -> np.ndarray:
@@ -76,6 +76,7 @@ def test_demo_removed_region_is_the_front_bottom_of_the_head(demo_cohort):
             assert anterior > 30 and superior < -10, where
 
 
+@pytest.mark.slow  # three more demo builds, two in a process pool
 def test_demo_subjects_depend_on_the_seed_not_on_the_workers(demo_cohort, tmp_path):
     again = pd.read_csv(build_cohort("demo", tmp_path / "again", subjects=2, seed=0, workers=2))
     first = pd.read_csv(demo_cohort / MANIFEST).head(2)
@@ -105,8 +106,7 @@ def test_rebuild_finishes_only_what_is_missing(demo_cohort, tmp_path):
 def test_folder_build_skips_a_corrupt_scan_and_leaves_inputs_alone(ixi_scans, tmp_path, capsys):
     source = tmp_path / "scans"
     source.mkdir()
-    for path in ixi_scans[:2]:
-        shutil.copy(path, source)
+    shutil.copy(ixi_scans[0], source)  # one real head is built; the corrupt one beside it is skipped
     corrupt = source / "IXI999-HH-0000_T1.nii.gz"
     corrupt.write_bytes(ixi_scans[0].read_bytes()[:3000])
     before = {path: sha256(path) for path in source.iterdir()}
@@ -118,7 +118,7 @@ def test_folder_build_skips_a_corrupt_scan_and_leaves_inputs_alone(ixi_scans, tm
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and corrupt.name in errors[0]
     manifest = load_manifest(tmp_path / "cohort")
-    assert sorted(manifest["subject"]) == sorted(path.name.split("-")[0] for path in ixi_scans[:2])
+    assert list(manifest["subject"]) == [ixi_scans[0].name.split("-")[0]]
     for _, row in manifest.iterrows():
         original = nib.load(row["source"])
         stored = apply_orientation(np.asanyarray(original.dataobj.get_unscaled()), io_orientation(original.affine))

@@ -9,14 +9,13 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from defacegan.cohort import build_cohort
 from defacegan.datamodule import DefaceDataModule
 from defacegan.manifest import SPLITS
 from defacegan.views import VIEW_MODES
 
-CONFIG_DIR = str(Path(__file__).parents[1] / "conf")
 SMALL_GRID = {"spacing": 4.0, "shape": (48, 48, 48), "size": 32, "batch_size": 4}
 AUGMENT = {"flip": {"_target_": "torchio.RandomFlip", "axes": ("LR",)},
            "affine": {"_target_": "torchio.RandomAffine", "p": 1, "degrees": 10},
@@ -134,20 +133,16 @@ def test_workers_load_what_the_main_process_loads_and_augment_per_seed(synthetic
 
 
 @pytest.mark.parametrize("group, views", [("all", 6), ("mean", 3), ("slice", 3)])
-def test_config_group_instantiates(synthetic_cohort, tmp_path, group, views):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        overrides = [f"data={group}", f"data.root={synthetic_cohort}", "data.augment=null"]
-        cfg = compose("train", overrides=overrides + [f"data.{key}={value}" for key, value in SMALL_GRID.items() if key != "shape"])
+def test_config_group_instantiates(compose_cfg, synthetic_cohort, group, views):
+    cfg = compose_cfg(f"data={group}", "data.augment=null", *[f"data.{key}={value}" for key, value in SMALL_GRID.items() if key != "shape"])
     dm = instantiate(cfg.data, shape=[48, 48, 48])
     assert dm.view_mode == group and dm.n_views == views and dm.augmentation is None
     assert cfg.data.augment is None and dm.roots == [synthetic_cohort] and dm.cache_dir is None
 
 
 @pytest.mark.parametrize("choice, torchio, device", [("torchio", True, False), ("device", False, True), ("none", False, False)])
-def test_augment_group_picks_where_augmentation_runs(synthetic_cohort, choice, torchio, device):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"augment={choice}", f"data.root={synthetic_cohort}"])
-    dm = instantiate(cfg.data)
+def test_augment_group_picks_where_augmentation_runs(compose_cfg, choice, torchio, device):
+    dm = instantiate(compose_cfg(f"augment={choice}").data)
     assert (dm.augmentation is not None) == torchio and (dm.device_augmentation is not None) == device
 
 
@@ -200,8 +195,7 @@ def test_trainer_gets_views_from_the_batch_hook(synthetic_cohort):
 
 @pytest.mark.slow
 def test_demo_cohort_batches(tmp_path):
-    cohort = pytest.importorskip("defacegan.cohort")
-    root = cohort.build_cohort("demo", tmp_path / "demo", subjects=6, seed=0)
+    root = build_cohort("demo", tmp_path / "demo", subjects=6, seed=0)
     for task in ("classify", "translate"):
         dm = datamodule(root, task=task, spacing=2.0, shape=(128, 128, 128), augment=AUGMENT)
         batch = first_batch(dm)
@@ -210,7 +204,7 @@ def test_demo_cohort_batches(tmp_path):
 
 
 def test_several_cohorts_train_together(synthetic_cohort, tmp_path):
-    from cohort_fixture import write_cohort
+    from support.cohort_fixture import write_cohort
 
     other = write_cohort(tmp_path / "other", n_subjects=3, seed=1).parent
     alone, both = datamodule(synthetic_cohort), datamodule([synthetic_cohort, other])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GroupKFold
+from sklearn.neighbors import KNeighborsClassifier
 
 from defacegan.models.cnn import MultiBranchCNN
 from defacegan.models.sklearn import ViewVoting, vote
@@ -76,10 +76,20 @@ def test_voting_fits_with_group_folds_and_predicts():
     assert curves["learning"]["val"].shape[0] == 4 and curves["validation"]["param"] == "C"
 
 
-def test_group_folds_never_split_a_subject():
-    views, labels, groups = toy_views()
-    model = ViewVoting(LogisticRegression(), {"C": [1.0]}, cv_folds=3)
-    cv = model._cv(groups)
-    assert isinstance(cv, GroupKFold)
-    for train, test in cv.split(views, labels, groups):
-        assert not set(groups[train]) & set(groups[test])
+def test_grid_search_holds_out_whole_subjects():
+    """Each subject gives two identical scans of one label: a fold that trained on a subject's
+    twin would score a 1-nearest-neighbour perfectly (as plain 3-fold splits of these rows do);
+    folds of whole subjects leave it near chance."""
+    rng = np.random.default_rng(0)
+    subject_views = rng.random((12, 6, 8, 8)).astype(np.float32)
+    views, labels = np.concatenate([subject_views, subject_views]), np.tile(np.arange(12) % 2, 2)
+    groups = np.tile([f"s{i}" for i in range(12)], 2)
+    model = ViewVoting(KNeighborsClassifier(), {"n_neighbors": [1]}, cv_folds=3, scoring="accuracy").fit(views, labels, groups)
+    assert [search.n_splits_ for search in model.searches] == [3] * 6
+    assert max(search.best_score_ for search in model.searches) < 0.9
+
+
+def test_folds_never_outnumber_the_subjects():
+    views, labels, groups = toy_views(n_subjects=2)
+    model = ViewVoting(LogisticRegression(), {"C": [1.0]}, cv_folds=5, curves=False).fit(views, labels, groups)
+    assert [search.n_splits_ for search in model.searches] == [2] * 6

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from pytorch_lightning import Callback, Trainer
 from torch.utils.data import DataLoader
@@ -16,7 +15,6 @@ from torch.utils.data import DataLoader
 from defacegan.models.pix2pix import Pix2Pix, group_by_subject, linear_decay
 from defacegan.reface import load_pix2pix
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 SIZE = 32
 
 
@@ -156,13 +154,8 @@ def test_checkpoints_hold_plain_data_and_the_average_face(tmp_path):
     assert torch.equal(loaded.average_face, model.average_face)
 
 
-def test_the_hydra_config_builds_the_model_for_the_reface_task(tmp_path):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=["model=pix2pix", f"paths.output_dir={tmp_path}", "data.size=32",
-                       "model.generator.base_channels=4", "model.discriminator.base_channels=4"],
-        )
+def test_the_hydra_config_builds_the_model_for_the_reface_task(compose_cfg):
+    cfg = compose_cfg("model=pix2pix", "data.size=32", "model.generator.base_channels=4", "model.discriminator.base_channels=4")
     assert (cfg.data.task, cfg.data.direction, cfg.optimized_metric) == ("translate", "reface", "val/ssim_face")
     model = instantiate(cfg.model)
     assert isinstance(model, Pix2Pix) and model.generator.image_size == 32 and not model.hparams.log_faces

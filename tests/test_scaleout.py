@@ -13,10 +13,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, instantiate
 from pytorch_lightning.accelerators import CPUAccelerator
-from test_train import make_cfg
+from support.config import tiny_overrides
 
 from defacegan.models.cnn import gather_across_ranks
 from defacegan.train import CONFIG_DIR, WANDB_RUN_ID, train
@@ -25,13 +24,8 @@ ROOT = Path(CONFIG_DIR).parent
 SCORES = ("val", "test", "test_by_method")  # metrics.json entries that a rerun must reproduce
 
 
-def tiny_cohort(cohort: Path) -> list[str]:
-    """Overrides pointing `train.py` at the generated cohort, without loader processes."""
-    return [f"data.root={cohort}", "data.num_workers=0", "data.spacing=4.0", "data.shape=[40,48,44]"]
-
-
 def train_env() -> dict[str, str]:
-    """The environment of `train.py` subprocesses: tests/ is importable (kill_callback)."""
+    """The environment of `train.py` subprocesses: tests/ is importable (support.kill_callback)."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))}
 
 
@@ -44,36 +38,30 @@ def run_train(*overrides: str, check: bool = True) -> subprocess.CompletedProces
     return result
 
 
-def hydra_config(*overrides: str):
-    """`python train.py <overrides> --cfg hydra`, composed in-process."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=list(overrides), return_hydra_config=True).hydra
-
-
 @pytest.mark.parametrize("launcher, target", [
     ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
     ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
 ])
-def test_launchers_compose(launcher, target):
-    hydra = hydra_config(f"hydra/launcher={launcher}")
+def test_launchers_compose(compose_cfg, launcher, target):
+    hydra = compose_cfg(f"hydra/launcher={launcher}", keep_hydra=True).hydra
     assert hydra.launcher._target_ == target and get_class(target)
     assert hydra.runtime.choices["hydra/launcher"] == launcher
 
 
-def test_ddp_on_cpu_uses_gloo_without_sync_batchnorm(tmp_path, synthetic_cohort):
-    cfg = make_cfg(tmp_path, synthetic_cohort, "trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32")
+def test_ddp_on_cpu_uses_gloo_without_sync_batchnorm(compose_cfg):
+    cfg = compose_cfg("trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32")
     assert cfg.trainer.sync_batchnorm is False  # SyncBatchNorm has no CPU kernel
     trainer = instantiate(cfg.trainer, logger=False)
     assert trainer.world_size == 2 and isinstance(trainer.accelerator, CPUAccelerator)
-    assert make_cfg(tmp_path, synthetic_cohort, "trainer=ddp").trainer.sync_batchnorm is True
+    assert compose_cfg("trainer=ddp").trainer.sync_batchnorm is True
 
 
-def test_same_seed_gives_the_same_metrics_on_cpu(tmp_path, synthetic_cohort):
+def test_same_seed_gives_the_same_metrics_on_cpu(compose_cfg, tmp_path):
     """The first run builds the volume cache, the second reads it: neither may change the scores."""
     scores = []
     for run in ("first", "second"):
-        cfg = make_cfg(tmp_path / run, synthetic_cohort, "trainer=debug", f"data.cache_dir={tmp_path / 'cache'}")
-        assert cfg.trainer.deterministic is True and cfg.data.augment is not None
+        cfg = compose_cfg("trainer=debug", f"data.cache_dir={tmp_path / 'cache'}", output_dir=tmp_path / run)
+        assert cfg.trainer.deterministic is True and cfg.data.augment.affine.p > 0  # augmented: seeded draws
         train(cfg)
         summary = json.loads((tmp_path / run / "metrics.json").read_text())
         scores.append({key: summary[key] for key in SCORES})
@@ -83,7 +71,7 @@ def test_same_seed_gives_the_same_metrics_on_cpu(tmp_path, synthetic_cohort):
 @pytest.mark.slow
 def test_ddp_trains_on_two_cpu_processes_and_tests_every_scan_once(tmp_path, synthetic_cohort):
     result = run_train("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32",
-                       "trainer.max_epochs=2", "logger=csv", *tiny_cohort(synthetic_cohort),
+                       "trainer.max_epochs=2", "logger=csv", *tiny_overrides(synthetic_cohort),
                        f"paths.log_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
     assert "distributed_backend=gloo" in result.stderr + result.stdout
     assert "Starting with 2 processes" in result.stderr + result.stdout
@@ -102,7 +90,7 @@ def test_joblib_multirun_jobs_get_their_own_folders_and_runs(tmp_path, synthetic
     which the job folder names leave out: folders, logs and W&B runs must still be apart."""
     sweep = tmp_path / "sweep"
     run_train("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2,3", "trainer=debug",
-              f"logger={logger}", *tiny_cohort(synthetic_cohort), f"paths.log_dir={tmp_path}",
+              f"logger={logger}", *tiny_overrides(synthetic_cohort), f"paths.log_dir={tmp_path}",
               f"hydra.sweep.dir={sweep}")
     jobs = sorted(path.parent for path in sweep.glob("*/metrics.json"))
     assert len(jobs) == 3 and len({job.name for job in jobs}) == 3
@@ -129,6 +117,7 @@ def _gather_on_rank(rank: int, init_file: str, results: dict) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned interpreters import torch; the DDP run above checks the result end to end
 def test_cnn_scores_the_whole_val_set_on_every_ddp_rank(tmp_path):
     """Both ranks see both shards, in rank order, so they log the same val/f1 (and stop alike)."""
     with mp.Manager() as manager:
@@ -138,8 +127,8 @@ def test_cnn_scores_the_whole_val_set_on_every_ddp_rank(tmp_path):
         assert results[0] == expected and results[1] == expected
 
 
-def test_a_run_folder_is_never_shared_unless_resumed(tmp_path, synthetic_cohort):
-    cfg = make_cfg(tmp_path, synthetic_cohort, "trainer=debug", "train=false", "test=false")
+def test_a_run_folder_is_never_shared_unless_resumed(compose_cfg):
+    cfg = compose_cfg("trainer=debug", "train=false", "test=false")
     train(cfg)
     with pytest.raises(FileExistsError, match="another run already uses this folder"):
         train(cfg)
@@ -150,7 +139,7 @@ def test_a_run_folder_is_never_shared_unless_resumed(tmp_path, synthetic_cohort)
 
 @pytest.mark.slow
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, synthetic_cohort):
-    command = [sys.executable, "train.py", "train=false", "test=false", "logger=none", *tiny_cohort(synthetic_cohort),
+    command = [sys.executable, "train.py", "train=false", "test=false", "logger=none", *tiny_overrides(synthetic_cohort),
                f"paths.log_dir={tmp_path}"]
     runs = [subprocess.Popen(command, cwd=ROOT, env=train_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(3)]
     for run in runs:
@@ -165,8 +154,8 @@ def test_a_killed_run_resumes_at_its_step_in_the_same_wandb_run(tmp_path, synthe
     checkpoint to the same final step as four uninterrupted epochs, logging into one W&B run id."""
     run = tmp_path / "run"
     common = ["logger=wandb", "trainer.max_epochs=4", "trainer.min_epochs=4", "data.augment=null",
-              *tiny_cohort(synthetic_cohort), f"paths.log_dir={tmp_path}", f"hydra.run.dir={run}"]
-    killed = run_train(*common, "+callbacks.kill._target_=kill_callback.KillAtEpoch", "+callbacks.kill.epoch=2",
+              *tiny_overrides(synthetic_cohort), f"paths.log_dir={tmp_path}", f"hydra.run.dir={run}"]
+    killed = run_train(*common, "+callbacks.kill._target_=support.kill_callback.KillAtEpoch", "+callbacks.kill.epoch=2",
                        check=False)
     assert killed.returncode == -9 and not (run / "metrics.json").exists()
     saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

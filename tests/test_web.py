@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from detector_fixture import write_head
+from support.detector_fixture import write_head
 from fastapi.testclient import TestClient
 
 from defacegan.inference import Detector

@@ -4,7 +4,7 @@ Each head (RAS+, voxel-centred mm) is an ellipsoid scalp with a brighter ellipso
 "face" bump anterior-inferior. The ``mask`` method removes an anterior-inferior box, the
 ``plane`` method the half-space beyond an oblique plane; defaced = face × (1 − removed).
 
-Run as a script to write one: ``python tests/cohort_fixture.py OUT [--subjects N] [--spacing MM]
+Run as a script to write one: ``python tests/support/cohort_fixture.py OUT [--subjects N] [--spacing MM]
 [--shape X Y Z]``.
 """
 

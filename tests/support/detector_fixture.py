@@ -14,7 +14,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from cohort_fixture import synthetic_head
+from support.cohort_fixture import synthetic_head
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
 
 from defacegan.models.cnn import MultiBranchCNN

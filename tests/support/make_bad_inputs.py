@@ -9,7 +9,7 @@ any scan): int8, uint16 and float64 copies of the head, LPS voxel order, an obli
 Heads are pydeface's template resampled (4 mm unless said otherwise): real-looking, and a
 registration finds them in about a second.
 
-Run as a script to write one: ``python tests/make_bad_inputs.py OUT``.
+Run as a script to write one: ``python tests/support/make_bad_inputs.py OUT``.
 """
 
 from __future__ import annotations

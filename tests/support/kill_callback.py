@@ -1,6 +1,6 @@
 """A Lightning callback that SIGKILLs its own training process, for the resume tests.
 
-Loaded by `train.py` through `+callbacks.kill._target_=kill_callback.KillAtEpoch` with tests/
+Loaded by `train.py` through `+callbacks.kill._target_=support.kill_callback.KillAtEpoch` with tests/
 on PYTHONPATH: the process dies exactly as under `kill -9`, but at a known point, after the
 checkpoints of the epochs before ``epoch`` are on disk.
 """
