@@ -124,9 +124,9 @@ def test_check_classifies_the_valid_scans_and_reports_each_bad_one(corpus, detec
     results = {Path(row["file"]): row for row in json.loads((out / "results.json").read_text())["results"]}
     for case in bad_cases(corpus).values():
         row = results[case.path]
-        assert row["probability"] is None and case.error in row["error"] and row["views_png"] is None
+        assert row["p_face"] is None and case.error in row["error"] and row["views_png"] is None
     valid = valid_cases(corpus)
-    probability = {name: results[case.path]["probability"] for name, case in valid.items()}
+    probability = {name: results[case.path]["p_face"] for name, case in valid.items()}
     assert all(p is not None and 0 <= p <= 1 for p in probability.values())
     for name in SAME_GRID:
         assert probability[name] == pytest.approx(probability["good"], abs=0.05), name

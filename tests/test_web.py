@@ -57,8 +57,8 @@ def test_upload_gets_verdict_probability_and_views(client, scans, uploads):
     defaced = post(client, "sub-01_T1w.nii", scans["defaced"].read_bytes())
     assert face.status_code == defaced.status_code == 200
     assert face.json()["file"] == "face.nii.gz"
-    assert face.json()["verdict"] == "FACE PRESENT" and face.json()["probability"] < 0.5
-    assert defaced.json()["verdict"] == "defaced" and defaced.json()["defaced"] is True
+    assert face.json()["verdict"] == "face" and face.json()["p_face"] >= 0.5
+    assert defaced.json()["verdict"] == "removed" and defaced.json()["p_face"] < 0.5
     assert defaced.json()["views_png"].startswith("data:image/png;base64,")
     assert list(uploads.iterdir()) == []
 
@@ -145,7 +145,7 @@ def test_page_in_headless_chromium(server, scans, uploads, tmp_path):
             result_shown = page.query_selector("#verdict") is not None
         finally:
             browser.close()
-    assert verdict == "FACE PRESENT" and probability < 0.5 and views_loaded
-    assert second == "defaced"
+    assert verdict == "FACE PRESENT" and probability >= 0.5 and views_loaded
+    assert second == "face removed"
     assert "not a NIfTI file" in problem and not result_shown
     assert list(uploads.iterdir()) == []

@@ -1,8 +1,9 @@
-"""A tiny detector checkpoint fitted in seconds, and generated scans for it to judge.
+"""A tiny three-way detector fitted in seconds, and generated scans for it to judge.
 
-The detector is the real :class:`MultiBranchCNN` on a coarse grid (4 mm, 48³ voxels, 32-pixel
-views), fitted on the generated heads of ``cohort_fixture`` and their defaced twins, so that its
-verdicts on unseen generated heads are right and tests can check them.
+The detector is the real :class:`DetectorNet` behind a coarse contract (4 mm, 48³ voxels,
+32-pixel views), fitted on the generated heads of ``cohort_fixture``: with their face, defaced by
+either method (``removed``), or with a smooth foreign "face" in the removed region
+(``replaced``). Its verdicts on unseen generated heads are right, so tests can check them.
 """
 
 from __future__ import annotations
@@ -11,23 +12,31 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from support.cohort_fixture import synthetic_head
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
+from scipy import ndimage
+from support.cohort_fixture import synthetic_head
 
-from defacegan.models.cnn import MultiBranchCNN
-from defacegan.views import compute_views
+from defacegan.contract import VERDICTS, InputContract
+from defacegan.detector_training import save_detector
+from defacegan.models.detector import DetectorNet
 
-GRID = {"spacing": 4.0, "grid_shape": (48, 48, 48)}
-KINDS = ("face", "mask", "plane")
+CONTRACT = InputContract(spacing=4.0, shape=(48, 48, 48), view_size=32)
+#: Generated kinds of scan and the verdict each should get.
+KINDS = {"face": "face", "mask": "removed", "plane": "removed", "replaced": "replaced"}
 
 
 def generated_head(kind: str, seed: int, shape=(40, 48, 44), spacing: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
-    """(RAS+ float32 volume, affine) of a generated head: with its face, or defaced by 'mask' or 'plane'."""
+    """(RAS+ float32 volume, affine) of a generated head of one of :data:`KINDS`."""
     face, removed, affine = synthetic_head(shape, spacing, np.random.default_rng(seed))
-    return (face if kind == "face" else face * ~removed[kind]).astype(np.float32), affine
+    if kind == "face":
+        return face, affine
+    if kind == "replaced":  # a smooth, uniform face-shaped fill where the mask removed the face
+        region = removed["mask"]
+        fill = ndimage.gaussian_filter(region.astype(np.float32), 1.0) * np.percentile(face[face > 0], 60)
+        return np.where(region, fill, face).astype(np.float32), affine
+    return (face * ~removed[kind]).astype(np.float32), affine
 
 
 def write_head(path: Path, kind: str, seed: int, axcodes: str = "RAS", dtype=np.int16, **grid) -> Path:
@@ -41,32 +50,22 @@ def write_head(path: Path, kind: str, seed: int, axcodes: str = "RAS", dtype=np.
     return path
 
 
-def fit_tiny_detector(path: Path, heads: int = 16, steps: int = 60) -> Path:
-    """Fit the CNN on ``heads`` generated faces and as many defaced twins (alternating methods); save a checkpoint."""
+def fit_tiny_detector(path: Path, heads: int = 12, steps: int = 80) -> Path:
+    """Fit DetectorNet on ``heads`` generated heads of every kind; save a detector checkpoint."""
     volumes, labels = [], []
     for seed in range(heads):
-        face, removed, _ = synthetic_head(GRID["grid_shape"], GRID["spacing"], np.random.default_rng(1000 + seed))
-        volumes += [face, face * ~removed[KINDS[1 + seed % 2]]]
-        labels += [0.0, 1.0]
-    views = compute_views(torch.from_numpy(np.stack(volumes)).float()[:, None], 32)
+        for kind, verdict in KINDS.items():
+            data, affine = generated_head(kind, 1000 + seed, shape=(48, 48, 48))
+            volumes.append(CONTRACT.volume(data, affine))
+            labels.append(VERDICTS.index(verdict))
+    views = CONTRACT.views(torch.stack(volumes))
     labels = torch.tensor(labels)
     torch.manual_seed(0)
-    model = MultiBranchCNN(view_mode="all", size=32, **GRID)
-    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
-    model.train()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small convolutions: more threads only contend
-    try:
-        for _ in range(steps):
-            optimizer.zero_grad()
-            F.binary_cross_entropy_with_logits(model(views), labels).backward()
-            optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
-    checkpoint = {
-        "state_dict": model.state_dict(),
-        "hyper_parameters": dict(model.hparams),
-        "pytorch-lightning_version": pl.__version__,
-    }
-    torch.save(checkpoint, path)
-    return path
+    net = DetectorNet(n_views=len(CONTRACT.view_names), n_classes=len(VERDICTS))
+    optimizer = torch.optim.Adam(net.parameters(), lr=5e-3)
+    net.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(net(views), labels).backward()
+        optimizer.step()
+    return save_detector(net.eval(), CONTRACT, path, {"fixture": "generated heads"})

@@ -1,0 +1,80 @@
+"""Labels from how a scan was made: the feature rule, and every defacing family on real anatomy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from defacegan.contract import InputContract
+from defacegan.families import EARS, FAMILIES, generate, make_bundle
+from defacegan.features import FACE_MIN_FRACTION, FEATURES, label_from
+from defacegan.io import load_scan
+
+NOTHING = {name: 0.0 for name in FEATURES}
+
+
+def test_any_feature_kept_is_a_face():
+    own = dict(NOTHING, nose=FACE_MIN_FRACTION)
+    assert label_from(own, NOTHING) == "face"
+    assert label_from(dict(NOTHING, nose=FACE_MIN_FRACTION - 0.01), NOTHING) == "removed"
+
+
+def test_foreign_tissue_in_place_of_the_features_is_replaced():
+    assert label_from(NOTHING, {name: 0.9 for name in FEATURES}) == "replaced"
+    assert label_from(NOTHING, {name: 0.2 for name in FEATURES}) == "removed"
+    # A foreign face over a face that is still the subject's own is still a face.
+    assert label_from(dict(NOTHING, eyes=1.0), {name: 0.9 for name in FEATURES}) == "face"
+
+
+def test_features_outside_the_field_of_view_keep_nothing():
+    absent = {name: math.nan for name in FEATURES}
+    assert label_from(absent, absent) == "removed"
+    assert label_from(dict(absent, chin=0.8), absent) == "face"
+
+
+@pytest.fixture(scope="module")
+def bundle(ixi_scans):
+    """One real IXI head, registered to the template once, on a coarse (4 mm) contract grid."""
+    contract = InputContract(spacing=4.0, shape=(64, 64, 64), view_size=32)
+    return make_bundle(load_scan(ixi_scans[0]), "IXI", contract)
+
+
+def test_every_feature_is_found_on_a_real_head(bundle):
+    counts = {name: int((bundle.features == 1 + i).sum()) for i, name in enumerate(FEATURES)}
+    assert min(counts.values()) >= 20, counts
+    assert (bundle.features == EARS).sum() >= 20
+    assert bundle.face_region.any() and bundle.brain.any()
+    assert not (bundle.face_region & bundle.brain).any()
+
+
+@pytest.mark.parametrize("family, expected", [
+    ("none", {"face"}), ("mask", {"removed"}), ("face_ears", {"removed"}), ("shell", {"removed"}),
+    ("fill", {"removed"}), ("crop", {"removed"}), ("blur", {"face"}),
+    ("replace_template", {"replaced"}), ("replace_shell", {"replaced"}),
+])
+def test_each_family_is_labelled_by_what_it_left(bundle, family, expected):
+    labels = {generate(bundle, family, np.random.default_rng(seed)).label(bundle.features) for seed in range(3)}
+    assert labels == expected
+
+
+def test_partial_defacings_that_keep_the_eyes_and_nose_are_faces(bundle):
+    eyes, nose = 1 + FEATURES.index("eyes"), 1 + FEATURES.index("nose")
+    for seed in range(12):
+        variant = generate(bundle, "partial", np.random.default_rng(seed))
+        own, _ = variant.shares(bundle.features)
+        kept = ~variant.removed
+        if (kept[bundle.features == eyes].mean() >= 0.9) and (kept[bundle.features == nose].mean() >= 0.9):
+            assert variant.label(bundle.features) == "face", own
+
+
+def test_generation_is_seeded_and_leaves_the_bundle_alone(bundle):
+    before = bundle.face.copy()
+    first = generate(bundle, "fill", np.random.default_rng(5))
+    second = generate(bundle, "fill", np.random.default_rng(5))
+    np.testing.assert_array_equal(first.volume, second.volume)
+    np.testing.assert_array_equal(bundle.face, before)
+    with pytest.raises(ValueError, match="unknown defacing family"):
+        generate(bundle, "paint", np.random.default_rng(0))
+    assert set(FAMILIES) >= {"mask", "plane", "partial", "replace_template"}
