@@ -13,6 +13,7 @@ from defacegan.detector_training import draw
 from defacegan.families import make_bundle
 from defacegan.inference import GridDataset
 from defacegan.io import load_scan
+from defacegan.views import robust_scale
 
 COARSE = InputContract(spacing=4.0, shape=(64, 64, 64), view_size=32)
 
@@ -64,3 +65,57 @@ def test_training_and_check_see_the_same_tensor_for_the_same_scan(ixi_scans):
     trained = draw([bundle], COARSE, families=("none",), draws=1, pose=None)
     assert torch.equal(trained.views, COARSE.views(checked[None]))
     assert trained.label.tolist() == [0]
+
+
+def ixi_like(affine: np.ndarray, shape=(75, 128, 128), seed: int = 0) -> np.ndarray:
+    """A smooth head-sized blob with noise in int16 steps, x-fastest like load_scan's arrays."""
+    rng = np.random.default_rng(seed)
+    ramp = world_ramp(shape, affine)
+    blob = np.clip(ramp - ramp.min(), 0, None) * (rng.random(shape) < 0.9) + rng.normal(0, 12, shape)
+    return np.asfortranarray(np.abs(np.rint(blob)).astype(np.float32))
+
+
+@pytest.mark.parametrize("contract", [InputContract(), COARSE], ids=["shipped", "coarse"])
+def test_the_axis_aligned_path_matches_the_general_one(contract):
+    """Same voxels, same weights, summed in another order: equal to float32 rounding (1e-4 of the
+    robust scale, in the units the model sees), label maps exactly."""
+    affine = nib.affines.from_matvec(np.diag([1.2, 0.9375, 0.9375]), [-44.0, -60.0, -58.0])  # finer: box filter
+    for data in (ixi_like(affine), np.ascontiguousarray(ixi_like(affine)[:, 3:, :-5])):  # x-fastest; C order, cropped
+        fast, general = (contract.on_grid(data, affine, separable=s) for s in (True, False))
+        assert fast.shape == general.shape == contract.shape
+        scale = float(robust_scale(general[None]))
+        assert (fast - general).abs().max() <= 1e-4 * scale
+        mask = data > np.median(data)
+        assert torch.equal(contract.on_grid(mask, affine, label=True), contract.on_grid(mask, affine, label=True, separable=False))
+
+
+def test_an_oblique_scan_takes_the_general_path():
+    shape = (60, 70, 40)
+    affine = nib.affines.from_matvec(nib.eulerangles.euler2mat(0.2, 0.1, -0.15) @ np.diag([1.5, 1.2, 2.0]), [-40.0, -35.0, -30.0])
+    data = ixi_like(affine, shape)
+    assert torch.equal(COARSE.on_grid(data, affine), COARSE.on_grid(data, affine, separable=False))
+
+
+def test_the_axis_aligned_path_matches_the_general_one_on_a_real_head(ixi_scans):
+    contract = InputContract()
+    for path in ixi_scans[:2]:
+        scan = load_scan(path)
+        fast, general = (contract.on_grid(scan.data, scan.affine, separable=s) for s in (True, False))
+        assert (fast - general).abs().max() <= 1e-4 * float(robust_scale(general[None]))
+        model_input = [contract.intensities(v[None]) for v in (fast, general)]  # float16 steps: ±1 at most
+        assert (model_input[0] - model_input[1]).abs().max() <= 2e-3
+
+
+def test_a_saved_detector_loads_with_torch_alone(tmp_path):
+    """weights_only loading: the contract and the facts are plain types, numpy scalars included."""
+    from defacegan.detector_training import save_detector, split_subjects
+    from defacegan.inference import load_network
+    from defacegan.models.detector import DetectorNet
+
+    train, val = split_subjects(np.array(["IXI1", "IXI2", "IXI3"]), val=1, seed=0)
+    net = DetectorNet(n_views=6, n_classes=3)
+    net.temperature.fill_(1.5)
+    path = save_detector(net, COARSE, tmp_path / "detector.pt", {"train_subjects": train, "val_subjects": val})
+    loaded, contract, facts = load_network(path)
+    assert contract == COARSE and float(loaded.temperature) == 1.5
+    assert facts == {"train_subjects": train, "val_subjects": val}

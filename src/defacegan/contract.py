@@ -65,10 +65,16 @@ class InputContract:
         """Voxel → world of the grid, up to the translation that centres it on each scan."""
         return np.diag([self.spacing] * 3 + [1.0])
 
-    def on_grid(self, data: np.ndarray | torch.Tensor, affine: np.ndarray, *, label: bool = False) -> torch.Tensor:
+    def on_grid(self, data: np.ndarray | torch.Tensor, affine: np.ndarray, *, label: bool = False,
+                separable: bool = True) -> torch.Tensor:
         """A RAS+ (or any-orientation) volume resampled onto the grid: (X, Y, Z) float32.
 
-        ``label``: nearest neighbour and no smoothing (masks, label maps).
+        ``label``: nearest neighbour and no smoothing (masks, label maps). When grid voxels map to
+        input voxels axis by axis (no rotation, no axis swap: what :func:`defacegan.io.load_scan`
+        gives for every axis-aligned scan), the trilinear interpolation is done one axis at a time
+        with ``grid_sample``'s own coordinates and weights: the same values up to float32 rounding,
+        about four times faster. ``separable=False`` always takes the general ``grid_sample``
+        path, the reference the tests compare with.
         """
         volume = torch.as_tensor(np.asarray(data) if not torch.is_tensor(data) else data).float()
         affine = np.asarray(affine, dtype=np.float64)
@@ -79,22 +85,24 @@ class InputContract:
         grid_to_world[:3, 3] = centre[:3] - self.spacing * (out - 1) / 2
         voxel_spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
         factors = [1 if label else max(1, math.floor(self.spacing / s + 1e-6)) for s in voxel_spacing]
-        volume = volume[None, None]
+        aligned = separable and np.count_nonzero(affine[:3, :3] - np.diag(np.diag(affine[:3, :3]))) == 0
         if any(f > 1 for f in factors):  # box filter: averages what one grid voxel covers
-            volume = F.avg_pool3d(volume, kernel_size=factors, stride=factors, ceil_mode=True)
+            volume = box_filter(volume, factors) if aligned else F.avg_pool3d(
+                volume[None, None], kernel_size=factors, stride=factors, ceil_mode=True)[0, 0]
             pooled = np.diag([*factors, 1.0])
             pooled[:3, 3] = (np.asarray(factors) - 1) / 2  # pooled voxel k is centred at k*f + (f-1)/2
             affine = affine @ pooled
         to_input = np.linalg.inv(affine) @ grid_to_world  # grid voxel → input voxel
-        n = volume.shape[2:]
-        axes = [torch.arange(k, dtype=torch.float32) for k in self.shape]
-        points = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
         matrix = torch.as_tensor(to_input[:3, :3], dtype=torch.float32)
         offset = torch.as_tensor(to_input[:3, 3], dtype=torch.float32)
+        if aligned and torch.count_nonzero(matrix - torch.diag(torch.diagonal(matrix))) == 0:
+            return sample_separable(volume, matrix.diagonal(), offset, self.shape, label)
+        axes = [torch.arange(k, dtype=torch.float32) for k in self.shape]
+        points = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
         voxels = points @ matrix.T + offset
-        scale = torch.tensor([2.0 / max(k - 1, 1) for k in n])
+        scale = torch.tensor([2.0 / max(k - 1, 1) for k in volume.shape])
         normalised = (voxels * scale - 1).flip(-1)  # grid_sample wants (z, y, x) → (W, H, D) order
-        sampled = F.grid_sample(volume, normalised[None], mode="nearest" if label else "bilinear",
+        sampled = F.grid_sample(volume[None, None], normalised[None], mode="nearest" if label else "bilinear",
                                 padding_mode="zeros", align_corners=True)
         return sampled[0, 0]
 
@@ -115,3 +123,66 @@ class InputContract:
         return compute_views(volumes, self.view_size, self.view_mode)
 
 
+def box_filter(volume: torch.Tensor, factors: list[int]) -> torch.Tensor:
+    """(X, Y, Z) → the mean of each ``factors`` block, the last block of an axis partial when the
+    factor does not divide it: ``avg_pool3d(..., ceil_mode=True)``, summed one axis at a time.
+
+    Sums of integer-valued voxels are exact, so for integer scans the result is avg_pool3d's to
+    the bit; it keeps the input's memory order (x fastest from load_scan) instead of copying it.
+    """
+    counts = []
+    for axis, factor in enumerate(factors):
+        n = volume.shape[axis]
+        blocks = -(-n // factor)
+        count = torch.full((blocks,), float(factor))
+        count[-1] = n - (blocks - 1) * factor
+        counts.append(count)
+        if factor == 1:
+            continue
+        if blocks * factor != n:
+            padding = list(volume.shape)
+            padding[axis] = blocks * factor - n
+            volume = torch.cat([volume, volume.new_zeros(padding)], dim=axis)
+        split = volume.unflatten(axis, (blocks, factor))
+        volume = split.select(axis + 1, 0)
+        for k in range(1, factor):
+            volume = volume + split.select(axis + 1, k)
+    return volume / (counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :])
+
+
+def sample_separable(volume: torch.Tensor, step: torch.Tensor, offset: torch.Tensor,
+                     shape: tuple[int, int, int], label: bool) -> torch.Tensor:
+    """``grid_sample`` (zeros padding, ``align_corners=True``) for a grid whose voxel ``g`` lies at
+    input voxel ``g * step + offset`` on each axis: one 1D interpolation per axis, each a product
+    with an (output, input) matrix holding two weights a row (one for ``label``: nearest).
+
+    The source coordinates are computed with the general path's float32 operations, so both
+    paths interpolate between the same voxels with the same weights; only the order in which the
+    weighted values are summed differs (a float32 rounding). The three products run in the
+    volume's memory order (x fastest from load_scan, or C order), so no copy is made between them.
+    """
+    axes = (2, 1, 0) if not volume.is_contiguous() and volume.permute(2, 1, 0).is_contiguous() else (0, 1, 2)
+    work = volume.permute(*axes).contiguous()  # a view unless the volume is in neither order
+    outer, middle, inner = (interpolation_matrix(shape[a], volume.shape[a], step[a], offset[a], label) for a in axes)
+    a, b, c = work.shape
+    work = (work.reshape(a * b, c) @ inner.T).reshape(a, b, -1)
+    work = middle @ work  # one (b → shape) product per outer index
+    work = (outer @ work.reshape(a, -1)).reshape(outer.shape[0], middle.shape[0], inner.shape[0])
+    return work.permute(*axes).contiguous()
+
+
+def interpolation_matrix(size: int, n: int, step: torch.Tensor, offset: torch.Tensor, label: bool) -> torch.Tensor:
+    """(size, n) weights taking ``n`` input voxels to ``size`` grid voxels on one axis, grid voxel
+    ``g`` at input voxel ``g * step + offset``; input voxels outside 0 … n-1 count as zeros."""
+    voxels = torch.arange(size, dtype=torch.float32) * step + offset
+    normalised = voxels * torch.tensor(2.0 / max(n - 1, 1)) - 1
+    source = (normalised + 1) / 2 * (n - 1)  # grid_sample's unnormalisation, in its float32 steps
+    rows = torch.arange(size)
+    weights = torch.zeros(size, n + 2)  # columns: input voxels -1 … n; the outer two are dropped
+    if label:
+        weights[rows, (source.round() + 1).long().clamp(0, n + 1)] = 1.0  # round half to even, as grid_sample
+    else:
+        lower = source.floor()
+        weights[rows, (lower + 1).long().clamp(0, n + 1)] = (lower + 1) - source
+        weights[rows, (lower + 2).long().clamp(0, n + 1)] += source - lower
+    return weights[:, 1:-1]

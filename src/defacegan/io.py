@@ -96,11 +96,12 @@ class Scan:
         return type(self.original)(array, self.original.affine, header)
 
 
-def validate_volume(data: np.ndarray, name: str | os.PathLike | None = None) -> np.ndarray:
+def validate_volume(data: np.ndarray, name: str | os.PathLike | None = None, *, float32: bool = True) -> np.ndarray:
     """Return ``data`` as a float32 3D array, or raise :class:`ScanError` explaining why not.
 
     A trailing singleton 4th dimension is squeezed; real 2D/4D data, NaN/inf values, empty and
-    constant volumes are rejected.
+    constant volumes are rejected. ``float32=False`` leaves integer data in its own type (checked
+    as its float32 values), so that a caller that copies it anyway converts it in that one copy.
     """
     data = np.asarray(data)
     while data.ndim > 3 and data.shape[-1] == 1:
@@ -116,13 +117,15 @@ def validate_volume(data: np.ndarray, name: str | os.PathLike | None = None) -> 
         raise ScanError(name, f"complex data ({data.dtype}) is not a magnitude image")
     if not np.issubdtype(data.dtype, np.number) and data.dtype != bool:
         raise ScanError(name, f"{data.dtype} voxels (e.g. RGB colours) are not a scalar intensity image")
-    data = data.astype(np.float32, copy=False)
-    finite = np.isfinite(data)
-    if not finite.all():
-        raise ScanError(name, f"{(~finite).sum()} voxels are NaN or infinite")
-    if float(data.max()) == float(data.min()):
-        raise ScanError(name, f"volume is constant (all voxels = {float(data.min()):g})")
-    return data
+    integers = np.issubdtype(data.dtype, np.integer) or data.dtype == bool
+    if not integers:  # integers are always finite; floats are checked as the float32 values they become
+        data = data.astype(np.float32, copy=False)
+        finite = np.isfinite(data)
+        if not finite.all():
+            raise ScanError(name, f"{(~finite).sum()} voxels are NaN or infinite")
+    if np.float32(data.max()) == np.float32(data.min()):
+        raise ScanError(name, f"volume is constant (all voxels = {float(np.float32(data.min())):g})")
+    return data.astype(np.float32, copy=False) if float32 else data
 
 
 def load_scan(path: str | os.PathLike) -> Scan:
@@ -162,7 +165,7 @@ def load_scan(path: str | os.PathLike) -> Scan:
             data = np.asanyarray(image.dataobj)
     except (EOFError, OSError, ValueError, MemoryError, *INFLATE_ERRORS) as error:
         raise ScanError(path, f"truncated or corrupt data ({type(error).__name__}: {error})") from None
-    data = validate_volume(data, path)
+    data = validate_volume(data, path, float32=False)
     affine = image.affine
     if affine is None or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise ScanError(path, "header has no usable voxel-to-world affine")
@@ -170,6 +173,7 @@ def load_scan(path: str | os.PathLike) -> Scan:
     canonical = apply_orientation(data, ornt)
     canonical_affine = affine @ inv_ornt_aff(ornt, data.shape)
     # Fortran order (x fastest), as NIfTI and SimpleITK store voxels: no transposing copies later.
+    # Integer data becomes float32 in this same copy.
     return Scan(np.asfortranarray(canonical, dtype=np.float32), canonical_affine, image, path)
 
 
