@@ -40,7 +40,7 @@ import torch
 
 from defacegan.contract import VERDICTS, InputContract
 from defacegan.detector_training import Samples, calibrate, draw, fit, load_bundles, logits_of, split_subjects
-from defacegan.families import FAMILIES, FaceBundle, Variant
+from defacegan.families import FAMILIES, SWEEP_MODES, FaceBundle, remove_share
 from defacegan.features import FACE_MIN_FRACTION, FEATURES
 from defacegan.io import atomic_write_text
 from defacegan.metrics import expected_calibration_error, wilson_interval
@@ -136,29 +136,12 @@ def reliability_png(probabilities: np.ndarray, labels: np.ndarray, path: Path, b
     plt.close(figure)
 
 
-def sweep_variant(bundle: FaceBundle, mode: str, share: float) -> Variant:
-    """The face region (``nose``: the nose feature) removed by ``share``, from below or the front."""
-    region = bundle.face_region if mode != "nose" else np.isin(bundle.features, [1 + FEATURES.index("nose")])
-    coordinates = np.nonzero(region)
-    axis = 2 if mode == "below" else 1
-    values = coordinates[axis]
-    removed = np.zeros(region.shape, bool)
-    if values.size and share > 0:
-        if axis == 2:  # from below: the lowest share of the region's voxels
-            keep = values <= np.quantile(values, share)
-        else:  # from the front (nose: its front first)
-            keep = values >= np.quantile(values, 1 - share)
-        removed[tuple(c[keep] for c in coordinates)] = True
-    volume = np.where(removed, 0, bundle.face).astype(np.float32)
-    return Variant(f"sweep_{mode}", volume, removed, np.zeros_like(removed))
-
-
 def sweep(bundles: list[FaceBundle], models: dict, contract: InputContract) -> dict:
     results = {}
-    for mode in ("below", "front", "nose"):
+    for mode in SWEEP_MODES:
         curves, rule = [], []
         for bundle in bundles:
-            variants = [sweep_variant(bundle, mode, share) for share in SWEEP_STEPS]
+            variants = [remove_share(bundle, share, mode) for share in SWEEP_STEPS]
             volumes = torch.stack([torch.from_numpy(v.volume) for v in variants])[:, None]
             logits = logits_of(models[bundle.subject], contract.views(volumes))
             curves.append(torch.softmax(logits, 1)[:, FACE].numpy())

@@ -39,6 +39,19 @@ def ixi_scans(ixi_dir: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
+def held_out_bundle(ixi_scans):
+    """One real IXI head the shipped detector never saw, registered to the template once for
+    the whole session, with its features and regions on the default contract's grid."""
+    from defacegan.contract import InputContract
+    from defacegan.detector_training import HELD_OUT, subject_of
+    from defacegan.families import make_bundle
+    from defacegan.io import load_scan
+
+    path = next(path for path in ixi_scans if subject_of(path) == HELD_OUT[0])
+    return make_bundle(load_scan(path), subject_of(path), InputContract())
+
+
+@pytest.fixture(scope="session")
 def synthetic_cohort(tmp_path_factory) -> Path:
     """Six generated 4 mm heads (4 train, 1 val, 1 test) with both defacings; the cohort folder."""
     from support.cohort_fixture import write_cohort

@@ -7,10 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from defacegan.contract import InputContract
-from defacegan.families import EARS, FAMILIES, generate, make_bundle
+from defacegan.families import EARS, FAMILIES, generate
 from defacegan.features import FACE_MIN_FRACTION, FEATURES, label_from
-from defacegan.io import load_scan
 
 NOTHING = {name: 0.0 for name in FEATURES}
 
@@ -35,10 +33,8 @@ def test_features_outside_the_field_of_view_keep_nothing():
 
 
 @pytest.fixture(scope="module")
-def bundle(ixi_scans):
-    """One real IXI head, registered to the template once, on a coarse (4 mm) contract grid."""
-    contract = InputContract(spacing=4.0, shape=(64, 64, 64), view_size=32)
-    return make_bundle(load_scan(ixi_scans[0]), "IXI", contract)
+def bundle(held_out_bundle):
+    return held_out_bundle
 
 
 def test_every_feature_is_found_on_a_real_head(bundle):

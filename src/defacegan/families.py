@@ -255,6 +255,30 @@ FAMILIES: dict[str, Callable[[FaceBundle, np.random.Generator], Variant]] = {
 }
 
 
+#: How :func:`remove_share` removes part of a face: from below, from the front, or the nose alone.
+SWEEP_MODES = ("below", "front", "nose")
+
+
+def remove_share(bundle: FaceBundle, share: float, mode: str = "below") -> Variant:
+    """A partial defacing of known extent: ``share`` of the face region's voxels zeroed from below
+    or from the front, or of the nose's voxels from the front (``mode`` in SWEEP_MODES)."""
+    if mode not in SWEEP_MODES:
+        raise ValueError(f"mode {mode!r} is not one of {SWEEP_MODES}")
+    region = bundle.face_region if mode != "nose" else bundle.features == 1 + FEATURES.index("nose")
+    coordinates = np.nonzero(region)
+    removed = np.zeros(region.shape, bool)
+    if coordinates[0].size and share > 0:
+        if mode == "below":
+            values = coordinates[2]
+            chosen = values <= np.quantile(values, share)
+        else:
+            values = coordinates[1]
+            chosen = values >= np.quantile(values, 1 - share)
+        removed[tuple(c[chosen] for c in coordinates)] = True
+    volume = np.where(removed, 0, bundle.face).astype(np.float32)
+    return Variant(f"remove_{mode}", volume, removed, np.zeros_like(removed))
+
+
 def generate(bundle: FaceBundle, family: str, rng: np.random.Generator) -> Variant:
     """One randomised volume of ``family`` from ``bundle``."""
     if family not in FAMILIES:

@@ -1,0 +1,78 @@
+"""The shipped detector on real IXI heads it never saw (``detector_training.HELD_OUT``).
+
+Real faces must be called ``face``; a partial defacing that leaves the eyes and the nose must be
+called ``face``; a pydeface-style removal must not; a face replaced by the template's must not be
+called ``face``. One held-out head is registered once for the session (conftest).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from defacegan.detector_training import HELD_OUT, subject_of
+from defacegan.contract import InputContract
+from defacegan.families import generate, remove_share
+from defacegan.features import FACE_MIN_FRACTION, FEATURES
+from defacegan.inference import SHIPPED_CHECKPOINT, Detector
+from defacegan.io import Scan
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    if not Path(str(SHIPPED_CHECKPOINT)).exists():
+        pytest.fail(f"{SHIPPED_CHECKPOINT} is missing: `make weights` ships it with the package")
+    return Detector(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def held_out(ixi_scans) -> list[Path]:
+    paths = [path for path in ixi_scans if subject_of(path) in HELD_OUT]
+    assert len(paths) == len(HELD_OUT), "every held-out subject is in the IXI subset"
+    return paths
+
+
+@pytest.fixture(scope="module")
+def bundles(held_out_bundle, detector):
+    assert detector.contract.to_dict() == InputContract().to_dict()  # the bundle's grid is the detector's
+    return [held_out_bundle]
+
+
+def judge(detector: Detector, bundle, variant) -> str:
+    (prediction,) = detector.predict([Scan(variant.volume, bundle.affine)])
+    return prediction.verdict
+
+
+def test_the_shipped_detector_never_saw_the_held_out_subjects(detector):
+    seen = set(detector.facts["train_subjects"]) | set(detector.facts["val_subjects"])
+    assert not seen & set(HELD_OUT) and detector.contract.classes == ("face", "removed", "replaced")
+
+
+def test_real_faces_are_faces(detector, held_out):
+    assert [p.verdict for p in detector.predict(held_out)] == ["face"] * len(held_out)
+
+
+def test_a_partial_defacing_that_leaves_eyes_and_nose_is_a_face(detector, bundles):
+    eyes, nose = FEATURES.index("eyes"), FEATURES.index("nose")
+    for bundle in bundles:
+        variant = remove_share(bundle, 0.4, "below")  # mouth and chin go, eyes and nose stay
+        own, _ = variant.shares(bundle.features)
+        assert own[FEATURES[eyes]] >= FACE_MIN_FRACTION and own[FEATURES[nose]] >= FACE_MIN_FRACTION
+        assert variant.label(bundle.features) == "face"
+        assert judge(detector, bundle, variant) == "face", bundle.subject
+
+
+def test_a_removed_face_is_not_a_face(detector, bundles):
+    for bundle in bundles:
+        variant = generate(bundle, "mask", np.random.default_rng(0))
+        assert variant.label(bundle.features) == "removed"
+        assert judge(detector, bundle, variant) != "face", bundle.subject
+
+
+def test_a_replaced_face_is_not_a_face(detector, bundles):
+    for bundle in bundles:
+        variant = generate(bundle, "replace_template", np.random.default_rng(0))
+        assert variant.label(bundle.features) == "replaced"
+        assert judge(detector, bundle, variant) != "face", bundle.subject
