@@ -42,12 +42,12 @@ def test_cnn_shapes_and_learning(view_mode, n_views):
 
 
 def test_cnn_branches_are_independent():
-    """A change in one view moves only its own branch's features."""
+    """A change in one view moves only its own branch's features (the shipped DetectorNet's too)."""
     model = MultiBranchCNN(view_mode="all", size=32).eval()
     x = torch.rand(1, 6, 32, 32)
     y = x.clone()
     y[:, 2] = torch.rand(32, 32)
-    fx, fy = model.branches(x), model.branches(y)
+    fx, fy = model.net.branches(x), model.net.branches(y)
     per_branch = (fx - fy).abs().reshape(6, -1).amax(dim=1)
     assert per_branch[2] > 0 and torch.all(per_branch[[0, 1, 3, 4, 5]] == 0)
 

@@ -36,6 +36,8 @@ from defacegan.models.detector import DetectorNet, fit_temperature
 #: IXI subjects of the 32-head subset never used to train the shipped detector: every 4th in
 #: sorted order. The real-anatomy tests and the shipped detector's own checks use them.
 HELD_OUT = ("IXI012", "IXI213", "IXI260", "IXI338", "IXI385", "IXI452", "IXI526", "IXI575")
+#: The recipe of the shipped detector (``make weights``), which the evaluation repeats per fold.
+DRAWS, EPOCHS = 3, 20
 POSE = {  # DeviceAugmentation options: head pose and contrast as scanners vary them
     "flip": {"prob": 0.5, "axes": [0]},
     "affine": {"prob": 0.9, "degrees": 15.0, "scales": 0.12, "translation": 12.0},
@@ -98,7 +100,7 @@ def load_bundles(paths: Sequence[Path], contract: InputContract, cache_dir: Path
 
 
 def draw(bundles: Sequence[FaceBundle], contract: InputContract, families: Sequence[str] = tuple(FAMILIES),
-         draws: int = 3, seed: int = 0, pose: dict | None = POSE) -> Samples:
+         draws: int = DRAWS, seed: int = 0, pose: dict | None = POSE) -> Samples:
     """``draws`` random variants of each family for each bundle, posed and turned into views.
 
     Deterministic for a seed; each (subject, family, draw) gets its own generator, so adding a
@@ -128,7 +130,7 @@ def draw(bundles: Sequence[FaceBundle], contract: InputContract, families: Seque
     return Samples.join(parts)
 
 
-def fit(samples: Samples, contract: InputContract, epochs: int = 30, seed: int = 0, batch_size: int = 32,
+def fit(samples: Samples, contract: InputContract, epochs: int = EPOCHS, seed: int = 0, batch_size: int = 32,
         lr: float = 1e-3) -> DetectorNet:
     """Fit a DetectorNet on drawn views: class-balanced cross-entropy, AdamW, cosine schedule."""
     torch.manual_seed(seed)
@@ -184,8 +186,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--source", type=Path, default=Path("../shared/data/ixi-t1-2mm"), help="folder of T1 heads with faces")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "assets" / "detector.pt")
     parser.add_argument("--cache", type=Path, default=Path("data/bundles"))
-    parser.add_argument("--draws", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--draws", type=int, default=DRAWS)
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     started = time.perf_counter()
