@@ -1,0 +1,153 @@
+"""The BIDS App form: `defacegan deface BIDS_DIR OUTPUT_DIR participant` writes a BIDS-Derivatives
+dataset that the real BIDS validator accepts, never touches the raw dataset, and finishes an
+interrupted run; labels select scans; bad scans are reported while the rest carry on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from defacegan import __version__
+from defacegan.bids import DEIDENTIFICATION_CODE, find_scans
+from defacegan.cli import EXIT_OK, EXIT_UNREADABLE, main
+from support.bids_fixture import write_bids_dataset
+
+EXPECTED = sorted([
+    ".bidsignore", "README.md", "dataset_description.json",
+    *(f"figures/{name}_deface.png" for name in
+      ("sub-01_T1w", "sub-01_T2w", "sub-02_ses-1_T1w", "sub-02_ses-1_T2w", "sub-02_ses-2_T1w")),
+    *(f"sub-01/anat/sub-01_{name}" for name in (
+        "T1w.nii.gz", "T1w.json", "T2w.nii.gz", "T2w.json", "desc-deface_mask.nii.gz", "desc-deface_mask.json",
+        "desc-defaceT2w_mask.nii.gz", "desc-defaceT2w_mask.json")),
+    *(f"sub-02/ses-1/anat/sub-02_ses-1_{name}" for name in (
+        "T1w.nii.gz", "T1w.json", "T2w.nii.gz", "T2w.json", "desc-deface_mask.nii.gz", "desc-deface_mask.json",
+        "desc-defaceT2w_mask.nii.gz", "desc-defaceT2w_mask.json")),
+    *(f"sub-02/ses-2/anat/sub-02_ses-2_{name}" for name in (
+        "T1w.nii.gz", "T1w.json", "desc-deface_mask.nii.gz", "desc-deface_mask.json")),
+])
+
+
+def tree(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``, by relative path."""
+    return {path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> Path:
+    """Two subjects (T1w + T2w), the second with two sessions: five generated 4 mm heads."""
+    return write_bids_dataset(tmp_path_factory.mktemp("bids") / "raw")
+
+
+@pytest.fixture(scope="module")
+def defaced(raw, tmp_path_factory) -> tuple[Path, dict[str, str], int]:
+    """(OUTPUT_DIR, the raw tree's hashes before the run, exit code) of one BIDS App run."""
+    before = tree(raw)
+    out = tmp_path_factory.mktemp("derivatives") / "defacegan"
+    code = main(["deface", str(raw), str(out), "participant"])
+    return out, before, code
+
+
+def test_bids_app_writes_a_derivatives_dataset_and_keeps_the_raw_one(raw, defaced):
+    out, before, code = defaced
+    assert code == EXIT_OK
+    assert tree(raw) == before  # originals never modified
+    assert sorted(tree(out)) == EXPECTED  # no temporary files left
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    generated = description["GeneratedBy"][0]
+    assert generated["Name"] == "defacegan" and generated["Version"] == __version__ and "mask" in generated["Description"]
+    assert (out / ".bidsignore").read_text().split() == ["figures"]
+
+    t1w = json.loads((out / "sub-01/anat/sub-01_T1w.json").read_text())
+    assert t1w["RepetitionTime"] == 2.3 and t1w["FlipAngle"] == 8  # the input's sidecar, copied
+    assert t1w["DeidentificationMethodCodeSequence"] == [DEIDENTIFICATION_CODE]
+    assert isinstance(t1w["DeidentificationMethod"], list) and "defacegan" in t1w["DeidentificationMethod"][0]
+    t2w = json.loads((out / "sub-02/ses-1/anat/sub-02_ses-1_T2w.json").read_text())
+    assert t2w["EchoTime"] == 0.4  # inherited from the top-level T2w.json
+    no_sidecar = json.loads((out / "sub-02/ses-2/anat/sub-02_ses-2_T1w.json").read_text())
+    assert no_sidecar["DeidentificationMethodCodeSequence"] == [DEIDENTIFICATION_CODE]  # created
+
+    for image, mask in (("sub-01/anat/sub-01_T1w", "sub-01/anat/sub-01_desc-deface_mask"),
+                        ("sub-01/anat/sub-01_T2w", "sub-01/anat/sub-01_desc-defaceT2w_mask")):
+        original = nib.load(str(raw / f"{image}.nii.gz"))
+        written, removed = nib.load(str(out / f"{image}.nii.gz")), nib.load(str(out / f"{mask}.nii.gz"))
+        assert written.get_data_dtype() == original.get_data_dtype() and removed.get_data_dtype() == np.uint8
+        np.testing.assert_allclose(written.affine, original.affine)
+        region = np.asanyarray(removed.dataobj)
+        assert set(np.unique(region)) == {0, 1}
+        np.testing.assert_array_equal(np.asanyarray(written.dataobj), np.where(region == 1, 0, original.dataobj))
+    assert (out / "figures/sub-01_T1w_deface.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_derivatives_pass_the_bids_validator(defaced):
+    out, _, code = defaced
+    assert code == EXIT_OK
+    validator = shutil.which("bids-validator-deno") or shutil.which("bids-validator-deno", path=str(Path(sys.executable).parent))
+    if validator is None:
+        pytest.skip("bids-validator-deno is not installed (pip install bids-validator-deno)")
+    try:
+        run = subprocess.run([validator, str(out), "--json"], capture_output=True, text=True, timeout=120)
+        issues = json.loads(run.stdout)["issues"]["issues"]
+    except (OSError, subprocess.TimeoutExpired, ValueError, KeyError) as error:
+        pytest.skip(f"bids-validator-deno could not run offline here ({type(error).__name__}: {error})")
+    errors = [(issue["code"], issue.get("location"), issue.get("subCode")) for issue in issues if issue["severity"] == "error"]
+    assert errors == []
+    assert run.returncode == 0
+
+
+def test_a_second_run_skips_finished_scans_and_redoes_an_unfinished_one(raw, defaced, tmp_path, capsys):
+    out = tmp_path / "defacegan"
+    shutil.copytree(defaced[0], out)
+    finished = tree(out)
+    capsys.readouterr()
+
+    assert main(["deface", str(raw), str(out), "participant"]) == EXIT_OK
+    assert capsys.readouterr().out.count("already defaced") == 5
+    assert tree(out) == finished
+
+    (out / "sub-02/ses-1/anat/sub-02_ses-1_desc-defaceT2w_mask.nii.gz").unlink()  # as if killed mid-scan
+    assert main(["deface", str(raw), str(out), "participant"]) == EXIT_OK
+    printed = capsys.readouterr().out
+    assert printed.count("already defaced") == 4 and "sub-02_ses-1_T2w.nii.gz: defaced (mask)" in printed
+    assert sorted(tree(out)) == EXPECTED
+
+
+def test_labels_select_scans_and_a_wrong_label_is_an_error(raw, tmp_path, capsys):
+    def names(**labels):
+        return [scan.relative.name for scan in find_scans(raw, **labels)]
+
+    assert names(participant_labels=["sub-01"]) == ["sub-01_T1w.nii.gz", "sub-01_T2w.nii.gz"]
+    assert names(participant_labels=["02"], session_labels=["ses-2"]) == ["sub-02_ses-2_T1w.nii.gz"]
+    with pytest.raises(ValueError, match="subject.*07"):
+        find_scans(raw, participant_labels=["01", "07"])
+
+    code = main(["deface", str(raw), str(tmp_path / "out"), "participant", "--session-label", "9"])
+    error = capsys.readouterr().err
+    assert code == EXIT_UNREADABLE and error.count("\n") == 1 and "session(s) 9" in error
+    code = main(["deface", str(raw), str(raw / "sub-01"), "participant"])
+    assert code == EXIT_UNREADABLE and "outside the BIDS dataset" in capsys.readouterr().err
+
+
+def test_a_bad_scan_is_reported_and_the_others_are_defaced(tmp_path, capsys):
+    raw = write_bids_dataset(tmp_path / "raw", layout=(("01", None, ("T1w",)),))
+    broken = raw / "sub-02" / "anat" / "sub-02_T1w.nii.gz"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not a nifti")
+    out = tmp_path / "out"
+
+    code = main(["deface", str(raw), str(out), "participant", "--nprocs", "2"])  # workers report errors too
+
+    printed = capsys.readouterr()
+    assert code == EXIT_UNREADABLE
+    assert printed.err.startswith(f"error: {broken}: ") and printed.err.count("\n") == 1
+    assert "1 of 2 done, 1 failed" in printed.out
+    assert (out / "sub-01/anat/sub-01_T1w.nii.gz").exists() and not (out / "sub-02").exists()
