@@ -114,7 +114,8 @@ def test_a_second_run_skips_finished_scans_and_redoes_an_unfinished_one(raw, def
     assert capsys.readouterr().out.count("already defaced") == 5
     assert tree(out) == finished
 
-    (out / "sub-02/ses-1/anat/sub-02_ses-1_desc-defaceT2w_mask.nii.gz").unlink()  # as if killed mid-scan
+    mask = out / "sub-02/ses-1/anat/sub-02_ses-1_desc-defaceT2w_mask.nii.gz"
+    mask.rename(mask.with_name(f".{mask.name}.x1y2z3.nii.gz"))  # as if killed while writing it
     assert main(["deface", str(raw), str(out), "participant"]) == EXIT_OK
     printed = capsys.readouterr().out
     assert printed.count("already defaced") == 4 and "sub-02_ses-1_T2w.nii.gz: defaced (mask)" in printed
@@ -151,3 +152,18 @@ def test_a_bad_scan_is_reported_and_the_others_are_defaced(tmp_path, capsys):
     assert printed.err.startswith(f"error: {broken}: ") and printed.err.count("\n") == 1
     assert "1 of 2 done, 1 failed" in printed.out
     assert (out / "sub-01/anat/sub-01_T1w.nii.gz").exists() and not (out / "sub-02").exists()
+
+
+def test_bids_app_check_writes_its_report_to_the_output_folder(raw, detector_ckpt, tmp_path, capsys):
+    before = tree(raw)
+    out = tmp_path / "check"
+
+    code = main(["check", str(raw), str(out), "participant", "--participant-label", "02", "--session-label", "1",
+                 "--ckpt", str(detector_ckpt), "--workers", "0"])
+
+    printed = capsys.readouterr().out
+    assert code in (EXIT_OK, 1), printed
+    assert (out / "results.tsv").is_file() and (out / "index.html").is_file() and f"report: {out}" in printed
+    files = [Path(row["file"]).name for row in json.loads((out / "results.json").read_text())["results"]]
+    assert sorted(files) == ["sub-02_ses-1_T1w.nii.gz", "sub-02_ses-1_T2w.nii.gz"]
+    assert tree(raw) == before

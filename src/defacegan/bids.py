@@ -191,7 +191,7 @@ def deface_scan(scan: BidsScan, out: str | os.PathLike, method: str, protect: Se
     """Deface one scan into the derivatives dataset ``out``; return a one-line summary.
 
     A scan whose outputs all exist is skipped; otherwise all of them are (re)written, the image
-    last. Raises :class:`ScanError` for a scan that cannot be read or registered.
+    last, and temporary files left by a killed run are removed. Raises :class:`ScanError` for a scan that cannot be read or registered.
     """
     from defacegan.deface import deface  # SimpleITK, matplotlib load only when needed
     from defacegan.report import deface_qc_figure, save_figure
@@ -199,6 +199,9 @@ def deface_scan(scan: BidsScan, out: str | os.PathLike, method: str, protect: Se
     outputs = outputs_for(scan, out)
     if all(path.exists() for path in outputs.all()):
         return f"already defaced -> {outputs.image}"
+    for path in outputs.all():  # temporary files of a run killed while writing (see io.save_nifti)
+        for stale in path.parent.glob(f".{path.name}.*"):
+            stale.unlink()
     protect = (scan.path, *protect)
     loaded = load_scan(scan.path)
     result = deface(loaded, methods=(method,))[method]

@@ -143,6 +143,8 @@ def add_check(commands) -> None:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="processes decoding scans in parallel (default: one per CPU, at most 4; 0: none)")
     parser.add_argument("--batch-size", type=int, default=8, help="scans classified together")
+    parser.add_argument("--session-label", nargs="+", default=(), metavar="LABEL",
+                        help="only these sessions of BIDS datasets (with or without 'ses-')")
     parser.set_defaults(run=run_check)
 
 
@@ -152,8 +154,13 @@ def run_check(args) -> int:
     from defacegan import check
 
     started = time.perf_counter()
+    if (bids_app := bids_app_paths(args.paths)) is not None:
+        if not check.is_bids_root(bids_app[0]):
+            print(f"error: {bids_app[0]}: not a BIDS dataset (no dataset_description.json)", file=sys.stderr)
+            return EXIT_UNREADABLE
+        args.paths, args.out = [bids_app[0]], bids_app[1]
     try:
-        scans = check.gather_scans(args.paths, args.participant_label)
+        scans = check.gather_scans(args.paths, args.participant_label, args.session_label)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_UNREADABLE
