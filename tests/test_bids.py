@@ -118,7 +118,7 @@ def test_a_second_run_skips_finished_scans_and_redoes_an_unfinished_one(raw, def
     mask.rename(mask.with_name(f".{mask.name}.x1y2z3.nii.gz"))  # as if killed while writing it
     assert main(["deface", str(raw), str(out), "participant"]) == EXIT_OK
     printed = capsys.readouterr().out
-    assert printed.count("already defaced") == 4 and "sub-02_ses-1_T2w.nii.gz: defaced (mask)" in printed
+    assert printed.count("already defaced") == 4 and "sub-02_ses-1_T2w.nii.gz: defaced (mask from sub-02_ses-1_T1w.nii.gz)" in printed
     assert sorted(tree(out)) == EXPECTED
 
 
@@ -167,3 +167,42 @@ def test_bids_app_check_writes_its_report_to_the_output_folder(raw, detector_ckp
     files = [Path(row["file"]).name for row in json.loads((out / "results.json").read_text())["results"]]
     assert sorted(files) == ["sub-02_ses-1_T1w.nii.gz", "sub-02_ses-1_T2w.nii.gz"]
     assert tree(raw) == before
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * np.count_nonzero(a & b) / max(np.count_nonzero(a) + np.count_nonzero(b), 1)
+
+
+def test_other_contrasts_lose_the_t1w_region(defaced):
+    out = defaced[0]
+    t1w, t2w = (np.asanyarray(nib.load(str(out / f"sub-02/ses-1/anat/sub-02_ses-1_{name}_mask.nii.gz")).dataobj) > 0
+                for name in ("desc-deface", "desc-defaceT2w"))
+    assert t1w.any() and dice(t1w, t2w) > 0.97  # the T2w is the same anatomy on the same grid
+    sidecar = json.loads((out / "sub-02/ses-1/anat/sub-02_ses-1_T2w.json").read_text())
+    assert "carried over by rigid registration" in sidecar["DeidentificationMethod"][0]
+    assert "sub-02_ses-1_T1w.nii.gz" in sidecar["DeidentificationMethod"][0]
+
+
+def test_carried_region_follows_a_moved_head():
+    """A T2w-like contrast moved by a known rigid motion gets the T1w's region moved the same way."""
+    import SimpleITK as sitk
+
+    from defacegan.deface import deface, deface_like, to_sitk, warp
+    from defacegan.io import Scan
+    from support.bids_fixture import generated_head, inverted
+
+    data, affine = generated_head(7)
+    t1w = Scan(data.astype(np.float32), affine)
+    removed = deface(t1w)["mask"].removed
+    motion = sitk.Euler3DTransform()
+    motion.SetCenter((affine @ [*(np.asarray(data.shape) / 2), 1])[:3].tolist())
+    motion.SetRotation(np.deg2rad(6), np.deg2rad(-4), 0.0)
+    motion.SetTranslation((5.0, -6.0, 4.0))
+    moved = Scan(warp(to_sitk(inverted(data), affine), motion, data.shape, affine), affine)
+    expected = warp(to_sitk(removed.astype(np.float32), affine), motion, data.shape, affine) >= 0.5
+
+    carried = deface_like(moved, t1w, removed, "mask")
+
+    assert dice(carried.removed, expected) > 0.9
+    assert dice(carried.removed, removed) < dice(carried.removed, expected)  # it did move
+    np.testing.assert_array_equal(carried.defaced[carried.removed], 0)

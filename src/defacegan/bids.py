@@ -2,7 +2,9 @@
 
 ``defacegan deface BIDS_DIR OUTPUT_DIR participant`` reads the raw dataset with pybids
 (:func:`find_scans`), and writes, for every anatomical scan that can show a face
-(:data:`FACE_SUFFIXES`), under the same relative path in OUTPUT_DIR:
+(:data:`FACE_SUFFIXES`), under the same relative path in OUTPUT_DIR (a T1w is registered to
+pydeface's template; the session's other contrasts get the T1w's removed region by rigid
+registration, or the template's when the session has no T1w):
 
 - the defaced image (same entities, header and voxel order as the input),
 - its sidecar JSON: the input's metadata (BIDS inheritance resolved) plus
@@ -20,13 +22,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from defacegan import __version__
-from defacegan.io import ScanError, ScanFile, atomic_write_text, head_threshold, load_scan, save_nifti, stem
+from defacegan.io import Scan, ScanError, ScanFile, atomic_write_text, head_threshold, load_scan, save_nifti, stem
 
 #: Anatomical BIDS suffixes whose images can show a face.
 FACE_SUFFIXES = ("T1w", "T2w", "PD", "FLAIR")
@@ -55,6 +57,11 @@ class BidsScan:
     relative: Path
     entities: dict = field(hash=False)
     metadata: dict = field(hash=False)
+    reference: BidsScan | None = None  # the session's T1w, whose removed region this scan gets
+
+    @property
+    def session_key(self) -> tuple[str, str]:
+        return self.entities.get("subject", ""), self.entities.get("session", "")
 
     @property
     def suffix(self) -> str:
@@ -74,7 +81,9 @@ def find_scans(
     session_labels: Sequence[str] = (),
     suffixes: Sequence[str] = FACE_SUFFIXES,
 ) -> list[BidsScan]:
-    """The anatomical images with ``suffixes`` of a raw BIDS dataset, sorted by path.
+    """The anatomical images with ``suffixes`` of a raw BIDS dataset, by session, T1w first.
+
+    Every other contrast gets its session's (first) T1w as ``reference``.
 
     Labels may carry their ``sub-``/``ses-`` prefix or not. A label that matches no image is a
     ``ValueError``, so that a typo cannot pass for a finished dataset. ``derivatives/`` and
@@ -100,7 +109,13 @@ def find_scans(
         BidsScan(Path(file.path), Path(file.relpath), dict(file.entities), file.get_metadata())
         for file in files
     ]
-    return sorted(scans, key=lambda scan: scan.relative)
+    # Each session's T1w first, so that a serial run finds its removed region on disk.
+    scans.sort(key=lambda scan: (scan.session_key, scan.suffix != "T1w", scan.relative))
+    t1w: dict[tuple[str, str], BidsScan] = {}
+    for scan in scans:
+        if scan.suffix == "T1w":
+            t1w.setdefault(scan.session_key, scan)
+    return [replace(scan, reference=t1w.get(scan.session_key)) if scan.suffix != "T1w" else scan for scan in scans]
 
 
 def mask_desc(suffix: str) -> str:
@@ -191,9 +206,12 @@ def deface_scan(scan: BidsScan, out: str | os.PathLike, method: str, protect: Se
     """Deface one scan into the derivatives dataset ``out``; return a one-line summary.
 
     A scan whose outputs all exist is skipped; otherwise all of them are (re)written, the image
-    last, and temporary files left by a killed run are removed. Raises :class:`ScanError` for a scan that cannot be read or registered.
+    last, and temporary files left by a killed run are removed. A scan with a ``reference`` (its
+    session's T1w) loses the T1w's removed region, carried over by rigid registration; others are
+    registered to pydeface's template. Raises :class:`ScanError` for a scan that cannot be read
+    or registered.
     """
-    from defacegan.deface import deface  # SimpleITK, matplotlib load only when needed
+    from defacegan.deface import deface, deface_like  # SimpleITK, matplotlib load only when needed
     from defacegan.report import deface_qc_figure, save_figure
 
     outputs = outputs_for(scan, out)
@@ -204,7 +222,17 @@ def deface_scan(scan: BidsScan, out: str | os.PathLike, method: str, protect: Se
             stale.unlink()
     protect = (scan.path, *protect)
     loaded = load_scan(scan.path)
-    result = deface(loaded, methods=(method,))[method]
+    if scan.reference is None:
+        result = deface(loaded, methods=(method,))[method]
+        how = f"defacegan {__version__} ({method}): {METHOD_DESCRIPTIONS[method]}"
+    else:
+        try:
+            reference, region = reference_region(scan.reference, out, method)
+        except ScanError as error:
+            raise ScanError(scan.path, f"its T1w could not be defaced ({error})") from None
+        result = deface_like(loaded, reference, region, method)
+        how = (f"defacegan {__version__} ({method}): the region removed from {scan.reference.relative.name} "
+               f"({METHOD_DESCRIPTIONS[method]}), carried over by rigid registration (SimpleITK, mutual information)")
     save_nifti(loaded.to_original(result.removed, dtype=np.uint8), outputs.mask, overwrite=True, protect=protect)
     image_uri = f"bids::{outputs.image.relative_to(Path(out)).as_posix()}"
     atomic_write_text(outputs.mask_sidecar, _json({
@@ -219,12 +247,27 @@ def deface_scan(scan: BidsScan, out: str | os.PathLike, method: str, protect: Se
     metadata = {
         **scan.metadata,
         "SkullStripped": False,
-        "DeidentificationMethod": [*([methods] if isinstance(methods, str) else methods),
-                                   f"defacegan {__version__} ({method}): {METHOD_DESCRIPTIONS[method]}"],
+        "DeidentificationMethod": [*([methods] if isinstance(methods, str) else methods), how],
         "DeidentificationMethodCodeSequence": [*([codes] if isinstance(codes, dict) else codes), DEIDENTIFICATION_CODE],
     }
     atomic_write_text(outputs.sidecar, _json(metadata))
     save_nifti(loaded.to_original(result.defaced), outputs.image, overwrite=True, protect=protect)
     head = loaded.data > head_threshold(loaded.data)
     removed = 100 * np.count_nonzero(result.removed & head) / max(np.count_nonzero(head), 1)
-    return f"defaced ({method}), {removed:.1f}% of head removed -> {outputs.image}"
+    carried = f" from {scan.reference.relative.name}" if scan.reference else ""
+    return f"defaced ({method}{carried}), {removed:.1f}% of head removed -> {outputs.image}"
+
+
+def reference_region(reference: BidsScan, out: str | os.PathLike, method: str) -> tuple[Scan, np.ndarray]:
+    """(the T1w scan, its removed region, bool RAS+): read from its finished outputs in ``out``,
+    or defaced afresh (the same seed gives the same region) when a parallel run has not written
+    them yet."""
+    import nibabel as nib
+
+    from defacegan.deface import deface
+
+    scan = load_scan(reference.path)
+    outputs = outputs_for(reference, out)
+    if all(path.exists() for path in outputs.all()):
+        return scan, np.asanyarray(nib.as_closest_canonical(nib.load(str(outputs.mask))).dataobj) > 0
+    return scan, deface(scan, methods=(method,))[method].removed
