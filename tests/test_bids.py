@@ -121,6 +121,10 @@ def test_a_second_run_skips_finished_scans_and_redoes_an_unfinished_one(raw, def
     assert printed.count("already defaced") == 4 and "sub-02_ses-1_T2w.nii.gz: defaced (mask from sub-02_ses-1_T1w.nii.gz)" in printed
     assert sorted(tree(out)) == EXPECTED
 
+    finished = tree(out)
+    assert main(["deface", str(raw), str(out), "participant", "--method", "plane"]) == EXIT_UNREADABLE
+    assert "holds other outputs" in capsys.readouterr().err and tree(out) == finished
+
 
 def test_labels_select_scans_and_a_wrong_label_is_an_error(raw, tmp_path, capsys):
     def names(**labels):
@@ -143,14 +147,18 @@ def test_a_bad_scan_is_reported_and_the_others_are_defaced(tmp_path, capsys):
     broken = raw / "sub-02" / "anat" / "sub-02_T1w.nii.gz"
     broken.parent.mkdir(parents=True)
     broken.write_bytes(b"not a nifti")
+    orphan = broken.with_name("sub-02_T2w.nii.gz")  # readable, but its T1w cannot be defaced
+    shutil.copy(raw / "sub-01" / "anat" / "sub-01_T1w.nii.gz", orphan)
     out = tmp_path / "out"
 
     code = main(["deface", str(raw), str(out), "participant", "--nprocs", "2"])  # workers report errors too
 
     printed = capsys.readouterr()
     assert code == EXIT_UNREADABLE
-    assert printed.err.startswith(f"error: {broken}: ") and printed.err.count("\n") == 1
-    assert "1 of 2 done, 1 failed" in printed.out
+    errors = printed.err.splitlines()
+    assert len(errors) == 2 and errors[0].startswith(f"error: {broken}: not a readable NIfTI")
+    assert errors[1].startswith(f"error: {orphan}: its T1w could not be defaced ({broken}: ")
+    assert "1 of 3 done, 2 failed" in printed.out
     assert (out / "sub-01/anat/sub-01_T1w.nii.gz").exists() and not (out / "sub-02").exists()
 
 
