@@ -29,7 +29,8 @@ from rich.text import Text
 
 from defacegan.contract import VERDICTS
 from defacegan.inference import Detector, Prediction
-from defacegan.io import ScanFile, atomic_write_bytes, atomic_write_text, bids_anatomical_scans, find_scans, stem
+from defacegan import bids
+from defacegan.io import ScanFile, atomic_write_bytes, atomic_write_text, find_scans, stem
 
 #: The anatomical BIDS suffixes whose images can show a face.
 BIDS_SUFFIXES = ("T1w", "T2w", "PD")
@@ -39,19 +40,23 @@ MISSING = "n/a"
 TEMPLATES = Environment(loader=PackageLoader("defacegan", "templates"), autoescape=select_autoescape())
 
 
-def is_bids_root(folder: Path) -> bool:
-    return folder.is_dir() and (folder / "dataset_description.json").is_file()
+is_bids_root = bids.is_bids_root
 
 
-def gather_scans(paths: Iterable[str | os.PathLike], participant_labels: Sequence[str] = ()) -> list[ScanFile]:
-    """Expand NIfTI files, folders (recursively) and BIDS roots into the scans to check.
+def gather_scans(paths: Iterable[str | os.PathLike], participant_labels: Sequence[str] = (),
+                 session_labels: Sequence[str] = ()) -> list[ScanFile]:
+    """Expand NIfTI files, folders (recursively) and BIDS roots (read with pybids) into the scans to check.
 
     ``participant_labels`` (with or without ``sub-``) keeps only those subjects; a label that
     matches no scan is an error, so that a typo cannot pass for a clean dataset.
+    ``session_labels`` (with or without ``ses-``) selects sessions of BIDS roots.
     """
     scans: dict[Path, ScanFile] = {}
     for path in map(Path, paths):
-        found = bids_anatomical_scans(path, BIDS_SUFFIXES) if is_bids_root(path) else map(ScanFile.from_path, find_scans([path]))
+        if is_bids_root(path):
+            found = [scan.scan_file() for scan in bids.find_scans(path, session_labels=session_labels, suffixes=BIDS_SUFFIXES)]
+        else:
+            found = map(ScanFile.from_path, find_scans([path]))
         scans.update((scan.path, scan) for scan in found if scan.path not in scans)
     selected = list(scans.values())
     if participant_labels:

@@ -19,17 +19,33 @@ from defacegan.io import ScanError, find_scans, head_threshold, load_scan, save_
 from defacegan.manifest import METHODS, load_manifest
 
 EXIT_OK, EXIT_FACE, EXIT_UNREADABLE = 0, 1, 2
+ANALYSIS_LEVEL = "participant"  # the BIDS-App form's third positional; there is no group level
 
 
-def run_batch(paths: Iterable[Path], process: Callable[[Path], str]) -> list[ScanError]:
-    """Apply ``process`` to each path, printing its one-line result; collect the failures."""
+def run_batch(items: Iterable, process: Callable[[object], str], nprocs: int = 1) -> list[ScanError]:
+    """Apply ``process`` to each item (a path, or anything with a ``path``), printing its one-line
+    result; collect the failures. ``nprocs > 1`` runs that many worker processes (``process``
+    must then be picklable: a module-level function or a ``functools.partial`` of one)."""
+    items = list(items)
     failures: list[ScanError] = []
-    for path in paths:
+
+    def report(item, outcome: Callable[[], str]) -> None:
         try:
-            print(f"{path}: {process(path)}", flush=True)
+            print(f"{getattr(item, 'path', item)}: {outcome()}", flush=True)
         except ScanError as error:
             failures.append(error)
             print(f"error: {error}", file=sys.stderr, flush=True)
+
+    if nprocs > 1 and len(items) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(nprocs, len(items))) as pool:
+            futures = [pool.submit(process, item) for item in items]
+            for item, future in zip(items, futures):
+                report(item, future.result)
+    else:
+        for item in items:
+            report(item, lambda: process(item))
     return failures
 
 
@@ -38,6 +54,20 @@ def report_failures(failures: list[ScanError], total: int, started: float) -> in
     seconds = time.perf_counter() - started
     print(f"{total - len(failures)} of {total} done, {len(failures)} failed, {seconds:.1f} s")
     return EXIT_UNREADABLE if failures else EXIT_OK
+
+
+def bids_app_paths(paths: list[Path]) -> tuple[Path, Path] | None:
+    """(BIDS_DIR, OUTPUT_DIR) when the positionals are the BIDS-App form `BIDS_DIR OUTPUT_DIR participant`."""
+    if len(paths) == 3 and str(paths[2]) == ANALYSIS_LEVEL:
+        return paths[0], paths[1]
+    return None
+
+
+def add_bids_app_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("BIDS App form (BIDS_DIR OUTPUT_DIR participant)")
+    group.add_argument("--session-label", nargs="+", default=(), metavar="LABEL",
+                       help="only these sessions (with or without 'ses-')")
+    group.add_argument("--nprocs", type=int, default=1, help="scans processed in parallel (default 1)")
 
 
 # Each subcommand: `add_<name>(commands)` declares its arguments and sets `run=run_<name>`,
@@ -102,7 +132,8 @@ def add_check(commands) -> None:
         "are written to that folder and nowhere else; keep it as private as the scans.",
     )
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
-                        help="NIfTI file, folder (searched recursively) or BIDS root (T1w/T2w/PD in anat/)")
+                        help="NIfTI file, folder (searched recursively) or BIDS root (T1w/T2w/PD in anat/); "
+                        "or BIDS_DIR OUTPUT_DIR participant (BIDS App: the report goes to OUTPUT_DIR)")
     parser.add_argument("--out", type=Path, help="write results.tsv, results.json, views/*.png and index.html here")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--threshold", type=float, default=0.5, help="p(face) at or above which a scan is called 'face' (default 0.5)")
@@ -112,6 +143,8 @@ def add_check(commands) -> None:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="processes decoding scans in parallel (default: one per CPU, at most 4; 0: none)")
     parser.add_argument("--batch-size", type=int, default=8, help="scans classified together")
+    parser.add_argument("--session-label", nargs="+", default=(), metavar="LABEL",
+                        help="only these sessions of BIDS datasets (with or without 'ses-')")
     parser.set_defaults(run=run_check)
 
 
@@ -121,8 +154,13 @@ def run_check(args) -> int:
     from defacegan import check
 
     started = time.perf_counter()
+    if (bids_app := bids_app_paths(args.paths)) is not None:
+        if not check.is_bids_root(bids_app[0]):
+            print(f"error: {bids_app[0]}: not a BIDS dataset (no dataset_description.json)", file=sys.stderr)
+            return EXIT_UNREADABLE
+        args.paths, args.out = [bids_app[0]], bids_app[1]
     try:
-        scans = check.gather_scans(args.paths, args.participant_label)
+        scans = check.gather_scans(args.paths, args.participant_label, args.session_label)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_UNREADABLE
@@ -231,8 +269,10 @@ def add_deface(commands) -> None:
         description="Register pydeface's template onto each scan and zero its face. Writes "
         "<stem>_defaced.nii.gz in the input's orientation and header; inputs are never modified.",
     )
-    parser.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="NIfTI files or folders")
-    parser.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="IN",
+                        help="NIfTI files or folders (with -o); or BIDS_DIR OUTPUT_DIR participant: write "
+                        "OUTPUT_DIR as a BIDS-Derivatives dataset (defaced images, sidecars, masks, figures/)")
+    parser.add_argument("-o", "--out", type=Path, help="output folder (files and folders form)")
     parser.add_argument("--method", choices=METHODS, default="mask",
                         help="mask: pydeface's face mask (default); plane: quickshear-style cut below the brain")
     parser.add_argument("--save-mask", action="store_true",
@@ -240,13 +280,40 @@ def add_deface(commands) -> None:
     parser.add_argument("--qc", action="store_true",
                         help="also write <stem>_qc.png: sagittal slice and frontal rendering, before and after")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--participant-label", nargs="+", default=(), metavar="LABEL",
+                        help="BIDS App form: only these subjects (with or without 'sub-')")
+    add_bids_app_options(parser)
     parser.set_defaults(run=run_deface)
+
+
+def run_deface_bids(args, bids_dir: Path, output_dir: Path) -> int:
+    from functools import partial
+
+    from defacegan import bids
+
+    started = time.perf_counter()
+    try:
+        scans = bids.find_scans(bids_dir, args.participant_label, args.session_label)
+        if not scans:
+            raise ValueError(f"{bids_dir}: no {', '.join(bids.FACE_SUFFIXES)} images in sub-*/[ses-*/]anat/")
+        bids.prepare_output(bids_dir, output_dir, args.method)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    process = partial(bids.deface_scan, out=output_dir, method=args.method)
+    failures = run_batch(scans, process, nprocs=args.nprocs)
+    return report_failures(failures, len(scans), started)
 
 
 def run_deface(args) -> int:
     from defacegan.deface import deface  # SimpleITK, matplotlib load only when needed
     from defacegan.report import deface_qc_figure, save_figure
 
+    if (bids_app := bids_app_paths(args.inputs)) is not None:
+        return run_deface_bids(args, *bids_app)
+    if args.out is None:
+        print("error: deface needs -o OUT (or the BIDS App form: BIDS_DIR OUTPUT_DIR participant)", file=sys.stderr)
+        return EXIT_UNREADABLE
     started = time.perf_counter()
     paths = find_scans(args.inputs)
     if not paths:

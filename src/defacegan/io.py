@@ -43,6 +43,9 @@ class ScanError(Exception):
         self.reason = " ".join(str(reason).split())
         super().__init__(f"{self.path or '<array>'}: {self.reason}")
 
+    def __reduce__(self):  # pickled by worker processes: rebuilt from (path, reason), not the message
+        return type(self), (self.path, self.reason)
+
 
 def is_nifti(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
@@ -86,8 +89,16 @@ class Scan:
         header = self.original.header.copy()
         if dtype is None:
             # The input's stored type; NaN slope lets nibabel choose the scaling on save.
-            header.set_data_dtype(self.original.get_data_dtype())
+            stored = self.original.get_data_dtype()
+            header.set_data_dtype(stored)
             header.set_slope_inter(np.nan, np.nan)
+            slope, inter = self.original.header.get_slope_inter()
+            if (np.issubdtype(stored, np.integer) and slope in (None, 1.0) and inter in (None, 0.0)
+                    and np.array_equal(array, np.rint(array))
+                    and array.min() >= np.iinfo(stored).min and array.max() <= np.iinfo(stored).max):
+                # Unscaled integers that stay integers (a defaced image) are written exactly as they were.
+                header.set_slope_inter(1.0, 0.0)
+                array = array.astype(stored)
         else:
             header.set_data_dtype(np.dtype(dtype))
             header.set_slope_inter(1.0, 0.0)
