@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from pytorch_lightning import Trainer
 from pytorch_lightning.accelerators import CPUAccelerator
@@ -125,3 +126,21 @@ def test_comparison_table_has_one_row_per_job(tmp_path):
     assert len(lines) == 4 and "f1_plane" in lines[0]
     assert "| logreg | all | mask |" in lines[2] and "1.0000" in lines[3]
     assert (tmp_path / "comparison.csv").read_text().count("\n") == 3
+
+
+def test_a_sweep_folder_resolves_before_hydra_sets_its_runtime(monkeypatch, tmp_path):
+    """`python train.py -m experiment=compare` resolves hydra.sweep.dir before any job runs, when
+    Hydra's runtime config is not set yet: it must not need it (it did, and every README sweep failed)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    monkeypatch.chdir(tmp_path)
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=compare"], return_hydra_config=True)
+    saved = HydraConfig.instance().cfg
+    HydraConfig.instance().cfg = None
+    try:
+        sweep_dir = OmegaConf.select(cfg, "hydra.sweep.dir")
+    finally:
+        HydraConfig.instance().cfg = saved
+    assert Path(sweep_dir).parent == tmp_path / "outputs" / "train" / "multiruns"

@@ -34,6 +34,9 @@ from defacegan.models.cnn import MultiBranchCNN
 log = logging.getLogger(__name__)
 
 OmegaConf.register_new_resolver("path_name", lambda path: Path(str(path)).name, replace=True)
+# The launch folder, resolvable before Hydra sets its runtime config: a multirun's sweep folder is
+# resolved then, and `${hydra:runtime.cwd}` there failed every `python train.py -m experiment=...`.
+OmegaConf.register_new_resolver("launch_dir", os.getcwd, replace=True)
 OmegaConf.register_new_resolver("is_gpu", lambda accelerator: str(accelerator) in ("gpu", "cuda"), replace=True)
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
