@@ -55,13 +55,15 @@ from defacegan.detector_training import (
 )
 from defacegan.families import FAMILIES, SWEEP_MODES, FaceBundle, remove_share
 from defacegan.features import FACE_MIN_FRACTION, FEATURES
-from defacegan.inference import SHIPPED_CHECKPOINT, load_network
+from defacegan.inference import SHIPPED_CHECKPOINT, load_network, verdict_of
 from defacegan.io import atomic_write_text
 from defacegan.metrics import expected_calibration_error, wilson_interval
 from defacegan.report import markdown_table
 
 FACE, REMOVED, REPLACED = (VERDICTS.index(v) for v in VERDICTS)
 SWEEP_STEPS = np.linspace(0, 1, 11)
+#: `check --threshold` values whose trade-off the k-fold table shows.
+THRESHOLDS = (0.1, 0.2, 0.3, 0.5)
 
 
 def rate(hits: np.ndarray, subjects: np.ndarray) -> dict:
@@ -103,9 +105,14 @@ def kfold(bundles: list[FaceBundle], samples: Samples, contract: InputContract, 
     return probabilities, raw, models, seconds
 
 
-def headline(samples: Samples, probabilities: np.ndarray) -> dict[str, dict]:
-    """The issue's targets, each as a rate over test scans."""
-    said = probabilities.argmax(1)
+def verdicts(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Each scan's verdict index by `check`'s rule (:func:`defacegan.inference.verdict_of`)."""
+    return np.array([VERDICTS.index(verdict_of(dict(zip(VERDICTS, map(float, p))), threshold)) for p in probabilities])
+
+
+def headline(samples: Samples, probabilities: np.ndarray, threshold: float = 0.5) -> dict[str, dict]:
+    """The issue's targets, each as a rate over test scans, at `check --threshold` ``threshold``."""
+    said = verdicts(probabilities, threshold)
     eyes, nose = FEATURES.index("eyes"), FEATURES.index("nose")
     keeps_eyes_nose = (samples.own[:, eyes] >= FACE_MIN_FRACTION) & (samples.own[:, nose] >= FACE_MIN_FRACTION)
     groups = {
@@ -121,7 +128,7 @@ def headline(samples: Samples, probabilities: np.ndarray) -> dict[str, dict]:
 
 
 def per_family(samples: Samples, probabilities: np.ndarray) -> dict[str, dict]:
-    said = probabilities.argmax(1)
+    said = verdicts(probabilities)
     table = {}
     for family in FAMILIES:
         which = samples.family == family
@@ -197,7 +204,7 @@ def leave_one_family_out(samples: Samples, contract: InputContract, bundles: lis
         net = fit(samples.where(without & np.isin(samples.subject, train_subjects)), contract, epochs=epochs, seed=seed)
         calibrate(net, samples.where(without & np.isin(samples.subject, val_subjects)))
         held = samples.where((samples.family == family) & np.isin(samples.subject, test))
-        said = logits_of(net, held.views).argmax(1).numpy()
+        said = verdicts(torch.softmax(logits_of(net, held.views), 1).numpy())
         results[family] = {
             "labels": {v: int((held.label == i).sum()) for i, v in enumerate(VERDICTS)},
             "three_way": rate(said == held.label, held.subject),
@@ -250,6 +257,10 @@ def markdown(report: dict) -> str:
               f"trained without it ({report['draws']} draws per family and subject, {report['epochs']} epochs).", "",
               table(["k-fold test", "rate", "scans (subjects)"], headline_rows(report["headline"])), "",
               table(family_columns, family_rows(report["per_family"])), ""]
+    names = list(report["headline"])
+    rows = [[name, *(rate_text(report["thresholds"][str(t)][name]) for t in THRESHOLDS)] for name in names]
+    lines += ["k-fold rates at other `check --threshold` values (a scan is `face` when p(face) ≥ threshold):", "",
+              table(["k-fold test", *(f"threshold {t}" for t in THRESHOLDS)], rows), ""]
     calibration = report["calibration"]
     lines += [f"Expected calibration error (15 bins): {calibration['ece_raw']:.3f} before, "
               f"{calibration['ece_calibrated']:.3f} after temperature scaling ({calibration['scans']} test scans).", ""]
@@ -292,6 +303,7 @@ def main() -> None:
         "subjects": len(bundles), "folds": args.folds, "draws": args.draws, "epochs": args.epochs,
         "contract": contract.to_dict(), "fit_seconds": seconds,
         "headline": headline(samples, probabilities),
+        "thresholds": {str(t): headline(samples, probabilities, t) for t in THRESHOLDS},
         "per_family": per_family(samples, probabilities),
         "calibration": {"ece_raw": expected_calibration_error(raw, samples.label),
                         "ece_calibrated": expected_calibration_error(probabilities, samples.label),
