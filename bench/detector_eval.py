@@ -80,25 +80,31 @@ def rate_text(entry: dict) -> str:
     return f"{entry['rate']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
 
 
+def fold_of(bundles: list[FaceBundle], folds: int, seed: int) -> dict[str, int]:
+    """Each subject's fold: a seeded shuffle dealt round the ``folds``."""
+    subjects = sorted({b.subject for b in bundles})
+    order = np.random.default_rng(seed).permutation(len(subjects))
+    return {subjects[i]: n % folds for n, i in enumerate(order)}
+
+
 def kfold(bundles: list[FaceBundle], samples: Samples, contract: InputContract, folds: int, epochs: int, seed: int):
     """Test probabilities (calibrated and raw logits) for every sample, each from the fold model
     that did not see its subject; plus the fold models and the seconds each fit cost."""
-    subjects = np.array(sorted({b.subject for b in bundles}))
-    order = np.random.default_rng(seed).permutation(len(subjects))
-    fold_of = {subjects[i]: n % folds for n, i in enumerate(order)}
+    fold_of_subject = fold_of(bundles, folds, seed)
     probabilities = np.zeros((len(samples.label), len(VERDICTS)), np.float32)
     raw = np.zeros_like(probabilities)
     models, seconds = {}, []
     for fold in range(folds):
-        test = {s for s, f in fold_of.items() if f == fold}
-        train_subjects, val_subjects = split_subjects([s for s in subjects if s not in test], val=3, seed=seed + fold)
+        test = {s for s, f in fold_of_subject.items() if f == fold}
+        train_subjects, val_subjects = split_subjects([s for s in fold_of_subject if s not in test], val=3, seed=seed + fold)
         started = time.perf_counter()
         net = fit(samples.where(np.isin(samples.subject, train_subjects)), contract, epochs=epochs, seed=seed + fold)
         seconds.append(time.perf_counter() - started)
         at_test = np.isin(samples.subject, sorted(test))
-        raw[at_test] = torch.softmax(logits_of(net, samples.views[torch.as_tensor(at_test)]), 1).numpy()
+        logits = logits_of(net, samples.views[torch.as_tensor(at_test)])  # temperature 1 until calibrated
+        raw[at_test] = torch.softmax(logits, 1).numpy()
         calibrate(net, samples.where(np.isin(samples.subject, val_subjects)))
-        probabilities[at_test] = torch.softmax(logits_of(net, samples.views[torch.as_tensor(at_test)]), 1).numpy()
+        probabilities[at_test] = torch.softmax(logits / net.temperature, 1).numpy()
         models.update({s: net for s in test})
         print(f"fold {fold}: {len(train_subjects)} train / {len(val_subjects)} val / {len(test)} test subjects, "
               f"T = {float(net.temperature):.2f}, fit {seconds[-1]:.0f} s", flush=True)
@@ -191,10 +197,9 @@ def sweep_png(results: dict, path: Path) -> None:
 
 def leave_one_family_out(samples: Samples, contract: InputContract, bundles: list[FaceBundle], folds: int,
                          epochs: int, seed: int) -> dict:
-    subjects = np.array(sorted({b.subject for b in bundles}))
-    order = np.random.default_rng(seed).permutation(len(subjects))
-    test = sorted(subjects[i] for n, i in enumerate(order) if n % folds == 0)
-    train_subjects, val_subjects = split_subjects([s for s in subjects if s not in test], val=3, seed=seed)
+    fold_of_subject = fold_of(bundles, folds, seed)
+    test = sorted(s for s, f in fold_of_subject.items() if f == 0)
+    train_subjects, val_subjects = split_subjects([s for s in fold_of_subject if s not in test], val=3, seed=seed)
     results = {}
     for family in FAMILIES:
         if family == "none":

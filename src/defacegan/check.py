@@ -40,9 +40,6 @@ MISSING = "n/a"
 TEMPLATES = Environment(loader=PackageLoader("defacegan", "templates"), autoescape=select_autoescape())
 
 
-is_bids_root = bids.is_bids_root
-
-
 def gather_scans(paths: Iterable[str | os.PathLike], participant_labels: Sequence[str] = (),
                  session_labels: Sequence[str] = ()) -> list[ScanFile]:
     """Expand NIfTI files, folders (recursively) and BIDS roots (read with pybids) into the scans to check.
@@ -53,7 +50,7 @@ def gather_scans(paths: Iterable[str | os.PathLike], participant_labels: Sequenc
     """
     scans: dict[Path, ScanFile] = {}
     for path in map(Path, paths):
-        if is_bids_root(path):
+        if bids.is_bids_root(path):
             found = [scan.scan_file() for scan in bids.find_scans(path, session_labels=session_labels, suffixes=BIDS_SUFFIXES)]
         else:
             found = map(ScanFile.from_path, find_scans([path]))
@@ -112,7 +109,7 @@ class CheckResult:
             "session": self.session,
             "file": self.file,
             **{f"p_{verdict}": self.probability(verdict) for verdict in VERDICTS},
-            "verdict": self.status if not self.error else "error",
+            "verdict": self.status,
             "error": self.error,
             "views_png": self.views_png,
         }

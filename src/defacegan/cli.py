@@ -151,11 +151,11 @@ def add_check(commands) -> None:
 def run_check(args) -> int:
     import json
 
-    from defacegan import check
+    from defacegan import bids, check
 
     started = time.perf_counter()
     if (bids_app := bids_app_paths(args.paths)) is not None:
-        if not check.is_bids_root(bids_app[0]):
+        if not bids.is_bids_root(bids_app[0]):
             print(f"error: {bids_app[0]}: not a BIDS dataset (no dataset_description.json)", file=sys.stderr)
             return EXIT_UNREADABLE
         args.paths, args.out = [bids_app[0]], bids_app[1]

@@ -30,6 +30,7 @@ from torch import nn
 
 from defacegan.contract import VERDICTS, InputContract
 from defacegan.families import FAMILIES, FaceBundle, generate, make_bundle
+from defacegan.features import label_from
 from defacegan.io import atomic_write_bytes, load_scan, stem
 from defacegan.models.detector import DetectorNet, fit_temperature
 
@@ -118,7 +119,7 @@ def draw(bundles: Sequence[FaceBundle], contract: InputContract, families: Seque
                 variant = generate(bundle, family, rng)
                 own, foreign = variant.shares(bundle.features)
                 volumes.append(torch.from_numpy(variant.volume))
-                labels.append(VERDICTS.index(variant.label(bundle.features)))
+                labels.append(VERDICTS.index(label_from(own, foreign)))
                 names.append(family)
                 owns.append([own[name] for name in own])
         batch = torch.stack(volumes)[:, None]
@@ -132,7 +133,7 @@ def draw(bundles: Sequence[FaceBundle], contract: InputContract, families: Seque
 
 def fit(samples: Samples, contract: InputContract, epochs: int = EPOCHS, seed: int = 0, batch_size: int = 32,
         lr: float = 1e-3) -> DetectorNet:
-    """Fit a DetectorNet on drawn views: class-balanced cross-entropy, AdamW, cosine schedule."""
+    """Fit a DetectorNet on drawn views: class-balanced cross-entropy, AdamW, one-cycle schedule."""
     torch.manual_seed(seed)
     net = DetectorNet(n_views=len(contract.view_names), n_classes=len(VERDICTS))
     counts = np.bincount(samples.label, minlength=len(VERDICTS)).astype(np.float32)

@@ -96,7 +96,8 @@ def make_bundle(scan: Scan, subject: str, contract: InputContract, seed: int = 0
     transform = deface.register_template(scan, seed)
     head_image, face_mask = deface.template_masks()[:2]
     voxels = template_voxels(scan.data.shape, scan.affine, transform, head_image.affine)
-    shell = skin_shell(head_mask(scan.data), scan.spacing)
+    head = head_mask(scan.data)
+    shell = skin_shell(head, scan.spacing)
     features = feature_map(shell, voxels, np.asanyarray(face_mask.dataobj) < 0.5)
     features[(features == 0) & shell & in_boxes(voxels, EAR_BOXES)] = EARS
     template = deface.warp(head_image, transform, scan.data.shape, scan.affine)
@@ -104,20 +105,33 @@ def make_bundle(scan: Scan, subject: str, contract: InputContract, seed: int = 0
     def grid(data, label=False):
         return contract.on_grid(data, scan.affine, label=label).numpy()
 
-    face = contract.volume(scan.data, scan.affine)[0].numpy()
-    head = grid(head_mask(scan.data).astype(np.float32), label=True) > 0.5
-    affine = contract.grid_affine
+    head_on_grid = grid(head.astype(np.float32), label=True) > 0.5
     return FaceBundle(
         subject=subject,
-        face=face,
-        head=head,
-        depth=ndimage.distance_transform_edt(head, sampling=contract.spacing).astype(np.float32),
+        face=contract.volume(scan.data, scan.affine)[0].numpy(),
+        head=head_on_grid,
+        depth=ndimage.distance_transform_edt(head_on_grid, sampling=contract.spacing).astype(np.float32),
         features=grid(features, label=True).astype(np.uint8),
         face_region=grid(deface.face_region(scan, transform).astype(np.float32), label=True) > 0.5,
         brain=grid(deface.brain_region(scan, transform).astype(np.float32), label=True) > 0.5,
         template_face=contract.volume(template, scan.affine)[0].numpy(),
-        affine=affine,
+        affine=contract.grid_affine,
     )
+
+
+def _share_of(region: np.ndarray, share: float, side: str) -> np.ndarray:
+    """The ``share`` of ``region``'s voxels lowest (``side`` "below") or most anterior ("front")."""
+    coordinates = np.nonzero(region)
+    chosen = np.zeros(region.shape, bool)
+    if coordinates[0].size and share > 0:
+        if side == "below":
+            values = coordinates[2]
+            keep = values <= np.quantile(values, share)
+        else:
+            values = coordinates[1]
+            keep = values >= np.quantile(values, 1 - share)
+        chosen[tuple(c[keep] for c in coordinates)] = True
+    return chosen
 
 
 def _grow(region: np.ndarray, voxels: int) -> np.ndarray:
@@ -175,8 +189,7 @@ def shell(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
 def fill(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
     region = _grow(bundle.face_region, int(rng.integers(0, 2)))
     if rng.random() < 0.5:
-        level = rng.uniform(0.05, 0.6)
-        content: np.ndarray | float = level
+        content: np.ndarray | float = rng.uniform(0.05, 0.6)
     else:
         content = np.abs(rng.normal(rng.uniform(0, 0.4), rng.uniform(0.02, 0.3), bundle.face.shape)).astype(np.float32)
     volume, lost = _paste(bundle, region, content, float(rng.choice([0.0, 1.5])))
@@ -201,9 +214,7 @@ def partial(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
     kind = rng.integers(4)
     region = bundle.face_region
     if kind == 0:  # only the lowest part of the mask
-        z = np.nonzero(region)[2]
-        level = np.quantile(z, rng.uniform(0.2, 0.65)) if z.size else 0
-        region = region & (np.arange(region.shape[2])[None, None, :] <= level)
+        region = _share_of(region, rng.uniform(0.2, 0.65), "below")
     elif kind == 1:  # one feature group only
         chosen = [("nose",), ("mouth", "chin"), ("eyes",)][rng.integers(3)]
         labels = [1 + FEATURES.index(name) for name in chosen]
@@ -265,16 +276,7 @@ def remove_share(bundle: FaceBundle, share: float, mode: str = "below") -> Varia
     if mode not in SWEEP_MODES:
         raise ValueError(f"mode {mode!r} is not one of {SWEEP_MODES}")
     region = bundle.face_region if mode != "nose" else bundle.features == 1 + FEATURES.index("nose")
-    coordinates = np.nonzero(region)
-    removed = np.zeros(region.shape, bool)
-    if coordinates[0].size and share > 0:
-        if mode == "below":
-            values = coordinates[2]
-            chosen = values <= np.quantile(values, share)
-        else:
-            values = coordinates[1]
-            chosen = values >= np.quantile(values, 1 - share)
-        removed[tuple(c[chosen] for c in coordinates)] = True
+    removed = _share_of(region, share, "below" if mode == "below" else "front")
     volume = np.where(removed, 0, bundle.face).astype(np.float32)
     return Variant(f"remove_{mode}", volume, removed, np.zeros_like(removed))
 

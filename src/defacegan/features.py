@@ -9,7 +9,7 @@ defacer registers anyway; it has no feature labels of its own). The boxes were r
 mid-sagittal (x = 88), axial (z = 60, 80, 95) and coronal (y = 230) slices — eye globes centred
 near x = 58 and 118, y = 198, z = 93; nasion near z = 96, nose tip near y = 245, z = 60;
 subnasale near z = 50; lips z 22-50; chin below z = 24 — and kept inside pydeface's face mask
-where the mask reaches (``python -m defacegan.features`` redraws the QC figure). On a scan, a
+where the mask reaches. On a scan, a
 feature is the part of its box (moved by the template registration) that lies within
 :data:`SKIN_DEPTH_MM` of the head's outer surface: only tissue on the scan itself counts, so a
 face cut off by the field of view has no feature voxels to keep.
@@ -28,6 +28,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from defacegan.deface import LPS
+
 #: Feature boxes in pydeface-template voxel indices, half-open ranges per axis (x L→R, y P→A, z I→S).
 FEATURE_BOXES: dict[str, tuple[tuple[tuple[int, int], ...], ...]] = {
     "eyes": (((40, 78), (185, 256), (80, 110)), ((98, 136), (185, 256), (80, 110))),
@@ -45,7 +47,6 @@ SKIN_DEPTH_MM = 10.0
 FACE_MIN_FRACTION = 0.3
 #: Below FACE_MIN_FRACTION, a scan whose features are mostly foreign tissue is ``replaced``.
 REPLACED_MIN_FRACTION = 0.5
-LPS = np.diag([-1.0, -1.0, 1.0])
 
 
 def ras_matrix(transform: sitk.AffineTransform) -> np.ndarray:
