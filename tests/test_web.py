@@ -10,17 +10,12 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from support.browser import chromium_page
 from support.detector_fixture import write_head
 from fastapi.testclient import TestClient
 
 from defacegan.inference import Detector
 from defacegan.web import create_app
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -117,34 +112,23 @@ def server(detector, uploads):
 
 
 def test_page_in_headless_chromium(server, scans, uploads, tmp_path):
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} not installed (Debian: apt-get install chromium; `make install` does it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            page = browser.new_page()
-            page.goto(server)
-            page.set_input_files("#file", str(scans["face"]))
-            page.click("#check")
-            verdict = page.wait_for_selector("#verdict").inner_text()
-            probability = float(page.inner_text("#probability"))
-            views_loaded = page.eval_on_selector("#views", "image => image.complete && image.naturalWidth > 0")
-            page.set_input_files("#file", str(scans["defaced"]))
-            page.click("#check")
-            page.wait_for_selector("text=defaced.nii")
-            second = page.inner_text("#verdict")
-            notes = tmp_path / "notes.txt"
-            notes.write_text("not a scan")
-            page.set_input_files("#file", str(notes))
-            page.click("#check")
-            problem = page.wait_for_selector("#problem:has-text('notes.txt')").inner_text()
-            result_shown = page.query_selector("#verdict") is not None
-        finally:
-            browser.close()
+    with chromium_page(tmp_path / "profile") as page:
+        page.goto(server)
+        page.set_input_files("#file", str(scans["face"]))
+        page.click("#check")
+        verdict = page.wait_for_selector("#verdict").inner_text()
+        probability = float(page.inner_text("#probability"))
+        views_loaded = page.eval_on_selector("#views", "image => image.complete && image.naturalWidth > 0")
+        page.set_input_files("#file", str(scans["defaced"]))
+        page.click("#check")
+        page.wait_for_selector("text=defaced.nii")
+        second = page.inner_text("#verdict")
+        notes = tmp_path / "notes.txt"
+        notes.write_text("not a scan")
+        page.set_input_files("#file", str(notes))
+        page.click("#check")
+        problem = page.wait_for_selector("#problem:has-text('notes.txt')").inner_text()
+        result_shown = page.query_selector("#verdict") is not None
     assert verdict == "FACE PRESENT" and probability >= 0.5 and views_loaded
     assert second == "face removed"
     assert "not a NIfTI file" in problem and not result_shown

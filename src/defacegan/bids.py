@@ -68,7 +68,7 @@ class BidsScan:
         return self.entities["suffix"]
 
     def scan_file(self) -> ScanFile:
-        return ScanFile(self.path, self.entities.get("subject"), self.entities.get("session"))
+        return ScanFile(self.path, self.entities.get("subject"), self.entities.get("session"), self.suffix)
 
 
 def is_bids_root(folder: str | os.PathLike) -> bool:

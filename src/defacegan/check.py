@@ -4,7 +4,11 @@
 and session where the names carry them); :func:`check_scans` runs a loaded
 :class:`~defacegan.inference.Detector` over them in batches; :func:`write_report` writes what a
 person needs to review the answer: ``results.tsv``, ``results.json``, one PNG per scan with the
-views the model saw, and an ``index.html`` listing them. Inputs are only ever read.
+views the model saw, and a self-contained ``index.html`` (thumbnails inlined, a few lines of
+inline script to sort it) that a person reads before uploading a dataset. Inputs are only ever read.
+
+The detector was trained on T1w scans: a scan whose contrast is known to be another one (from its
+BIDS suffix or its DICOM series description) gets a note beside its verdict (:attr:`CheckResult.note`).
 
 The PNGs show faces wherever a face is still present: they are written only to the folder the
 caller chooses.
@@ -12,6 +16,7 @@ caller chooses.
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -32,17 +37,23 @@ from defacegan.inference import Detector, Prediction
 from defacegan import bids
 from defacegan.io import ScanFile, atomic_write_bytes, atomic_write_text, find_scans, stem
 
-#: The anatomical BIDS suffixes whose images can show a face.
-BIDS_SUFFIXES = ("T1w", "T2w", "PD")
 #: Missing values in TSV files, as BIDS writes them.
 MISSING = "n/a"
+#: The contrast the detector was trained on; verdicts on other known contrasts carry a note.
+TRAINED_CONTRAST = "T1w"
+#: The key of deface's per-scan JSON (the sidecar ``<stem>.json`` beside the image) that gives
+#: the share of the brain, in %, inside the removed region; shown when a checked scan has one.
+BRAIN_REMOVED_KEY = "BrainRemovedPercent"
+#: The report's default order: scans that still show a face first, then those that failed.
+VERDICT_ORDER = ("face", "error", "replaced", "removed")
 
 TEMPLATES = Environment(loader=PackageLoader("defacegan", "templates"), autoescape=select_autoescape())
 
 
 def gather_scans(paths: Iterable[str | os.PathLike], participant_labels: Sequence[str] = (),
                  session_labels: Sequence[str] = ()) -> list[ScanFile]:
-    """Expand NIfTI files, folders (recursively) and BIDS roots (read with pybids) into the scans to check.
+    """Expand NIfTI files, DICOM series folders, folders (recursively) and BIDS roots (read with
+    pybids; the anatomical contrasts that can show a face) into the scans to check.
 
     ``participant_labels`` (with or without ``sub-``) keeps only those subjects; a label that
     matches no scan is an error, so that a typo cannot pass for a clean dataset.
@@ -51,7 +62,7 @@ def gather_scans(paths: Iterable[str | os.PathLike], participant_labels: Sequenc
     scans: dict[Path, ScanFile] = {}
     for path in map(Path, paths):
         if bids.is_bids_root(path):
-            found = [scan.scan_file() for scan in bids.find_scans(path, session_labels=session_labels, suffixes=BIDS_SUFFIXES)]
+            found = [scan.scan_file() for scan in bids.find_scans(path, session_labels=session_labels)]
         else:
             found = map(ScanFile.from_path, find_scans([path]))
         scans.update((scan.path, scan) for scan in found if scan.path not in scans)
@@ -65,6 +76,16 @@ def gather_scans(paths: Iterable[str | os.PathLike], participant_labels: Sequenc
     return selected
 
 
+def brain_removed(path: str | os.PathLike) -> float | None:
+    """The % of brain removed that deface recorded in the scan's sidecar JSON, if it did."""
+    sidecar = Path(path).with_name(f"{stem(path)}.json")
+    try:
+        value = json.loads(sidecar.read_text()).get(BRAIN_REMOVED_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 @dataclass
 class CheckResult:
     """One scan's answer. ``views`` (V, S, S) in [0, 1] are kept when a report will show them."""
@@ -72,18 +93,21 @@ class CheckResult:
     file: str
     subject: str | None = None
     session: str | None = None
+    contrast: str | None = None  # BIDS suffix, when known
     probabilities: dict[str, float] | None = None
     answer: str | None = None  # face, removed or replaced
     error: str | None = None
     views: np.ndarray | None = None
     views_png: str | None = None  # path of the views PNG, relative to the report folder
+    brain_removed: float | None = None  # % of the brain in the removed region, when deface recorded it
 
     @classmethod
     def from_prediction(cls, prediction: Prediction, scan: ScanFile) -> CheckResult:
         """The answer for ``scan``; an error drops the path the Detector put before it (the row names the file)."""
         error = prediction.error and prediction.error.removeprefix(f"{prediction.source}: ")
         fields = (prediction.probabilities, prediction.verdict, error, prediction.views)
-        return cls(str(scan.path), scan.subject, scan.session, *fields)
+        return cls(str(scan.path), scan.subject, scan.session, scan.contrast, *fields,
+                   brain_removed=brain_removed(scan.path))
 
     @property
     def status(self) -> str:
@@ -95,6 +119,18 @@ class CheckResult:
         return {"error": f"error: {self.error}", "face": "FACE PRESENT", "removed": "face removed",
                 "replaced": "face replaced"}[self.status]
 
+    @property
+    def note(self) -> str | None:
+        """Why the verdict deserves less trust: the scan is of a contrast the detector never saw."""
+        if self.contrast and self.contrast != TRAINED_CONTRAST:
+            return f"{self.contrast}: detector trained on {TRAINED_CONTRAST} only"
+        return None
+
+    @property
+    def verdict_text(self) -> str:
+        """The verdict with its note beside it."""
+        return f"{self.verdict} ({self.note})" if self.note else self.verdict
+
     def probability(self, verdict: str) -> float | None:
         return None if self.probabilities is None else self.probabilities[verdict]
 
@@ -103,14 +139,17 @@ class CheckResult:
         return MISSING if value is None else f"{value:.3f}"
 
     def record(self) -> dict:
-        """The JSON/TSV row (no arrays)."""
+        """The JSON/TSV row (no arrays); ``brain_removed`` only where deface recorded it."""
         return {
             "subject": self.subject,
             "session": self.session,
+            "contrast": self.contrast,
             "file": self.file,
             **{f"p_{verdict}": self.probability(verdict) for verdict in VERDICTS},
             "verdict": self.status,
+            "note": self.note,
             "error": self.error,
+            **({"brain_removed": self.brain_removed} if self.brain_removed is not None else {}),
             "views_png": self.views_png,
         }
 
@@ -132,6 +171,12 @@ class Summary:
     @property
     def line(self) -> str:
         return f"{self.scanned} scanned, {self.faces} with a face, {self.unreadable} unreadable, {self.seconds:.1f} s"
+
+    @property
+    def headline(self) -> str:
+        """The report's first sentence: what must be fixed before upload."""
+        failed = f"; {self.unreadable} could not be checked" if self.unreadable else ""
+        return f"{self.faces} of {self.scanned} scans still show a face{failed}"
 
 
 def check_scans(scans: Sequence[ScanFile], detector: Detector, keep_views: bool = False) -> list[CheckResult]:
@@ -155,6 +200,24 @@ VIEW_PIXELS = 128  # views are enlarged to about this many pixels, nearest neigh
 VERDICT_COLOURS = {"removed": (23, 107, 44), "replaced": (23, 107, 44), "face": (176, 0, 32), "error": (138, 90, 0)}
 
 
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="png")
+    return buffer.getvalue()
+
+
+def data_uri(png: bytes) -> str:
+    """A PNG inlined in a page, so the page needs no other file."""
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def view_image(view: np.ndarray) -> Image.Image:
+    """An (S, S) view in [0, 1] enlarged to about VIEW_PIXELS by nearest neighbour: the model's own pixels."""
+    image = Image.fromarray((np.clip(view, 0, 1) * 255).round().astype(np.uint8))
+    zoom = max(1, VIEW_PIXELS // image.width)
+    return image.resize((image.width * zoom, image.height * zoom), Image.Resampling.NEAREST)
+
+
 def views_png(views: np.ndarray, view_names: Sequence[str], title: Sequence[str], status: str) -> bytes:
     """(V, S, S) views in [0, 1] as one PNG: the ``title`` lines on a bar coloured by verdict, then the views, 3 per row."""
     font = ImageFont.load_default(size=14)
@@ -169,15 +232,12 @@ def views_png(views: np.ndarray, view_names: Sequence[str], title: Sequence[str]
     draw.rectangle((0, 0, canvas.width, bar - 1), fill=VERDICT_COLOURS[status])
     for number, text in enumerate(title):
         draw.text((2 * gap, gap + number * line), fitted(draw, text, font, canvas.width - 4 * gap), fill="white", font=font)
-    pixels = (np.clip(views, 0, 1) * 255).round().astype(np.uint8)
-    for index, (view, name) in enumerate(zip(pixels, view_names)):
+    for index, (view, name) in enumerate(zip(views, view_names)):
         left = gap + (index % columns) * (cell + gap)
         top = bar + gap + (index // columns) * (cell + line + gap)
-        canvas.paste(Image.fromarray(view).resize((cell, cell), Image.Resampling.NEAREST), (left, top))
+        canvas.paste(view_image(view), (left, top))
         draw.text((left, top + cell + 1), name.replace("_", " "), fill="black", font=font)
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="png")
-    return buffer.getvalue()
+    return png_bytes(canvas)
 
 
 def fitted(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> str:
@@ -191,8 +251,24 @@ def fitted(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> str:
 
 def result_png(result: CheckResult, view_names: Sequence[str]) -> bytes:
     """The views of one result, titled with its verdict, probability and file name."""
-    title = [f"{result.verdict}    p(face) = {result.probability_text('face')}", Path(result.file).name]
+    title = [f"{result.verdict_text}    p(face) = {result.probability_text('face')}", Path(result.file).name]
     return views_png(result.views, view_names, title, result.status)
+
+
+THUMBNAIL_VIEW = "mean_sagittal"  # the face in profile: the view where a face shows most
+
+
+def thumbnail_uri(result: CheckResult, view_names: Sequence[str]) -> str | None:
+    """One view (the sagittal mean projection, else the first) as an inline ``data:`` PNG."""
+    if result.views is None:
+        return None
+    view = result.views[view_names.index(THUMBNAIL_VIEW) if THUMBNAIL_VIEW in view_names else 0]
+    return data_uri(png_bytes(view_image(view)))
+
+
+def report_order(results: Sequence[CheckResult]) -> list[CheckResult]:
+    """Faces first, then failures, then replaced and removed; within each, highest p(face) first."""
+    return sorted(results, key=lambda r: (VERDICT_ORDER.index(r.status), -(r.probability("face") or 0.0)))
 
 
 def png_names(results: Sequence[CheckResult]) -> list[str]:
@@ -234,11 +310,15 @@ def write_report(results: Sequence[CheckResult], summary: Summary, detector: Det
             atomic_write_bytes(out / "views" / name, result_png(result, detector.view_names))
             result.views_png = f"views/{name}"
     records = [result.record() for result in results]
-    columns = ["subject", "session", "file", *(f"p_{verdict}" for verdict in VERDICTS), "verdict", "views_png"]
+    with_brain = any(result.brain_removed is not None for result in results)
+    columns = ["subject", "session", "contrast", "file", *(f"p_{verdict}" for verdict in VERDICTS), "verdict",
+               "note", *(["brain_removed"] if with_brain else []), "views_png"]
     atomic_write_text(out / "results.tsv", tsv_text(records, columns))
     atomic_write_text(out / "results.json", json.dumps(results_document(results, summary, detector), indent=2) + "\n")
+    rows = [(result, thumbnail_uri(result, detector.view_names)) for result in report_order(results)]
     page = TEMPLATES.get_template("report.html").render(
-        results=results, summary=summary, threshold=detector.threshold, checkpoint=detector.checkpoint
+        rows=rows, summary=summary, threshold=detector.threshold, checkpoint=detector.checkpoint,
+        with_brain=with_brain, verdict_order=VERDICT_ORDER, missing=MISSING,
     )
     return atomic_write_text(out / "index.html", page)
 
@@ -250,7 +330,7 @@ VERDICT_STYLES = {"removed": "green", "replaced": "green", "face": "bold red", "
 def print_results(results: Sequence[CheckResult], summary: Summary, console: Console | None = None) -> None:
     """One row per scan and the summary line: a rich table on a terminal, plain aligned text otherwise."""
     console = console or Console()
-    rows = [(r.subject or "", r.session or "", r.file, *map(r.probability_text, VERDICTS), r.verdict) for r in results]
+    rows = [(r.subject or "", r.session or "", r.file, *map(r.probability_text, VERDICTS), r.verdict_text) for r in results]
     if console.is_terminal:
         table = Table(*COLUMNS)
         for column in table.columns[3:6]:

@@ -132,7 +132,8 @@ def add_check(commands) -> None:
         "are written to that folder and nowhere else; keep it as private as the scans.",
     )
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
-                        help="NIfTI file, folder (searched recursively) or BIDS root (T1w/T2w/PD in anat/); "
+                        help="NIfTI file, DICOM series folder, folder (searched recursively) or BIDS root "
+                        "(T1w/T2w/PD/FLAIR in anat/); "
                         "or BIDS_DIR OUTPUT_DIR participant (BIDS App: the report goes to OUTPUT_DIR)")
     parser.add_argument("--out", type=Path, help="write results.tsv, results.json, views/*.png and index.html here")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
@@ -165,7 +166,7 @@ def run_check(args) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_UNREADABLE
     if not scans:
-        print(f"error: no NIfTI scans found in {' '.join(map(str, args.paths))}", file=sys.stderr)
+        print(f"error: no NIfTI scans or DICOM series found in {' '.join(map(str, args.paths))}", file=sys.stderr)
         return EXIT_UNREADABLE
     detector = load_detector(args.ckpt, threshold=args.threshold, batch_size=args.batch_size, workers=args.workers)
     if detector is None:
@@ -270,7 +271,8 @@ def add_deface(commands) -> None:
         "<stem>_defaced.nii.gz in the input's orientation and header; inputs are never modified.",
     )
     parser.add_argument("inputs", nargs="+", type=Path, metavar="IN",
-                        help="NIfTI files or folders (with -o); or BIDS_DIR OUTPUT_DIR participant: write "
+                        help="NIfTI files, DICOM series folders or folders (with -o; DICOM is written as NIfTI); "
+                        "or BIDS_DIR OUTPUT_DIR participant: write "
                         "OUTPUT_DIR as a BIDS-Derivatives dataset (defaced images, sidecars, masks, figures/)")
     parser.add_argument("-o", "--out", type=Path, help="output folder (files and folders form)")
     parser.add_argument("--method", choices=METHODS, default="mask",
@@ -317,7 +319,7 @@ def run_deface(args) -> int:
     started = time.perf_counter()
     paths = find_scans(args.inputs)
     if not paths:
-        print(f"error: no NIfTI scans found in {' '.join(map(str, args.inputs))}", file=sys.stderr)
+        print(f"error: no NIfTI scans or DICOM series found in {' '.join(map(str, args.inputs))}", file=sys.stderr)
         return EXIT_UNREADABLE
     written: set[Path] = set()
 
@@ -340,7 +342,8 @@ def run_deface(args) -> int:
         head = scan.data > head_threshold(scan.data)
         removed = 100 * np.count_nonzero(result.removed & head) / max(np.count_nonzero(head), 1)
         seconds = time.perf_counter() - begun
-        return f"defaced ({args.method}), {removed:.1f}% of head removed, {seconds:.1f} s -> {output}"
+        written_as = " (NIfTI, from the DICOM series converted by dcm2niix)" if path.is_dir() else ""
+        return f"defaced ({args.method}), {removed:.1f}% of head removed, {seconds:.1f} s -> {output}{written_as}"
 
     failures = run_batch(paths, process)
     return report_failures(failures, len(paths), started)

@@ -140,12 +140,17 @@ def validate_volume(data: np.ndarray, name: str | os.PathLike | None = None, *, 
 
 
 def load_scan(path: str | os.PathLike) -> Scan:
-    """Read a NIfTI file, reorient it to RAS+ and validate it; never modifies the file."""
+    """Read a NIfTI file (or a DICOM series folder, see :mod:`defacegan.dicom`), reorient it to
+    RAS+ and validate it; never modifies the file."""
     path = Path(path)
     if not path.exists():
         raise ScanError(path, "no such file")
     if path.is_dir():
-        raise ScanError(path, "is a folder, not a NIfTI file")
+        from defacegan.dicom import is_dicom_series, load_series  # dcm2niix only for DICOM folders
+
+        if is_dicom_series(path):
+            return load_series(path)
+        raise ScanError(path, "is a folder, neither a NIfTI file nor a DICOM series")
     if path.stat().st_size == 0:
         raise ScanError(path, "file is empty (0 bytes)")
     try:
@@ -272,15 +277,17 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
 
 
 def find_scans(paths: list[str | os.PathLike]) -> list[Path]:
-    """Expand files and folders (recursively) into a sorted list of NIfTI paths.
+    """Expand files and folders (recursively) into a sorted list of NIfTI files and DICOM series folders.
 
     Files named explicitly are kept even if they do not look like NIfTI, so that they are
-    reported as unreadable rather than silently skipped.
+    reported as unreadable rather than silently skipped; so is a DICOM series folder.
     """
+    from defacegan.dicom import is_dicom_series
+
     found: list[Path] = []
     for item in map(Path, paths):
-        if item.is_dir():
-            found.extend(sorted(p for p in item.rglob("*") if p.is_file() and is_nifti(p)))
+        if item.is_dir() and not is_dicom_series(item):
+            found.extend(sorted(p for p in item.rglob("*") if (p.is_file() and is_nifti(p)) or is_dicom_series(p)))
         else:
             found.append(item)
     return list(dict.fromkeys(found))
@@ -295,17 +302,23 @@ BIDS_NAME = re.compile(
 
 @dataclass(frozen=True)
 class ScanFile:
-    """A scan file; ``subject``/``session`` are BIDS labels without prefix, when the name has them."""
+    """A scan file; ``subject``/``session`` are BIDS labels without prefix, and ``contrast`` its
+    BIDS suffix (T1w, T2w...), when the name or the DICOM series description says."""
 
     path: Path
     subject: str | None = None
     session: str | None = None
+    contrast: str | None = None
 
     @classmethod
     def from_path(cls, path: str | os.PathLike) -> ScanFile:
         path = Path(path)
+        if path.is_dir():
+            from defacegan.dicom import contrast_of, series_metadata
+
+            return cls(path, contrast=contrast_of(series_metadata(path)))
         match = BIDS_NAME.match(path.name)
-        return cls(path, match["subject"], match["session"]) if match else cls(path)
+        return cls(path, match["subject"], match["session"], match["suffix"]) if match else cls(path)
 
 
 def bids_anatomical_scans(root: str | os.PathLike, suffixes: Sequence[str]) -> list[ScanFile]:
@@ -316,7 +329,7 @@ def bids_anatomical_scans(root: str | os.PathLike, suffixes: Sequence[str]) -> l
     root = Path(root)
     paths = sorted({*root.glob("sub-*/anat/*.nii*"), *root.glob("sub-*/ses-*/anat/*.nii*")})
     return [
-        ScanFile(path, match["subject"], match["session"])
+        ScanFile(path, match["subject"], match["session"], match["suffix"])
         for path in paths
         if path.is_file() and (match := BIDS_NAME.match(path.name)) and match["suffix"] in suffixes
     ]

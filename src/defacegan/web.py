@@ -9,7 +9,6 @@ why the command binds to this machine only unless told otherwise.
 
 from __future__ import annotations
 
-import base64
 import tempfile
 import threading
 import zlib
@@ -21,7 +20,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-from defacegan.check import TEMPLATES, CheckResult, result_png
+from defacegan.check import TEMPLATES, CheckResult, data_uri, result_png
 from defacegan.inference import Detector, Prediction
 from defacegan.io import ScanFile, is_nifti
 
@@ -196,7 +195,7 @@ def create_app(detector: Detector, max_mb: float = 512, upload_root: str | Path 
         return result
 
     def views_url(result: CheckResult) -> str:
-        return "data:image/png;base64," + base64.b64encode(result_png(result, detector.view_names)).decode()
+        return data_uri(result_png(result, detector.view_names))
 
     def page(status: int = 200, **context) -> HTMLResponse:
         html = TEMPLATES.get_template("serve.html").render(max_mb=f"{max_mb:g}", max_bytes=max_bytes, **context)

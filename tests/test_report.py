@@ -1,0 +1,78 @@
+"""`check --out`'s dataset report: one self-contained page that a person reads before upload,
+opened offline in headless Chromium: the summary, a row per scan (faces first), the T1w-only note,
+the brain-removed column where deface recorded it, and sorting by verdict and by probability."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from support.browser import chromium_page
+from support.detector_fixture import write_head
+
+from defacegan.check import BRAIN_REMOVED_KEY, MISSING
+from defacegan.cli import EXIT_UNREADABLE, main
+
+#: name → generated kind (None: an unreadable file)
+SCANS = {"sub-01_T1w": "mask", "sub-02_T1w": "face", "sub-02_T2w": "plane", "sub-03_T1w": "replaced", "sub-04_T1w": None}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, detector_ckpt) -> Path:
+    """The report folder of `check FOLDER --out REPORT` on five scans, one of them unreadable."""
+    folder = tmp_path_factory.mktemp("scans")
+    for seed, (name, kind) in enumerate(SCANS.items()):
+        if kind:
+            write_head(folder / f"{name}.nii.gz", kind, 60 + seed)
+        else:
+            (folder / f"{name}.nii.gz").write_bytes(b"not a scan")
+    (folder / "sub-01_T1w.json").write_text(json.dumps({BRAIN_REMOVED_KEY: 0.25}))  # as deface records it
+    out = folder.parent / "report"
+    assert main(["check", str(folder), "--out", str(out), "--ckpt", str(detector_ckpt), "--workers", "0"]) == EXIT_UNREADABLE
+    return out
+
+
+def test_report_page_is_self_contained_beside_its_tables(report):
+    page = (report / "index.html").read_text()
+    assert "http://" not in page and "https://" not in page and "<link" not in page
+    assert page.count('src="data:image/png;base64,') == 4  # a thumbnail for each readable scan
+    table = pd.read_csv(report / "results.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert list(table.columns) == ["subject", "session", "contrast", "file", "p_face", "p_removed", "p_replaced",
+                                   "verdict", "note", "brain_removed", "views_png"]
+    brain = dict(zip(table.file.map(lambda file: Path(file).name), table.brain_removed))
+    assert brain["sub-01_T1w.nii.gz"] == "0.2500" and brain["sub-02_T1w.nii.gz"] == MISSING
+    document = json.loads((report / "results.json").read_text())
+    assert [row["file"] for row in document["results"]] == list(table.file)
+
+
+def test_report_in_headless_chromium_summary_rows_and_sorting(report, tmp_path):
+    requests: list[str] = []
+    with chromium_page(tmp_path / "profile") as page:
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto((report / "index.html").as_uri())
+        summary = page.inner_text("#summary")
+
+        def column(name: str) -> list[str]:
+            index = page.eval_on_selector_all("#scans th", f"cells => cells.findIndex(c => c.innerText.startsWith({name!r}))")
+            return page.eval_on_selector_all("#scans tbody tr", f"rows => rows.map(r => r.cells[{index}].innerText)")
+
+        first = {"verdict": column("verdict"), "file": column("file"), "brain": column("brain removed"),
+                 "contrast": column("contrast")}
+        thumbnails = page.eval_on_selector_all("img.thumbnail", "images => images.every(i => i.complete && i.naturalWidth > 0)")
+        page.click("#verdict-header")
+        reversed_verdicts = column("verdict")
+        page.click("text=p(face)")
+        by_face = [float(value) if value != MISSING else -1 for value in column("p(face)")]
+    assert requests == [(report / "index.html").as_uri()]  # nothing fetched: works offline
+    assert summary == "1 of 5 scans still show a face; 1 could not be checked."
+    assert first["verdict"][0] == "FACE PRESENT" and first["verdict"][1].startswith("error:")
+    assert first["file"][0].endswith("sub-02_T1w.nii.gz") and len(first["file"]) == 5
+    t2w = first["contrast"].index("T2w")
+    assert first["verdict"][t2w].endswith("T2w: detector trained on T1w only")
+    brain = dict(zip((Path(f).name for f in first["file"]), first["brain"]))
+    assert brain["sub-01_T1w.nii.gz"] == "0.2" and brain["sub-03_T1w.nii.gz"] == MISSING
+    assert thumbnails
+    assert reversed_verdicts[-1] == "FACE PRESENT" and reversed_verdicts[-2].startswith("error:")
+    assert by_face == sorted(by_face, reverse=True)
