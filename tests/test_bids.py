@@ -214,3 +214,38 @@ def test_carried_region_follows_a_moved_head():
     assert dice(carried.removed, expected) > 0.9
     assert dice(carried.removed, removed) < dice(carried.removed, expected)  # it did move
     np.testing.assert_array_equal(carried.defaced[carried.removed], 0)
+
+
+@pytest.mark.slow
+def test_a_killed_run_started_again_skips_finished_scans_and_matches_an_uninterrupted_run(raw, defaced, tmp_path):
+    """SIGKILL `deface ... participant` (a real process) once its first scan is finished, run it again."""
+    import os
+    import signal
+    import time
+
+    import defacegan
+    from defacegan.bids import outputs_for
+
+    out = tmp_path / "defacegan"
+    command = [sys.executable, "-m", "defacegan.cli", "deface", str(raw), str(out), "participant", "--participant-label", "01"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(defacegan.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    first, second = find_scans(raw, participant_labels=["01"])
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not all(path.exists() for path in outputs_for(first, out).all()) and process.poll() is None:
+        assert time.monotonic() < deadline, "the first scan was not finished in time"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stdout.read()  # killed, not finished
+    assert not all(path.exists() for path in outputs_for(second, out).all())
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+    assert again.returncode == EXIT_OK, again.stderr
+    lines = again.stdout.splitlines()
+    assert lines[0] == f"{first.path}: already defaced -> {outputs_for(first, out).image}"
+    assert lines[1].startswith(f"{second.path}: defaced (mask from sub-01_T1w.nii.gz)")
+    finished, uninterrupted = tree(out), tree(defaced[0])
+    assert sorted(finished) == [name for name in EXPECTED if "sub-01" in name or "/" not in name]  # no temporary files
+    assert finished == {name: digest for name, digest in uninterrupted.items() if name in finished}  # byte for byte

@@ -35,7 +35,7 @@ def bids_root(tmp_path_factory) -> Path:
     write_head(root / "sub-02/ses-1/anat/sub-02_ses-1_acq-fast_run-1_T2w.nii.gz", "plane", 3)
     write_head(root / "sub-03/anat/sub-03_PD.nii", "plane", 4, axcodes="PSR")
     for distractor in (
-        "sub-02/ses-1/anat/sub-02_ses-1_FLAIR.nii.gz",  # not T1w/T2w/PD
+        "sub-02/ses-1/anat/sub-02_ses-1_angio.nii.gz",  # not a contrast that can show a face
         "sub-02/ses-1/func/sub-02_ses-1_task-rest_bold.nii.gz",  # not anat
         "derivatives/fmriprep/sub-01/anat/sub-01_T1w.nii.gz",  # not raw data
     ):
@@ -78,7 +78,7 @@ def test_plain_folders_and_files(tmp_path):
     scans = gather_scans([tmp_path / "site", named, tmp_path / "site"])
     assert scans == [
         ScanFile(tmp_path / "site" / "IXI002-Guys-0828-T1.nii.gz"),
-        ScanFile(tmp_path / "site" / "sub-04_ses-pre_T1w.nii.gz", "04", "pre"),
+        ScanFile(tmp_path / "site" / "sub-04_ses-pre_T1w.nii.gz", "04", "pre", "T1w"),
         ScanFile(named),
     ]
 
@@ -125,7 +125,10 @@ def test_a_face_exits_1_with_a_plain_table(bids_root, capsys, detector_ckpt):
     assert lines[0].split() == ["subject", "session", "file", "p(face)", "p(removed)", "p(replaced)", "verdict"]
     faces = [line for line in lines[1:-1] if line.endswith("FACE PRESENT")]
     assert len(faces) == 1 and "sub-01_T1w.nii.gz" in faces[0] and faces[0].startswith("01 ")
-    assert sum(line.endswith("face removed") for line in lines[1:-1]) == 3
+    removed = [line for line in lines[1:-1] if "face removed" in line]
+    assert len(removed) == 3 and sum(line.endswith("face removed") for line in removed) == 1  # the T1w
+    assert {line.rsplit("(", 1)[-1] for line in removed if "_T1w" not in line} == {
+        "T2w: detector trained on T1w only)", "PD: detector trained on T1w only)"}
     assert lines[-1].startswith("4 scanned, 1 with a face, 0 unreadable, ")
     verdict_column = lines[0].index("verdict")
     assert all(line[verdict_column - 1] == " " and line[verdict_column] != " " for line in lines[1:-1])
@@ -153,7 +156,8 @@ def test_report_files_and_inputs_untouched(bids_root, tmp_path, capsys, detector
     assert code == EXIT_FACE
     assert sha256_tree(bids_root) == before
     table = pd.read_csv(out / "results.tsv", sep="\t", dtype=str, keep_default_na=False)
-    assert list(table.columns) == ["subject", "session", "file", "p_face", "p_removed", "p_replaced", "verdict", "views_png"]
+    assert list(table.columns) == ["subject", "session", "contrast", "file", "p_face", "p_removed", "p_replaced",
+                                   "verdict", "note", "views_png"]
     assert sorted(table.verdict) == ["face", "removed", "removed"]
     assert sorted(zip(table.subject, table.session)) == [("01", "n/a"), ("02", "1"), ("02", "1")]
     document = json.loads((out / "results.json").read_text())
@@ -162,7 +166,7 @@ def test_report_files_and_inputs_untouched(bids_root, tmp_path, capsys, detector
     for png in table.views_png:
         with Image.open(out / png) as image:
             assert image.format == "PNG" and image.width > 3 * 32
-        assert f'src="{png}"' in index
+        assert f'href="{png}"' in index
     assert index.count("FACE PRESENT") == 1 and index.count("face removed") == 2
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no leftovers of atomic writes
     assert f"report: {out / 'index.html'}" in stdout
