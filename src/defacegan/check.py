@@ -266,6 +266,13 @@ def thumbnail_uri(result: CheckResult, view_names: Sequence[str]) -> str | None:
     return data_uri(png_bytes(view_image(view)))
 
 
+def under_common_folder(files: Sequence[str]) -> tuple[str, list[str]]:
+    """(the folder all ``files`` lie in, each file relative to it): short names in the report
+    that still tell a raw scan from its defaced copy."""
+    folder = os.path.commonpath([str(Path(file).parent) for file in files]) if files else ""
+    return folder, [os.path.relpath(file, folder) for file in files]
+
+
 def report_order(results: Sequence[CheckResult]) -> list[CheckResult]:
     """Faces first, then failures, then replaced and removed; within each, highest p(face) first."""
     return sorted(results, key=lambda r: (VERDICT_ORDER.index(r.status), -(r.probability("face") or 0.0)))
@@ -315,9 +322,11 @@ def write_report(results: Sequence[CheckResult], summary: Summary, detector: Det
                "note", *(["brain_removed"] if with_brain else []), "views_png"]
     atomic_write_text(out / "results.tsv", tsv_text(records, columns))
     atomic_write_text(out / "results.json", json.dumps(results_document(results, summary, detector), indent=2) + "\n")
-    rows = [(result, thumbnail_uri(result, detector.view_names)) for result in report_order(results)]
+    ordered = report_order(results)
+    folder, names = under_common_folder([result.file for result in ordered])
+    rows = [(result, name, thumbnail_uri(result, detector.view_names)) for result, name in zip(ordered, names)]
     page = TEMPLATES.get_template("report.html").render(
-        rows=rows, summary=summary, threshold=detector.threshold, checkpoint=detector.checkpoint,
+        rows=rows, folder=folder, summary=summary, threshold=detector.threshold, checkpoint=detector.checkpoint,
         with_brain=with_brain, verdict_order=VERDICT_ORDER, missing=MISSING,
     )
     return atomic_write_text(out / "index.html", page)
