@@ -84,7 +84,7 @@ def load_series(folder: str | os.PathLike) -> Scan:
     """The DICOM series in ``folder`` as a :class:`Scan` whose ``path`` is the folder."""
     folder = Path(folder)
     with tempfile.TemporaryDirectory(prefix="dcm2niix-") as temporary:
-        run = dcm2niix(folder, Path(temporary))
+        run = dcm2niix(folder, Path(temporary), "-b", "n")
         images = sorted(Path(temporary).glob("*.nii"))
         problem = dcm2niix_problem(run) or (None if images else DCM2NIIX_ERRORS[2])
         if problem:
