@@ -23,9 +23,9 @@ import nibabel as nib
 from defacegan.io import Scan, ScanError, is_nifti, load_scan
 
 PREAMBLE_BYTES, MAGIC = 128, b"DICM"
-#: dcm2niix's exit codes that say why a folder did not convert (its documented list).
+#: dcm2niix's documented exit codes that say why a folder did not convert.
 DCM2NIIX_ERRORS = {2: "no DICOM images found", 4: "a corrupt DICOM file", 5: "not a readable folder",
-                   8: "some DICOM files could not be converted", 10: "incompatible DICOM images"}
+                   8: "some DICOM files could not be converted"}
 #: Series descriptions (or sequence names) → BIDS suffix, first match wins; None when none matches.
 CONTRAST_PATTERNS = (
     ("FLAIR", re.compile(r"flair|tirm|spcir", re.I)),
