@@ -22,7 +22,7 @@ import io
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -106,8 +106,7 @@ class CheckResult:
         """The answer for ``scan``; an error drops the path the Detector put before it (the row names the file)."""
         error = prediction.error and prediction.error.removeprefix(f"{prediction.source}: ")
         fields = (prediction.probabilities, prediction.verdict, error, prediction.views)
-        return cls(str(scan.path), scan.subject, scan.session, scan.contrast, *fields,
-                   brain_removed=brain_removed(scan.path))
+        return cls(str(scan.path), scan.subject, scan.session, scan.contrast, *fields)
 
     @property
     def status(self) -> str:
@@ -182,7 +181,8 @@ class Summary:
 def check_scans(scans: Sequence[ScanFile], detector: Detector, keep_views: bool = False) -> list[CheckResult]:
     """Classify every scan in one batched Detector run; unreadable scans get an ``error``."""
     predictions = detector.predict([scan.path for scan in scans], keep_views=keep_views)
-    return [CheckResult.from_prediction(p, scan) for p, scan in zip(predictions, scans)]
+    return [replace(CheckResult.from_prediction(p, scan), brain_removed=brain_removed(scan.path))
+            for p, scan in zip(predictions, scans)]
 
 
 def results_document(results: Sequence[CheckResult], summary: Summary, detector: Detector) -> dict:
