@@ -16,7 +16,8 @@ from defacegan.check import BRAIN_REMOVED_KEY, MISSING
 from defacegan.cli import EXIT_UNREADABLE, main
 
 #: name → generated kind (None: an unreadable file)
-SCANS = {"sub-01_T1w": "mask", "sub-02_T1w": "face", "sub-02_T2w": "plane", "sub-03_T1w": "replaced", "sub-04_T1w": None}
+SCANS = {"sub-01_T1w": "mask", "sub-02_T1w": "face", "sub-02_T2w": "plane", "sub-03_T1w": "replaced", "sub-04_T1w": None,
+         "series5": "mask"}
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,7 @@ def report(tmp_path_factory, detector_ckpt) -> Path:
         else:
             (folder / f"{name}.nii.gz").write_bytes(b"not a scan")
     (folder / "sub-01_T1w.json").write_text(json.dumps({BRAIN_REMOVED_KEY: 0.25}))  # as deface records it
+    (folder / "series5.json").write_text(json.dumps({"SeriesDescription": "t2_flair_tra"}))  # as dcm2niix writes it
     out = folder.parent / "report"
     assert main(["check", str(folder), "--out", str(out), "--ckpt", str(detector_ckpt), "--workers", "0"]) == EXIT_UNREADABLE
     return out
@@ -37,7 +39,7 @@ def report(tmp_path_factory, detector_ckpt) -> Path:
 def test_report_page_is_self_contained_beside_its_tables(report):
     page = (report / "index.html").read_text()
     assert "http://" not in page and "https://" not in page and "<link" not in page
-    assert page.count('src="data:image/png;base64,') == 4  # a thumbnail for each readable scan
+    assert page.count('src="data:image/png;base64,') == 5  # a thumbnail for each readable scan
     table = pd.read_csv(report / "results.tsv", sep="\t", dtype=str, keep_default_na=False)
     assert list(table.columns) == ["subject", "session", "contrast", "file", "p_face", "p_removed", "p_replaced",
                                    "verdict", "note", "brain_removed", "views_png"]
@@ -66,11 +68,11 @@ def test_report_in_headless_chromium_summary_rows_and_sorting(report, tmp_path):
         page.click("#scans th:has-text('p(face)')")
         by_face = [float(value) if value != MISSING else -1 for value in column("p(face)")]
     assert requests == [(report / "index.html").as_uri()]  # nothing fetched: works offline
-    assert summary == "1 of 5 scans still show a face; 1 could not be checked."
+    assert summary == "1 of 6 scans still show a face; 1 could not be checked."
     assert first["verdict"][0] == "FACE PRESENT" and first["verdict"][1].startswith("error:")
-    assert first["file"][0].endswith("sub-02_T1w.nii.gz") and len(first["file"]) == 5
-    t2w = first["contrast"].index("T2w")
-    assert first["verdict"][t2w].endswith("T2w: detector trained on T1w only")
+    assert first["file"][0] == "sub-02_T1w.nii.gz" and len(first["file"]) == 6
+    for contrast in ("T2w", "FLAIR"):  # from the BIDS name; from the sidecar's series description
+        assert first["verdict"][first["contrast"].index(contrast)].endswith(f"{contrast}: detector trained on T1w only")
     brain = dict(zip((Path(f).name for f in first["file"]), first["brain"]))
     assert brain["sub-01_T1w.nii.gz"] == "0.2" and brain["sub-03_T1w.nii.gz"] == MISSING
     assert thumbnails

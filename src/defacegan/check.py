@@ -8,7 +8,8 @@ views the model saw, and a self-contained ``index.html`` (thumbnails inlined, a 
 inline script to sort it) that a person reads before uploading a dataset. Inputs are only ever read.
 
 The detector was trained on T1w scans: a scan whose contrast is known to be another one (from its
-BIDS suffix or its DICOM series description) gets a note beside its verdict (:attr:`CheckResult.note`).
+BIDS suffix, or the series description of its DICOM series or sidecar JSON) gets a note beside its
+verdict (:attr:`CheckResult.note`).
 
 The PNGs show faces wherever a face is still present: they are written only to the folder the
 caller chooses.
@@ -33,6 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from defacegan.contract import VERDICTS
+from defacegan.dicom import contrast_of
 from defacegan.inference import Detector, Prediction
 from defacegan import bids
 from defacegan.io import ScanFile, atomic_write_bytes, atomic_write_text, find_scans, stem
@@ -76,14 +78,13 @@ def gather_scans(paths: Iterable[str | os.PathLike], participant_labels: Sequenc
     return selected
 
 
-def brain_removed(path: str | os.PathLike) -> float | None:
-    """The % of brain removed that deface recorded in the scan's sidecar JSON, if it did."""
-    sidecar = Path(path).with_name(f"{stem(path)}.json")
+def sidecar(path: str | os.PathLike) -> dict:
+    """The JSON beside a scan (``<stem>.json``: a BIDS sidecar, dcm2niix's, or deface's), or {}."""
     try:
-        value = json.loads(sidecar.read_text()).get(BRAIN_REMOVED_KEY)
-    except (OSError, ValueError, AttributeError):
-        return None
-    return float(value) if isinstance(value, (int, float)) else None
+        document = json.loads(Path(path).with_name(f"{stem(path)}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return document if isinstance(document, dict) else {}
 
 
 @dataclass
@@ -179,10 +180,18 @@ class Summary:
 
 
 def check_scans(scans: Sequence[ScanFile], detector: Detector, keep_views: bool = False) -> list[CheckResult]:
-    """Classify every scan in one batched Detector run; unreadable scans get an ``error``."""
+    """Classify every scan in one batched Detector run; unreadable scans get an ``error``. A scan's
+    sidecar JSON gives its contrast where its name does not (a series description, as dcm2niix
+    writes it) and the brain-removed figure where deface recorded one."""
     predictions = detector.predict([scan.path for scan in scans], keep_views=keep_views)
-    return [replace(CheckResult.from_prediction(p, scan), brain_removed=brain_removed(scan.path))
-            for p, scan in zip(predictions, scans)]
+    results = []
+    for prediction, scan in zip(predictions, scans):
+        metadata = sidecar(scan.path)
+        brain = metadata.get(BRAIN_REMOVED_KEY)
+        results.append(replace(CheckResult.from_prediction(prediction, scan),
+                               contrast=scan.contrast or contrast_of(metadata),
+                               brain_removed=float(brain) if isinstance(brain, (int, float)) else None))
+    return results
 
 
 def results_document(results: Sequence[CheckResult], summary: Summary, detector: Detector) -> dict:
