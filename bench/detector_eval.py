@@ -49,9 +49,11 @@ from defacegan.detector_training import (
     calibrate,
     draw,
     fit,
-    load_bundles,
+    bundle_caches,
+    read_bundle,
     logits_of,
     split_subjects,
+    subject_of,
 )
 from defacegan.families import FAMILIES, SWEEP_MODES, FaceBundle, remove_share
 from defacegan.features import FACE_MIN_FRACTION, FEATURES
@@ -226,15 +228,15 @@ def table(columns: list[str], rows: list[list[str]]) -> str:
     return markdown_table([dict(zip(columns, row)) for row in rows], columns)
 
 
-def shipped(bundles: list[FaceBundle], contract: InputContract, draws: int, seed: int) -> dict:
+def shipped(caches: list[Path], contract: InputContract, cache_dir: Path, draws: int, seed: int) -> dict:
     """The shipped detector on the subjects it never saw (HELD_OUT), fresh draws of every family."""
     net, shipped_contract, facts = load_network(str(SHIPPED_CHECKPOINT))
     if shipped_contract != contract:
         raise ValueError(f"the shipped detector's contract {shipped_contract} is not the evaluation's {contract}")
-    held = [b for b in bundles if b.subject in HELD_OUT]
-    samples = draw(held, contract, draws=draws, seed=seed + 1000)
+    held = [cache for cache in caches if subject_of(cache) in HELD_OUT]
+    samples = draw(held, contract, cache_dir, draws=draws, seed=seed + 1000)
     probabilities = torch.softmax(logits_of(net, samples.views), 1).numpy()
-    return {"subjects": [b.subject for b in held], "draws": draws, "training": facts,
+    return {"subjects": sorted(set(samples.subject)), "draws": draws, "training": facts,
             "headline": headline(samples, probabilities), "per_family": per_family(samples, probabilities),
             "ece": expected_calibration_error(probabilities, samples.label)}
 
@@ -295,8 +297,9 @@ def main() -> None:
     started = time.perf_counter()
     torch.set_num_threads(2)
     contract = InputContract()
-    bundles = load_bundles(sorted(args.ixi.glob("*.nii*"))[: args.subjects], contract, args.cache)
-    samples = draw(bundles, contract, draws=args.draws, seed=args.seed)
+    caches = bundle_caches(sorted(args.ixi.glob("*.nii*"))[: args.subjects], contract, args.cache)
+    bundles = [read_bundle(cache) for cache in caches]
+    samples = draw(caches, contract, args.cache, draws=args.draws, seed=args.seed)
     print(f"{len(samples.label)} scans drawn from {len(bundles)} subjects ({time.perf_counter() - started:.0f} s)", flush=True)
     probabilities, raw, models, seconds = kfold(bundles, samples, contract, args.folds, args.epochs, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -304,7 +307,7 @@ def main() -> None:
     sweeps = sweep(bundles, models, contract)
     sweep_png(sweeps, args.out / "sweep.png")
     report = {
-        "shipped": None if args.subjects else shipped(bundles, contract, args.draws, args.seed),
+        "shipped": None if args.subjects else shipped(caches, contract, args.cache, args.draws, args.seed),
         "subjects": len(bundles), "folds": args.folds, "draws": args.draws, "epochs": args.epochs,
         "contract": contract.to_dict(), "fit_seconds": seconds,
         "headline": headline(samples, probabilities),

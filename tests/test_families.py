@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from defacegan.families import EARS, FAMILIES, generate
 from defacegan.features import FACE_MIN_FRACTION, FEATURES, label_from
@@ -74,3 +75,25 @@ def test_generation_is_seeded_and_leaves_the_bundle_alone(bundle):
     with pytest.raises(ValueError, match="unknown defacing family"):
         generate(bundle, "paint", np.random.default_rng(0))
     assert set(FAMILIES) >= {"mask", "plane", "partial", "replace_template"}
+
+
+def test_drawn_views_are_cached_and_equal_a_fresh_draw(bundle, tmp_path):
+    """`make weights` and `make figures` share drawn views through the cache: what is read back
+    is exactly what drawing the head again gives, labels and feature shares included."""
+    from defacegan.contract import InputContract
+    from defacegan.detector_training import Samples, draw, draw_bundle, write_bundle
+
+    contract = InputContract()
+    cache = write_bundle(bundle, tmp_path / f"{bundle.subject}-bundle.npz")
+    options = {"families": ("none", "mask"), "draws": 1, "seed": 3}
+    drawn = draw([cache], contract, tmp_path, workers=1, **options)
+    (stored,) = tmp_path.glob("*-draws-*.npz")
+    written = stored.stat().st_mtime_ns
+    again = draw([cache], contract, tmp_path, workers=1, **options)
+    assert stored.stat().st_mtime_ns == written  # read back, not drawn again
+    fresh = draw_bundle(bundle, contract, **options)
+    for samples in (drawn, again):
+        assert torch.equal(samples.views, fresh.views)
+        for fact in Samples.FACTS:
+            assert np.array_equal(getattr(samples, fact), getattr(fresh, fact))
+    assert fresh.family.tolist() == ["none", "mask"] and fresh.label[0] == 0  # the scan as it is: a face

@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -30,13 +31,16 @@ from torch import nn
 
 from defacegan.contract import VERDICTS, InputContract
 from defacegan.families import FAMILIES, FaceBundle, generate, make_bundle
-from defacegan.features import label_from
-from defacegan.io import atomic_write_bytes, load_scan, stem
+from defacegan.features import FEATURES, label_from
+from defacegan.io import atomic_write_bytes, atomic_write_text, load_scan, stem
 from defacegan.models.detector import DetectorNet, fit_temperature
 
 #: IXI subjects of the 32-head subset never used to train the shipped detector: every 4th in
 #: sorted order. The real-anatomy tests and the shipped detector's own checks use them.
 HELD_OUT = ("IXI012", "IXI213", "IXI260", "IXI338", "IXI385", "IXI452", "IXI526", "IXI575")
+#: The generator's and the label rule's source: drawn views are cached under a key that holds it.
+GENERATOR_SOURCE = hashlib.sha1(b"".join(Path(function.__code__.co_filename).read_bytes()
+                                          for function in (generate, label_from))).hexdigest()[:10]
 #: The recipe of the shipped detector (``make weights``), which the evaluation repeats per fold.
 DRAWS, EPOCHS = 3, 20
 POSE = {  # DeviceAugmentation options: head pose and contrast as scanners vary them
@@ -55,79 +59,135 @@ class Samples:
     label: np.ndarray  # index in VERDICTS
     family: np.ndarray
     subject: np.ndarray
+    number: np.ndarray  # which draw of its (subject, family)
     own: np.ndarray  # (N, features): each feature's share of the subject's own tissue
+    foreign: np.ndarray  # (N, features): each feature's share of tissue that is not the subject's
+
+    FACTS = ("label", "family", "subject", "number", "own", "foreign")
 
     def where(self, keep: np.ndarray) -> Samples:
-        return Samples(self.views[torch.as_tensor(keep)], self.label[keep], self.family[keep], self.subject[keep], self.own[keep])
+        return Samples(self.views[torch.as_tensor(keep)], *(getattr(self, k)[keep] for k in self.FACTS))
 
     @staticmethod
     def join(parts: Sequence[Samples]) -> Samples:
         return Samples(torch.cat([p.views for p in parts]), *(np.concatenate([getattr(p, k) for p in parts])
-                                                              for k in ("label", "family", "subject", "own")))
+                                                              for k in Samples.FACTS))
+
+    def manifest(self) -> str:
+        """One TSV row per drawn volume: where it came from, its label, and the share of each
+        feature that holds the subject's own tissue and foreign tissue (what the label follows from)."""
+        columns = ["subject", "family", "draw", "label", *(f"own_{f}" for f in FEATURES), *(f"foreign_{f}" for f in FEATURES)]
+        rows = ["\t".join(columns)]
+        for i in range(len(self.label)):
+            shares = [f"{v:.3f}" for v in (*self.own[i], *self.foreign[i])]
+            rows.append("\t".join([str(self.subject[i]), str(self.family[i]), str(self.number[i]), VERDICTS[self.label[i]], *shares]))
+        return "\n".join(rows) + "\n"
 
 
 def subject_of(path: Path) -> str:
     return stem(path).split("-")[0]
 
 
+def _in_processes(job, jobs: list[tuple], workers: int, what: str) -> None:
+    """Run ``job`` on each of ``jobs`` (each writes its own cache file), in ``workers`` spawned
+    processes (in this one when ``workers`` is 1), naming each as it finishes."""
+    if not jobs:
+        return
+    print(f"{what} {len(jobs)} heads", flush=True)
+    spawned = workers > 1 and len(jobs) > 1
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn")) if spawned else nullcontext() as pool:
+        for name in (pool.map if spawned else map)(job, jobs):
+            print(f"  {name}", flush=True)
+
+
+def write_bundle(bundle: FaceBundle, target: Path) -> Path:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{k: v for k, v in vars(bundle).items() if k != "subject"}, subject=bundle.subject)
+    return atomic_write_bytes(target, buffer.getvalue())
+
+
 def _bundle_job(args: tuple[str, dict, str]) -> str:
     path, contract, cache = args
     torch.set_num_threads(1)
-    target = Path(cache)
-    if not target.exists():
-        bundle = make_bundle(load_scan(path), subject_of(Path(path)), InputContract.from_dict(contract))
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **{k: v for k, v in vars(bundle).items() if k != "subject"}, subject=bundle.subject)
-        atomic_write_bytes(target, buffer.getvalue())
-    return path
+    write_bundle(make_bundle(load_scan(path), subject_of(Path(path)), InputContract.from_dict(contract)), Path(cache))
+    return Path(path).name
 
 
-def load_bundles(paths: Sequence[Path], contract: InputContract, cache_dir: Path, workers: int = 2) -> list[FaceBundle]:
-    """A bundle per scan, made once (a registration each, ~5 s) and cached under ``cache_dir``."""
+def bundle_caches(paths: Sequence[Path], contract: InputContract, cache_dir: Path, workers: int = 2) -> list[Path]:
+    """A bundle per scan, made once (a registration each, ~5 s) and cached under ``cache_dir``;
+    returns the cache files."""
     key = hashlib.sha1(repr(contract.to_dict()).encode()).hexdigest()[:10]
     caches = [cache_dir / f"{stem(p)}-{key}.npz" for p in paths]
     jobs = [(str(p), contract.to_dict(), str(c)) for p, c in zip(paths, caches) if not c.exists()]
-    if jobs:
-        print(f"registering {len(jobs)} heads (cached in {cache_dir})", flush=True)
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
-            for done in pool.map(_bundle_job, jobs):
-                print(f"  {Path(done).name}", flush=True)
-    bundles = []
-    for cache in caches:
-        with np.load(cache) as stored:
-            values = {k: stored[k] for k in stored.files}
-        bundles.append(FaceBundle(subject=str(values.pop("subject")), **values))
-    return bundles
+    _in_processes(_bundle_job, jobs, workers, f"registering (cached in {cache_dir})")
+    return caches
 
 
-def draw(bundles: Sequence[FaceBundle], contract: InputContract, families: Sequence[str] = tuple(FAMILIES),
-         draws: int = DRAWS, seed: int = 0, pose: dict | None = POSE) -> Samples:
-    """``draws`` random variants of each family for each bundle, posed and turned into views.
+def read_bundle(cache: Path) -> FaceBundle:
+    with np.load(cache) as stored:
+        values = {k: stored[k] for k in stored.files}
+    return FaceBundle(subject=str(values.pop("subject")), **values)
 
-    Deterministic for a seed; each (subject, family, draw) gets its own generator, so adding a
-    family or a subject does not change the others' draws.
+
+def _seed_of(seed: int, *names: str) -> list[int]:
+    return [seed, *(int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) for name in names)]
+
+
+def draw_bundle(bundle: FaceBundle, contract: InputContract, families: Sequence[str] = tuple(FAMILIES),
+                draws: int = DRAWS, seed: int = 0, pose: dict | None = POSE) -> Samples:
+    """``draws`` random variants of each family of one head, posed and turned into views.
+
+    Deterministic for (seed, subject): each (subject, family, draw) gets its own generator and
+    each subject its own pose generator, so adding a family or a subject, or drawing subjects in
+    another process, does not change the others' draws.
     """
     from defacegan.augment import DeviceAugmentation
 
-    posing = DeviceAugmentation(pose, keys=("volume",), spacing=contract.spacing, seed=seed) if pose else None
+    volumes, labels, names, numbers, owns, foreigns = [], [], [], [], [], []
+    for family in families:
+        for number in range(draws):
+            variant = generate(bundle, family, np.random.default_rng([*_seed_of(seed, f"{bundle.subject}/{family}"), number]))
+            own, foreign = variant.shares(bundle.features)
+            volumes.append(torch.from_numpy(variant.volume))
+            labels.append(VERDICTS.index(label_from(own, foreign)))
+            names.append(family)
+            numbers.append(number)
+            owns.append([own[name] for name in FEATURES])
+            foreigns.append([foreign[name] for name in FEATURES])
+    batch = torch.stack(volumes)[:, None]
+    if pose:
+        pose_seed = int(np.random.default_rng(_seed_of(seed, bundle.subject)).integers(2**31))
+        batch = DeviceAugmentation(pose, keys=("volume",), spacing=contract.spacing, seed=pose_seed)({"volume": batch})["volume"]
+    return Samples(contract.views(batch), np.array(labels), np.array(names), np.array([bundle.subject] * len(labels)),
+                   np.array(numbers), np.array(owns, dtype=np.float32), np.array(foreigns, dtype=np.float32))
+
+
+def _draw_job(args: tuple) -> str:
+    bundle_cache, contract, families, draws, seed, pose, target = args
+    torch.set_num_threads(1)
+    bundle = read_bundle(Path(bundle_cache))
+    samples = draw_bundle(bundle, InputContract.from_dict(contract), families, draws, seed, pose)
+    buffer = io.BytesIO()
+    np.savez(buffer, views=samples.views.numpy(), **{k: getattr(samples, k) for k in Samples.FACTS})
+    atomic_write_bytes(target, buffer.getvalue())
+    return bundle.subject
+
+
+def draw(bundle_caches: Sequence[Path], contract: InputContract, cache_dir: Path, families: Sequence[str] = tuple(FAMILIES),
+         draws: int = DRAWS, seed: int = 0, pose: dict | None = POSE, workers: int = 2) -> Samples:
+    """:func:`draw_bundle` for every cached bundle, in ``workers`` processes, each head's views
+    cached under ``cache_dir`` (keyed by the recipe and the generator's source, so a change to
+    the families or the label rule draws again)."""
+    recipe = repr((contract.to_dict(), list(families), draws, seed, pose, GENERATOR_SOURCE))
+    key = hashlib.sha1(recipe.encode()).hexdigest()[:10]
+    targets = [cache_dir / f"{path.stem}-draws-{key}.npz" for path in bundle_caches]
+    jobs = [(str(path), contract.to_dict(), list(families), draws, seed, pose, str(target))
+            for path, target in zip(bundle_caches, targets) if not target.exists()]
+    _in_processes(_draw_job, jobs, workers, f"drawing (cached in {cache_dir})")
     parts = []
-    for bundle in bundles:
-        volumes, labels, names, owns = [], [], [], []
-        for family in families:
-            for number in range(draws):
-                rng = np.random.default_rng([seed, int(hashlib.sha1(f"{bundle.subject}/{family}".encode()).hexdigest()[:8], 16), number])
-                variant = generate(bundle, family, rng)
-                own, foreign = variant.shares(bundle.features)
-                volumes.append(torch.from_numpy(variant.volume))
-                labels.append(VERDICTS.index(label_from(own, foreign)))
-                names.append(family)
-                owns.append([own[name] for name in own])
-        batch = torch.stack(volumes)[:, None]
-        if posing is not None:
-            batch = posing({"volume": batch})["volume"]
-        views = contract.views(batch)
-        parts.append(Samples(views, np.array(labels), np.array(names), np.array([bundle.subject] * len(labels)),
-                             np.array(owns, dtype=np.float32)))
+    for target in targets:
+        with np.load(target) as stored:
+            parts.append(Samples(torch.from_numpy(stored["views"]), *(stored[k] for k in Samples.FACTS)))
     return Samples.join(parts)
 
 
@@ -187,6 +247,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--source", type=Path, default=Path("../shared/data/ixi-t1-2mm"), help="folder of T1 heads with faces")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "assets" / "detector.pt")
     parser.add_argument("--cache", type=Path, default=Path("data/bundles"))
+    parser.add_argument("--manifest", type=Path, default=Path("data/detector-manifest.tsv"),
+                        help="where to write the drawn volumes' labels and feature shares")
     parser.add_argument("--draws", type=int, default=DRAWS)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--seed", type=int, default=0)
@@ -194,9 +256,10 @@ def main(argv: list[str] | None = None) -> Path:
     started = time.perf_counter()
     contract = InputContract()
     paths = sorted(p for p in args.source.glob("*.nii*") if subject_of(p) not in HELD_OUT)
-    bundles = load_bundles(paths, contract, args.cache)
-    train_subjects, val_subjects = split_subjects([b.subject for b in bundles], val=4, seed=args.seed)
-    samples = draw(bundles, contract, draws=args.draws, seed=args.seed)
+    caches = bundle_caches(paths, contract, args.cache)
+    train_subjects, val_subjects = split_subjects([subject_of(p) for p in paths], val=4, seed=args.seed)
+    samples = draw(caches, contract, args.cache, draws=args.draws, seed=args.seed)
+    atomic_write_text(args.manifest, samples.manifest())
     train = samples.where(np.isin(samples.subject, train_subjects))
     val = samples.where(np.isin(samples.subject, val_subjects))
     net = fit(train, contract, epochs=args.epochs, seed=args.seed)
