@@ -113,8 +113,10 @@ def test_real_head_brain_mask_is_a_brain(real_head_brain):
     scan, _, brain = real_head_brain
     volume_ml = np.count_nonzero(brain) * np.prod(scan.spacing) / 1000
     assert 1000 < volume_ml < 2000  # an adult brain with its CSF, cerebellum and brainstem
-    head = scan.data > head_threshold(scan.data)
-    assert np.count_nonzero(brain & head) > 0.9 * np.count_nonzero(brain)
+    head = world(scan.affine, scan.data > head_threshold(scan.data))
+    inside = world(scan.affine, brain)
+    assert 5 < head[:, 2].max() - inside[:, 2].max() < 25  # under the scalp and skull
+    assert 5 < head[:, 1].max() - inside[:, 1].max() < 60  # behind the forehead, not in the face
 
 
 @pytest.mark.slow
