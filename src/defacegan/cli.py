@@ -295,7 +295,8 @@ def add_deface(commands) -> None:
 
 def verify_defaced(outputs: list[Path]) -> int | None:
     """`deface --verify`: the shipped detector's answer for each defaced output, printed as `check`
-    prints it; returns how many are still called `face` (None when the detector cannot load)."""
+    prints it; returns how many are still called `face` or could not be read (None when the
+    detector cannot load)."""
     from defacegan import check
     from defacegan.io import ScanFile
 
