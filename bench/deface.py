@@ -12,8 +12,8 @@ twice, not that the place is right):
 Brain removed (an accuracy measure against something the defacer did not make): on every head of
 ``--data`` (or the first ``--brain-scans``), the brain found by BET on the face-intact head
 (:mod:`defacegan.brain`), in mL and % inside what each method removes — with the defacer's own
-registration, and with that registration moved 15-25 mm toward the brain on purpose (the flag
-must fire there). Per method: median and max, and the share of subjects flagged with its Wilson
+registration, and with that registration moved 15-25 mm toward the brain on purpose (the failure
+the flag is for). Per method: median and max, and the share of subjects flagged with its Wilson
 95 % interval.
 
 Each timing is one `deface(scan, (method,))` call (registration included) after a warm-up.
@@ -154,8 +154,8 @@ def print_brain(rows: list[dict], summary: list[dict], console: Console) -> None
                    *(f"> {threshold:g} %" for threshold in THRESHOLDS)):
         table.add_column(column, justify="left" if column in ("registration", "method") else "right")
     for row in summary:
-        flags = [f"{count} [{low:.2f}, {high:.2f}]" for count, (low, high) in
-                 zip(row["flagged_above_percent"].values(), row["flagged_wilson95"].values())]
+        flags = [f"{count}/{row['subjects']} = {count / row['subjects']:.2f} [{low:.2f}, {high:.2f}]"
+                 for count, (low, high) in zip(row["flagged_above_percent"].values(), row["flagged_wilson95"].values())]
         table.add_row(row["registration"], row["method"], str(row["subjects"]), f"{row['removed_ml_median']:.1f}",
                       f"{row['removed_ml_max']:.1f}", f"{row['removed_percent_median']:.2f}",
                       f"{row['removed_percent_max']:.2f}", *flags)

@@ -7,15 +7,17 @@ face-intact input itself by ``brainextractor`` (FSL's BET re-implemented in Pyth
 grown from a sphere inside the head until it meets the brain's edge; no template, no
 registration), on a 2 mm isotropic copy cropped below the head's top like FSL's ``robustfov``
 (BET wants isotropic voxels; 2 mm costs about 30 s on one core and is precise enough for
-millilitres). The mask is carried back to the scan's grid and
-the brain removed is the brain voxels inside the removed region.
+millilitres). The mask is carried back to the scan's grid; the brain removed is the brain voxels
+inside the removed region.
 
-BET's mask is loose at the skull base (it leaks along the brainstem into the neck and between
-the temporal poles), and those leaks lie close to the face region, so a correct defacing still
-"removes" some of it: the flag threshold (:data:`FLAG_PERCENT`) is set above what correct
-defacings of the 32 IXI heads reach (``python bench/deface.py --data ../shared/data/ixi-t1-2mm``
-measures both sides) rather than at brainprep's 5 %, which would pass a face mask moved 20 mm into
-the frontal lobe.
+BET's mask is loose at the skull base (it leaks in front of the brainstem into the clivus and
+sphenoid), next to where the plane cut runs. The flag (:data:`FLAG_PERCENT`, 0.25 % of the brain
+mask, about 3.5 mL) was set from the 32 IXI heads (``python bench/deface.py --data
+../shared/data/ixi-t1-2mm --trials 0 --scans 0``): correctly registered, the ``mask`` method
+removed 0.0 mL on every head, so the threshold only leaves room for BET's uneven edge elsewhere;
+brainprep's 5 % would pass every ``mask`` registration moved 15-25 mm into the brain (max 1.4 %),
+0.25 % flags 18 of those 32 (the rest removed less than 0.25 %). The ``plane`` cut exceeds it on
+6 of 32 correct registrations (skull-base leak and lower brainstem): scans worth a look.
 """
 
 from __future__ import annotations
