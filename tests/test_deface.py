@@ -4,17 +4,20 @@ pydeface's #27 (a long field of view is kept), the CLI, and the input's orientat
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 
 import nibabel as nib
 import numpy as np
 import pytest
 from scipy.ndimage import distance_transform_edt
 
-from defacegan.cli import EXIT_UNREADABLE, main
-from defacegan.deface import brain_region, deface, face_region, plane_cut, register_template, template_masks, warp
-from defacegan.io import Scan, ScanError, load_scan
+from defacegan.cli import EXIT_OK, EXIT_UNREADABLE, main, verify_defaced
+from defacegan.brain import FLAG_PERCENT, brain_mask, brain_removed
+from defacegan.deface import deface, plane_cut, register_template, removed_region, template_masks, warp
+from defacegan.io import Scan, ScanError, head_threshold, load_scan
 from defacegan.manifest import METHODS
-from support.geometry import dice, random_affine
+from support.geometry import dice, misregistered, random_affine
 
 
 def world(affine: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -80,20 +83,59 @@ def test_plane_cut_spares_the_brain_and_keeps_the_margin():
         plane_cut(np.zeros(shape, bool), affine)
 
 
-def test_real_head_loses_its_face_and_keeps_its_brain(ixi_scans):
+def test_brain_removed_counts_brain_voxels_inside_the_removed_region():
+    """Millilitres and the flag from a known brain and region, on an anisotropic grid."""
+    spacing = np.array([1.0, 2.0, 2.5])
+    scan = Scan(np.ones((40, 30, 20), np.float32), np.diag([*spacing, 1.0]))
+    brain = np.zeros(scan.data.shape, bool)
+    brain[5:35, 5:25, 5:15] = True  # 30 * 20 * 10 voxels of 5 mm^3: 30 mL
+    removed = np.zeros_like(brain)
+    removed[:, 24:, :] = True  # one voxel deep into the brain's front: 30 * 1 * 10 voxels, 1.5 mL
+
+    measured = brain_removed(scan, removed, brain)
+
+    assert measured.brain_ml == pytest.approx(30.0) and measured.removed_ml == pytest.approx(1.5)
+    assert measured.percent == pytest.approx(5.0) and measured.flagged == (5.0 > FLAG_PERCENT)
+    assert measured.summary()["brain_removed_ml"] == 1.5
+    assert not brain_removed(scan, np.zeros_like(brain), brain).flagged
+    assert not brain_removed(scan, removed, np.zeros_like(brain)).flagged  # no brain found: nothing removed
+
+
+@pytest.fixture(scope="module")
+def real_head_brain(ixi_scans):
+    """A real IXI head, the defacer's registration and its BET brain mask (about a minute)."""
     scan = load_scan(ixi_scans[0])
-    transform = register_template(scan, seed=0)
-    brain = brain_region(scan, transform)
+    return scan, register_template(scan, seed=0), brain_mask(scan)
 
-    results = deface(scan, METHODS, seed=0)
 
-    np.testing.assert_array_equal(results["mask"].removed, face_region(scan, transform))  # seeded: same
-    brain_centre = world(scan.affine, brain).mean(axis=0)
-    for result in results.values():
-        assert result.removed.any() and not (result.removed & brain).any()
-        removed_centre = world(scan.affine, result.removed).mean(axis=0)
-        assert removed_centre[1] > brain_centre[1] + 30  # anterior of the brain
-        assert removed_centre[2] < brain_centre[2] - 30  # and below it
+@pytest.mark.slow
+def test_real_head_brain_mask_is_a_brain(real_head_brain):
+    scan, _, brain = real_head_brain
+    volume_ml = np.count_nonzero(brain) * np.prod(scan.spacing) / 1000
+    assert 1000 < volume_ml < 2000  # an adult brain with its CSF, cerebellum and brainstem
+    head = world(scan.affine, scan.data > head_threshold(scan.data))
+    inside = world(scan.affine, brain)
+    assert 5 < head[:, 2].max() - inside[:, 2].max() < 25  # under the scalp and skull
+    assert 5 < head[:, 1].max() - inside[:, 1].max() < 60  # behind the forehead, not in the face
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_brain_flag_fires_when_the_registration_is_wrong(real_head_brain, method):
+    """A correct defacing removes the face in front of and below the brain and is not flagged; the
+    same registration moved 15-25 mm toward the brain cuts into it and is."""
+    scan, transform, brain = real_head_brain
+    removed = removed_region(scan, transform, method)
+    np.testing.assert_array_equal(deface(scan, (method,), seed=0)[method].removed, removed)  # seeded: same
+    brain_centre, removed_centre = world(scan.affine, brain).mean(axis=0), world(scan.affine, removed).mean(axis=0)
+    assert removed_centre[1] > brain_centre[1] + 30  # anterior of the brain
+    assert removed_centre[2] < brain_centre[2] - 30  # and below it
+    assert not brain_removed(scan, removed, brain).flagged
+
+    moved = misregistered(transform, np.random.default_rng(0), shift_mm=(25.0, 25.0), angle_deg=(45.0, 45.0))
+    wrong = brain_removed(scan, removed_region(scan, moved, method), brain)
+
+    assert wrong.flagged and wrong.removed_ml > 5
 
 
 def test_field_of_view_beyond_the_template_is_kept(grid_4mm):
@@ -139,14 +181,16 @@ def test_cli_defaces_good_files_reports_bad_ones_and_keeps_the_input_orientation
     before = {path.name: sha256(path) for path in inputs.iterdir()}
     out = tmp_path / "out"
 
-    code = main(["deface", str(good), str(bad), "-o", str(out), "--save-mask", "--qc", "--method", "mask"])
+    code = main(["deface", str(good), str(bad), "-o", str(out), "--save-mask", "--qc", "--method", "mask",
+                 "--no-brain-check"])
 
     printed = capsys.readouterr()
     assert code == EXIT_UNREADABLE
     assert "broken.nii.gz" in printed.err and "head.nii.gz: defaced (mask)" in printed.out
     assert {path.name: sha256(path) for path in inputs.iterdir()} == before
     assert sorted(path.name for path in out.iterdir()) == [
-        "head_defaced.nii.gz", "head_defacemask.nii.gz", "head_qc.png"]  # no temporary files left
+        "head_deface.json", "head_defaced.nii.gz", "head_defacemask.nii.gz", "head_qc.png"]  # no temporary files left
+    assert json.loads((out / "head_deface.json").read_text())["method"] == "mask"
     assert (out / "head_qc.png").read_bytes().startswith(b"\x89PNG")
     defaced, mask = nib.load(str(out / "head_defaced.nii.gz")), nib.load(str(out / "head_defacemask.nii.gz"))
     for image in (defaced, mask):
@@ -158,3 +202,27 @@ def test_cli_defaces_good_files_reports_bad_ones_and_keeps_the_input_orientation
 
     again = main(["deface", str(good), "-o", str(out)])
     assert again == EXIT_UNREADABLE and "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_measures_the_brain_and_verify_finds_an_undone_defacing(ixi_scans, tmp_path, capsys):
+    """On a real head the shipped detector never saw: the brain removed goes into the JSON and the
+    QC figure, --verify calls the output defaced; with the defacing undone, it fires."""
+    from defacegan.detector_training import HELD_OUT, subject_of
+
+    head = next(path for path in ixi_scans if subject_of(path) == HELD_OUT[0])
+    out = tmp_path / "out"
+
+    code = main(["deface", str(head), "-o", str(out), "--qc", "--verify"])
+
+    printed = capsys.readouterr().out
+    assert code == EXIT_OK, printed
+    record = json.loads((out / f"{head.name.removesuffix('.nii.gz')}_deface.json").read_text())
+    assert record["brain_ml"] > 1000 and not record["flagged"]
+    assert f"brain removed {record['brain_removed_ml']:.1f} mL" in printed
+    assert "removed" in printed.split("verdict")[-1] and "0 with a face" in printed
+    output = out / f"{head.name.removesuffix('.nii.gz')}_defaced.nii.gz"
+    shutil.copyfile(head, output)  # the defacing undone: the face is back
+
+    assert verify_defaced([output]) == 1
+    assert "1 with a face" in capsys.readouterr().out

@@ -268,7 +268,10 @@ def add_deface(commands) -> None:
         "deface",
         help="remove the face from head scans (pydeface's face mask or a quickshear plane; no FSL)",
         description="Register pydeface's template onto each scan and zero its face. Writes "
-        "<stem>_defaced.nii.gz in the input's orientation and header; inputs are never modified.",
+        "<stem>_defaced.nii.gz in the input's orientation and header and <stem>_deface.json (the brain "
+        "removed, measured on a BET brain mask of the input); inputs are never modified. Exits 0 when all "
+        "went well, 1 when a scan needs a look (more brain removed than the flag allows, or --verify "
+        "still finds a face), 2 when any scan failed.",
     )
     parser.add_argument("inputs", nargs="+", type=Path, metavar="IN",
                         help="NIfTI files, DICOM series folders or folders (with -o; DICOM is written as NIfTI); "
@@ -281,11 +284,44 @@ def add_deface(commands) -> None:
                         help="also write <stem>_defacemask.nii.gz (uint8, 1 = removed)")
     parser.add_argument("--qc", action="store_true",
                         help="also write <stem>_qc.png: sagittal slice and frontal rendering, before and after")
+    parser.add_argument("--no-brain-check", action="store_true",
+                        help="skip measuring the brain removed (BET on the input, about 30 s per scan)")
+    parser.add_argument("--verify", action="store_true",
+                        help="run the shipped detector on every output and report any still called 'face'")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--participant-label", nargs="+", default=(), metavar="LABEL",
                         help="BIDS App form: only these subjects (with or without 'sub-')")
     add_bids_app_options(parser)
     parser.set_defaults(run=run_deface)
+
+
+def verify_defaced(outputs: list[Path]) -> int | None:
+    """`deface --verify`: the shipped detector's answer for each defaced output, printed as `check`
+    prints it; returns how many are still called `face` or could not be read (None when the
+    detector cannot load)."""
+    from defacegan import check
+    from defacegan.io import ScanFile
+
+    started = time.perf_counter()
+    detector = load_detector(None)
+    if detector is None:
+        return None
+    results = check.check_scans([ScanFile.from_path(path) for path in outputs], detector)
+    summary = check.Summary.of(results, time.perf_counter() - started)
+    check.print_results(results, summary)
+    return summary.faces + summary.unreadable
+
+
+def deface_exit_code(code: int, outputs: list[Path], flagged: int, verify: bool) -> int:
+    """A batch's exit code: 2 when a scan failed, else 1 when a scan needs a look (more brain
+    removed than the flag allows, or --verify still finds a face), else 0."""
+    faces = verify_defaced(outputs) if verify and outputs else 0
+    if code != EXIT_OK or faces is None:
+        return EXIT_UNREADABLE
+    if flagged or faces:
+        print(f"needs a look: {flagged} scan(s) lost more brain than allowed, {faces} still show a face", file=sys.stderr)
+        return EXIT_FACE
+    return EXIT_OK
 
 
 def run_deface_bids(args, bids_dir: Path, output_dir: Path) -> int:
@@ -304,11 +340,17 @@ def run_deface_bids(args, bids_dir: Path, output_dir: Path) -> int:
         return EXIT_UNREADABLE
     process = partial(bids.deface_scan, out=output_dir, method=args.method)
     failures = run_batch(scans, process, nprocs=args.nprocs)
-    return report_failures(failures, len(scans), started)
+    failed = {error.path for error in failures}
+    outputs = [bids.outputs_for(scan, output_dir).image for scan in scans if scan.path not in failed]
+    return deface_exit_code(report_failures(failures, len(scans), started), outputs, 0, args.verify)
 
 
 def run_deface(args) -> int:
+    import json
+
+    from defacegan.brain import brain_removed
     from defacegan.deface import deface  # SimpleITK, matplotlib load only when needed
+    from defacegan.io import atomic_write_text
     from defacegan.report import deface_qc_figure, save_figure
 
     if (bids_app := bids_app_paths(args.inputs)) is not None:
@@ -322,6 +364,7 @@ def run_deface(args) -> int:
         print(f"error: no NIfTI scans or DICOM series found in {' '.join(map(str, args.inputs))}", file=sys.stderr)
         return EXIT_UNREADABLE
     written: set[Path] = set()
+    flagged: list[Path] = []
 
     def process(path: Path) -> str:
         begun = time.perf_counter()
@@ -332,21 +375,29 @@ def run_deface(args) -> int:
             raise ScanError(path, f"{output} exists (pass --overwrite to replace it)")
         scan = load_scan(path)
         result = deface(scan, methods=(args.method,))[args.method]
+        brain = None if args.no_brain_check else brain_removed(scan, result.removed)
         save_nifti(scan.to_original(result.defaced), output, overwrite=args.overwrite, protect=paths)
         written.add(output)
         if args.save_mask:
             mask = scan.to_original(result.removed, dtype=np.uint8)
             save_nifti(mask, args.out / f"{stem(path)}_defacemask.nii.gz", overwrite=args.overwrite, protect=paths)
         if args.qc:
-            save_figure(deface_qc_figure(scan, result), args.out / f"{stem(path)}_qc.png")
+            save_figure(deface_qc_figure(scan, result, brain), args.out / f"{stem(path)}_qc.png")
         head = scan.data > head_threshold(scan.data)
         removed = 100 * np.count_nonzero(result.removed & head) / max(np.count_nonzero(head), 1)
+        record = {"input": str(path), "output": output.name, "method": args.method,
+                  "head_removed_percent": round(removed, 2), **(brain.summary() if brain else {})}
+        atomic_write_text(args.out / f"{stem(path)}_deface.json", json.dumps(record, indent=2) + "\n")
+        if brain and brain.flagged:
+            flagged.append(path)
         seconds = time.perf_counter() - begun
+        brain_text = f", {brain.line()}" if brain else ""
         written_as = " (NIfTI, from the DICOM series converted by dcm2niix)" if path.is_dir() else ""
-        return f"defaced ({args.method}), {removed:.1f}% of head removed, {seconds:.1f} s -> {output}{written_as}"
+        return f"defaced ({args.method}), {removed:.1f}% of head removed{brain_text}, {seconds:.1f} s -> {output}{written_as}"
 
     failures = run_batch(paths, process)
-    return report_failures(failures, len(paths), started)
+    code = report_failures(failures, len(paths), started)
+    return deface_exit_code(code, sorted(written), len(flagged), args.verify)
 
 
 SUBCOMMANDS: list[Callable] = [add_reface, add_check, add_serve, add_data, add_deface]

@@ -267,13 +267,17 @@ def deface(scan: Scan, methods: tuple[str, ...] = ("mask",), seed: int = 0) -> d
     transform = register_template(scan, seed)
     results = {}
     for method in methods:
-        if method == "mask":
-            removed = face_region(scan, transform)
-        else:
-            removed = plane_cut(brain_region(scan, transform), scan.affine)
+        removed = removed_region(scan, transform, method)
         defaced = np.where(removed, 0, scan.data).astype(np.float32, copy=False)
         results[method] = Defaced(defaced, removed, method)
     return results
+
+
+def removed_region(scan: Scan, transform: sitk.Transform, method: str) -> np.ndarray:
+    """What ``method`` removes from ``scan`` (bool, True = remove) when ``transform`` registers it."""
+    if method == "mask":
+        return face_region(scan, transform)
+    return plane_cut(brain_region(scan, transform), scan.affine)
 
 
 def register_rigid(scan: Scan, reference: Scan, seed: int = 0) -> sitk.Euler3DTransform:

@@ -13,23 +13,26 @@ from rich.table import Table
 from scipy.ndimage import gaussian_filter
 from sklearn.metrics import ConfusionMatrixDisplay, auc, roc_curve
 
+from defacegan.brain import BrainRemoved
 from defacegan.deface import Defaced
 from defacegan.io import Scan, atomic_write_bytes, atomic_write_text, head_threshold
 from defacegan.manifest import CLASS_NAMES
 from defacegan.metrics import classification_report
 
 
-def _outline(axis, region: np.ndarray) -> None:
+def _outline(axis, region: np.ndarray, colour: str = "red") -> None:
     if region.any() and not region.all():
-        axis.contour(region.T, levels=[0.5], colors="red", linewidths=1)
+        axis.contour(region.T, levels=[0.5], colors=colour, linewidths=1)
 
 
-def deface_qc_figure(scan: Scan, result: Defaced) -> Figure:
+def deface_qc_figure(scan: Scan, result: Defaced, brain: BrainRemoved | None = None) -> Figure:
     """QC figure of one defacing, so a person can check the face is gone and the brain intact.
 
     Rows: before, after. Columns: the middle sagittal slice (anterior to the right) and the head
     seen from the front (for each L-R, I-S column the first voxel from the front above the
-    head threshold, shaded by depth and surface slope). The removed region is outlined in red.
+    head threshold, shaded by depth and surface slope). The removed region is outlined in red;
+    with ``brain``, the independent brain mask in blue on the slices and the brain removed in the
+    title (red when flagged).
     """
     data, removed = scan.data, result.removed
     threshold = head_threshold(data)
@@ -37,12 +40,17 @@ def deface_qc_figure(scan: Scan, result: Defaced) -> Figure:
     middle = data.shape[0] // 2
     high = float(np.percentile(data[data > threshold], 99.5))
     figure = Figure(figsize=(9, 8), dpi=100, layout="constrained")
-    figure.suptitle(f"{scan.path.name if scan.path else 'scan'}: defaced ({result.method}), removed region in red")
+    title = f"{scan.path.name if scan.path else 'scan'}: defaced ({result.method}), removed region in red"
+    if brain is not None:
+        title += f"\nbrain (blue): {brain.line()}"
+    figure.suptitle(title, color="red" if brain is not None and brain.flagged else "black")
     axes = figure.subplots(2, 2)
     for row, (volume, label) in enumerate(((data, "before"), (result.defaced, "after"))):
         sagittal, front = axes[row]
         sagittal.imshow(volume[middle].T, cmap="gray", origin="lower", vmin=0, vmax=high, aspect=sz / sy)
         _outline(sagittal, removed[middle])
+        if brain is not None:
+            _outline(sagittal, brain.mask[middle], "tab:blue")
         sagittal.set_title(f"{label}: middle sagittal slice")
         inside = volume > threshold
         hit = inside.any(axis=1)

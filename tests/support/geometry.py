@@ -29,3 +29,18 @@ def random_affine(
     transform = sitk.AffineTransform(matrix.ravel().tolist(), rng.uniform(-shift_mm, shift_mm, 3).tolist())
     transform.SetCenter((LPS @ np.asarray(center_mm, dtype=float)).tolist())
     return transform
+
+
+def misregistered(
+    transform: sitk.Transform,
+    rng: np.random.Generator,
+    shift_mm: tuple[float, float] = (15.0, 25.0),
+    angle_deg: tuple[float, float] = (20.0, 70.0),
+) -> sitk.Transform:
+    """``transform`` (scan -> template) made wrong on purpose: what it removes moves by a random
+    ``shift_mm`` toward the brain, between straight back and straight up (``angle_deg`` up from
+    posterior)."""
+    distance = rng.uniform(*shift_mm)
+    angle = np.deg2rad(rng.uniform(*angle_deg))
+    towards_brain = LPS @ np.array([0.0, -np.cos(angle), np.sin(angle)])  # RAS posterior-superior
+    return sitk.CompositeTransform([transform, sitk.TranslationTransform(3, (-distance * towards_brain).tolist())])
