@@ -14,8 +14,8 @@ from defacegan.deface import deface
 from defacegan.io import Scan, ScanError, load_scan
 from defacegan.metrics import MAX_PSNR_DB, dilate, image_similarity, reface_audit, reidentification
 from defacegan.models.pix2pix import Pix2Pix
-from defacegan.reface import face_region, load_pix2pix, reface_scan, sagittal_planes
-from defacegan.views import sagittal_slices
+from defacegan.reface import face_region, load_pix2pix, reface_scan
+from defacegan.views import sagittal_planes, sagittal_slices
 
 
 def toy_slices(n: int = 4, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
