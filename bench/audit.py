@@ -25,7 +25,7 @@ is one more entry:
 Also reported: zero-fill matched inside the thresholded region the audit used before (share
 ≥ 0.5), which still holds blurred intact voxels along its border.
 
-    python bench/audit.py                  # 4 folds of the 32 IXI heads, 64 px, 15 slices
+    python bench/audit.py                  # 4 folds of the 32 IXI heads, 64 px, 15 slices, 6 epochs
     python bench/audit.py --smoke          # seconds: 8 subjects, 2 folds, 1 epoch, tiny networks
 
 Prints a table per defacing method and writes ``bench/results/audit.json`` and ``audit.md``.
@@ -154,7 +154,10 @@ def run(args) -> dict:
     }
     refaced = {name: {m: torch.empty_like(data.templates) for m in METHODS} for name in candidates}
     folds = []
-    for fold, (train, test) in enumerate(KFold(args.folds, shuffle=True, random_state=args.seed).split(data.subjects)):
+    splits = KFold(args.folds, shuffle=True, random_state=args.seed).split(data.subjects)
+    if args.rescore:  # the re-faced slices and fold costs of an earlier run, scored again
+        refaced, folds, splits = *torch.load(args.probes, weights_only=False), []
+    for fold, (train, test) in enumerate(splits):
         seconds = {}
         for name, build in candidates.items():
             fold_started = time.perf_counter()
@@ -164,6 +167,9 @@ def run(args) -> dict:
             seconds[name] = time.perf_counter() - fold_started
         folds.append({"test": [data.subjects[i] for i in test], "train_subjects": len(train), "seconds": seconds})
         print(f"fold {fold}: {len(test)} test subjects, Pix2Pix {seconds['pix2pix']:.0f} s", flush=True)
+    if args.probes and not args.rescore:
+        args.probes.parent.mkdir(parents=True, exist_ok=True)
+        torch.save((refaced, folds), args.probes)
     audit = {
         method: reface_audit({name: refaced[name][method] for name in candidates},
                              data.defaced[method], data.faces[method], data.removed[method])
@@ -212,13 +218,15 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--slices", type=int, default=15)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--width", type=int, default=16, help="base channels of the U-Net and the PatchGAN")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="8 subjects, 2 folds, 1 epoch, 4-channel networks")
     parser.add_argument("--out", type=Path, help="results folder (default bench/results)")
+    parser.add_argument("--probes", type=Path, help="keep the re-faced slices here (faces: keep them local)")
+    parser.add_argument("--rescore", action="store_true", help="score the --probes of an earlier run, no training")
     args = parser.parse_args()
     if args.smoke:
         args.subjects, args.folds, args.epochs, args.width, args.slices = 8, 2, 1, 4, 3

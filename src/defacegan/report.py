@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -13,10 +14,13 @@ from rich.table import Table
 from scipy.ndimage import gaussian_filter
 from sklearn.metrics import ConfusionMatrixDisplay, auc, roc_curve
 
-from defacegan.deface import Defaced
-from defacegan.io import Scan, atomic_write_bytes, atomic_write_text, head_threshold
+from defacegan.io import atomic_write_bytes, atomic_write_text, head_threshold
 from defacegan.manifest import CLASS_NAMES
 from defacegan.metrics import classification_report
+
+if TYPE_CHECKING:  # annotations only: plotting a result needs no registration code
+    from defacegan.deface import Defaced
+    from defacegan.io import Scan
 
 
 def _outline(axis, region: np.ndarray) -> None:
