@@ -11,7 +11,7 @@ on the strictly removed region (SSIM/PSNR/MAE on its tissue, the seam apart), an
 against every subject's true face (voxel correlation, and a frontal depth render of the surface):
 top-1/top-5 with Wilson 95 % intervals next to chance, the subjects being the trials.
 
-Candidates (:data:`CANDIDATES`): each is built per fold as ``build(data, train, test)`` and
+Candidates (:func:`candidates`): each is built per fold as ``build(data, train, test)`` and
 returns a callable from (defaced slices, removed share) to re-faced slices, so a new generator
 is one more entry:
 
@@ -22,10 +22,10 @@ is one more entry:
 - ``template_face``: pydeface's template head registered onto the subject (from its intact
   head: what the defacer's own registration gives an attacker), from the cached bundles.
 
-Also reported: zero-fill matched inside the thresholded region the audit used before (share
-≥ 0.5), which still holds blurred intact voxels along its border.
+Also reported: zero-fill matched inside a thresholded region (share ≥ 0.5), which still holds
+blurred intact voxels along its border.
 
-    python bench/audit.py                  # 4 folds of the 32 IXI heads, 64 px, 15 slices, 6 epochs
+    python bench/audit.py                  # 4 folds of the 32 IXI heads, 64 px, 15 slices, 16 epochs
     python bench/audit.py --smoke          # seconds: 8 subjects, 2 folds, 1 epoch, tiny networks
 
 Prints a table per defacing method and writes ``bench/results/audit.json`` and ``audit.md``.
@@ -141,25 +141,30 @@ def pix2pix(data: AuditSlices, train: np.ndarray, test: np.ndarray, *, epochs: i
     return generate
 
 
-def run(args) -> dict:
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    data = load_slices(args.cohort, args.bundles, args.cache, args.size, args.slices, args.subjects)
-    loaded = time.perf_counter() - started
-    candidates = {
+def candidates(args) -> dict[str, Callable[[AuditSlices, np.ndarray, np.ndarray], Candidate]]:
+    """The audit's candidates by name, each built per fold from (data, train indices, test indices)."""
+    return {
         "pix2pix": partial(pix2pix, epochs=args.epochs, width=args.width, batch_size=args.batch_size, seed=args.seed),
         "zero_fill": zero_fill,
         "average_face": average_face,
         "template_face": template_face,
     }
-    refaced = {name: {m: torch.empty_like(data.templates) for m in METHODS} for name in candidates}
+
+
+def run(args) -> dict:
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    data = load_slices(args.cohort, args.bundles, args.cache, args.size, args.slices, args.subjects)
+    loaded = time.perf_counter() - started
+    builders = candidates(args)
+    refaced = {name: {m: torch.empty_like(data.templates) for m in METHODS} for name in builders}
     folds = []
     splits = KFold(args.folds, shuffle=True, random_state=args.seed).split(data.subjects)
     if args.rescore:  # the re-faced slices and fold costs of an earlier run, scored again
         refaced, folds, splits = *torch.load(args.probes, weights_only=False), []
     for fold, (train, test) in enumerate(splits):
         seconds = {}
-        for name, build in candidates.items():
+        for name, build in builders.items():
             fold_started = time.perf_counter()
             candidate = build(data, train, test)
             for method in METHODS:
@@ -171,11 +176,11 @@ def run(args) -> dict:
         args.probes.parent.mkdir(parents=True, exist_ok=True)
         torch.save((refaced, folds), args.probes)
     audit = {
-        method: reface_audit({name: refaced[name][method] for name in candidates},
+        method: reface_audit({name: refaced[name][method] for name in builders},
                              data.defaced[method], data.faces[method], data.removed[method])
         for method in METHODS
     }
-    # What the old region let through: zero-fill matched inside the share ≥ 0.5 region.
+    # What a thresholded region lets through: zero-fill matched inside the share ≥ 0.5 region.
     old_region = {}
     for method in METHODS:
         similarity = voxel_similarity(data.defaced[method], data.faces[method], (data.removed[method] >= 0.5).float())
@@ -186,8 +191,8 @@ def run(args) -> dict:
         "size": args.size, "n_slices": args.slices, "spacing_mm": SPACING, "folds": folds,
         "pix2pix": {"epochs": args.epochs, "base_channels": args.width, "batch_size": args.batch_size},
         "threads": torch.get_num_threads(), "device": platform.processor() or "cpu",
-        "seconds": {"load": loaded, "total": time.perf_counter() - started}, "smoke": args.smoke,
-        "audit": audit, "zero_fill_on_the_old_region": old_region,
+        "seconds": {"load": loaded, "total": time.perf_counter() - started}, "smoke": args.smoke, "rescored": args.rescore,
+        "audit": audit, "zero_fill_on_a_thresholded_region": old_region,
     }
 
 
@@ -201,9 +206,9 @@ def print_tables(result: dict) -> None:
         for row in rows:
             table.add_row(*(row.get(column, "") for column in rows[0] | rows[-1]))
         console.print(table)
-    console.print("zero-fill inside the old (share ≥ 0.5) region: " + ", ".join(
+    console.print("zero-fill inside a thresholded (share ≥ 0.5) region: " + ", ".join(
         f"{method} top-1 {scores['voxel_top1']:.2f} [{scores['voxel_top1_low']:.2f}, {scores['voxel_top1_high']:.2f}]"
-        for method, scores in result["zero_fill_on_the_old_region"].items()))
+        for method, scores in result["zero_fill_on_a_thresholded_region"].items()))
     seconds = [fold["seconds"]["pix2pix"] for fold in result["folds"]]
     console.print(f"Pix2Pix per fold: {np.mean(seconds):.0f} s (min {min(seconds):.0f}, max {max(seconds):.0f}); "
                   f"total {result['seconds']['total'] / 60:.1f} min")
@@ -218,7 +223,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--slices", type=int, default=15)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--width", type=int, default=16, help="base channels of the U-Net and the PatchGAN")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
