@@ -13,7 +13,8 @@ Batches after transfer:
 - classify: ``views`` (B, V, S, S) float in [0, 1], ``label`` (B,) float (0 face, 1 defaced),
   ``subject`` list[str], ``kind`` list[str] ("face" or the defacing method);
 - translate: ``source`` and ``target`` (B, n_slices, S, S) in [-1, 1], both scaled by the
-  source's robust intensity scale, ``mask`` (B, n_slices, S, S) float, 1 on the removed region,
+  source's robust intensity scale, ``mask`` (B, n_slices, S, S) float, the removed share of each
+  pixel (1 where every voxel behind it was removed, 0 where none was),
   ``subject`` list[str].
 """
 
@@ -304,11 +305,12 @@ class DefaceDataModule(pl.LightningDataModule):
             return {"views": views, "label": batch["label"], "subject": batch["subject"], "kind": batch["kind"]}
         source, target = (batch["face"], batch["defaced"]) if self.direction == "deface" else (batch["defaced"], batch["face"])
         scale = robust_scale(source)
-        mask = sagittal_slices(batch["removed"], self.size, self.n_slices, scale=1.0) >= 0.5
         return {
             "source": sagittal_slices(source, self.size, self.n_slices, scale) * 2 - 1,
             "target": sagittal_slices(target, self.size, self.n_slices, scale) * 2 - 1,
-            "mask": mask.float(),
+            # The removed share of each pixel, not a thresholded copy: 1 only where no intact
+            # voxel contributes (the audit's strict region, defacegan.metrics.strict_region).
+            "mask": sagittal_slices(batch["removed"], self.size, self.n_slices, scale=1.0),
             "subject": batch["subject"],
             "kind": batch["kind"],
         }
