@@ -14,8 +14,9 @@ from collections.abc import Mapping, Sequence
 
 import monai.transforms.utils as mtu
 import torch
+import torch.nn.functional as F
 import torchio as tio
-from monai.networks.layers import AffineTransform, GaussianFilter
+from monai.networks.layers import GaussianFilter
 from monai.networks.layers.convutils import gaussian_1d
 from monai.networks.utils import normalize_transform
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -114,8 +115,8 @@ class DeviceAugmentation:
     """Random flips, affine, smoothing and gamma on a whole batch on its device (MONAI layers).
 
     Batched, for a GPU that CPU loader workers cannot keep busy: each transform is a few kernels
-    per batch, not a Python loop over samples (MONAI's ``AffineTransform`` resamples every sample
-    with its own matrix, built by MONAI's ``create_rotate``/``create_scale``/``create_translate``).
+    per batch, not a Python loop over samples (one ``grid_sample`` resamples every sample with its
+    own matrix, built by MONAI's ``create_rotate``/``create_scale``/``create_translate``).
     The rules of the TorchIO path hold: a sample's volumes (face, defaced twin, removed mask)
     move together; its intensity volumes share every intensity draw; voxels that were exactly 0
     before the intensity transforms stay 0. Each sample gets its own draws, except the smoothing
@@ -143,8 +144,6 @@ class DeviceAugmentation:
         self.options = {key: {**self.DEFAULTS[key], **cfg[key]} for key in self.DEFAULTS if cfg.get(key)}
         self.keys, self.masks, self.spacing, self.seed = tuple(keys), tuple(masks), float(spacing), seed
         self.generator = torch.Generator().manual_seed(seed)
-        # Matrices come normalised (see _slab_matrices): MONAI's own normalisation assumes that input and output have one size.
-        self._warps = {mode: AffineTransform(normalized=True, mode=mode, padding_mode="zeros", align_corners=False) for mode in ("bilinear", "nearest")}
 
     def restart(self, offset: int = 0) -> None:
         """Start the random draws again from ``seed`` (+ ``offset``, e.g. a DDP rank)."""
@@ -214,28 +213,32 @@ class DeviceAugmentation:
         held = batch[roles[0]]
         n, device, extent = len(held), held.device, extent or held.shape[2]
         start, stop = planes or (0, extent)
-        radius = self.smoothing_radius  # smoothing needs the planes next to the wanted ones
-        out = (max(0, start - radius), min(extent, stop + radius))
         flips = torch.zeros(n, 3, dtype=torch.bool)
         for axis in self.options.get("flip", {}).get("axes", ()):
             flips[:, axis] = self._chosen("flip", n)
         warped = self._chosen("affine", n)
         matrices = self._affine_matrices(int(warped.sum())) if warped.any() else None
+        smoothed, sigma = self._chosen("smooth", n), None
+        if smoothed.any():
+            sigma = float(self._uniform(*self.options["smooth"]["sigma"], 1)) / self.spacing
+        # Smoothed samples need the planes next to the wanted ones; the others only those.
+        radius = len(gaussian_1d(torch.tensor(sigma))) // 2 if sigma else 0
+        out = (max(0, start - radius), min(extent, stop + radius))
         volumes = {role: self._lookup(batch[role], flips, first, out, extent).float() for role in roles}
         if matrices is not None:
             # A flip before the affine is the affine of the mirrored grid: one resampling for both.
             mirror = torch.diag_embed(torch.cat([1 - 2 * flips[warped].double(), torch.ones(len(matrices), 1, dtype=torch.float64)], 1))
-            theta, lo, hi = self._slab_matrices(mirror @ matrices, first, held.shape, out, extent)
-            theta, index = theta.float().to(device), warped.to(device)
-            for role in roles:
-                warp = self._warps["nearest" if role in self.masks else "bilinear"]
-                source = batch[role][index, :, lo - first : hi - first].float()
-                volumes[role] = volumes[role].index_put((index,), warp(source, theta, spatial_size=(out[1] - out[0], *held.shape[3:])))
+            theta = torch.zeros(n, 4, 4, dtype=torch.float64)
+            theta[warped] = mirror @ matrices
+            for rows, span in ((warped & smoothed, out), (warped & ~smoothed, (start, stop))):
+                if rows.any():
+                    resampled = self._resample(batch, rows.to(device), theta[rows], first, span, extent)
+                    for role, value in resampled.items():
+                        volumes[role][rows.to(device), :, span[0] - out[0] : span[1] - out[0]] = value
         image = torch.cat([volumes[key] for key in self.keys], dim=1)  # (B, keys, X, Y, Z): shared draws
         absent = image == 0
-        if (chosen := self._chosen("smooth", n)).any():
-            sigma = float(self._uniform(*self.options["smooth"]["sigma"], 1)) / self.spacing
-            chosen = chosen.to(device)
+        if sigma:
+            chosen = smoothed.to(device)
             image = image.index_put((chosen,), GaussianFilter(3, sigma).to(device)(image[chosen]))
         if (chosen := self._chosen("contrast", n)).any():
             low, high = (math.log(g) for g in self.options["contrast"]["gamma"])
@@ -244,6 +247,20 @@ class DeviceAugmentation:
         volumes.update(zip(self.keys, torch.where(absent, 0, image).split(1, dim=1)))
         kept = slice(start - out[0], stop - out[0])
         return {**batch, **{role: volumes[role][:, :, kept].to(batch[role].dtype) for role in roles}}
+
+    def _resample(self, batch: dict, rows: torch.Tensor, theta: torch.Tensor, first: int, span: tuple[int, int], extent: int) -> dict:
+        """Planes ``span`` of the samples ``rows`` warped by their voxel matrices ``theta``: one
+        sampling grid for all volumes of a sample, linear for intensities, nearest for masks."""
+        held = batch[self.keys[0]].shape
+        theta, lo, hi = self._slab_matrices(theta, first, held, span, extent)
+        axes = [2, 1, 0]  # grid_sample's coordinates run (Z, Y, X) over a (X, Y, Z) tensor
+        theta = theta[:, axes][:, :, [*axes, 3]][:, :3].float().to(batch[self.keys[0]].device)
+        grid = F.affine_grid(theta, [int(rows.sum()), 1, span[1] - span[0], *held[3:]], align_corners=False)
+        return {
+            role: F.grid_sample(batch[role][:, :, lo - first : hi - first][rows].float(), grid, padding_mode="zeros",
+                                mode="nearest" if role in self.masks else "bilinear", align_corners=False)
+            for role in (*self.keys, *self.masks)
+        }
 
     @staticmethod
     def _lookup(volumes: torch.Tensor, flips: torch.Tensor, first: int, out: tuple[int, int], extent: int) -> torch.Tensor:

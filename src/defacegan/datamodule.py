@@ -163,9 +163,10 @@ class VolumeDataset(Dataset):
         partner = self._partner(index)
         volumes = item.volumes if partner is item else {**item.volumes, self.unpaired: partner.volumes[self.unpaired]}
         lo, hi = self.planes or (0, None)
-        arrays = {role: np.load(path, mmap_mode="r")[lo:hi] for role, path in volumes.items()}
+        # Copy-on-write maps: tensors over the file's pages, copied once, by the batch's collation.
+        arrays = {role: np.load(path, mmap_mode="c")[lo:hi] for role, path in volumes.items()}
         if self.augmentation is None:
-            tensors = {role: torch.from_numpy(np.array(array))[None] for role, array in arrays.items()}
+            tensors = {role: torch.from_numpy(array)[None] for role, array in arrays.items()}
         else:
             subject = tio.Subject(
                 {
