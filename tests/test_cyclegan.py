@@ -12,7 +12,7 @@ from pytorch_lightning import Trainer
 from support.config import tiny_overrides
 from torch.utils.data import DataLoader
 
-from defacegan.models.cyclegan import CycleGAN
+from defacegan.models.cyclegan import CycleGAN, refacer
 from defacegan.models.networks import PatchGAN, UNetGenerator
 from defacegan.train import CONFIG_DIR, train
 
@@ -45,7 +45,7 @@ def test_one_step_moves_all_four_networks():
 
 
 def test_cyclegan_debug_run_fits_unpaired_tests_and_audits(compose_cfg, tmp_path):
-    cfg = compose_cfg("model=cyclegan", "trainer=debug", "data.augment=null", "model.generator.base_channels=4",
+    cfg = compose_cfg("model=cyclegan", "trainer=debug", "data.augment=null", "data.size=32", "model.generator.base_channels=4",
                       "model.discriminator.base_channels=4")
     assert cfg.data.unpaired and cfg.data.task == "translate" and cfg.callbacks.model_checkpoint.monitor == "val/ssim_face"
     value = train(cfg)
@@ -64,3 +64,14 @@ def test_a_sweep_runs_the_classifier_and_both_gans(tmp_path, synthetic_cohort):
     assert result.returncode == 0, result.stderr[-3000:]
     models = {json.loads(path.read_text())["model"] for path in (tmp_path / "sweep").glob("*/metrics.json")}
     assert models == {"cnn", "pix2pix", "cyclegan"}
+
+
+def test_the_refacer_pastes_the_generator_into_the_removed_region_only():
+    torch.manual_seed(0)
+    reface = refacer(tiny_cyclegan())
+    defaced = torch.rand(3, 2, 16, 16) * 2 - 1
+    mask = torch.zeros(3, 2, 16, 16)
+    mask[..., 8:, 10:] = 1
+    refaced = reface(defaced, mask)
+    assert refaced.shape == defaced.shape and torch.equal(refaced[mask == 0], defaced[mask == 0])
+    assert (refaced[mask == 1] != defaced[mask == 1]).all()
