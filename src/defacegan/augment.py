@@ -149,12 +149,15 @@ class DeviceAugmentation:
         """Start the random draws again from ``seed`` (+ ``offset``, e.g. a DDP rank)."""
         self.generator.manual_seed(self.seed + offset)
 
+    @staticmethod
+    def _reach(sigma: float | None) -> int:
+        """Voxels on each side that MONAI's truncated Gaussian of ``sigma`` voxels reaches (0: none)."""
+        return len(gaussian_1d(torch.tensor(sigma))) // 2 if sigma else 0
+
     @property
     def smoothing_radius(self) -> int:
-        """Planes on each side that the widest smoothing kernel reaches (MONAI's truncated Gaussian)."""
-        if "smooth" not in self.options:
-            return 0
-        return len(gaussian_1d(torch.tensor(max(self.options["smooth"]["sigma"]) / self.spacing))) // 2
+        """Planes on each side that the widest smoothing kernel reaches."""
+        return self._reach(max(self.options["smooth"]["sigma"]) / self.spacing if "smooth" in self.options else None)
 
     def read_planes(self, planes: tuple[int, int], shape: Sequence[int]) -> tuple[int, int]:
         """The grid planes ``[lo, hi)`` along X that augmented planes ``[start, stop)`` of a grid of
@@ -222,7 +225,7 @@ class DeviceAugmentation:
         if smoothed.any():
             sigma = float(self._uniform(*self.options["smooth"]["sigma"], 1)) / self.spacing
         # Smoothed samples need the planes next to the wanted ones; the others only those.
-        radius = len(gaussian_1d(torch.tensor(sigma))) // 2 if sigma else 0
+        radius = self._reach(sigma)
         out = (max(0, start - radius), min(extent, stop + radius))
         volumes = {role: self._lookup(batch[role], flips, first, out, extent).float() for role in roles}
         if matrices is not None:
