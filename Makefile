@@ -7,7 +7,7 @@ DEMO   ?= data/demo
 IXI    ?= data/ixi
 IXI_SOURCE ?= ../shared/data/ixi-t1-2mm
 
-.PHONY: install test test-all train demo weights figures assets bench clean
+.PHONY: install test test-all train demo weights figures audit assets bench clean
 
 install:
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -44,6 +44,12 @@ weights:
 # the partial-removal sweep, leave-one-family-out (~50 min on 2 cores).
 figures:
 	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE)
+
+# The re-facing audit's figures in the README: k-fold over every IXI head, Pix2Pix and the baselines
+# pasted into the scans, both re-identification matchers (bench/audit.py).
+audit:
+	test -f $(IXI)/manifest.csv || $(VENV)/bin/defacegan data build --source $(IXI_SOURCE) --out $(IXI)
+	$(PY) bench/audit.py --cohort $(IXI)
 
 assets:  # rebuild the shipped brain mask in pydeface-template space (needs Colin27)
 	$(PY) -m defacegan.deface

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from defacegan.cohort import build_cohort
 from defacegan.datamodule import DefaceDataModule
 from defacegan.manifest import SPLITS
+from defacegan.metrics import strict_region
 from defacegan.views import VIEW_MODES
 
 SMALL_GRID = {"spacing": 4.0, "shape": (48, 48, 48), "size": 32, "batch_size": 4}
@@ -59,14 +60,14 @@ def test_translate_batches_follow_the_contract(synthetic_cohort, direction, n_sl
     for key in ("source", "target", "mask"):
         assert batch[key].shape == (2, n_slices, 32, 32) and batch[key].dtype == torch.float32
     assert batch["source"].min() >= -1 and batch["source"].max() <= 1 and batch["target"].min() >= -1
-    mask = batch["mask"].bool()
-    assert set(batch["mask"].unique().tolist()) == {0.0, 1.0}
+    assert batch["mask"].min() == 0 and batch["mask"].max() == 1  # the removed share, carried exactly
+    strict, intact = strict_region(batch["mask"]), batch["mask"] == 0
     defaced = batch["target"] if direction == "deface" else batch["source"]
     face = batch["source"] if direction == "deface" else batch["target"]
-    assert (defaced[mask] < -0.9).float().mean() > 0.9  # the removed region is empty in the defaced image
-    assert face[mask].mean() > -0.9  # ... and holds the face in the other
+    assert strict.any() and (defaced[strict] == -1).all()  # no intact voxel inside the strict region
+    assert face[strict].mean() > -0.9  # ... which holds the face in the other image
     # Both are scaled by the source's factor, so they agree where nothing was removed.
-    assert (face - defaced)[~mask].abs().mean() < 0.02
+    assert (face - defaced)[intact].abs().mean() < 0.02
 
 
 def test_splits_do_not_leak_and_classes_are_balanced(synthetic_cohort):
@@ -231,7 +232,7 @@ def full_volume_inputs(dm: DefaceDataModule, items: list, augment: bool) -> dict
     scale = torch.tensor([item.scale for item in items])
     return {"source": sagittal_slices(planes["defaced"], dm.size, dm.n_slices, scale) * 2 - 1,
             "target": sagittal_slices(planes["face"], dm.size, dm.n_slices, scale) * 2 - 1,
-            "removed": planes["removed"]}
+            "mask": sagittal_slices(planes["removed"], dm.size, dm.n_slices, 1.0)}
 
 
 def test_a_slab_gives_the_slices_of_the_whole_augmented_volume(synthetic_cohort):
@@ -253,9 +254,7 @@ def test_a_slab_gives_the_slices_of_the_whole_augmented_volume(synthetic_cohort)
     for key in ("source", "target"):
         torch.testing.assert_close(from_slab[key], whole[key], atol=2e-3, rtol=0)
     # Nearest-neighbour masks agree but for ties at exactly half a voxel.
-    from defacegan.datamodule import strict_region
-
-    assert (from_slab["mask"] != strict_region(whole["removed"], dm.size)).float().mean() < 1e-3
+    assert ((from_slab["mask"] - whole["mask"]).abs() > 1e-6).float().mean() < 1e-3
     dm.device_augmentation.restart()
     assert not torch.equal(dm.model_inputs(default_collate([train[i] for i in range(8)]), augment=False)["source"], from_slab["source"])
 
@@ -286,23 +285,18 @@ def test_the_slab_bound_holds_at_the_largest_rotation_scaling_and_shift(syntheti
         assert lo <= reached_lo and reached_hi <= hi
 
 
-def test_the_mask_is_the_strict_removed_region(synthetic_cohort):
-    """No pixel of the mask holds anything of the defaced input; at the grid's own size it is the removed voxels."""
+def test_the_mask_is_the_removed_share_of_each_pixel(synthetic_cohort):
+    """At the grid's own size the mask is the removed voxels; smaller, its strict region holds
+    nothing of the defaced input, where a share thresholded at one half lets anatomy in."""
     coarse = datamodule(synthetic_cohort, task="translate", direction="reface", n_slices=3, size=32)
     batch = first_batch(coarse, "val")
-    mask = batch["mask"].bool()
-    assert mask.any() and (batch["source"][mask] == -1).all()
-    loose = coarse.model_inputs  # the old rule, a resized mask thresholded at 0.5, lets anatomy in
-    from defacegan.views import sagittal_slices
-
-    raw = next(iter(coarse.val_dataloader()))
-    assert raw["removed"].shape[2] == 3  # val and test read only the planes they slice
-    half = sagittal_slices(raw["removed"].float(), 32, 3, 1.0) >= 0.5
-    assert (loose(raw)["source"][half] > -1).any()
+    assert (batch["source"][strict_region(batch["mask"])] == -1).all()
+    assert (batch["source"][batch["mask"] >= 0.5] > -1).any()
     native = datamodule(synthetic_cohort, task="translate", direction="reface", n_slices=3, size=48)
-    batch, raw = first_batch(native, "val"), next(iter(native.val_dataloader()))
+    raw = next(iter(native.val_dataloader()))
+    assert raw["removed"].shape[2] == 3  # val and test read only the planes they slice
     removed = raw["removed"][:, 0].transpose(-1, -2).flip(-2).float()  # as the slices are displayed
-    assert torch.equal(batch["mask"], removed)
+    assert torch.equal(native.on_after_batch_transfer(raw, 0)["mask"], removed)
 
 
 def test_unpaired_train_batches_take_the_target_from_another_subject(synthetic_cohort):

@@ -98,7 +98,7 @@ def test_linear_decay_matches_the_reference_schedule():
 def test_validation_logs_the_audit_scores(tmp_path):
     trainer = quiet_trainer(tmp_path)
     scores = trainer.validate(tiny_pix2pix(), dataloaders=translate_batches(2), verbose=False)[0]
-    assert {"val/ssim_face", "val/psnr_face", "val/mae_face", "val/ssim_slice", "val/loss_l1"} <= set(scores)
+    assert {"val/ssim_face", "val/psnr_face", "val/mae_face", "val/ssim_seam", "val/loss_l1"} <= set(scores)
     assert -1 <= scores["val/ssim_face"] <= 1
 
 
@@ -110,9 +110,11 @@ def test_test_loop_audits_the_whole_test_set_and_writes_its_files(tmp_path):
     trainer.test(model, dataloaders=translate_batches(3, n_slices=2), verbose=False)
 
     results = model.test_results
-    assert set(results) == {"pix2pix", "defaced", "average_face", "chance"}
-    assert results["chance"] == {"reid_top1": pytest.approx(1 / 6), "reid_top5": pytest.approx(5 / 6)}
-    assert results["defaced"]["reid_top1"] == pytest.approx(1 / 6)  # a constant guess scores chance
+    assert set(results) == {"pix2pix", "zero_fill", "average_face", "chance"}
+    chance = {f"{matcher}_top{k}": pytest.approx(min(k, 6) / 6) for matcher in ("voxel", "surface") for k in (1, 5)}
+    assert results["chance"] == chance | {"n_subjects": 6}
+    # Zero-fill puts nothing into the strict region: both matchers rank it at chance.
+    assert {key: results["zero_fill"][key] for key in chance} == chance
     written = json.loads((tmp_path / "run" / "reface_metrics.json").read_text())
     assert written["n_subjects"] == 6 and written["scores"]["pix2pix"] == pytest.approx(results["pix2pix"], nan_ok=True)
     table = (tmp_path / "run" / "reface_metrics.md").read_text().splitlines()
@@ -122,11 +124,11 @@ def test_test_loop_audits_the_whole_test_set_and_writes_its_files(tmp_path):
     by_defacing = model.test_results_by_defacing
     assert set(by_defacing) == {"mask", "plane"} == set(written["pix2pix_by_defacing"])
     assert all(written["pix2pix_by_defacing"][kind] == pytest.approx(by_defacing[kind], nan_ok=True) for kind in by_defacing)
-    assert by_defacing["plane"]["reid_top5"] == 1.0  # 2 subjects: any guess is in the top 5
+    assert by_defacing["plane"]["voxel_top5"] == 1.0  # 2 subjects: any guess is in the top 5
     assert (tmp_path / "run" / "reface_grid.png").stat().st_size > 0
     summary = model.test_summary(tmp_path)
     assert summary["test"] == results["pix2pix"]
-    assert set(summary["test_by_method"]) == {"defaced", "average_face", "chance", "pix2pix on mask", "pix2pix on plane"}
+    assert set(summary["test_by_method"]) == {"zero_fill", "average_face", "chance", "pix2pix on mask", "pix2pix on plane"}
     assert summary["plots"] == [str(tmp_path / "run" / "reface_grid.png")]
     logged = trainer.callback_metrics["test/average_face/ssim_face"]
     assert logged == pytest.approx(results["average_face"]["ssim_face"])

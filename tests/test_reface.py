@@ -1,8 +1,6 @@
-"""Re-facing audit: masked similarity scores, re-identification, and 3D re-facing of a scan."""
+"""Re-facing a scan in 3D (`defacegan reface`); the audit's scores are tested in test_metrics_audit."""
 
 from __future__ import annotations
-
-import math
 
 import nibabel as nib
 import numpy as np
@@ -12,100 +10,9 @@ import torch
 from defacegan.cli import main
 from defacegan.deface import deface
 from defacegan.io import Scan, ScanError, load_scan
-from defacegan.metrics import MAX_PSNR_DB, dilate, image_similarity, reface_audit, reidentification
 from defacegan.models.pix2pix import Pix2Pix
-from defacegan.reface import face_region, load_pix2pix, reface_scan, sagittal_planes
-from defacegan.views import sagittal_slices
-
-
-def toy_slices(n: int = 4, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Smooth random images in [-1, 1] and a removed box on the right (the face side)."""
-    generator = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, 1, size // 4, size // 4, generator=generator) * 2 - 1
-    images = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
-    mask = torch.zeros_like(images)
-    mask[..., 10:22, 20:30] = 1
-    return images, mask
-
-
-# -- image similarity -------------------------------------------------------------------------------
-
-def test_identical_images_score_perfectly():
-    images, mask = toy_slices()
-    scores = image_similarity(images, images, mask)
-    assert scores["ssim_face"] == pytest.approx(1) and scores["ssim_slice"] == pytest.approx(1)
-    assert scores["mae_face"] == 0 and scores["psnr_face"] == MAX_PSNR_DB
-
-
-def test_an_offset_inside_the_region_gives_the_known_mae_and_psnr():
-    images, mask = toy_slices()
-    shifted = images + 0.25 * mask
-    scores = image_similarity(shifted, images, mask, dilation=0)
-    assert scores["mae_face"] == pytest.approx(0.25)
-    assert scores["psnr_face"] == pytest.approx(10 * math.log10(2**2 / 0.25**2))
-    assert scores["mae_slice"] == pytest.approx(0.25 * mask.mean().item())
-    assert scores["ssim_face"] < 1
-
-
-def test_pixels_outside_the_region_do_not_change_the_face_scores():
-    images, mask = toy_slices()
-    prediction = images + 0.1 * mask
-    beyond_window = 1 - dilate(mask, 3 + 5)  # outside the grown region and its SSIM window
-    elsewhere = prediction + torch.rand_like(prediction) * beyond_window
-
-    def face_scores(candidate):
-        return {k: v for k, v in image_similarity(candidate, images, mask).items() if k.endswith("_face")}
-
-    assert face_scores(elsewhere) == pytest.approx(face_scores(prediction))
-    mae_slice = [image_similarity(candidate, images, mask)["mae_slice"] for candidate in (elsewhere, prediction)]
-    assert mae_slice[0] > mae_slice[1]
-
-
-def test_the_region_is_grown_by_the_dilation():
-    mask = torch.zeros(1, 1, 16, 16)
-    mask[..., 8, 8] = 1
-    assert dilate(mask, 3).sum() == 49 and dilate(mask, 0).sum() == 1
-
-
-def test_an_empty_region_is_left_out_of_the_face_means():
-    images, mask = toy_slices(n=2)
-    mask[1] = 0
-    assert image_similarity(images + 0.5 * mask, images, mask, dilation=0)["mae_face"] == pytest.approx(0.5)
-
-
-# -- re-identification -------------------------------------------------------------------------------
-
-def test_refaced_faces_close_to_their_originals_are_all_recognised():
-    faces, masks = toy_slices(n=12)
-    noisy = faces + 0.05 * torch.randn(faces.shape, generator=torch.Generator().manual_seed(1))
-    assert reidentification(noisy, faces, masks) == {"reid_top1": 1.0, "reid_top5": 1.0}
-
-
-def test_unrelated_faces_are_recognised_at_about_chance():
-    faces, masks = toy_slices(n=30)
-    others, _ = toy_slices(n=30, seed=7)
-    rates = reidentification(others, faces, masks)
-    assert rates["reid_top1"] < 0.2 and rates["reid_top5"] < 0.5
-
-
-def test_a_constant_guess_scores_exactly_chance():
-    faces, masks = toy_slices(n=10)
-    rates = reidentification(torch.full_like(faces, -1), faces, masks)
-    assert rates == pytest.approx({"reid_top1": 0.1, "reid_top5": 0.5})
-
-
-def test_the_audit_puts_the_generator_next_to_both_baselines_and_chance():
-    faces, masks = toy_slices(n=8)
-    faces = faces.reshape(4, 2, *faces.shape[-2:])  # 4 subjects × 2 slices
-    masks = masks.reshape(faces.shape)
-    defaced = torch.where(masks > 0, -1.0, faces)
-    results = reface_audit(faces, defaced, faces, masks, average_face=faces.mean(0))
-    assert set(results) == {"pix2pix", "defaced", "average_face", "chance"}
-    assert results["pix2pix"]["ssim_face"] == pytest.approx(1) and results["pix2pix"]["reid_top1"] == 1
-    assert results["defaced"]["reid_top1"] == pytest.approx(0.25)
-    assert results["defaced"]["mae_slice"] > results["average_face"]["mae_slice"] > 0
-    assert results["chance"] == {"reid_top1": 0.25, "reid_top5": 1.0}
-    assert "average_face" not in reface_audit(faces, defaced, faces, masks)
+from defacegan.reface import face_region, load_pix2pix, reface_scan
+from defacegan.views import sagittal_planes, sagittal_slices
 
 
 # -- 3D re-facing --------------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ def test_pix2pix_debug_run_fits_tests_and_audits(compose_cfg, tmp_path):
     summary = json.loads((tmp_path / "metrics.json").read_text())
     assert (summary["model"], summary["task"]) == ("pix2pix", "translate")
     assert value == summary["val"]["ssim_face"] and -1 <= value <= 1
-    assert {"defaced", "average_face", "chance"} <= set(summary["test_by_method"])
+    assert {"zero_fill", "average_face", "chance"} <= set(summary["test_by_method"])
     assert (tmp_path / "reface_metrics.json").exists() and (tmp_path / "checkpoints" / "last.ckpt").exists()
 
 

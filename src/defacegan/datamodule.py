@@ -18,10 +18,10 @@ Batches after transfer:
   ``subject`` list[str], ``kind`` list[str] ("face" or the defacing method);
 - translate: ``source`` and ``target`` (B, n_slices, S, S) in [-1, 1], each scaled by its scan's
   source robust intensity scale (measured once per scan on the standard grid; the paired target
-  shares its source's), ``mask`` (B, n_slices, S, S) float, 1 on the strict removed region: a
-  pixel is in it when every grid voxel it is resampled from was removed (at S = the grid's side,
-  the removed voxels themselves), ``subject`` and ``target_subject`` list[str] (the same, unless
-  the train batches are unpaired), ``kind`` list[str].
+  shares its source's), ``mask`` (B, n_slices, S, S) float, the removed share of each pixel (1
+  where every voxel behind it was removed, 0 where none was; at S = the grid's side, the removed
+  voxels themselves), ``subject`` and ``target_subject`` list[str] (the same, unless the train
+  batches are unpaired), ``kind`` list[str].
 """
 
 from __future__ import annotations
@@ -99,15 +99,12 @@ def source_scale(path: Path) -> float:
     return float(robust_scale(torch.from_numpy(np.load(path))[None, None]))
 
 
-def strict_region(removed: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, 1, n, Y, Z) removed-voxel planes → (B, n, size, size) float {0, 1}: 1 where the slice
-    pixel is resampled from removed voxels only (the resize's weights are non-negative, so any
-    intact voxel makes the intact share positive). Padding outside the grid counts as neither."""
-    removed = removed.float()
-    n = removed.shape[2]
-    touched = sagittal_slices(removed, size, n, scale=1.0) > 0
-    intact = sagittal_slices(1 - removed, size, n, scale=1.0) > 0
-    return (touched & ~intact).float()
+def other_subject(subjects: Sequence[str], index: int) -> int:
+    """An index whose subject differs from ``subjects[index]``, uniformly among them, drawn with
+    torch's RNG (seeded per loader worker): how unpaired training meets another head each time."""
+    while subjects[other := int(torch.randint(len(subjects), (1,)))] == subjects[index]:
+        pass
+    return other
 
 
 @dataclass(frozen=True)
@@ -144,19 +141,18 @@ class VolumeDataset(Dataset):
         self.augmentation = augmentation
         self.planes = planes
         self.unpaired = unpaired
-        if unpaired is not None and len({item.subject for item in self.items}) < 2:
+        self.subjects = [item.subject for item in self.items]
+        if unpaired is not None and len(set(self.subjects)) < 2:
             raise ValueError("unpaired batches need at least two subjects in the split")
 
     def __len__(self) -> int:
         return len(self.items)
 
     def _partner(self, index: int) -> Item:
-        """The item the unpaired role comes from: any item of another subject (torch's RNG, seeded per loader worker)."""
+        """The item the unpaired role comes from (the item itself when paired)."""
         if self.unpaired is None:
             return self.items[index]
-        while (other := self.items[int(torch.randint(len(self.items), (1,)))]).subject == self.items[index].subject:
-            pass
-        return other
+        return self.items[other_subject(self.subjects, index)]
 
     def __getitem__(self, index: int) -> dict:
         item = self.items[index]
@@ -385,7 +381,9 @@ class DefaceDataModule(pl.LightningDataModule):
         return {
             "source": sagittal_slices(planes[source], self.size, self.n_slices, batch["scale"]) * 2 - 1,
             "target": sagittal_slices(planes[target], self.size, self.n_slices, batch["target_scale"]) * 2 - 1,
-            "mask": strict_region(planes["removed"], self.size),
+            # The removed share of each pixel, not a thresholded copy: 1 only where no intact
+            # voxel contributes (the audit's strict region, defacegan.metrics.strict_region).
+            "mask": sagittal_slices(planes["removed"], self.size, self.n_slices, scale=1.0),
             "subject": batch["subject"],
             "target_subject": batch["target_subject"],
             "kind": batch["kind"],

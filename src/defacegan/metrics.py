@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -68,22 +70,53 @@ def classification_report(labels, probabilities, kinds) -> dict[str, dict]:
     return report
 
 
-# Re-facing audit: how close does a generator get to the removed face, and does that face give
-# the subject away? Images are (N, C, H, W) sagittal slices in [-1, 1] (the source volume's
-# robust intensity scale mapped onto [-1, 1]), so their data range is 2.
+# Re-facing audit: how close does a candidate (a generator, or a baseline) get to the removed face
+# once it is pasted into the scan, and does that face give the subject away? Images are
+# (N, n, S, S) sagittal slices in [-1, 1] (the source volume's robust intensity scale mapped onto
+# [-1, 1], air = -1), item i one subject; their data range is 2.
 
 DATA_RANGE = 2.0
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # the Gaussian window of Wang et al. (2004)
 MAX_PSNR_DB = 100.0  # identical images score this instead of inf, so that averages stay finite
-#: The removed region is grown by this many pixels before scoring: the seam is where fakes show.
-REMOVED_DILATION_PX = 3
+#: A pixel is strictly removed when at least this share of the voxels behind it was removed:
+#: resizing carries the mask as a share (a weighted mean of 0s and 1s), which reaches 1 only where
+#: no intact voxel contributes (the tolerance covers float rounding of the weights).
+FULLY_REMOVED = 1 - 1e-4
+#: Pixels whose true value is below this fraction of the robust scale are air: image scores leave
+#: them out (air is easy to copy and says nothing about a face).
+TISSUE_LEVEL = 0.1
+#: Half-width (px) of the seam: the ring across the mask's edge where a pasted face meets the scan.
+SEAM_PX = 2
 REID_RANKS = (1, 5)
 
 
-def dilate(mask: torch.Tensor, pixels: int = REMOVED_DILATION_PX) -> torch.Tensor:
-    """Grow binary (N, C, H, W) masks by ``pixels`` in every direction (square element); float {0, 1}."""
-    mask = (mask > 0).float()
-    return F.max_pool2d(mask, 2 * pixels + 1, stride=1, padding=pixels) if pixels > 0 else mask
+def strict_region(removed: torch.Tensor) -> torch.Tensor:
+    """Where no intact voxel lies behind a pixel: ``removed`` is each pixel's removed share
+    (the resized removed-region mask, e.g. the datamodule's ``mask``); bool, same shape."""
+    return removed >= FULLY_REMOVED
+
+
+def seam_region(removed: torch.Tensor, pixels: int = SEAM_PX) -> torch.Tensor:
+    """The ring across the removed region's edge: within ``pixels`` of it on either side, the
+    pixels that mix removed and intact voxels included; bool, same shape as ``removed``."""
+    images = removed.reshape(-1, 1, *removed.shape[-2:]).float()
+    pool = partial(F.max_pool2d, kernel_size=2 * pixels + 1, stride=1, padding=pixels)
+    touched = pool((images > 0).float()) > 0
+    inner = -pool(-strict_region(images).float()) > 0
+    return (touched & ~inner).reshape(removed.shape)
+
+
+def tissue(truth: torch.Tensor) -> torch.Tensor:
+    """Pixels of the true image that hold tissue, not air (bool)."""
+    return truth > 2 * TISSUE_LEVEL - 1
+
+
+def paste(refaced: torch.Tensor, defaced: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """A candidate's face put into the scan, as pasting it into the removed voxels and then
+    slicing would: defaced + removed share × candidate (in [0, 1] intensities, where the
+    zero-filled removed voxels add nothing). Strictly removed pixels become the candidate, intact
+    ones stay the scan's, and the seam mixes the two by the share."""
+    return defaced + removed * (refaced.to(defaced) + 1)
 
 
 def ssim_map(prediction: torch.Tensor, target: torch.Tensor, data_range: float = DATA_RANGE) -> torch.Tensor:
@@ -97,93 +130,113 @@ def ssim_map(prediction: torch.Tensor, target: torch.Tensor, data_range: float =
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of each item's values where ``mask`` is 1: (N,), NaN for an empty mask."""
-    weight = mask.flatten(1)
+    """Mean of each item's values where ``mask`` is true: (N,), NaN for an empty mask."""
+    weight = mask.flatten(1).float()
     return (values.flatten(1) * weight).sum(1) / weight.sum(1)
 
 
-def image_similarity(
-    prediction: torch.Tensor,
-    target: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    dilation: int = REMOVED_DILATION_PX,
-    data_range: float = DATA_RANGE,
-) -> dict[str, float]:
-    """SSIM, PSNR (dB) and MAE inside the removed region (``*_face``) and on the whole slice (``*_slice``).
+def image_scores(pasted: torch.Tensor, truth: torch.Tensor, removed: torch.Tensor) -> dict[str, torch.Tensor]:
+    """SSIM, PSNR (dB) and MAE of each item (N,) on the tissue of its strictly removed region
+    (``*_face``) and of its seam (``*_seam``), all slices of an item pooled.
 
-    ``mask`` is 1 where the face was removed; it is grown by ``dilation`` pixels. Each score is
-    computed per image and then averaged; images whose region is empty are left out of the
-    ``*_face`` means. Masked SSIM is the mean of the SSIM map over the region; PSNR comes from the
-    masked mean squared error, capped at MAX_PSNR_DB; MAE is in image units (a fraction of the
-    source's robust scale × 2 for [-1, 1] images).
+    ``pasted`` is the candidate already in the scan (:func:`paste`); ``removed`` the removed
+    share. Masked SSIM averages MONAI's SSIM map (computed on whole slices) over the region; PSNR
+    comes from the masked mean squared error, capped at MAX_PSNR_DB; MAE is in image units (2 =
+    the robust scale). An item without such pixels scores NaN.
     """
-    prediction, target = prediction.float(), target.float()
-    regions = {"face": dilate(mask, dilation), "slice": torch.ones_like(target)}
-    ssim = ssim_map(prediction, target, data_range)
-    error = prediction - target
+    pasted, truth = pasted.float(), truth.float()
+    ssim = ssim_map(pasted.reshape(-1, 1, *pasted.shape[-2:]), truth.reshape(-1, 1, *truth.shape[-2:])).reshape(truth.shape)
+    error = pasted - truth
     scores = {}
-    for name, region in regions.items():
+    for name, region in (("face", strict_region(removed)), ("seam", seam_region(removed))):
+        region = region & tissue(truth)
         mse = _masked_mean(error**2, region)
         scores[f"ssim_{name}"] = _masked_mean(ssim, region)
-        scores[f"psnr_{name}"] = (10 * torch.log10(data_range**2 / mse)).clamp(max=MAX_PSNR_DB)
+        scores[f"psnr_{name}"] = (10 * torch.log10(DATA_RANGE**2 / mse)).clamp(max=MAX_PSNR_DB)
         scores[f"mae_{name}"] = _masked_mean(error.abs(), region)
-    return {name: float(values.nanmean()) for name, values in scores.items()}
+    return scores
 
 
-def reidentification(
-    refaced: torch.Tensor, originals: torch.Tensor, masks: torch.Tensor, ranks: tuple[int, ...] = REID_RANKS
-) -> dict[str, float]:
-    """How often a re-faced subject is picked out among the original faces of all N subjects.
+def voxel_similarity(probes: torch.Tensor, gallery: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """(N, G) Pearson correlation of probe i with every gallery face j inside probe i's strictly
+    removed region (air included: the region's shape is what a candidate had to fill). Around the
+    region lies i's untouched anatomy, which would give the subject away whatever the candidate did.
+    A constant probe (zero-fill) correlates with nothing: NaN."""
+    n = len(probes)
+    probes, gallery, regions = probes.reshape(n, -1).float(), gallery.reshape(len(gallery), -1).float(), strict_region(removed).reshape(n, -1)
+    return torch.stack([torch.corrcoef(torch.cat([probes[i, regions[i]][None], gallery[:, regions[i]]]))[0, 1:] for i in range(n)])
 
-    Item i of each (N, ...) tensor is one subject (all its slices, at the same positions for
-    every subject). For each refaced face i, every original j is scored by Pearson correlation
-    with it inside subject i's own removed region ``masks[i]``, the part the generator made up
-    (not grown, nor united with j's region: around it lies i's untouched anatomy, which would
-    give the subject away whatever the generator did). ``reid_top{k}``: the rate
-    at which i's own original is among the k most similar; ties are counted as broken at random
-    (the expected rate), so a constant guess such as a zero-filled region scores chance.
-    """
-    n = len(refaced)
-    refaced, originals = refaced.reshape(n, -1).float(), originals.reshape(n, -1).float()
-    masks = masks.reshape(n, -1) > 0
-    similarity = torch.stack(
-        [torch.corrcoef(torch.cat([refaced[i, masks[i]][None], originals[:, masks[i]]]))[0, 1:] for i in range(n)]
-    ).nan_to_num(nan=-torch.inf)
+
+def frontal_depth(images: torch.Tensor, region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head surface seen from the front, inside ``region``: for each image row (one point of a
+    frontal render: a slice position × a height), how many region pixels lie in front of the first
+    tissue pixel, counted from the anterior (right) side. Returns (depth, surface) of shape
+    (..., H): float depth in pixels, and whether the row's region holds any tissue (where it does
+    not, depth is the row's whole region)."""
+    solid = (tissue(images) & region).flip(-1)
+    in_front = region.flip(-1) & (solid.cumsum(-1) == 0)
+    return in_front.sum(-1).float(), solid.any(-1)
+
+
+def surface_similarity(probes: torch.Tensor, gallery: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """(N, G) minus the mean |depth difference| (px) between probe i's frontal depth render and
+    gallery face j's, both inside probe i's strictly removed region, over the rows where the probe
+    drew a surface (the intact forehead and ears stay out). A probe without any surface there
+    (zero-fill) matches nothing: NaN."""
+    regions = strict_region(removed)
+    rows = []
+    for i in range(len(probes)):
+        region = regions[i].expand_as(gallery)
+        depth, surface = frontal_depth(probes[i], regions[i])
+        gallery_depth, _ = frontal_depth(gallery, region)
+        used = surface & regions[i].any(-1)
+        rows.append(-(gallery_depth - depth).abs().flatten(1)[:, used.flatten()].mean(1))
+    return torch.stack(rows)
+
+
+def top_k_hits(similarity: torch.Tensor, k: int) -> torch.Tensor:
+    """(N,) for an (N, G) similarity of probe i to gallery entry j, entry i being probe i's own
+    face: the chance that the own face is among the k most similar, ties broken at random (so a
+    probe that matches nothing, NaN everywhere, scores exactly k / G)."""
+    similarity = similarity.nan_to_num(nan=-torch.inf)
     own = similarity.diagonal()[:, None]
     better = (similarity > own).sum(1)
     tied_with_others = (similarity == own).sum(1) - 1
-    return {f"reid_top{k}": float(((k - better) / (tied_with_others + 1)).clamp(0, 1).mean()) for k in ranks}
+    return ((k - better) / (tied_with_others + 1)).clamp(0, 1)
+
+
+MATCHERS = {"voxel": voxel_similarity, "surface": surface_similarity}
+
+
+def rate(hits: torch.Tensor) -> dict[str, float]:
+    """Mean of per-subject hits with its Wilson 95 % interval (subjects are the trials)."""
+    successes, trials = float(hits.sum()), len(hits)
+    low, high = wilson_interval(successes, trials)
+    return {"": successes / trials, "_low": low, "_high": high}
 
 
 def reface_audit(
-    refaced: torch.Tensor,
-    defaced: torch.Tensor,
-    faces: torch.Tensor,
-    masks: torch.Tensor,
-    average_face: torch.Tensor | None = None,
-    *,
-    dilation: int = REMOVED_DILATION_PX,
-    data_range: float = DATA_RANGE,
+    candidates: dict[str, torch.Tensor], defaced: torch.Tensor, faces: torch.Tensor, removed: torch.Tensor
 ) -> dict[str, dict[str, float]]:
-    """The generator's re-facing scores next to its baselines, over a test set of N subjects.
+    """Every candidate's re-faced slices pasted into the scan and scored like with like.
 
-    (N, n, S, S) tensors in [-1, 1], one entry per subject (its n sagittal slices): ``refaced``
-    the generator's output, ``defaced`` its input (zero-filled region: the "defaced" baseline),
-    ``faces`` the originals, ``masks`` 1 in the removed region. ``average_face`` ((1 or n, S, S),
-    the mean training face) pasted into each removed region is the "average_face" baseline.
-    Each candidate gets :func:`image_similarity` and :func:`reidentification` scores; "chance" is
-    the re-identification rate of a random guess, min(k, N) / N.
+    (N, n, S, S) tensors, item i one subject at the same slice positions for all: ``candidates``
+    maps a name to its raw output (e.g. a generator's, zero-fill's -1, an average face),
+    ``defaced`` the zero-filled input, ``faces`` the originals (also the gallery the probes are
+    matched against), ``removed`` each pixel's removed share. Per candidate: the subject-mean
+    :func:`image_scores`, and for each matcher of MATCHERS the top-k re-identification rate with
+    its Wilson interval (``voxel_top1``, ``voxel_top1_low``, ``voxel_top1_high``...). "chance" is
+    k / N, and every entry carries ``n_subjects``.
     """
-    candidates = {"pix2pix": refaced, "defaced": defaced}
-    if average_face is not None:
-        candidates["average_face"] = torch.where(masks > 0, average_face.to(defaced), defaced)
-    everything = {**candidates, "faces": faces, "masks": masks}
-    images = {name: x.reshape(-1, 1, *x.shape[-2:]) for name, x in everything.items()}
-    results = {
-        name: image_similarity(images[name], images["faces"], images["masks"], dilation=dilation, data_range=data_range)
-        | reidentification(candidate, faces, masks)
-        for name, candidate in candidates.items()
-    }
-    results["chance"] = {f"reid_top{k}": min(k, len(faces)) / len(faces) for k in REID_RANKS}
+    n = len(faces)
+    results = {}
+    for name, refaced in candidates.items():
+        pasted = paste(refaced, defaced, removed)
+        scores = {key: float(values.nanmean()) for key, values in image_scores(pasted, faces, removed).items()}
+        for matcher, similarity in MATCHERS.items():
+            matrix = similarity(pasted, faces, removed)
+            for k in REID_RANKS:
+                scores |= {f"{matcher}_top{k}{suffix}": value for suffix, value in rate(top_k_hits(matrix, k)).items()}
+        results[name] = scores | {"n_subjects": n}
+    results["chance"] = {f"{matcher}_top{k}": min(k, n) / n for matcher in MATCHERS for k in REID_RANKS} | {"n_subjects": n}
     return results

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchio as tio
 
 from defacegan.augment import standard_grid
 from defacegan.deface import deface
 from defacegan.io import Scan, ScanError, head_threshold, load_scan, save_nifti
 from defacegan.models.pix2pix import Pix2Pix
-from defacegan.views import robust_scale, sagittal_slices
+from defacegan.views import robust_scale, sagittal_planes, sagittal_slices
 
 #: A face region in which more voxels than this hold tissue still has its face. (On IXI heads at
 #: 2 mm: 21-27 % before defacing, 1-6 % after pydeface-style or plane defacing.)
@@ -51,20 +49,6 @@ def face_region(scan: Scan) -> np.ndarray:
             "(pass a mask to re-face a region anyway)",
         )
     return removed & (scan.data == 0)
-
-
-def sagittal_planes(images: torch.Tensor, plane_shape: Sequence[int]) -> torch.Tensor:
-    """Undo :func:`defacegan.views.sagittal_slices`' layout: (k, S, S) images → (k, Y, Z) planes.
-
-    Resize back to the padded square, cut the centred (Z, Y) picture out, and turn it from
-    display order (superior at the top, anterior to the right) back to RAS (Y, Z) order.
-    """
-    height, width = plane_shape[1], plane_shape[0]
-    side = max(height, width)
-    if images.shape[-1] != side:
-        images = F.interpolate(images[:, None], size=(side, side), mode="bilinear", antialias=True)[:, 0]
-    top, left = (side - height) // 2, (side - width) // 2
-    return images[:, top : top + height, left : left + width].flip(-2).transpose(-1, -2)
 
 
 @torch.no_grad()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -13,10 +14,13 @@ from rich.table import Table
 from scipy.ndimage import gaussian_filter
 from sklearn.metrics import ConfusionMatrixDisplay, auc, roc_curve
 
-from defacegan.deface import Defaced
-from defacegan.io import Scan, atomic_write_bytes, atomic_write_text, head_threshold
+from defacegan.io import atomic_write_bytes, atomic_write_text, head_threshold
 from defacegan.manifest import CLASS_NAMES
 from defacegan.metrics import classification_report
+
+if TYPE_CHECKING:  # annotations only: plotting a result needs no registration code
+    from defacegan.deface import Defaced
+    from defacegan.io import Scan
 
 
 def _outline(axis, region: np.ndarray) -> None:
@@ -214,7 +218,7 @@ def write_comparison(sweep_dir: str | Path) -> Path | None:
     return atomic_write_text(Path(sweep_dir) / "comparison.md", markdown_table(rows, columns))
 
 
-AUDIT_NAMES = {"pix2pix": "Pix2Pix", "defaced": "defaced input", "average_face": "average face", "chance": "chance"}
+AUDIT_NAMES = {"pix2pix": "Pix2Pix", "cyclegan": "CycleGAN", "zero_fill": "zero-fill (the defaced input)", "average_face": "average face", "template_face": "template face", "chance": "chance"}
 
 
 def write_reface_audit(
@@ -244,3 +248,36 @@ def write_reface_audit(
             cmaps={"|output − target|": "magma"},
         ),
     ]
+
+
+#: The audit's columns: (heading, score key); re-identification keys carry ``_low``/``_high``.
+AUDIT_COLUMNS = (
+    ("SSIM", "ssim_face"), ("PSNR (dB)", "psnr_face"), ("MAE", "mae_face"), ("seam SSIM", "ssim_seam"),
+    ("seam MAE", "mae_seam"), ("voxel top-1", "voxel_top1"), ("voxel top-5", "voxel_top5"),
+    ("surface top-1", "surface_top1"), ("surface top-5", "surface_top5"),
+)
+
+
+def audit_rows(scores: dict[str, dict[str, float]]) -> list[dict[str, str]]:
+    """One row of formatted cells per candidate of a :func:`defacegan.metrics.reface_audit`
+    result: image scores to 3 decimals, rates as "0.25 [0.13, 0.42]"."""
+    rows = []
+    for candidate, values in scores.items():
+        row = {"": AUDIT_NAMES.get(candidate, candidate)}
+        for heading, key in AUDIT_COLUMNS:
+            if key + "_low" in values:
+                row[heading] = f"{values[key]:.2f} [{values[key + '_low']:.2f}, {values[key + '_high']:.2f}]"
+            elif key in values:
+                row[heading] = f"{values[key]:.2f}" if key.startswith(("voxel", "surface", "psnr")) else f"{values[key]:.3f}"
+        rows.append(row)
+    return rows
+
+
+def audit_markdown(result: dict) -> str:
+    """The k-fold audit of ``bench/audit.py`` as Markdown: one table per defacing method."""
+    parts = []
+    for method, scores in result["audit"].items():
+        parts.append(f"**{method}-defaced** ({result['n_subjects']} subjects, each re-faced once by a candidate "
+                     f"that never saw it; {result['size']}-px sagittal slices × {result['n_slices']}):\n")
+        parts.append(markdown_table(audit_rows(scores), ["", *(heading for heading, _ in AUDIT_COLUMNS)]))
+    return "\n".join(parts)

@@ -1,4 +1,5 @@
-"""The six 2D views of a head that the classifiers see, and the sagittal slices Pix2Pix translates.
+"""The six 2D views of a head that the classifiers see, and the sagittal slices Pix2Pix translates
+(and their way back into the volume, :func:`sagittal_planes`).
 
 Pure torch, batched, the same code on CPU and CUDA (it runs in ``on_after_batch_transfer`` on the
 batch's device). Volumes are canonical RAS+ ``(B, 1, X, Y, Z)``: X runs left→right, Y
@@ -21,6 +22,7 @@ clamped to [0, 1].
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -115,3 +117,17 @@ def sagittal_slices(
         raise ValueError(f"cannot take {n_slices} sagittal slices from {volumes.shape[2]} voxels")
     images = _square(_display(volumes[:, 0, first : first + n_slices]), size)
     return _scaled(images, robust_scale(volumes) if scale is None else scale)
+
+
+def sagittal_planes(images: torch.Tensor, plane_shape: Sequence[int]) -> torch.Tensor:
+    """Undo :func:`sagittal_slices`' layout: (k, S, S) images → (k, Y, Z) planes.
+
+    Resize back to the padded square, cut the centred (Z, Y) picture out, and turn it from
+    display order (superior at the top, anterior to the right) back to RAS (Y, Z) order.
+    """
+    height, width = plane_shape[1], plane_shape[0]
+    side = max(height, width)
+    if images.shape[-1] != side:
+        images = F.interpolate(images[:, None], size=(side, side), mode="bilinear", antialias=True)[:, 0]
+    top, left = (side - height) // 2, (side - width) // 2
+    return images[:, top : top + height, left : left + width].flip(-2).transpose(-1, -2)

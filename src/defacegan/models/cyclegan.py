@@ -41,6 +41,7 @@ class CycleGAN(Pix2Pix):
         self,
         size: int = 256,
         channels: int = 1,
+        n_slices: int = 1,
         spacing: float = 2.0,
         grid_shape: Sequence[int] = (128, 128, 128),
         generator: Mapping[str, Any] | None = None,
@@ -60,7 +61,7 @@ class CycleGAN(Pix2Pix):
         grid_rows: int = 8,
     ):
         super().__init__(
-            size=size, channels=channels, spacing=spacing, grid_shape=grid_shape,
+            size=size, channels=channels, n_slices=n_slices, spacing=spacing, grid_shape=grid_shape,
             generator={"dropout": 0.0, **(generator or {})}, discriminator=discriminator, gan_loss=gan_loss,
             l1_weight=0.0, optimizer_g=optimizer_g, optimizer_d=optimizer_d, lr_constant_epochs=lr_constant_epochs,
             lr_decay_epochs=lr_decay_epochs, bf16=bf16, channels_last=channels_last, compile_mode=compile_mode,
@@ -112,7 +113,7 @@ class CycleGAN(Pix2Pix):
             )
         self._update(optimizer_d, loss_d)
         self.untoggle_optimizer(optimizer_d)
-        self.count_faces(real_target)
+        self.count_faces(batch["target"])
         losses = {"loss_d": loss_d, "loss_g": loss_g, "loss_adversarial": loss_adversarial, "loss_cycle": loss_cycle,
                   "loss_identity": loss_identity}
         self.log_dict({f"train/{name}": value.detach() for name, value in losses.items()}, batch_size=len(real_source))

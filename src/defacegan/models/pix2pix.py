@@ -2,10 +2,12 @@
 
 Trained on the translate batches of :class:`defacegan.datamodule.DefaceDataModule` (direction
 "reface": defaced → face; "deface" works too, but the audit below assumes "reface"). The test
-loop scores the re-faced slices against the true faces inside the removed region, next to two
-baselines (the zero-filled input and the mean training face), and measures whether a re-faced
-subject can be picked out among all test subjects (:func:`defacegan.metrics.reface_audit`).
-:func:`defacegan.reface.reface_scan` runs a trained generator over a whole defaced 3D scan.
+loop pastes the re-faced slices into the scans and scores them against the true faces on the
+strictly removed region, next to two baselines (zero-fill and the mean training face at each
+slice position), and measures whether a re-faced subject can be picked out among all test
+subjects (:func:`defacegan.metrics.reface_audit`; ``bench/audit.py`` runs the k-fold audit over a
+whole cohort). The model maps slices to slices: :func:`defacegan.reface.reface_scan` runs a
+trained generator over a whole defaced 3D scan.
 
 Steps: manual optimisation, a discriminator step then a generator step per batch, so
 Lightning's ``trainer.global_step`` grows by 2 per batch: ``trainer.max_steps`` and
@@ -28,7 +30,7 @@ from pytorch_lightning import LightningModule
 from pytorch_lightning.loggers import WandbLogger
 
 from defacegan import report
-from defacegan.metrics import image_similarity, reface_audit
+from defacegan.metrics import image_scores, paste, reface_audit
 from defacegan.models.networks import GAN_CRITERIA, ConditionalPatchDiscriminator, UNetGenerator, gan_loss
 
 #: The reference pix2pix optimiser, for both networks.
@@ -44,8 +46,9 @@ def linear_decay(epoch: int, constant_epochs: int, decay_epochs: int) -> float:
 class Pix2Pix(LightningModule):
     """Conditional GAN: U-Net generator + PatchGAN on (input, output), adversarial + λ·L1 loss.
 
-    Batches: ``source``, ``target``, ``mask`` (B, n, S, S), images in [-1, 1]; the n slices are
-    split into network images of ``channels`` channels (1: each slice is its own image).
+    Batches: ``source``, ``target`` (B, n, S, S), images in [-1, 1], and ``mask`` (each pixel's
+    removed share); the n slices are split into network images of ``channels`` channels (1: each
+    slice is its own image). ``n_slices`` is n: the average training face is kept per slice position.
     ``generator`` / ``discriminator`` are keyword arguments of :class:`UNetGenerator` /
     :class:`ConditionalPatchDiscriminator` (widths, dropout, depth; sizes and channels come from
     ``size`` and ``channels``); ``optimizer_g`` / ``optimizer_d`` build the optimizers (Hydra
@@ -66,6 +69,7 @@ class Pix2Pix(LightningModule):
         self,
         size: int = 256,
         channels: int = 1,
+        n_slices: int = 1,
         spacing: float = 2.0,
         grid_shape: Sequence[int] = (128, 128, 128),
         generator: Mapping[str, Any] | None = None,
@@ -93,9 +97,9 @@ class Pix2Pix(LightningModule):
         self.automatic_optimization = False
         self.build_networks(generator or {}, discriminator or {})
         self.make_optimizers = (optimizer_g or PIX2PIX_ADAM, optimizer_d or PIX2PIX_ADAM)
-        # Sum and count of the training targets (faces, when re-facing): the audit's
-        # "average face" baseline, kept in the checkpoint with the weights.
-        self.register_buffer("face_sum", torch.zeros(channels, size, size))
+        # Sum and count of the training targets (faces, when re-facing) at each slice position:
+        # the audit's "average face" baseline, kept in the checkpoint with the weights.
+        self.register_buffer("face_sum", torch.zeros(n_slices, size, size))
         self.register_buffer("face_count", torch.zeros((), dtype=torch.long))
         self._cuda_prepared = False
         self._test_outputs: list[dict] = []
@@ -115,7 +119,7 @@ class Pix2Pix(LightningModule):
         return self.generator.parameters(), self.discriminator.parameters()
 
     def count_faces(self, target: torch.Tensor) -> None:
-        """Add a batch of training targets to the average-face baseline."""
+        """Add a batch's training targets (B, n, S, S) to the average-face baseline (per slice position)."""
         with torch.no_grad():
             self.face_sum += target.float().sum(0)
             self.face_count += len(target)
@@ -174,7 +178,7 @@ class Pix2Pix(LightningModule):
         loss_g = loss_adversarial + self.hparams.l1_weight * loss_l1
         self._update(optimizer_g, loss_g)
         self.untoggle_optimizer(optimizer_g)
-        self.count_faces(target)
+        self.count_faces(batch["target"])
         losses = {"loss_d": loss_d, "loss_g": loss_g, "loss_adversarial": loss_adversarial, "loss_l1": loss_l1}
         self.log_dict({f"train/{name}": value.detach() for name, value in losses.items()}, batch_size=len(source))
 
@@ -206,7 +210,8 @@ class Pix2Pix(LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         source, target, mask = (self.as_images(batch[key]) for key in ("source", "target", "mask"))
         fake = self(source)
-        scores = {"loss_l1": float(F.l1_loss(fake, target)), **image_similarity(fake, target, mask)}
+        pasted = image_scores(paste(fake, source, mask), target, mask)
+        scores = {"loss_l1": float(F.l1_loss(fake, target))} | {name: float(values.nanmean()) for name, values in pasted.items()}
         self.log_dict({f"val/{name}": value for name, value in scores.items()}, batch_size=len(source), sync_dist=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
@@ -218,7 +223,7 @@ class Pix2Pix(LightningModule):
 
     @property
     def average_face(self) -> torch.Tensor | None:
-        """Mean training target (C, S, S), or None before any training step."""
+        """Mean training target at each slice position (n, S, S), or None before any training step."""
         return self.face_sum / self.face_count if self.face_count > 0 else None
 
     def on_test_epoch_end(self) -> None:
@@ -227,14 +232,17 @@ class Pix2Pix(LightningModule):
         subjects, slices = group_by_subject(outputs)
         if not subjects:
             return
-        average = None if self.average_face is None else self.average_face.cpu()
-        self.test_results = reface_audit(slices["refaced"], slices["source"], slices["target"], slices["mask"], average)
+        source, target, mask = slices["source"], slices["target"], slices["mask"]
+        candidates = {"pix2pix": slices["refaced"], "zero_fill": torch.full_like(source, -1)}
+        if self.average_face is not None:  # a subject's entries (one per defacing method) lie end to end
+            candidates["average_face"] = self.average_face.cpu().repeat(source.shape[1] // self.hparams.n_slices, 1, 1).expand_as(source)
+        self.test_results = reface_audit(candidates, source, target, mask)
         # How reversible is each defacing method: the same audit on its scans alone.
         kinds = sorted({kind for output in outputs for kind in output["kind"]})
         self.test_results_by_defacing = {}
         for kind in kinds if len(kinds) > 1 else ():
             _, part = group_by_subject(outputs_of_kind(outputs, kind))
-            self.test_results_by_defacing[kind] = reface_audit(part["refaced"], part["source"], part["target"], part["mask"])["pix2pix"]
+            self.test_results_by_defacing[kind] = reface_audit({"pix2pix": part["refaced"]}, part["source"], part["target"], part["mask"])["pix2pix"]
         by_defacing = {f"test/{kind}/{name}": value for kind, scores in self.test_results_by_defacing.items() for name, value in scores.items()}
         self.log_dict(flat_audit(self.test_results) | by_defacing)
         folder = Path(self.hparams.output_dir or self.trainer.log_dir or self.trainer.default_root_dir)
