@@ -118,16 +118,3 @@ class CycleGAN(Pix2Pix):
                   "loss_identity": loss_identity}
         self.log_dict({f"train/{name}": value.detach() for name, value in losses.items()}, batch_size=len(real_source))
 
-
-def refacer(model: Pix2Pix, batch_size: int = 64) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """A trained generator (Pix2Pix's or CycleGAN's) as a re-facing candidate of the audit:
-    (N, n, S, S) defaced slices in [-1, 1] and their removed-region masks → re-faced slices, the
-    generator's output pasted into the removed region only (elsewhere the scan keeps its own)."""
-    model.eval()
-
-    def reface(defaced: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            parts = [model(model.as_images(part.to(model.device))).to(defaced.device) for part in defaced.split(batch_size)]
-        return torch.where(mask > 0, torch.cat(parts).reshape(defaced.shape), defaced)
-
-    return reface
