@@ -17,6 +17,8 @@ is one more entry:
 
 - ``pix2pix``: a narrow Pix2Pix (U-Net + PatchGAN, LSGAN + 100·L1) trained on the fold's
   training subjects, both defacing methods;
+- ``cyclegan``: a CycleGAN of the same width (two U-Nets, two PatchGANs, LSGAN + cycle + identity)
+  trained on the same slices unpaired: each defaced slice meets the face of another subject;
 - ``zero_fill``: the defaced input itself (air in the region);
 - ``average_face``: the mean training face at each slice position;
 - ``template_face``: pydeface's template head registered onto the subject (from its intact
@@ -49,14 +51,15 @@ from pytorch_lightning import Trainer
 from rich.console import Console
 from rich.table import Table
 from sklearn.model_selection import KFold
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from defacegan.contract import InputContract
-from defacegan.datamodule import cache_scan
+from defacegan.datamodule import cache_scan, other_subject
 from defacegan.detector_training import load_bundles
 from defacegan.io import atomic_write_text
 from defacegan.manifest import METHODS, load_manifest, volume_columns
 from defacegan.metrics import REID_RANKS, rate, reface_audit, top_k_hits, voxel_similarity
+from defacegan.models.cyclegan import CycleGAN
 from defacegan.models.pix2pix import Pix2Pix
 from defacegan.report import audit_markdown, audit_rows
 from defacegan.views import robust_scale, sagittal_slices
@@ -119,20 +122,23 @@ def template_face(data: AuditSlices, train: np.ndarray, test: np.ndarray) -> Can
     return lambda defaced, removed: templates
 
 
-def pix2pix(data: AuditSlices, train: np.ndarray, test: np.ndarray, *, epochs: int, width: int, batch_size: int,
-            seed: int) -> Candidate:
-    """A Pix2Pix trained from scratch on the training subjects' slices of every defacing method."""
-    size = data.templates.shape[-1]
+def training_slices(data: AuditSlices, train: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The training subjects' defaced and face slices of every defacing method, as (M, 1, S, S)
+    images, and each image's subject."""
+    size, n_slices = data.templates.shape[-1], data.templates.shape[1]
     sources, targets = (torch.cat([slices[m][train] for m in METHODS]).reshape(-1, 1, size, size)
                         for slices in (data.defaced, data.faces))
-    pairs = [{"source": s, "target": t} for s, t in zip(sources, targets)]
-    pl.seed_everything(seed, verbose=False)
-    model = Pix2Pix(size=size, generator={"base_channels": width}, discriminator={"base_channels": width})
-    loader = DataLoader(pairs, batch_size=batch_size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed))
+    return sources, targets, [data.subjects[i] for _ in METHODS for i in train for _ in range(n_slices)]
+
+
+def fitted(model: Pix2Pix, dataset, *, epochs: int, batch_size: int, seed: int) -> Candidate:
+    """``model`` trained from scratch on ``dataset`` (items {"source", "target"}), as a candidate."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed))
     trainer = Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(model, train_dataloaders=loader)
     model.eval()
+    size = model.hparams.size
 
     @torch.no_grad()
     def generate(defaced: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
@@ -141,10 +147,43 @@ def pix2pix(data: AuditSlices, train: np.ndarray, test: np.ndarray, *, epochs: i
     return generate
 
 
+def pix2pix(data: AuditSlices, train: np.ndarray, test: np.ndarray, *, epochs: int, width: int, batch_size: int,
+            seed: int) -> Candidate:
+    """A Pix2Pix trained on the training subjects' (defaced, face) slice pairs of every defacing method."""
+    sources, targets, _ = training_slices(data, train)
+    pl.seed_everything(seed, verbose=False)
+    model = Pix2Pix(size=sources.shape[-1], generator={"base_channels": width}, discriminator={"base_channels": width})
+    return fitted(model, [{"source": s, "target": t} for s, t in zip(sources, targets)], epochs=epochs, batch_size=batch_size, seed=seed)
+
+
+class UnpairedSlices(Dataset):
+    """CycleGAN's training set: each defaced slice with the face slice of another subject, drawn afresh per sample."""
+
+    def __init__(self, sources: torch.Tensor, targets: torch.Tensor, subjects: list[str]):
+        self.sources, self.targets, self.subjects = sources, targets, subjects
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"source": self.sources[index], "target": self.targets[other_subject(self.subjects, index)]}
+
+
+def cyclegan(data: AuditSlices, train: np.ndarray, test: np.ndarray, *, epochs: int, width: int, batch_size: int,
+             seed: int) -> Candidate:
+    """A CycleGAN (the unpaired attacker) trained on the same slices, never shown a subject's own pair."""
+    sources, targets, subjects = training_slices(data, train)
+    pl.seed_everything(seed, verbose=False)
+    model = CycleGAN(size=sources.shape[-1], generator={"base_channels": width}, discriminator={"base_channels": width})
+    return fitted(model, UnpairedSlices(sources, targets, subjects), epochs=epochs, batch_size=batch_size, seed=seed)
+
+
 def candidates(args) -> dict[str, Callable[[AuditSlices, np.ndarray, np.ndarray], Candidate]]:
     """The audit's candidates by name, each built per fold from (data, train indices, test indices)."""
+    gan = {"epochs": args.epochs, "width": args.width, "batch_size": args.batch_size, "seed": args.seed}
     return {
-        "pix2pix": partial(pix2pix, epochs=args.epochs, width=args.width, batch_size=args.batch_size, seed=args.seed),
+        "pix2pix": partial(pix2pix, **gan),
+        "cyclegan": partial(cyclegan, **gan),
         "zero_fill": zero_fill,
         "average_face": average_face,
         "template_face": template_face,
@@ -171,7 +210,7 @@ def run(args) -> dict:
                 refaced[name][method][test] = candidate(data.defaced[method][test], data.removed[method][test])
             seconds[name] = time.perf_counter() - fold_started
         folds.append({"test": [data.subjects[i] for i in test], "train_subjects": len(train), "seconds": seconds})
-        print(f"fold {fold}: {len(test)} test subjects, Pix2Pix {seconds['pix2pix']:.0f} s", flush=True)
+        print(f"fold {fold}: {len(test)} test subjects, Pix2Pix {seconds['pix2pix']:.0f} s, CycleGAN {seconds['cyclegan']:.0f} s", flush=True)
     if args.probes and not args.rescore:
         args.probes.parent.mkdir(parents=True, exist_ok=True)
         torch.save((refaced, folds), args.probes)
@@ -189,7 +228,7 @@ def run(args) -> dict:
     return {
         "cohort": str(args.cohort), "subjects": data.subjects, "n_subjects": len(data.subjects),
         "size": args.size, "n_slices": args.slices, "spacing_mm": SPACING, "folds": folds,
-        "pix2pix": {"epochs": args.epochs, "base_channels": args.width, "batch_size": args.batch_size},
+        "gans": {"epochs": args.epochs, "base_channels": args.width, "batch_size": args.batch_size},
         "threads": torch.get_num_threads(), "device": platform.processor() or "cpu",
         "seconds": {"load": loaded, "total": time.perf_counter() - started}, "smoke": args.smoke, "rescored": args.rescore,
         "audit": audit, "zero_fill_on_a_thresholded_region": old_region,
@@ -209,9 +248,11 @@ def print_tables(result: dict) -> None:
     console.print("zero-fill inside a thresholded (share ≥ 0.5) region: " + ", ".join(
         f"{method} top-1 {scores['voxel_top1']:.2f} [{scores['voxel_top1_low']:.2f}, {scores['voxel_top1_high']:.2f}]"
         for method, scores in result["zero_fill_on_a_thresholded_region"].items()))
-    seconds = [fold["seconds"]["pix2pix"] for fold in result["folds"]]
-    console.print(f"Pix2Pix per fold: {np.mean(seconds):.0f} s (min {min(seconds):.0f}, max {max(seconds):.0f}); "
-                  f"total {result['seconds']['total'] / 60:.1f} min")
+    for name, label in (("pix2pix", "Pix2Pix"), ("cyclegan", "CycleGAN")):
+        seconds = [fold["seconds"][name] for fold in result["folds"] if name in fold["seconds"]]
+        if seconds:
+            console.print(f"{label} per fold: {np.mean(seconds):.0f} s (min {min(seconds):.0f}, max {max(seconds):.0f})")
+    console.print(f"total {result['seconds']['total'] / 60:.1f} min")
 
 
 def main() -> None:

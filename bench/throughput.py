@@ -1,4 +1,4 @@
-"""End-to-end training throughput against the pure model step, for the CNN and Pix2Pix.
+"""End-to-end training throughput against the pure model step, for the CNN, Pix2Pix and CycleGAN.
 
 End to end is what `python train.py` does per batch: cached volumes (manifest → standard-grid
 cache, built before timing) → augmentation (TorchIO in the loader workers, or MONAI on the
@@ -9,11 +9,13 @@ and both are timed over the same number of batches after a warm-up. The ratio sa
 data path keeps the device busy (target: ≥ 80 %); "data path alone" (the loop without a model)
 is the ceiling that end to end can reach, however fast the device's step.
 
-    python bench/throughput.py [--root data/demo] [--models cnn pix2pix] [--augment none torchio device]
-                               [--steps 20] [--warmup 3] [--override model.generator.base_channels=16 ...]
+    python bench/throughput.py [--root data/demo] [--models cnn pix2pix cyclegan] [--augment none torchio device]
+                               [--steps 20] [--warmup 3] [--override data.num_workers=0 ...]
 
-On a CPU the Pix2Pix networks are narrowed and the slices made smaller (see CPU_OVERRIDES),
-or a run would take hours; on CUDA the configs are used as they are. Prints a table, writes JSON
+Sagittal slices (Pix2Pix, CycleGAN) are read as slabs: only the planes the slices can draw on
+under the augmentation (all of them under TorchIO's). On a CPU the GANs' networks are narrowed
+and the slices made smaller (see CPU_OVERRIDES), or a run would take hours; on CUDA the configs
+are used as they are. Prints a table with each row's share of the pure step, writes JSON
 (default bench/results/throughput.json).
 """
 
@@ -41,8 +43,9 @@ from torch.utils.data import DataLoader
 from defacegan.train import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Pix2Pix on a CPU: 64² slices and 16 base channels instead of 256² and 64.
-CPU_OVERRIDES = {"pix2pix": ["data.size=64", "model.generator.base_channels=16", "model.discriminator.base_channels=16"]}
+#: The GANs on a CPU: 64² slices and 16 base channels instead of 256² and 64.
+GAN_ON_CPU = ["data.size=64", "model.generator.base_channels=16", "model.discriminator.base_channels=16"]
+CPU_OVERRIDES = {"pix2pix": GAN_ON_CPU, "cyclegan": GAN_ON_CPU}
 
 
 def compose_run(model: str, augment: str, root: Path, output_dir: Path, overrides: list[str]):
@@ -68,8 +71,9 @@ def data_path_rate(datamodule, device: torch.device, warmup: int, steps: int) ->
     """Samples/s of the data path alone (loader, transfer, augmentation, views; no model): the
     most that end to end can reach with a faster device step."""
     def batches():
+        loader = datamodule.train_dataloader()  # one loader, as a Trainer keeps: its workers persist across epochs
         while True:
-            yield from datamodule.train_dataloader()
+            yield from loader
 
     stream, seconds = batches(), 0.0
     for index in range(warmup + steps):
@@ -128,7 +132,7 @@ def print_table(result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, help="cohort folder (default: data/demo if built, else a generated one)")
-    parser.add_argument("--models", nargs="+", default=["cnn", "pix2pix"], choices=["cnn", "pix2pix"])
+    parser.add_argument("--models", nargs="+", default=["cnn", "pix2pix"], choices=["cnn", "pix2pix", "cyclegan"])
     parser.add_argument("--augment", nargs="+", default=["none", "torchio", "device"], choices=["none", "torchio", "device"])
     parser.add_argument("--steps", type=int, default=20, help="timed batches per row")
     parser.add_argument("--warmup", type=int, default=3, help="batches before timing (worker start-up, cuDNN autotune)")

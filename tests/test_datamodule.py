@@ -54,7 +54,8 @@ def test_classify_batches_follow_the_contract(synthetic_cohort, view_mode):
 def test_translate_batches_follow_the_contract(synthetic_cohort, direction, n_slices):
     dm = datamodule(synthetic_cohort, task="translate", direction=direction, n_slices=n_slices)
     batch = first_batch(dm, "val")
-    assert set(batch) == {"source", "target", "mask", "subject", "kind"}
+    assert set(batch) == {"source", "target", "mask", "subject", "target_subject", "kind"}
+    assert batch["target_subject"] == batch["subject"]  # val and test are paired
     assert set(batch["kind"]) <= {"mask", "plane"}
     for key in ("source", "target", "mask"):
         assert batch[key].shape == (2, n_slices, 32, 32) and batch[key].dtype == torch.float32
@@ -213,3 +214,108 @@ def test_several_cohorts_train_together(synthetic_cohort, tmp_path):
     assert len(both.datasets["train"]) == len(alone.datasets["train"]) + 3 * 4
     assert len(both.datasets["test"]) == len(alone.datasets["test"])
     assert (other / "cache").is_dir()
+
+
+SLAB_AUGMENT = {"flip": {"prob": 0.5}, "affine": {"prob": 0.75, "degrees": 10, "scales": 0.1, "translation": 8},
+                "smooth": {"prob": 0.5}, "contrast": {"prob": 0.5}}
+
+
+def full_volume_inputs(dm: DefaceDataModule, items: list, augment: bool) -> dict:
+    """What the translate path gave before slabs: whole cached volumes, augmented whole, then sliced."""
+    from defacegan.views import sagittal_slices
+
+    batch = {role: torch.stack([torch.from_numpy(np.load(item.volumes[role]))[None] for item in items])
+             for role in ("face", "defaced", "removed")}
+    if augment:
+        batch = dm.device_augmentation(batch)
+    planes = {role: volume[:, :, slice(*dm.planes)] for role, volume in batch.items()}
+    scale = torch.tensor([item.scale for item in items])
+    return {"source": sagittal_slices(planes["defaced"], dm.size, dm.n_slices, scale) * 2 - 1,
+            "target": sagittal_slices(planes["face"], dm.size, dm.n_slices, scale) * 2 - 1,
+            "mask": sagittal_slices(planes["removed"], dm.size, dm.n_slices, 1.0)}
+
+
+def test_a_slab_gives_the_slices_of_the_whole_augmented_volume(synthetic_cohort):
+    """Train samples read only the planes their slices can draw on, yet match the whole-volume path."""
+    from torch.utils.data import default_collate
+
+    dm = datamodule(synthetic_cohort, task="translate", direction="reface", n_slices=3, batch_size=8,
+                    device_augment=SLAB_AUGMENT, seed=3)
+    train = dm.datasets["train"]
+    lo, hi = train.planes
+    assert 0 < lo < dm.planes[0] and dm.planes[1] < hi < dm.shape[0]  # a slab, with a margin
+    items = train.items[:8]
+    slab = default_collate([train[i] for i in range(8)])
+    assert slab["face"].shape == (8, 1, hi - lo, 48, 48)
+    dm.device_augmentation.restart()
+    from_slab = dm.model_inputs(slab, augment=True)
+    dm.device_augmentation.restart()
+    whole = full_volume_inputs(dm, items, augment=True)
+    for key in ("source", "target"):
+        torch.testing.assert_close(from_slab[key], whole[key], atol=2e-3, rtol=0)
+    # Nearest-neighbour masks agree but for ties at exactly half a voxel.
+    assert ((from_slab["mask"] - whole["mask"]).abs() > 1e-6).float().mean() < 1e-3
+    dm.device_augmentation.restart()
+    assert not torch.equal(dm.model_inputs(default_collate([train[i] for i in range(8)]), augment=False)["source"], from_slab["source"])
+
+
+def test_the_slab_bound_holds_at_the_largest_rotation_scaling_and_shift(synthetic_cohort):
+    import itertools
+    import math
+
+    import monai.transforms.utils as mtu
+
+    from defacegan.augment import DeviceAugmentation
+
+    options = {"affine": {"prob": 1, "degrees": 20, "scales": 0.2, "translation": 12}, "flip": {"prob": 1}}
+    augmentation = DeviceAugmentation(options, keys=("face",), spacing=4.0)
+    shape, planes = (64, 48, 40), (31, 34)
+    lo, hi = augmentation.read_planes(planes, shape)
+    assert 0 < lo and hi < 64
+    corners = [
+        mtu.create_translate(3, shift, backend="torch") @ mtu.create_rotate(3, angles, backend="torch")
+        @ mtu.create_scale(3, scales, backend="torch")
+        for angles in itertools.product(*[(-math.radians(20), math.radians(20))] * 3)
+        for scales in itertools.product((0.8, 1.2), repeat=3)
+        for shift in itertools.product((-3, 3), repeat=3)
+    ]
+    mirrored = torch.stack(corners).double() @ torch.diag(torch.tensor([-1.0, 1, 1, 1], dtype=torch.float64))
+    for theta in (torch.stack(corners).double(), mirrored):
+        _, reached_lo, reached_hi = augmentation._slab_matrices(theta, 0, (1, 1, *shape), planes, shape[0])
+        assert lo <= reached_lo and reached_hi <= hi
+
+
+def test_the_mask_is_the_removed_share_of_each_pixel(synthetic_cohort):
+    """At the grid's own size the mask is the removed voxels; smaller, its strict region holds
+    nothing of the defaced input, where a share thresholded at one half lets anatomy in."""
+    coarse = datamodule(synthetic_cohort, task="translate", direction="reface", n_slices=3, size=32)
+    batch = first_batch(coarse, "val")
+    assert (batch["source"][strict_region(batch["mask"])] == -1).all()
+    assert (batch["source"][batch["mask"] >= 0.5] > -1).any()
+    native = datamodule(synthetic_cohort, task="translate", direction="reface", n_slices=3, size=48)
+    raw = next(iter(native.val_dataloader()))
+    assert raw["removed"].shape[2] == 3  # val and test read only the planes they slice
+    removed = raw["removed"][:, 0].transpose(-1, -2).flip(-2).float()  # as the slices are displayed
+    assert torch.equal(native.on_after_batch_transfer(raw, 0)["mask"], removed)
+
+
+def test_unpaired_train_batches_take_the_target_from_another_subject(synthetic_cohort):
+    from torch.utils.data import default_collate
+
+    dm = datamodule(synthetic_cohort, task="translate", direction="reface", unpaired=True, batch_size=8)
+    train = dm.datasets["train"]
+    faces = {item.subject: item for item in train.items}
+    torch.manual_seed(0)
+    samples = [train[i % len(train)] for i in range(24)]
+    assert all(sample["target_subject"] != sample["subject"] for sample in samples)
+    assert len({(sample["subject"], sample["target_subject"]) for sample in samples}) > len(faces)  # drawn afresh
+    batch = dm.model_inputs(default_collate(samples[:8]))
+    partners = [faces[subject] for subject in batch["target_subject"]]
+    expected = full_volume_inputs(dm, partners, augment=False)["target"]
+    torch.testing.assert_close(batch["target"], expected)
+    paired = first_batch(dm, "val")
+    assert paired["target_subject"] == paired["subject"]
+    with pytest.raises(ValueError, match="two subjects"):
+        from defacegan.datamodule import VolumeDataset
+
+        VolumeDataset(train.items[:1], 4.0, unpaired="face")

@@ -14,8 +14,11 @@ from collections.abc import Mapping, Sequence
 
 import monai.transforms.utils as mtu
 import torch
+import torch.nn.functional as F
 import torchio as tio
-from monai.networks.layers import AffineTransform, GaussianFilter
+from monai.networks.layers import GaussianFilter
+from monai.networks.layers.convutils import gaussian_1d
+from monai.networks.utils import normalize_transform
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
@@ -112,13 +115,18 @@ class DeviceAugmentation:
     """Random flips, affine, smoothing and gamma on a whole batch on its device (MONAI layers).
 
     Batched, for a GPU that CPU loader workers cannot keep busy: each transform is a few kernels
-    per batch, not a Python loop over samples (MONAI's ``AffineTransform`` resamples every sample
-    with its own matrix, built by MONAI's ``create_rotate``/``create_scale``/``create_translate``).
+    per batch, not a Python loop over samples (one ``grid_sample`` resamples every sample with its
+    own matrix, built by MONAI's ``create_rotate``/``create_scale``/``create_translate``).
     The rules of the TorchIO path hold: a sample's volumes (face, defaced twin, removed mask)
     move together; its intensity volumes share every intensity draw; voxels that were exactly 0
     before the intensity transforms stay 0. Each sample gets its own draws, except the smoothing
     width, drawn once per batch. Options are in TorchIO's units (mm, degrees; see
     conf/augment/device.yaml); draws come from a generator seeded with ``seed``, not the global RNG.
+
+    It can work on a slab: given the grid planes (along X, the sagittal axis) a batch holds and
+    the planes wanted, it resamples only those planes of the augmented grid, exactly as from the
+    whole volume (:meth:`read_planes` says which planes the wanted ones can draw on). A flip
+    without an affine is a plane lookup, not a resampling, so such samples stay exact.
     """
 
     DEFAULTS = {
@@ -136,11 +144,45 @@ class DeviceAugmentation:
         self.options = {key: {**self.DEFAULTS[key], **cfg[key]} for key in self.DEFAULTS if cfg.get(key)}
         self.keys, self.masks, self.spacing, self.seed = tuple(keys), tuple(masks), float(spacing), seed
         self.generator = torch.Generator().manual_seed(seed)
-        self._warps = {mode: AffineTransform(mode=mode, padding_mode="zeros", zero_centered=True) for mode in ("bilinear", "nearest")}
 
     def restart(self, offset: int = 0) -> None:
         """Start the random draws again from ``seed`` (+ ``offset``, e.g. a DDP rank)."""
         self.generator.manual_seed(self.seed + offset)
+
+    @staticmethod
+    def _reach(sigma: float | None) -> int:
+        """Voxels on each side that MONAI's truncated Gaussian of ``sigma`` voxels reaches (0: none)."""
+        return len(gaussian_1d(torch.tensor(sigma))) // 2 if sigma else 0
+
+    @property
+    def smoothing_radius(self) -> int:
+        """Planes on each side that the widest smoothing kernel reaches."""
+        return self._reach(max(self.options["smooth"]["sigma"]) / self.spacing if "smooth" in self.options else None)
+
+    def read_planes(self, planes: tuple[int, int], shape: Sequence[int]) -> tuple[int, int]:
+        """The grid planes ``[lo, hi)`` along X that augmented planes ``[start, stop)`` of a grid of
+        ``shape`` voxels can draw on: the planes themselves, their mirror under a flip, and the
+        reach of the largest rotation, scaling and shift (plus one plane for linear interpolation).
+
+        A bound, not an estimate: the first row of MONAI's rotation (X·Y·Z order) starts with
+        cos θy cos θz ≥ cos²θ, so its other two entries have a norm ≤ √(1 − cos⁴θ).
+        """
+        extent, depth, height = shape
+        centre = (extent - 1) / 2
+        radius = self.smoothing_radius
+        start, stop = max(0, planes[0] - radius), min(extent, planes[1] + radius)
+        lo, hi = start, stop
+        if 0 in self.options.get("flip", {}).get("axes", ()):
+            lo, hi = min(lo, extent - stop), max(hi, extent - start)
+        if "affine" in self.options:
+            options = self.options["affine"]
+            angle = min(math.radians(options["degrees"]), math.pi / 2)
+            tilt = math.sqrt(1 - math.cos(angle) ** 4)
+            across = max(abs(start - centre), abs(stop - 1 - centre))
+            reach = (1 + options["scales"]) * (across + tilt * math.hypot((depth - 1) / 2, (height - 1) / 2))
+            reach += options["translation"] / self.spacing
+            lo, hi = min(lo, math.floor(centre - reach)), max(hi, math.ceil(centre + reach) + 1)
+        return max(0, lo), min(extent, hi)
 
     def _uniform(self, low: float, high: float, *shape: int) -> torch.Tensor:
         return low + (high - low) * torch.rand(shape, generator=self.generator, dtype=torch.float64)
@@ -151,7 +193,7 @@ class DeviceAugmentation:
         return torch.rand(n, generator=self.generator) < prob
 
     def _affine_matrices(self, n: int) -> torch.Tensor:
-        """(n, 4, 4) voxel-space matrices (output → input, about the grid's centre)."""
+        """(n, 4, 4) voxel-space matrices (output → input, about the grid's centre), float64."""
         options = self.options["affine"]
         angles = self._uniform(-1, 1, n, 3) * math.radians(options["degrees"])
         scales = 1 + self._uniform(-1, 1, n, 3) * options["scales"]
@@ -161,31 +203,95 @@ class DeviceAugmentation:
             @ mtu.create_rotate(3, angle.tolist(), backend="torch")
             @ mtu.create_scale(3, scale.tolist(), backend="torch")
             for angle, scale, shift in zip(angles, scales, shifts)
-        ]).float()
+        ]).double()
 
-    def __call__(self, batch: dict) -> dict:
-        """``batch`` with its ``keys`` and ``masks`` tensors (B, 1, X, Y, Z) replaced by augmented copies."""
+    def __call__(self, batch: dict, first: int = 0, planes: tuple[int, int] | None = None, extent: int | None = None) -> dict:
+        """``batch`` with its ``keys`` and ``masks`` tensors (B, 1, X, Y, Z) replaced by augmented copies.
+
+        The tensors hold grid planes ``[first, first + X)`` of a grid ``extent`` planes wide along
+        X (default: the whole grid); the result holds augmented planes ``planes`` = ``[start, stop)``
+        (default: all of them), which must lie within :meth:`read_planes` of what is held.
+        """
         roles = [*self.keys, *self.masks]
-        volumes = {role: batch[role].float() for role in roles}
-        n, device = len(volumes[roles[0]]), volumes[roles[0]].device
+        held = batch[roles[0]]
+        n, device, extent = len(held), held.device, extent or held.shape[2]
+        start, stop = planes or (0, extent)
+        flips = torch.zeros(n, 3, dtype=torch.bool)
         for axis in self.options.get("flip", {}).get("axes", ()):
-            chosen = self._chosen("flip", n).to(device)[:, None, None, None, None]
-            volumes = {role: torch.where(chosen, volume.flip(2 + axis), volume) for role, volume in volumes.items()}
-        if (chosen := self._chosen("affine", n)).any():
-            theta = self._affine_matrices(int(chosen.sum())).to(device)
-            chosen = chosen.to(device)
-            for role in roles:
-                warp = self._warps["nearest" if role in self.masks else "bilinear"]
-                volumes[role] = volumes[role].index_put((chosen,), warp(volumes[role][chosen], theta))
+            flips[:, axis] = self._chosen("flip", n)
+        warped = self._chosen("affine", n)
+        matrices = self._affine_matrices(int(warped.sum())) if warped.any() else None
+        smoothed, sigma = self._chosen("smooth", n), None
+        if smoothed.any():
+            sigma = float(self._uniform(*self.options["smooth"]["sigma"], 1)) / self.spacing
+        # Smoothed samples need the planes next to the wanted ones; the others only those.
+        radius = self._reach(sigma)
+        out = (max(0, start - radius), min(extent, stop + radius))
+        volumes = {role: self._lookup(batch[role], flips, first, out, extent).float() for role in roles}
+        if matrices is not None:
+            # A flip before the affine is the affine of the mirrored grid: one resampling for both.
+            mirror = torch.diag_embed(torch.cat([1 - 2 * flips[warped].double(), torch.ones(len(matrices), 1, dtype=torch.float64)], 1))
+            theta = torch.zeros(n, 4, 4, dtype=torch.float64)
+            theta[warped] = mirror @ matrices
+            for rows, span in ((warped & smoothed, out), (warped & ~smoothed, (start, stop))):
+                if rows.any():
+                    resampled = self._resample(batch, rows.to(device), theta[rows], first, span, extent)
+                    for role, value in resampled.items():
+                        volumes[role][rows.to(device), :, span[0] - out[0] : span[1] - out[0]] = value
         image = torch.cat([volumes[key] for key in self.keys], dim=1)  # (B, keys, X, Y, Z): shared draws
         absent = image == 0
-        if (chosen := self._chosen("smooth", n)).any():
-            sigma = float(self._uniform(*self.options["smooth"]["sigma"], 1)) / self.spacing
-            chosen = chosen.to(device)
+        if sigma:
+            chosen = smoothed.to(device)
             image = image.index_put((chosen,), GaussianFilter(3, sigma).to(device)(image[chosen]))
         if (chosen := self._chosen("contrast", n)).any():
             low, high = (math.log(g) for g in self.options["contrast"]["gamma"])
             gamma = torch.where(chosen, self._uniform(low, high, n).exp(), 1.0).float().to(device)
             image = image.clamp_min(0).pow(gamma[:, None, None, None, None])
         volumes.update(zip(self.keys, torch.where(absent, 0, image).split(1, dim=1)))
-        return {**batch, **{role: volumes[role].to(batch[role].dtype) for role in roles}}
+        kept = slice(start - out[0], stop - out[0])
+        return {**batch, **{role: volumes[role][:, :, kept].to(batch[role].dtype) for role in roles}}
+
+    def _resample(self, batch: dict, rows: torch.Tensor, theta: torch.Tensor, first: int, span: tuple[int, int], extent: int) -> dict:
+        """Planes ``span`` of the samples ``rows`` warped by their voxel matrices ``theta``: one
+        sampling grid for all volumes of a sample, linear for intensities, nearest for masks."""
+        held = batch[self.keys[0]].shape
+        theta, lo, hi = self._slab_matrices(theta, first, held, span, extent)
+        axes = [2, 1, 0]  # grid_sample's coordinates run (Z, Y, X) over a (X, Y, Z) tensor
+        theta = theta[:, axes][:, :, [*axes, 3]][:, :3].float().to(batch[self.keys[0]].device)
+        grid = F.affine_grid(theta, [int(rows.sum()), 1, span[1] - span[0], *held[3:]], align_corners=False)
+        return {
+            role: F.grid_sample(batch[role][:, :, lo - first : hi - first][rows].float(), grid, padding_mode="zeros",
+                                mode="nearest" if role in self.masks else "bilinear", align_corners=False)
+            for role in (*self.keys, *self.masks)
+        }
+
+    @staticmethod
+    def _lookup(volumes: torch.Tensor, flips: torch.Tensor, first: int, out: tuple[int, int], extent: int) -> torch.Tensor:
+        """Grid planes ``out`` of each sample, mirrored along the axes ``flips`` (B, 3) marks: exact."""
+        wanted = torch.arange(*out)
+        index = torch.where(flips[:, :1], extent - 1 - wanted, wanted) - first  # (B, planes)
+        if index.min() < 0 or index.max() >= volumes.shape[2]:
+            raise ValueError(f"planes {out} (or their mirror) are not among the {volumes.shape[2]} planes held from {first}")
+        planes = volumes[torch.arange(len(volumes))[:, None], :, index.to(volumes.device)].transpose(1, 2)
+        for axis in (1, 2):
+            chosen = flips[:, axis].to(volumes.device)[:, None, None, None, None]
+            planes = torch.where(chosen, planes.flip(2 + axis), planes)
+        return planes
+
+    @staticmethod
+    def _slab_matrices(theta: torch.Tensor, first: int, held: Sequence[int], out: tuple[int, int], extent: int):
+        """Voxel matrices about the whole grid's centre (output → input) → the normalised matrices
+        ``grid_sample`` takes between the held planes ``[lo, hi)`` they reach and the planes ``out``,
+        and that ``lo``, ``hi`` (only those planes are converted and resampled). Voxel centres map
+        exactly, whatever the two tensors' sizes."""
+        centre = torch.tensor([(extent - 1) / 2, *[(n - 1) / 2 for n in held[3:]]], dtype=torch.float64)
+        ends = torch.tensor([out[0], out[1] - 1], dtype=torch.float64) - centre[0]
+        corners = torch.cartesian_prod(ends, *[torch.stack([-c, c]) for c in centre[1:]])
+        reached = corners @ theta[:, 0, :3].T + theta[:, 0, 3]  # (corners, samples): input X about the centre
+        lo = max(first, math.floor(float(reached.min() + centre[0])))
+        hi = min(first + held[2], math.ceil(float(reached.max() + centre[0])) + 1)
+        to_input = mtu.create_translate(3, (centre - torch.tensor([lo, 0.0, 0.0], dtype=torch.float64)).tolist(), backend="torch").double()
+        from_output = mtu.create_translate(3, (torch.tensor([out[0], 0.0, 0.0], dtype=torch.float64) - centre).tolist(), backend="torch").double()
+        held_norm = normalize_transform((hi - lo, *held[3:]), dtype=torch.float64, align_corners=False)
+        out_norm = normalize_transform((out[1] - out[0], *held[3:]), dtype=torch.float64, align_corners=False)
+        return held_norm @ to_input @ theta @ from_output @ torch.linalg.inv(out_norm), lo, hi

@@ -4,7 +4,11 @@
   (:func:`defacegan.augment.standard_grid`) and caches it as ``.npy`` (float16 intensities,
   uint8 masks), read back memory-mapped, so epochs never decode gzip again.
 - Loader workers build a ``tio.Subject`` per item and apply the TorchIO augmentation on the CPU
-  (train split only); the loader yields 3D volumes.
+  (train split only); the loader yields 3D volumes. Sagittal slices (translate) need only a slab
+  of each volume: the sagittal planes they are cut from, plus, in train batches augmented on the
+  device, the planes a rotation, scaling, shift or flip can bring into them
+  (:meth:`defacegan.augment.DeviceAugmentation.read_planes`). TorchIO's transforms (motion,
+  ghosting...) need the whole volume, so with them the loader reads it all.
 - ``on_after_batch_transfer`` applies the optional on-device (MONAI) augmentation to train
   batches, then turns the volumes into views or sagittal slices on the batch's device.
 
@@ -12,10 +16,12 @@ Batches after transfer:
 
 - classify: ``views`` (B, V, S, S) float in [0, 1], ``label`` (B,) float (0 face, 1 defaced),
   ``subject`` list[str], ``kind`` list[str] ("face" or the defacing method);
-- translate: ``source`` and ``target`` (B, n_slices, S, S) in [-1, 1], both scaled by the
-  source's robust intensity scale, ``mask`` (B, n_slices, S, S) float, the removed share of each
-  pixel (1 where every voxel behind it was removed, 0 where none was),
-  ``subject`` list[str].
+- translate: ``source`` and ``target`` (B, n_slices, S, S) in [-1, 1], each scaled by its scan's
+  source robust intensity scale (measured once per scan on the standard grid; the paired target
+  shares its source's), ``mask`` (B, n_slices, S, S) float, the removed share of each pixel (1
+  where every voxel behind it was removed, 0 where none was; at S = the grid's side, the removed
+  voxels themselves), ``subject`` and ``target_subject`` list[str] (the same, unless the train
+  batches are unpaired), ``kind`` list[str].
 """
 
 from __future__ import annotations
@@ -87,6 +93,20 @@ def cache_scan(row: Mapping, columns: Sequence[str], folder: Path, spacing: floa
     return targets
 
 
+def source_scale(path: Path) -> float:
+    """The robust intensity scale (:func:`defacegan.views.robust_scale`) of a cached volume: what
+    its sagittal slices are divided by, measured once on the whole grid, since a slab cannot."""
+    return float(robust_scale(torch.from_numpy(np.load(path))[None, None]))
+
+
+def other_subject(subjects: Sequence[str], index: int) -> int:
+    """An index whose subject differs from ``subjects[index]``, uniformly among them, drawn with
+    torch's RNG (seeded per loader worker): how unpaired training meets another head each time."""
+    while subjects[other := int(torch.randint(len(subjects), (1,)))] == subjects[index]:
+        pass
+    return other
+
+
 @dataclass(frozen=True)
 class Item:
     """One dataset entry: cached volumes by role ("volume", or "face"/"defaced"/"removed")."""
@@ -95,28 +115,54 @@ class Item:
     kind: str
     volumes: dict[str, Path]
     label: int | None = None  # classify: the index in CLASS_NAMES
+    scale: float | None = None  # translate: the robust intensity scale of the source volume
 
 
 class VolumeDataset(Dataset):
     """Cached volumes of one split; ``augmentation`` (TorchIO) runs here, in the loader workers.
 
     Yields float16 intensities and uint8 masks as (1, X, Y, Z) tensors: half the bytes to
-    pin and transfer; the views are computed in float32 on the device.
+    pin and transfer; the views are computed in float32 on the device. ``planes`` = (lo, hi)
+    reads only those grid planes along X (a slab; the cache is C-ordered, so that is one
+    contiguous read). ``unpaired`` names a role whose volume comes from another subject's
+    item, drawn afresh for every sample: CycleGAN's two domains never show the same head.
     """
 
-    def __init__(self, items: Sequence[Item], spacing: float, augmentation: tio.Transform | None = None):
+    def __init__(
+        self,
+        items: Sequence[Item],
+        spacing: float,
+        augmentation: tio.Transform | None = None,
+        planes: tuple[int, int] | None = None,
+        unpaired: str | None = None,
+    ):
         self.items = list(items)
         self.affine = np.diag([spacing, spacing, spacing, 1.0])
         self.augmentation = augmentation
+        self.planes = planes
+        self.unpaired = unpaired
+        self.subjects = [item.subject for item in self.items]
+        if unpaired is not None and len(set(self.subjects)) < 2:
+            raise ValueError("unpaired batches need at least two subjects in the split")
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def _partner(self, index: int) -> Item:
+        """The item the unpaired role comes from (the item itself when paired)."""
+        if self.unpaired is None:
+            return self.items[index]
+        return self.items[other_subject(self.subjects, index)]
+
     def __getitem__(self, index: int) -> dict:
         item = self.items[index]
-        arrays = {role: np.load(path, mmap_mode="r") for role, path in item.volumes.items()}
+        partner = self._partner(index)
+        volumes = item.volumes if partner is item else {**item.volumes, self.unpaired: partner.volumes[self.unpaired]}
+        lo, hi = self.planes or (0, None)
+        # Copy-on-write maps: tensors over the file's pages, copied once, by the batch's collation.
+        arrays = {role: np.load(path, mmap_mode="c")[lo:hi] for role, path in volumes.items()}
         if self.augmentation is None:
-            tensors = {role: torch.from_numpy(np.array(array))[None] for role, array in arrays.items()}
+            tensors = {role: torch.from_numpy(array)[None] for role, array in arrays.items()}
         else:
             subject = tio.Subject(
                 {
@@ -131,6 +177,9 @@ class VolumeDataset(Dataset):
         sample = {**tensors, "subject": item.subject, "kind": item.kind}
         if item.label is not None:
             sample["label"] = torch.tensor(item.label, dtype=torch.float32)
+        if item.scale is not None:
+            sample |= {"scale": torch.tensor(item.scale), "target_scale": torch.tensor(partner.scale),
+                       "target_subject": partner.subject, "first_plane": lo}
         return sample
 
 
@@ -147,8 +196,10 @@ class DefaceDataModule(pl.LightningDataModule):
     ``task`` "classify": each scan contributes its face (label 0) and its defaced volumes
     (label 1) for the split's methods; in train the face is repeated once per method so the
     classes are balanced. ``task`` "translate": one (face, defaced, removed) triple per scan
-    and method; ``direction`` "deface" translates face → defaced, "reface" defaced → face.
-    Train and val use ``train_methods``, test uses ``test_methods``.
+    and method; ``direction`` "deface" translates face → defaced, "reface" defaced → face;
+    ``unpaired`` gives each train source the target of another subject (CycleGAN), while val and
+    test stay paired so that outputs are scored against the truth. Train and val use
+    ``train_methods``, test uses ``test_methods``.
     """
 
     def __init__(
@@ -160,6 +211,7 @@ class DefaceDataModule(pl.LightningDataModule):
         train_methods: Sequence[str] = ("mask", "plane"),
         test_methods: Sequence[str] | None = None,
         direction: str = "deface",
+        unpaired: bool = False,
         n_slices: int = 1,
         batch_size: int = 8,
         num_workers: int = 0,
@@ -186,6 +238,7 @@ class DefaceDataModule(pl.LightningDataModule):
         self.train_methods = tuple(train_methods)
         self.test_methods = tuple(test_methods or train_methods)
         self.direction = direction
+        self.unpaired = unpaired
         self.n_slices = n_slices
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -194,6 +247,10 @@ class DefaceDataModule(pl.LightningDataModule):
         keys, masks = (("face", "defaced"), ("removed",)) if task == "translate" else (("volume",), ())
         self.device_augmentation = DeviceAugmentation(device_augment, keys, masks, self.spacing, seed) if device_augment else None
         self.shape = tuple(int(s) for s in shape)
+        if not 1 <= n_slices <= self.shape[0]:
+            raise ValueError(f"cannot take {n_slices} sagittal slices from {self.shape[0]} planes")
+        middle = self.shape[0] // 2 - n_slices // 2  # the planes sagittal_slices takes from a whole volume
+        self.planes = (middle, middle + n_slices)
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.seed = seed
@@ -253,14 +310,25 @@ class DefaceDataModule(pl.LightningDataModule):
                 for item in self._items(row["subject"], cached, self.methods(split), balance=split == "train")
             ]
             augmentation = self.augmentation if split == "train" else None
-            self.datasets[split] = VolumeDataset(items, self.spacing, augmentation)
+            if self.task == "classify":
+                self.datasets[split] = VolumeDataset(items, self.spacing, augmentation)
+                continue
+            unpaired = ("face" if self.direction == "reface" else "defaced") if self.unpaired and split == "train" else None
+            self.datasets[split] = VolumeDataset(items, self.spacing, augmentation, self.read_planes(split), unpaired)
+
+    def read_planes(self, split: str) -> tuple[int, int]:
+        """Translate: the grid planes along X that ``split``'s loader reads (see the module docstring)."""
+        if split != "train" or (self.augmentation is None and self.device_augmentation is None):
+            return self.planes
+        if self.augmentation is not None:
+            return 0, self.shape[0]
+        return self.device_augmentation.read_planes(self.planes, self.shape)
 
     def _items(self, subject: str, cached: dict[str, Path], methods: Sequence[str], balance: bool) -> list[Item]:
         if self.task == "translate":
-            return [
-                Item(subject, method, {"face": cached["face"], "defaced": cached[f"defaced_{method}"], "removed": cached[f"removed_{method}"]})
-                for method in methods
-            ]
+            roles = [{"face": cached["face"], "defaced": cached[f"defaced_{method}"], "removed": cached[f"removed_{method}"]} for method in methods]
+            source = "face" if self.direction == "deface" else "defaced"
+            return [Item(subject, method, volumes, scale=source_scale(volumes[source])) for method, volumes in zip(methods, roles)]
         face, defaced = CLASS_NAMES.index("face"), CLASS_NAMES.index("defaced")
         faces = [Item(subject, "face", {"volume": cached["face"]}, face)] * (len(methods) if balance else 1)
         return faces + [Item(subject, method, {"volume": cached[f"defaced_{method}"]}, defaced) for method in methods]
@@ -298,20 +366,26 @@ class DefaceDataModule(pl.LightningDataModule):
 
         ``augment``: a train batch, which gets the on-device augmentation when there is one.
         """
-        if augment and self.device_augmentation is not None:
-            batch = self.device_augmentation(batch)
         if self.task == "classify":
+            if augment and self.device_augmentation is not None:
+                batch = self.device_augmentation(batch)
             views = compute_views(batch["volume"], self.size, self.view_mode)
             return {"views": views, "label": batch["label"], "subject": batch["subject"], "kind": batch["kind"]}
-        source, target = (batch["face"], batch["defaced"]) if self.direction == "deface" else (batch["defaced"], batch["face"])
-        scale = robust_scale(source)
+        first = int(batch["first_plane"][0])
+        if augment and self.device_augmentation is not None:
+            planes = self.device_augmentation(batch, first, self.planes, self.shape[0])
+        else:
+            kept = slice(self.planes[0] - first, self.planes[1] - first)
+            planes = {role: batch[role][:, :, kept] for role in ("face", "defaced", "removed")}
+        source, target = ("face", "defaced") if self.direction == "deface" else ("defaced", "face")
         return {
-            "source": sagittal_slices(source, self.size, self.n_slices, scale) * 2 - 1,
-            "target": sagittal_slices(target, self.size, self.n_slices, scale) * 2 - 1,
+            "source": sagittal_slices(planes[source], self.size, self.n_slices, batch["scale"]) * 2 - 1,
+            "target": sagittal_slices(planes[target], self.size, self.n_slices, batch["target_scale"]) * 2 - 1,
             # The removed share of each pixel, not a thresholded copy: 1 only where no intact
             # voxel contributes (the audit's strict region, defacegan.metrics.strict_region).
-            "mask": sagittal_slices(batch["removed"], self.size, self.n_slices, scale=1.0),
+            "mask": sagittal_slices(planes["removed"], self.size, self.n_slices, scale=1.0),
             "subject": batch["subject"],
+            "target_subject": batch["target_subject"],
             "kind": batch["kind"],
         }
 

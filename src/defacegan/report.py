@@ -226,7 +226,7 @@ def write_comparison(sweep_dir: str | Path) -> Path | None:
     return atomic_write_text(Path(sweep_dir) / "comparison.md", markdown_table(rows, columns))
 
 
-AUDIT_NAMES = {"pix2pix": "Pix2Pix", "zero_fill": "zero-fill (the defaced input)", "average_face": "average face", "template_face": "template face", "chance": "chance"}
+AUDIT_NAMES = {"pix2pix": "Pix2Pix", "cyclegan": "CycleGAN", "zero_fill": "zero-fill (the defaced input)", "average_face": "average face", "template_face": "template face", "chance": "chance"}
 
 
 def write_reface_audit(

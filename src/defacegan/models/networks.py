@@ -1,4 +1,4 @@
-"""Pix2Pix networks: the U-Net generator, the conditional PatchGAN discriminator, the GAN loss.
+"""Pix2Pix and CycleGAN networks: the U-Net generator, the PatchGAN discriminator, the GAN loss.
 
 They follow the reference pix2pix (Isola et al. 2017, junyanz/pytorch-CycleGAN-and-pix2pix):
 4×4 convolutions of stride 2, BatchNorm, LeakyReLU(0.2) going down and ReLU going up, weights
@@ -91,29 +91,36 @@ class UNetGenerator(nn.Module):
         return self.model(x)
 
 
-class ConditionalPatchDiscriminator(PatchDiscriminator):
-    """pix2pix's PatchGAN, conditioned on the input: judges ``cat(condition, image)`` patch by patch.
+class PatchGAN(PatchDiscriminator):
+    """The reference PatchGAN: judges its input images, concatenated along channels, patch by patch.
 
     MONAI's PatchDiscriminator has the reference layout (stride-2 convs, then one of stride 1 and
     a 1-channel output conv; BatchNorm except on the first layer); ``n_layers=3`` gives the 70×70
     receptive field and, for 256² inputs, a 30×30 map of logits. Unlike MONAI's, ``forward``
-    returns only the logits, not every intermediate feature map.
+    returns only the logits, not every intermediate feature map. CycleGAN judges one image.
     """
 
-    def __init__(
-        self, condition_channels: int = 1, image_channels: int = 1, base_channels: int = 64, n_layers: int = 3
-    ):
+    def __init__(self, in_channels: int = 1, base_channels: int = 64, n_layers: int = 3):
         super().__init__(
             spatial_dims=2,
             channels=base_channels,
-            in_channels=condition_channels + image_channels,
+            in_channels=in_channels,
             out_channels=1,
             num_layers_d=n_layers,
             norm="BATCH",
         )
 
-    def forward(self, condition: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        return nn.Sequential.forward(self, torch.cat([condition, image], 1))
+    def forward(self, *images: torch.Tensor) -> torch.Tensor:
+        return nn.Sequential.forward(self, torch.cat(images, 1))
+
+
+class ConditionalPatchDiscriminator(PatchGAN):
+    """pix2pix's PatchGAN, conditioned on the input: ``forward(condition, image)`` judges ``cat(condition, image)``."""
+
+    def __init__(
+        self, condition_channels: int = 1, image_channels: int = 1, base_channels: int = 64, n_layers: int = 3
+    ):
+        super().__init__(condition_channels + image_channels, base_channels, n_layers)
 
 
 #: ``gan_loss`` modes: least squares (LSGAN) or the original cross-entropy on logits.

@@ -95,8 +95,7 @@ class Pix2Pix(LightningModule):
         # optimizers are training-only and stay out of them.
         self.save_hyperparameters(ignore=["optimizer_g", "optimizer_d"], logger=False)
         self.automatic_optimization = False
-        self.generator = UNetGenerator(size, channels, channels, **(generator or {}))
-        self.discriminator = ConditionalPatchDiscriminator(channels, channels, **(discriminator or {}))
+        self.build_networks(generator or {}, discriminator or {})
         self.make_optimizers = (optimizer_g or PIX2PIX_ADAM, optimizer_d or PIX2PIX_ADAM)
         # Sum and count of the training targets (faces, when re-facing) at each slice position:
         # the audit's "average face" baseline, kept in the checkpoint with the weights.
@@ -108,6 +107,22 @@ class Pix2Pix(LightningModule):
         #: The Pix2Pix scores on each defacing method's scans, when the test set holds several.
         self.test_results_by_defacing: dict[str, dict[str, float]] = {}
         self.test_files: list[Path] = []
+
+    def build_networks(self, generator: Mapping[str, Any], discriminator: Mapping[str, Any]) -> None:
+        """The U-Net generator (source → target) and the PatchGAN that judges (source, output) pairs."""
+        channels = self.hparams.channels
+        self.generator = UNetGenerator(self.hparams.size, channels, channels, **generator)
+        self.discriminator = ConditionalPatchDiscriminator(channels, channels, **discriminator)
+
+    def parameter_groups(self) -> tuple:
+        """The parameters of the generator optimizer, then of the discriminator optimizer."""
+        return self.generator.parameters(), self.discriminator.parameters()
+
+    def count_faces(self, target: torch.Tensor) -> None:
+        """Add a batch's training targets (B, n, S, S) to the average-face baseline (per slice position)."""
+        with torch.no_grad():
+            self.face_sum += target.float().sum(0)
+            self.face_count += len(target)
 
     # -- devices and precision ------------------------------------------------------------
     @property
@@ -121,7 +136,7 @@ class Pix2Pix(LightningModule):
         """CUDA only, once: NHWC weights and ``torch.compile`` (the device is known from here on)."""
         if self._cuda_prepared or self.trainer.strategy.root_device.type != "cuda":
             return
-        for network in (self.generator, self.discriminator):
+        for network in self.children():
             if self.hparams.channels_last:
                 network.to(memory_format=torch.channels_last)
             if self.hparams.compile_mode:
@@ -163,9 +178,7 @@ class Pix2Pix(LightningModule):
         loss_g = loss_adversarial + self.hparams.l1_weight * loss_l1
         self._update(optimizer_g, loss_g)
         self.untoggle_optimizer(optimizer_g)
-        with torch.no_grad():
-            self.face_sum += batch["target"].float().sum(0)
-            self.face_count += len(batch["target"])
+        self.count_faces(batch["target"])
         losses = {"loss_d": loss_d, "loss_g": loss_g, "loss_adversarial": loss_adversarial, "loss_l1": loss_l1}
         self.log_dict({f"train/{name}": value.detach() for name, value in losses.items()}, batch_size=len(source))
 
@@ -183,8 +196,7 @@ class Pix2Pix(LightningModule):
         return [] if schedulers is None else schedulers if isinstance(schedulers, list) else [schedulers]
 
     def configure_optimizers(self):
-        make_g, make_d = self.make_optimizers
-        optimizers = [make_g(self.generator.parameters()), make_d(self.discriminator.parameters())]
+        optimizers = [make(parameters) for make, parameters in zip(self.make_optimizers, self.parameter_groups())]
         if not self.hparams.lr_decay_epochs:
             return optimizers
         factor = partial(
