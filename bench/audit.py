@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from defacegan.contract import InputContract
 from defacegan.datamodule import cache_scan, other_subject
-from defacegan.detector_training import load_bundles
+from defacegan.detector_training import bundle_caches, read_bundle
 from defacegan.io import atomic_write_text
 from defacegan.manifest import METHODS, load_manifest, volume_columns
 from defacegan.metrics import REID_RANKS, rate, reface_audit, top_k_hits, voxel_similarity
@@ -90,7 +90,8 @@ def load_slices(cohort: Path, bundles: Path, cache: Path, size: int, n_slices: i
     registered template head (the bundles), cut into the middle sagittal slices."""
     manifest = load_manifest(cohort).sort_values("subject").head(subjects)
     columns = volume_columns(METHODS)
-    templates = {b.subject: b.template_face for b in load_bundles([Path(p) for p in manifest["source"]], InputContract(), bundles)}
+    caches = bundle_caches([Path(p) for p in manifest["source"]], InputContract(), bundles)
+    templates = {b.subject: b.template_face for b in map(read_bundle, caches)}
     template, (faces, defaced, removed) = [], ({m: [] for m in METHODS} for _ in range(3))
     for _, row in manifest.iterrows():
         paths = cache_scan(row, columns, cache / row["subject"], SPACING, SHAPE)

@@ -42,7 +42,7 @@ HELD_OUT = ("IXI012", "IXI213", "IXI260", "IXI338", "IXI385", "IXI452", "IXI526"
 GENERATOR_SOURCE = hashlib.sha1(b"".join(Path(function.__code__.co_filename).read_bytes()
                                           for function in (generate, label_from))).hexdigest()[:10]
 #: The recipe of the shipped detector (``make weights``), which the evaluation repeats per fold.
-DRAWS, EPOCHS = 3, 20
+DRAWS, EPOCHS = 8, 20
 POSE = {  # DeviceAugmentation options: head pose and contrast as scanners vary them
     "flip": {"prob": 0.5, "axes": [0]},
     "affine": {"prob": 0.9, "degrees": 15.0, "scales": 0.12, "translation": 12.0},
