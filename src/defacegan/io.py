@@ -55,7 +55,8 @@ def is_nifti(path: str | os.PathLike) -> bool:
 class Scan:
     """A validated 3D scan in RAS+ orientation.
 
-    ``data`` is float32 (scaling applied); ``affine`` maps its voxels to scanner mm.
+    ``data`` is float32 (scaling applied; ``load_scan(copy=False)``: the stored type, a view);
+    ``affine`` maps its voxels to scanner mm.
     ``original`` is the image as stored on disk (header and orientation), used by
     :meth:`to_original` so that outputs land in the input's own voxel order and header.
     """
@@ -139,8 +140,13 @@ def validate_volume(data: np.ndarray, name: str | os.PathLike | None = None, *, 
     return data.astype(np.float32, copy=False) if float32 else data
 
 
-def load_scan(path: str | os.PathLike) -> Scan:
-    """Read a NIfTI file, reorient it to RAS+ and validate it; never modifies the file."""
+def load_scan(path: str | os.PathLike, *, copy: bool = True) -> Scan:
+    """Read a NIfTI file, reorient it to RAS+ and validate it; never modifies the file.
+
+    ``copy=False`` leaves ``data`` as a RAS+ view of the voxels as stored (their own number
+    type, flipped and transposed strides, read-only) instead of a float32 copy: for a reader
+    that takes each voxel once, as the input contract's grid does (``check``).
+    """
     path = Path(path)
     if not path.exists():
         raise ScanError(path, "no such file")
@@ -183,6 +189,8 @@ def load_scan(path: str | os.PathLike) -> Scan:
     ornt = io_orientation(affine)
     canonical = apply_orientation(data, ornt)
     canonical_affine = affine @ inv_ornt_aff(ornt, data.shape)
+    if not copy:
+        return Scan(canonical, canonical_affine, image, path)
     # Fortran order (x fastest), as NIfTI and SimpleITK store voxels: no transposing copies later.
     # Integer data becomes float32 in this same copy.
     return Scan(np.asfortranarray(canonical, dtype=np.float32), canonical_affine, image, path)
