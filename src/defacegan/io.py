@@ -177,7 +177,12 @@ def load_scan(path: str | os.PathLike, *, copy: bool = True) -> Scan:
     try:
         if igzip is not None and path.name.lower().endswith(".gz"):
             with igzip.open(path) as stream:  # inflate only what the header promises (no gzip bombs)
-                data = np.asanyarray(type(image).from_bytes(stream.read(needed)).dataobj)
+                raw = stream.read(needed)
+            proxy = image.dataobj
+            if len(raw) == needed and proxy.slope == 1 and proxy.inter == 0:  # unscaled: the bytes are the voxels
+                data = np.ndarray(proxy.shape, proxy.dtype, buffer=raw, offset=proxy.offset, order=proxy.order)
+            else:
+                data = np.asanyarray(type(image).from_bytes(raw).dataobj)
         else:
             data = np.asanyarray(image.dataobj)
     except (EOFError, OSError, ValueError, MemoryError, *INFLATE_ERRORS) as error:
@@ -193,7 +198,7 @@ def load_scan(path: str | os.PathLike, *, copy: bool = True) -> Scan:
         return Scan(canonical, canonical_affine, image, path)
     # Fortran order (x fastest), as NIfTI and SimpleITK store voxels: no transposing copies later.
     # Integer data becomes float32 in this same copy.
-    return Scan(np.asfortranarray(canonical, dtype=np.float32), canonical_affine, image, path)
+    return Scan(np.require(canonical, np.float32, ["F_CONTIGUOUS", "WRITEABLE"]), canonical_affine, image, path)
 
 
 def head_threshold(data: np.ndarray) -> float:
