@@ -90,10 +90,8 @@ class InputContract:
         voxel_spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
         factors = [1 if label else max(1, math.floor(self.spacing / s + 1e-6)) for s in voxel_spacing]
         aligned = separable and np.count_nonzero(affine[:3, :3] - np.diag(np.diag(affine[:3, :3]))) == 0
-        if aligned:  # box filter: averages what one grid voxel covers
-            volume = box_means(data, factors)
-        else:
-            volume = torch.from_numpy(np.asfortranarray(data, dtype=np.float32))
+        # box filter: averages what one grid voxel covers
+        volume = box_means(data, factors) if aligned else float32_tensor(data)
         if any(f > 1 for f in factors):
             if not aligned:
                 volume = F.avg_pool3d(volume[None, None], kernel_size=factors, stride=factors, ceil_mode=True)[0, 0]
@@ -142,7 +140,7 @@ def box_means(data: np.ndarray, factors: list[int]) -> torch.Tensor:
     """
     blocks = [-(-n // factor) for n, factor in zip(data.shape, factors)]
     if blocks == list(data.shape):
-        return torch.from_numpy(np.asfortranarray(data, dtype=np.float32))
+        return float32_tensor(data)
     # Sums in the input's own memory order (reading it sequentially), made x-fastest at the end.
     order = sorted(range(3), key=lambda axis: -abs(data.strides[axis]))
     total = np.zeros([blocks[axis] for axis in order], dtype=np.float32).transpose(np.argsort(order))
@@ -168,6 +166,11 @@ def box_means(data: np.ndarray, factors: list[int]) -> torch.Tensor:
     return torch.from_numpy(np.asfortranarray(total))
 
 
+def float32_tensor(data: np.ndarray) -> torch.Tensor:
+    """``data`` as a float32 tensor, x fastest in memory; a copy unless it is one already."""
+    return torch.from_numpy(np.require(data, np.float32, ["F_CONTIGUOUS", "WRITEABLE"]))
+
+
 def sample_separable(volume: torch.Tensor, step: torch.Tensor, offset: torch.Tensor,
                      shape: tuple[int, int, int], label: bool) -> torch.Tensor:
     """``grid_sample`` (zeros padding, ``align_corners=True``) for a grid whose voxel ``g`` lies at
@@ -177,7 +180,7 @@ def sample_separable(volume: torch.Tensor, step: torch.Tensor, offset: torch.Ten
     The source coordinates are computed with the general path's float32 operations, so both
     paths interpolate between the same voxels with the same weights; only the order in which the
     weighted values are summed differs (a float32 rounding). The three products run in the
-    volume's memory order (x fastest from :func:`box_sums`, or C order), so no copy is made
+    volume's memory order (x fastest from :func:`box_means`, or C order), so no copy is made
     between them, and only over the grid rows that reach into the scan: the rest are zeros.
     """
     axes = (2, 1, 0) if not volume.is_contiguous() and volume.permute(2, 1, 0).is_contiguous() else (0, 1, 2)
