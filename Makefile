@@ -23,11 +23,14 @@ install:
 		(apt-get update -qq && apt-get install -y -qq chromium) || echo "warning: chromium not installed; the browser test is skipped"; \
 	fi
 
+# One test file per worker process (its module fixtures are built once), as many workers as cores (up to 4).
+XDIST  := -n auto --maxprocesses 4 --dist loadfile
+
 test:
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 test-all:
-	$(PY) -m pytest -q -m ''
+	$(PY) -m pytest -q $(XDIST) -m ''
 
 demo:
 	test -f $(DEMO)/manifest.csv || $(VENV)/bin/defacegan data build --source demo --out $(DEMO)

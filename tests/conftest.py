@@ -8,9 +8,12 @@ workers; `torch.set_num_threads` covers this process, whatever imported torch fi
 from __future__ import annotations
 
 import os
+import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
@@ -22,6 +25,19 @@ import torch  # noqa: E402  (after the thread variables, which it reads once)
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 IXI_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ixi-t1-2mm"
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """``name`` in the test run's temporary folder, made by ``build(path)`` in the first process
+    that asks for it: pytest-xdist workers (``make test``) share it instead of each making its own."""
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent  # the folder all workers of this run share
+    path = root / name
+    with FileLock(f"{path}.lock"):
+        if not path.exists():
+            build(path)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -39,16 +55,20 @@ def ixi_scans(ixi_dir: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def held_out_bundle(ixi_scans):
+def held_out_bundle(ixi_scans, tmp_path_factory):
     """One real IXI head the shipped detector never saw, registered to the template once for
-    the whole session, with its features and regions on the default contract's grid."""
+    the whole test run, with its features and regions on the default contract's grid."""
     from defacegan.contract import InputContract
     from defacegan.detector_training import HELD_OUT, subject_of
     from defacegan.families import make_bundle
     from defacegan.io import load_scan
 
-    path = next(path for path in ixi_scans if subject_of(path) == HELD_OUT[0])
-    return make_bundle(load_scan(path), subject_of(path), InputContract())
+    scan = next(path for path in ixi_scans if subject_of(path) == HELD_OUT[0])
+
+    def build(path: Path) -> None:
+        path.write_bytes(pickle.dumps(make_bundle(load_scan(scan), subject_of(scan), InputContract())))
+
+    return pickle.loads(built_once(tmp_path_factory, "held-out-bundle.pickle", build).read_bytes())
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +84,7 @@ def detector_ckpt(tmp_path_factory) -> Path:
     """A tiny detector checkpoint (4 mm grid) fitted in seconds on generated heads; see support.detector_fixture."""
     from support.detector_fixture import fit_tiny_detector
 
-    return fit_tiny_detector(tmp_path_factory.mktemp("detector") / "tiny.ckpt")
+    return built_once(tmp_path_factory, "tiny-detector.ckpt", fit_tiny_detector)
 
 
 @pytest.fixture(scope="session")

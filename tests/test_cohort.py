@@ -33,8 +33,14 @@ def sha256(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def demo_cohort(tmp_path_factory) -> Path:
-    """A small demo cohort built in this process."""
-    return build_cohort("demo", tmp_path_factory.mktemp("demo"), subjects=FEW_SUBJECTS, seed=0, workers=1).parent
+    """A small demo cohort built in this process, on a 4 mm demo grid for this module's tests:
+    the same steps as `make demo`'s 2 mm grid on an eighth of the voxels, in a third of the time."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(demo, "DEMO_SPACING_MM", 2 * demo.DEMO_SPACING_MM)
+        patch.setattr(demo, "DEMO_SHAPE", tuple(n // 2 for n in demo.DEMO_SHAPE))
+        demo.demo_heads.cache_clear()  # the heads are cached on the grid they were made for
+        yield build_cohort("demo", tmp_path_factory.mktemp("demo"), subjects=FEW_SUBJECTS, seed=0, workers=1).parent
+    demo.demo_heads.cache_clear()
 
 
 def test_demo_cohort_has_every_volume_and_column(demo_cohort):
@@ -49,7 +55,7 @@ def test_demo_cohort_has_every_volume_and_column(demo_cohort):
         images = {column: nib.load(row[column]) for column in VOLUMES}
         assert {nib.aff2axcodes(image.affine) for image in images.values()} == {("R", "A", "S")}
         assert {image.shape for image in images.values()} == {tuple(int(n) for n in row["shape"].split("x"))}
-        assert row["spacing"] == "2.0x2.0x2.0"
+        assert row["spacing"] == "x".join([str(demo.DEMO_SPACING_MM)] * 3)
 
 
 def test_demo_defaced_is_the_face_without_its_removed_region(demo_cohort):
@@ -69,7 +75,8 @@ def test_demo_removed_region_is_the_front_bottom_of_the_head(demo_cohort):
         head_centre = nib.affines.apply_affine(affine, np.argwhere(head).mean(0))
         for method in METHODS:
             removed_head = head & (volume(row[f"removed_{method}"]) > 0)
-            assert removed_head.sum() > 500, f"{row['subject']} {method}: removes part of the head"
+            voxel_mm3 = abs(np.linalg.det(affine[:3, :3]))
+            assert removed_head.sum() * voxel_mm3 > 4000, f"{row['subject']} {method}: removes part of the head"
             centre = nib.affines.apply_affine(affine, np.argwhere(removed_head).mean(0))
             anterior, superior = centre[1:] - head_centre[1:]
             where = f"{row['subject']} {method}: {anterior:.0f} mm anterior, {superior:.0f} mm superior"

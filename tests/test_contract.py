@@ -89,6 +89,24 @@ def test_the_axis_aligned_path_matches_the_general_one(contract):
         assert torch.equal(contract.on_grid(mask, affine, label=True), contract.on_grid(mask, affine, label=True, separable=False))
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_a_files_stored_voxels_and_their_float32_copy_give_the_same_tensor(tmp_path, dtype):
+    """`check` reads a file's voxels as stored (a RAS+ view of PSR order, here with odd sizes, so
+    flipped axes end in partial blocks); training reads load_scan's float32 copy: the same
+    tensor to the bit, and the general path's up to float32 rounding."""
+    ras = nib.affines.from_matvec(np.diag([1.3, 1.9, 1.9]), [-40.0, -60.0, -58.0])  # box factors 3, 2, 2
+    data = (ixi_like(ras, shape=(61, 67, 63)) * 1.37).astype(dtype)  # floats off the integers: order of sums shows
+    to_disk = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), nib.orientations.axcodes2ornt("PSR"))
+    stored = nib.Nifti1Image(nib.orientations.apply_orientation(data, to_disk),
+                             ras @ nib.orientations.inv_ornt_aff(to_disk, data.shape))
+    nib.save(stored, tmp_path / "scan.nii.gz")
+    view, copy = (load_scan(tmp_path / "scan.nii.gz", copy=c) for c in (False, True))
+    assert view.data.dtype == dtype and not view.data.flags.contiguous
+    assert torch.equal(COARSE.volume(view.data, view.affine), COARSE.volume(copy.data, copy.affine))
+    general = COARSE.on_grid(copy.data, copy.affine, separable=False)
+    assert (COARSE.on_grid(view.data, view.affine) - general).abs().max() <= 1e-4 * float(robust_scale(general[None]))
+
+
 def test_an_oblique_scan_takes_the_general_path():
     shape = (60, 70, 40)
     affine = nib.affines.from_matvec(nib.eulerangles.euler2mat(0.2, 0.1, -0.15) @ np.diag([1.5, 1.2, 2.0]), [-40.0, -35.0, -30.0])

@@ -26,8 +26,8 @@ def toy_views(n_subjects=12, n_views=6, size=16, seed=0):
 @pytest.mark.parametrize("view_mode, n_views", [("all", 6), ("mean", 3)])
 def test_cnn_shapes_and_learning(view_mode, n_views):
     torch.manual_seed(0)
-    views, labels, _ = toy_views(n_views=n_views, size=32)
-    model = MultiBranchCNN(view_mode=view_mode, size=32)
+    views, labels, _ = toy_views(n_views=n_views, size=16)
+    model = MultiBranchCNN(view_mode=view_mode, size=16)
     x, y = torch.from_numpy(views), torch.from_numpy(labels).float()
     assert model(x).shape == (len(x),)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)

@@ -16,6 +16,7 @@ scan the same way:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -69,16 +70,19 @@ class InputContract:
                 separable: bool = True) -> torch.Tensor:
         """A RAS+ (or any-orientation) volume resampled onto the grid: (X, Y, Z) float32.
 
-        ``label``: nearest neighbour and no smoothing (masks, label maps). When grid voxels map to
-        input voxels axis by axis (no rotation, no axis swap: what :func:`defacegan.io.load_scan`
-        gives for every axis-aligned scan), the trilinear interpolation is done one axis at a time
-        with ``grid_sample``'s own coordinates and weights: the same values up to float32 rounding,
-        about four times faster. ``separable=False`` always takes the general ``grid_sample``
-        path, the reference the tests compare with.
+        ``label``: nearest neighbour and no smoothing (masks, label maps). ``data`` may be of any
+        number type and memory layout (a RAS+ view of a file's stored voxels, as
+        ``load_scan(path, copy=False)`` gives it, or its float32 copy): the result is the same to
+        the bit. When grid voxels map to input voxels axis by axis (no rotation, no axis swap: what
+        :func:`defacegan.io.load_scan` gives for every axis-aligned scan), the box filter sums
+        strided views in that layout and the trilinear interpolation is done one axis at a time
+        with ``grid_sample``'s own coordinates and weights: the same values up to float32
+        rounding, several times faster. ``separable=False`` always takes the general
+        ``grid_sample`` path, the reference the tests compare with.
         """
-        volume = torch.as_tensor(np.asarray(data) if not torch.is_tensor(data) else data).float()
+        data = data.numpy() if torch.is_tensor(data) else np.asarray(data)
         affine = np.asarray(affine, dtype=np.float64)
-        size = np.asarray(volume.shape, dtype=np.float64)
+        size = np.asarray(data.shape, dtype=np.float64)
         centre = affine @ np.append((size - 1) / 2, 1.0)
         out = np.asarray(self.shape, dtype=np.float64)
         grid_to_world = self.grid_affine.copy()
@@ -86,9 +90,11 @@ class InputContract:
         voxel_spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
         factors = [1 if label else max(1, math.floor(self.spacing / s + 1e-6)) for s in voxel_spacing]
         aligned = separable and np.count_nonzero(affine[:3, :3] - np.diag(np.diag(affine[:3, :3]))) == 0
-        if any(f > 1 for f in factors):  # box filter: averages what one grid voxel covers
-            volume = box_filter(volume, factors) if aligned else F.avg_pool3d(
-                volume[None, None], kernel_size=factors, stride=factors, ceil_mode=True)[0, 0]
+        # box filter: averages what one grid voxel covers
+        volume = box_means(data, factors) if aligned else float32_tensor(data)
+        if any(f > 1 for f in factors):
+            if not aligned:
+                volume = F.avg_pool3d(volume[None, None], kernel_size=factors, stride=factors, ceil_mode=True)[0, 0]
             pooled = np.diag([*factors, 1.0])
             pooled[:3, 3] = (np.asarray(factors) - 1) / 2  # pooled voxel k is centred at k*f + (f-1)/2
             affine = affine @ pooled
@@ -123,31 +129,46 @@ class InputContract:
         return compute_views(volumes, self.view_size, self.view_mode)
 
 
-def box_filter(volume: torch.Tensor, factors: list[int]) -> torch.Tensor:
-    """(X, Y, Z) → the mean of each ``factors`` block, the last block of an axis partial when the
-    factor does not divide it: ``avg_pool3d(..., ceil_mode=True)``, summed one axis at a time.
+def box_means(data: np.ndarray, factors: list[int]) -> torch.Tensor:
+    """(X, Y, Z) of any number type and layout → float32 means of each ``factors`` block, x fastest
+    in memory; the last block of an axis is partial when the factor does not divide it (what
+    ``avg_pool3d(..., ceil_mode=True)`` gives).
 
-    Sums of integer-valued voxels are exact, so for integer scans the result is avg_pool3d's to
-    the bit; it keeps the input's memory order (x fastest from load_scan) instead of copying it.
+    The block's voxels are added as strided views of the input, in a fixed order, each converted
+    to float32 as it is read: the result is the same to the bit whatever the input's layout and
+    number type, and a file's integer voxels are read once, without a float32 copy of the scan.
     """
+    blocks = [-(-n // factor) for n, factor in zip(data.shape, factors)]
+    if blocks == list(data.shape):
+        return float32_tensor(data)
+    # Sums in the input's own memory order (reading it sequentially), made x-fastest at the end.
+    order = sorted(range(3), key=lambda axis: -abs(data.strides[axis]))
+    total = np.zeros([blocks[axis] for axis in order], dtype=np.float32).transpose(np.argsort(order))
+    for start in itertools.product(*(range(factor) for factor in factors)):
+        part = data[tuple(slice(j, None, factor) for j, factor in zip(start, factors))]
+        reach = tuple(slice(0, n) for n in part.shape)  # a partial last block has fewer parts
+        np.add(total[reach], part, out=total[reach], casting="unsafe")
     counts = []
-    for axis, factor in enumerate(factors):
-        n = volume.shape[axis]
-        blocks = -(-n // factor)
-        count = torch.full((blocks,), float(factor))
-        count[-1] = n - (blocks - 1) * factor
+    for n, factor in zip(data.shape, factors):
+        count = np.full(-(-n // factor), factor, dtype=np.float32)
+        count[-1] = n - (len(count) - 1) * factor
         counts.append(count)
-        if factor == 1:
-            continue
-        if blocks * factor != n:
-            padding = list(volume.shape)
-            padding[axis] = blocks * factor - n
-            volume = torch.cat([volume, volume.new_zeros(padding)], dim=axis)
-        split = volume.unflatten(axis, (blocks, factor))
-        volume = split.select(axis + 1, 0)
-        for k in range(1, factor):
-            volume = volume + split.select(axis + 1, k)
-    return volume / (counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :])
+    # Full blocks divide by one number; the partial last slab of an axis by its own counts.
+    edges = []
+    for axis, count in enumerate(counts):
+        if count[-1] != factors[axis]:
+            slab = tuple(slice(-1, None) if a == axis else slice(None) for a in range(3))
+            edges.append((slab, total[slab] / (counts[0][slab[0], None, None] * counts[1][None, slab[1], None]
+                                               * counts[2][None, None, slab[2]])))
+    total /= np.float32(math.prod(factors))
+    for slab, means in edges:
+        total[slab] = means
+    return torch.from_numpy(np.asfortranarray(total))
+
+
+def float32_tensor(data: np.ndarray) -> torch.Tensor:
+    """``data`` as a float32 tensor, x fastest in memory; a copy unless it is one already."""
+    return torch.from_numpy(np.require(data, np.float32, ["F_CONTIGUOUS", "WRITEABLE"]))
 
 
 def sample_separable(volume: torch.Tensor, step: torch.Tensor, offset: torch.Tensor,
@@ -159,16 +180,22 @@ def sample_separable(volume: torch.Tensor, step: torch.Tensor, offset: torch.Ten
     The source coordinates are computed with the general path's float32 operations, so both
     paths interpolate between the same voxels with the same weights; only the order in which the
     weighted values are summed differs (a float32 rounding). The three products run in the
-    volume's memory order (x fastest from load_scan, or C order), so no copy is made between them.
+    volume's memory order (x fastest from :func:`box_means`, or C order), so no copy is made
+    between them, and only over the grid rows that reach into the scan: the rest are zeros.
     """
     axes = (2, 1, 0) if not volume.is_contiguous() and volume.permute(2, 1, 0).is_contiguous() else (0, 1, 2)
     work = volume.permute(*axes).contiguous()  # a view unless the volume is in neither order
-    outer, middle, inner = (interpolation_matrix(shape[a], volume.shape[a], step[a], offset[a], label) for a in axes)
+    matrices = [interpolation_matrix(shape[a], volume.shape[a], step[a], offset[a], label) for a in axes]
+    rows = [slice(int(hit[0]), int(hit[-1]) + 1) if len(hit) else slice(0, 0)
+            for hit in (torch.nonzero(matrix.any(dim=1)).flatten() for matrix in matrices)]
+    outer, middle, inner = (matrix[row] for matrix, row in zip(matrices, rows))
     a, b, c = work.shape
     work = (work.reshape(a * b, c) @ inner.T).reshape(a, b, -1)
     work = middle @ work  # one (b → shape) product per outer index
     work = (outer @ work.reshape(a, -1)).reshape(outer.shape[0], middle.shape[0], inner.shape[0])
-    return work.permute(*axes).contiguous()
+    result = volume.new_zeros(shape)
+    result.permute(*axes)[rows[0], rows[1], rows[2]] = work
+    return result
 
 
 def interpolation_matrix(size: int, n: int, step: torch.Tensor, offset: torch.Tensor, label: bool) -> torch.Tensor:

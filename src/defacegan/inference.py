@@ -49,7 +49,8 @@ def verdict_of(probabilities: dict[str, float], threshold: float) -> str:
 
 
 def as_scan(item: ScanInput) -> Scan:
-    """Paths are loaded; a NIfTI image is reoriented like a file; a bare array is taken as RAS+ 1 mm."""
+    """Paths are loaded (as stored: the contract's grid reads any number type and layout); a NIfTI
+    image is reoriented like a file; a bare array is taken as RAS+ 1 mm."""
     if isinstance(item, Scan):
         return item
     if isinstance(item, np.ndarray):
@@ -57,7 +58,7 @@ def as_scan(item: ScanInput) -> Scan:
     if isinstance(item, nib.spatialimages.SpatialImage):
         canonical = nib.as_closest_canonical(item)
         return Scan(validate_volume(np.asanyarray(canonical.dataobj)), canonical.affine, item)
-    return load_scan(item)
+    return load_scan(item, copy=False)
 
 
 class GridDataset(Dataset):

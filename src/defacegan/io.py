@@ -55,7 +55,8 @@ def is_nifti(path: str | os.PathLike) -> bool:
 class Scan:
     """A validated 3D scan in RAS+ orientation.
 
-    ``data`` is float32 (scaling applied); ``affine`` maps its voxels to scanner mm.
+    ``data`` is float32 (scaling applied; ``load_scan(copy=False)``: the stored type, a view);
+    ``affine`` maps its voxels to scanner mm.
     ``original`` is the image as stored on disk (header and orientation), used by
     :meth:`to_original` so that outputs land in the input's own voxel order and header.
     """
@@ -139,9 +140,14 @@ def validate_volume(data: np.ndarray, name: str | os.PathLike | None = None, *, 
     return data.astype(np.float32, copy=False) if float32 else data
 
 
-def load_scan(path: str | os.PathLike) -> Scan:
+def load_scan(path: str | os.PathLike, *, copy: bool = True) -> Scan:
     """Read a NIfTI file (or a DICOM series folder, see :mod:`defacegan.dicom`), reorient it to
-    RAS+ and validate it; never modifies the file."""
+    RAS+ and validate it; never modifies the file.
+
+    ``copy=False`` leaves ``data`` as a RAS+ view of the voxels as stored (their own number
+    type, flipped and transposed strides, read-only) instead of a float32 copy: for a reader
+    that takes each voxel once, as the input contract's grid does (``check``).
+    """
     path = Path(path)
     if not path.exists():
         raise ScanError(path, "no such file")
@@ -176,7 +182,12 @@ def load_scan(path: str | os.PathLike) -> Scan:
     try:
         if igzip is not None and path.name.lower().endswith(".gz"):
             with igzip.open(path) as stream:  # inflate only what the header promises (no gzip bombs)
-                data = np.asanyarray(type(image).from_bytes(stream.read(needed)).dataobj)
+                raw = stream.read(needed)
+            proxy = image.dataobj
+            if len(raw) == needed and proxy.slope == 1 and proxy.inter == 0:  # unscaled: the bytes are the voxels
+                data = np.ndarray(proxy.shape, proxy.dtype, buffer=raw, offset=proxy.offset, order=proxy.order)
+            else:
+                data = np.asanyarray(type(image).from_bytes(raw).dataobj)
         else:
             data = np.asanyarray(image.dataobj)
     except (EOFError, OSError, ValueError, MemoryError, *INFLATE_ERRORS) as error:
@@ -188,9 +199,11 @@ def load_scan(path: str | os.PathLike) -> Scan:
     ornt = io_orientation(affine)
     canonical = apply_orientation(data, ornt)
     canonical_affine = affine @ inv_ornt_aff(ornt, data.shape)
+    if not copy:
+        return Scan(canonical, canonical_affine, image, path)
     # Fortran order (x fastest), as NIfTI and SimpleITK store voxels: no transposing copies later.
     # Integer data becomes float32 in this same copy.
-    return Scan(np.asfortranarray(canonical, dtype=np.float32), canonical_affine, image, path)
+    return Scan(np.require(canonical, np.float32, ["F_CONTIGUOUS", "WRITEABLE"]), canonical_affine, image, path)
 
 
 def head_threshold(data: np.ndarray) -> float:

@@ -22,8 +22,9 @@ from defacegan.io import save_nifti
 SPLIT_CYCLE = ("train", "train", "train", "train", "val", "test")
 
 
-def _inside(points: np.ndarray, centre, radii) -> np.ndarray:
-    return (((points - np.asarray(centre)) / np.asarray(radii)) ** 2).sum(-1) <= 1
+def _inside(axes: list[np.ndarray], centre, radii) -> np.ndarray:
+    """Inside an axis-aligned ellipsoid, from the three open-grid coordinate arrays (mm)."""
+    return sum(((x - c) / r) ** 2 for x, c, r in zip(axes, centre, radii)) <= 1
 
 
 def synthetic_head(shape, spacing: float, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
@@ -31,17 +32,18 @@ def synthetic_head(shape, spacing: float, rng: np.random.Generator) -> tuple[np.
     shape = tuple(shape)
     affine = np.diag([spacing, spacing, spacing, 1.0])
     affine[:3, 3] = -(np.asarray(shape) - 1) / 2 * spacing
-    points = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1) @ affine[:3, :3].T + affine[:3, 3]
+    # The grid is axis-aligned: each world coordinate varies along one axis (broadcast, not stored).
+    axes = [index * spacing + offset for index, offset in zip(np.ogrid[tuple(slice(n) for n in shape)], affine[:3, 3])]
+    _, y, z = axes
     size = rng.uniform(0.9, 1.1)
-    x, y, z = points[..., 0], points[..., 1], points[..., 2]
     face = np.zeros(shape, np.float32)
-    face[_inside(points, (0, 0, 0), size * np.array([62, 78, 70]))] = 0.5
-    face[_inside(points, (0, 68 * size, -32 * size), size * np.array([28, 22, 24]))] = 0.7
-    face[_inside(points, (0, 0, 8 * size), size * np.array([48, 60, 50]))] = 1.0
+    face[_inside(axes, (0, 0, 0), size * np.array([62, 78, 70]))] = 0.5
+    face[_inside(axes, (0, 68 * size, -32 * size), size * np.array([28, 22, 24]))] = 0.7
+    face[_inside(axes, (0, 0, 8 * size), size * np.array([48, 60, 50]))] = 1.0
     face = face * (1 + 0.05 * rng.standard_normal(shape)).astype(np.float32) * rng.uniform(100, 1000)
     removed = {
-        "mask": (y > 40 * size) & (z < -5 * size),
-        "plane": y - z > 70 * size,
+        "mask": np.broadcast_to((y > 40 * size) & (z < -5 * size), shape).copy(),
+        "plane": np.broadcast_to(y - z > 70 * size, shape).copy(),
     }
     return face.clip(0).astype(np.float32), removed, affine
 

@@ -1,9 +1,10 @@
 """A tiny three-way detector fitted in seconds, and generated scans for it to judge.
 
 The detector is the real :class:`DetectorNet` behind a coarse contract (4 mm, 48³ voxels,
-32-pixel views), fitted on the generated heads of ``cohort_fixture``: with their face, defaced by
-either method (``removed``), or with a smooth foreign "face" in the removed region
-(``replaced``). Its verdicts on unseen generated heads are right, so tests can check them.
+16-pixel views, which learn as well as 32-pixel ones at a quarter of the cost a step), fitted
+on the generated heads of ``cohort_fixture``: with their face, defaced by either method
+(``removed``), or with a smooth foreign "face" in the removed region (``replaced``). Its
+verdicts on unseen generated heads are right, so tests can check them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from defacegan.contract import VERDICTS, InputContract
 from defacegan.detector_training import save_detector
 from defacegan.models.detector import DetectorNet
 
-CONTRACT = InputContract(spacing=4.0, shape=(48, 48, 48), view_size=32)
+CONTRACT = InputContract(spacing=4.0, shape=(48, 48, 48), view_size=16)
 #: Generated kinds of scan and the verdict each should get.
 KINDS = {"face": "face", "mask": "removed", "plane": "removed", "replaced": "replaced"}
 
