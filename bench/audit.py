@@ -179,6 +179,11 @@ def cyclegan(data: AuditSlices, train: np.ndarray, test: np.ndarray, *, epochs: 
     return fitted(model, UnpairedSlices(sources, targets, subjects), epochs=epochs, batch_size=batch_size, seed=seed)
 
 
+#: Candidates that learn (minutes a fold): the ones a ``--probes`` file lets a rerun reuse. The
+#: others are rebuilt every run, and must equal the file's copies, which shows it holds this data.
+TRAINED = ("pix2pix", "cyclegan")
+
+
 def candidates(args) -> dict[str, Callable[[AuditSlices, np.ndarray, np.ndarray], Candidate]]:
     """The audit's candidates by name, each built per fold from (data, train indices, test indices)."""
     gan = {"epochs": args.epochs, "width": args.width, "batch_size": args.batch_size, "seed": args.seed}
@@ -198,21 +203,31 @@ def run(args) -> dict:
     loaded = time.perf_counter() - started
     builders = candidates(args)
     refaced = {name: {m: torch.empty_like(data.templates) for m in METHODS} for name in builders}
-    folds = []
+    folds, reused, stored = [], [], {}
+    if args.probes and args.probes.exists():  # an earlier run's re-faced slices: train only the GANs it lacks
+        stored, folds = torch.load(args.probes, weights_only=False)
+        reused = sorted(name for name in stored if name in builders and name in TRAINED)
+        refaced.update({name: stored[name] for name in reused})
+    missing = {name: build for name, build in builders.items() if name not in reused}
     splits = KFold(args.folds, shuffle=True, random_state=args.seed).split(data.subjects)
-    if args.rescore:  # the re-faced slices and fold costs of an earlier run, scored again
-        refaced, folds, splits = *torch.load(args.probes, weights_only=False), []
     for fold, (train, test) in enumerate(splits):
         seconds = {}
-        for name, build in builders.items():
+        for name in sorted(missing, key=lambda name: name in TRAINED):  # the quick ones first: they check the file
             fold_started = time.perf_counter()
-            candidate = build(data, train, test)
+            candidate = missing[name](data, train, test)
             for method in METHODS:
                 refaced[name][method][test] = candidate(data.defaced[method][test], data.removed[method][test])
+                if name in stored and not torch.equal(stored[name][method][test], refaced[name][method][test]):
+                    raise SystemExit(f"{args.probes} was made from other data ({name} differs from this run's): run without it")
             seconds[name] = time.perf_counter() - fold_started
-        folds.append({"test": [data.subjects[i] for i in test], "train_subjects": len(train), "seconds": seconds})
-        print(f"fold {fold}: {len(test)} test subjects, Pix2Pix {seconds['pix2pix']:.0f} s, CycleGAN {seconds['cyclegan']:.0f} s", flush=True)
-    if args.probes and not args.rescore:
+        tested = [data.subjects[i] for i in test]
+        if fold < len(folds):
+            assert folds[fold]["test"] == tested, "the stored folds are not this run's folds"
+            folds[fold]["seconds"].update(seconds)
+        else:
+            folds.append({"test": tested, "train_subjects": len(train), "seconds": seconds})
+        print(f"fold {fold}: {len(test)} test subjects, " + ", ".join(f"{n} {t:.0f} s" for n, t in seconds.items()), flush=True)
+    if args.probes:
         args.probes.parent.mkdir(parents=True, exist_ok=True)
         torch.save((refaced, folds), args.probes)
     audit = {
@@ -231,7 +246,7 @@ def run(args) -> dict:
         "size": args.size, "n_slices": args.slices, "spacing_mm": SPACING, "folds": folds,
         "gans": {"epochs": args.epochs, "base_channels": args.width, "batch_size": args.batch_size},
         "threads": torch.get_num_threads(), "device": platform.processor() or "cpu",
-        "seconds": {"load": loaded, "total": time.perf_counter() - started}, "smoke": args.smoke, "rescored": args.rescore,
+        "seconds": {"load": loaded, "total": time.perf_counter() - started}, "smoke": args.smoke, "reused": reused,
         "audit": audit, "zero_fill_on_a_thresholded_region": old_region,
     }
 
@@ -272,8 +287,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="8 subjects, 2 folds, 1 epoch, 4-channel networks")
     parser.add_argument("--out", type=Path, help="results folder (default bench/results)")
-    parser.add_argument("--probes", type=Path, help="keep the re-faced slices here (faces: keep them local)")
-    parser.add_argument("--rescore", action="store_true", help="score the --probes of an earlier run, no training")
+    parser.add_argument("--probes", type=Path, help="keep the re-faced slices here (faces: keep them local); when the "
+                        "file exists, the GANs it holds are reused and only the others are trained")
     args = parser.parse_args()
     if args.smoke:
         args.subjects, args.folds, args.epochs, args.width, args.slices = 8, 2, 1, 4, 3

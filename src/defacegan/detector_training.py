@@ -4,11 +4,15 @@ Heads → :class:`~defacegan.families.FaceBundle` (one registration each, cached
 variants of every family (:mod:`defacegan.families`), labelled by the feature rule
 (:mod:`defacegan.features`) → a random 3D pose and contrast (MONAI layers, as ``augment=device``)
 → the contract's six views → :class:`~defacegan.models.detector.DetectorNet`, then temperature
-scaling on validation subjects. Views are drawn once and kept in memory, so one fit costs
-about a minute on two CPU cores: the evaluation (``bench/detector_eval.py``) fits many.
+scaling on validation subjects. Drawing is the costly part (about a second a volume, mostly the
+3D pose): each head's views are drawn once, in parallel processes, and cached in ``data/bundles``
+under a key of the recipe and of the generator's source, so ``make weights`` and the evaluation
+(``bench/detector_eval.py``, which fits many) share them; a fit then costs a few minutes.
 
 ``make weights`` runs :func:`main`: all families, the IXI subset less :data:`HELD_OUT` (kept
 out so that the shipped detector's figures and the real-anatomy tests use heads it never saw).
+It also writes the drawn volumes' manifest (``data/detector-manifest.tsv``): per volume its
+subject, family, draw, label and each feature's share of own and of foreign tissue.
 """
 
 from __future__ import annotations
