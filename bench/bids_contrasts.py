@@ -9,7 +9,10 @@ pydeface's template, and carries that region over to the T2w-like scan by rigid 
 Scores, per subject, the Dice overlap, within the head, between the tissue removed from the
 T2w-like scan and the T1w's region moved by the known motion (so: how well the rigid registration
 carried it over, against a known truth; the air in the region is left out, as it would inflate Dice). Prints a table, writes JSON (default bench/results/bids_contrasts.json)
-and docs/bids_contrasts.png: deface's own QC figures for one subject's T1w and T2w-like scan.
+and docs/bids_contrasts.png: deface's own QC figures for a T1w and its T2w-like scan. The figure
+shows Colin27 (Debian's ``mricron-data``, a published template head; pydeface's mean head where it
+is missing), made T2w-like the same way, never an IXI subject: a face render of a real subject
+does not belong in a repository.
 
     python bench/bids_contrasts.py --ixi ../shared/data/ixi-t1-2mm --subjects 4
 """
@@ -33,7 +36,7 @@ from rich.table import Table
 
 from defacegan.bids import find_scans, outputs_for
 from defacegan.cli import main as defacegan
-from defacegan.deface import LPS, to_sitk, warp
+from defacegan.deface import COLIN27, LPS, PYDEFACE_DATA, to_sitk, warp
 from defacegan.io import atomic_write_text, head_threshold, load_scan
 from defacegan.report import save_figure
 
@@ -43,7 +46,7 @@ from support.bids_fixture import inverted  # noqa: E402
 from support.geometry import dice  # noqa: E402
 
 T2W_SPACING_MM = 2.5
-CAPTION = ("T2w-like = the IXI T1 intensity-inverted inside the head, rigidly moved and resampled to 2.5 mm "
+CAPTION = ("Colin27 (a published template head); T2w-like = its T1 intensity-inverted inside the head, rigidly moved and resampled to 2.5 mm "
            "(no real T2w at hand). Left: the T1w, defaced with pydeface's face mask registered by SimpleITK. "
            "Right: the T2w-like scan, defaced with the T1w's removed region carried over by rigid registration.")
 
@@ -57,16 +60,15 @@ def rigid_motion(rng: np.random.Generator, centre_ras: np.ndarray) -> sitk.Euler
     return motion
 
 
-def write_dataset(root: Path, heads: list[Path], seed: int) -> dict[str, tuple]:
-    """A raw BIDS dataset, ``sub-<IXI id>/anat/`` with a T1w and a T2w-like scan each; returns
+def write_dataset(root: Path, heads: dict[str, Path], seed: int) -> dict[str, tuple]:
+    """A raw BIDS dataset, ``sub-<label>/anat/`` with a T1w and a T2w-like scan per head; returns
     per subject (motion, T2w-like grid shape, its affine)."""
     rng = np.random.default_rng(seed)
     (root / "dataset_description.json").parent.mkdir(parents=True, exist_ok=True)
     (root / "dataset_description.json").write_text(json.dumps({"Name": "IXI T1 with T2w-like copies", "BIDSVersion": "1.10.0"}))
     (root / "README").write_text("IXI dataset T1 heads (CC BY-SA 3.0) with T2w-like copies, for bench/bids_contrasts.py.\n")
     truths = {}
-    for path in heads:
-        subject = path.name.split("-")[0]  # IXI002
+    for subject, path in heads.items():
         scan = load_scan(path)
         t1w = np.rint(scan.data).astype(np.int16)
         extent = np.asarray(t1w.shape) * np.asarray(scan.spacing)
@@ -102,6 +104,10 @@ def side_by_side(left: Path, right: Path) -> Figure:
     return figure
 
 
+def shown_head() -> Path:
+    return COLIN27 if COLIN27.exists() else PYDEFACE_DATA / "mean_reg2mean.nii.gz"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ixi", type=Path, default=ROOT.parent / "shared" / "data" / "ixi-t1-2mm")
@@ -111,7 +117,7 @@ def main() -> None:
     parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "bids_contrasts.png")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "bids_contrasts.json")
     args = parser.parse_args()
-    heads = sorted(args.ixi.glob("*.nii.gz"))[: args.subjects]
+    heads = {path.name.split("-")[0]: path for path in sorted(args.ixi.glob("*.nii.gz"))[: args.subjects]}  # IXI002
     if not heads:
         sys.exit(f"error: no IXI heads in {args.ixi}")
     with tempfile.TemporaryDirectory() as temporary:
@@ -132,9 +138,12 @@ def main() -> None:
             head = t2w > head_threshold(t2w)
             rows.append({"subject": subject, "dice_in_head": dice(carried & head, expected & head),
                          "head_removed_percent": 100 * float((carried & head).sum() / head.sum())})
-        first = next(iter(truths))
-        figures = [outputs_for(scans[first, suffix], out).figure for suffix in ("T1w", "T2w")]
-        save_figure(side_by_side(*figures), args.figure)
+        shown_raw, shown_out = work / "shown" / "raw", work / "shown" / "derivatives"
+        write_dataset(shown_raw, {"colin27" if COLIN27.exists() else "template": shown_head()}, args.seed)
+        if defacegan(["deface", str(shown_raw), str(shown_out), "participant"]) != 0:
+            sys.exit("error: the BIDS App run failed on the figure's head")
+        shown = {scan.suffix: scan for scan in find_scans(shown_raw)}
+        save_figure(side_by_side(*(outputs_for(shown[suffix], shown_out).figure for suffix in ("T1w", "T2w"))), args.figure)
     table = Table("subject", "Dice in the head (carried vs. known motion)", "head removed (%)",
                   title=f"T2w-like scans defaced with their T1w's region ({len(rows)} IXI subjects)")
     for row in rows:
