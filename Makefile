@@ -44,7 +44,7 @@ weights:
 	$(PY) -m defacegan.detector_training --source $(IXI_SOURCE)
 
 # The detector's figures in the README: the shipped detector on held-out heads, k-fold, calibration,
-# the partial-removal sweep, leave-one-family-out (~50 min on 2 cores).
+# the partial-removal sweep, leave-one-family-out (~40 min once the views are drawn and cached).
 figures:
 	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE)
 

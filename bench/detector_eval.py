@@ -19,9 +19,10 @@ Every IXI head of the subset is registered once (cached bundles), every defacing
 4. **Leave-one-family-out** on one subject split (fold 0): trained without a family, tested on it.
 
 Writes ``<out>/detector_eval.json``, ``detector_eval.md``, ``reliability.png``, ``sweep.png``;
-prints the tables. About 45 minutes on 2 CPU cores (14 fits), plus 5 minutes for the first
-registration of the 32 heads (cached in ``data/bundles``); ``--no-lofo`` skips the 10
-leave-one-family-out fits.
+prints the tables. About 40 minutes on one core (14 fits) once the views are drawn; the first run
+also registers the 32 heads (~5 min) and draws their views (~25 min on 2 cores), both cached in
+``data/bundles`` and shared with ``make weights``; ``--no-lofo`` skips the 10 leave-one-family-out
+fits.
 
     python bench/detector_eval.py [--ixi ../shared/data/ixi-t1-2mm] [--folds 4] [--no-lofo]
 """
