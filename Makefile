@@ -48,7 +48,7 @@ weights:
 figures:
 	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE)
 
-# The re-facing audit's figures in the README: k-fold over every IXI head, Pix2Pix and the baselines
+# The re-facing audit's figures in the README: k-fold over every IXI head, Pix2Pix, CycleGAN and the baselines
 # pasted into the scans, both re-identification matchers (bench/audit.py).
 audit:
 	test -f $(IXI)/manifest.csv || $(VENV)/bin/defacegan data build --source $(IXI_SOURCE) --out $(IXI)
