@@ -104,10 +104,14 @@ def _in_processes(job, jobs: list[tuple], workers: int, what: str) -> None:
             print(f"  {name}", flush=True)
 
 
-def write_bundle(bundle: FaceBundle, target: Path) -> Path:
+def _save_npz(target: Path, arrays: dict, compressed: bool = False) -> Path:
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{k: v for k, v in vars(bundle).items() if k != "subject"}, subject=bundle.subject)
+    (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
     return atomic_write_bytes(target, buffer.getvalue())
+
+
+def write_bundle(bundle: FaceBundle, target: Path) -> Path:
+    return _save_npz(target, vars(bundle), compressed=True)
 
 
 def _bundle_job(args: tuple[str, dict, str]) -> str:
@@ -171,9 +175,7 @@ def _draw_job(args: tuple) -> str:
     torch.set_num_threads(1)
     bundle = read_bundle(Path(bundle_cache))
     samples = draw_bundle(bundle, InputContract.from_dict(contract), families, draws, seed, pose)
-    buffer = io.BytesIO()
-    np.savez(buffer, views=samples.views.numpy(), **{k: getattr(samples, k) for k in Samples.FACTS})
-    atomic_write_bytes(target, buffer.getvalue())
+    _save_npz(Path(target), {"views": samples.views.numpy(), **{k: getattr(samples, k) for k in Samples.FACTS}})
     return bundle.subject
 
 
