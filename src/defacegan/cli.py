@@ -63,11 +63,14 @@ def bids_app_paths(paths: list[Path]) -> tuple[Path, Path] | None:
     return None
 
 
-def add_bids_app_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("BIDS App form (BIDS_DIR OUTPUT_DIR participant)")
+def add_selection_options(parser: argparse.ArgumentParser):
+    """--participant-label and --session-label, as BIDS Apps name them; returns their group."""
+    group = parser.add_argument_group("selection (subjects and sessions named as in BIDS: sub-<label>, ses-<label>)")
+    group.add_argument("--participant-label", nargs="+", default=(), metavar="LABEL",
+                       help="only these subjects (with or without 'sub-')")
     group.add_argument("--session-label", nargs="+", default=(), metavar="LABEL",
                        help="only these sessions (with or without 'ses-')")
-    group.add_argument("--nprocs", type=int, default=1, help="scans processed in parallel (default 1)")
+    return group
 
 
 # Each subcommand: `add_<name>(commands)` declares its arguments and sets `run=run_<name>`,
@@ -139,13 +142,10 @@ def add_check(commands) -> None:
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--threshold", type=float, default=0.5, help="p(face) at or above which a scan is called 'face' (default 0.5)")
     parser.add_argument("--ckpt", type=Path, help="detector checkpoint (default: the shipped one)")
-    parser.add_argument("--participant-label", nargs="+", default=(), metavar="LABEL",
-                        help="only these subjects (with or without 'sub-')")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="processes decoding scans in parallel (default: one per CPU, at most 4; 0: none)")
     parser.add_argument("--batch-size", type=int, default=8, help="scans classified together")
-    parser.add_argument("--session-label", nargs="+", default=(), metavar="LABEL",
-                        help="only these sessions of BIDS datasets (with or without 'ses-')")
+    add_selection_options(parser)
     parser.set_defaults(run=run_check)
 
 
@@ -289,9 +289,8 @@ def add_deface(commands) -> None:
     parser.add_argument("--verify", action="store_true",
                         help="run the shipped detector on every output and report any still called 'face'")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    parser.add_argument("--participant-label", nargs="+", default=(), metavar="LABEL",
-                        help="BIDS App form: only these subjects (with or without 'sub-')")
-    add_bids_app_options(parser)
+    parser.add_argument("--nprocs", type=int, default=1, help="BIDS App form: scans processed in parallel (default 1)")
+    add_selection_options(parser)
     parser.set_defaults(run=run_deface)
 
 
