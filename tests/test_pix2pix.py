@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from defacegan.models.pix2pix import Pix2Pix, group_by_subject, linear_decay
 from defacegan.reface import load_pix2pix
+from defacegan.train import summarise_test
 
 SIZE = 32
 
@@ -102,8 +103,8 @@ def test_validation_logs_the_audit_scores(tmp_path):
     assert -1 <= scores["val/ssim_face"] <= 1
 
 
-def test_test_loop_audits_the_whole_test_set_and_writes_its_files(tmp_path):
-    model = tiny_pix2pix(output_dir=tmp_path / "run")
+def test_test_loop_audits_the_whole_test_set_and_the_run_writes_its_files(tmp_path):
+    model = tiny_pix2pix()
     model.face_sum += 0.5
     model.face_count += 1
     trainer = quiet_trainer(tmp_path)
@@ -113,6 +114,8 @@ def test_test_loop_audits_the_whole_test_set_and_writes_its_files(tmp_path):
     assert set(results) == {"pix2pix", "zero_fill", "average_face", "chance"}
     chance = {f"{matcher}_top{k}": pytest.approx(min(k, 6) / 6) for matcher in ("voxel", "surface") for k in (1, 5)}
     assert results["chance"] == chance | {"n_subjects": 6}
+    assert len(set(model.test_subjects)) == 6 and all(len(images) == 6 for images in model.test_shown.values())
+    summary = summarise_test(model, tmp_path / "run", face_loggers=[])
     # Zero-fill puts nothing into the strict region: both matchers rank it at chance.
     assert {key: results["zero_fill"][key] for key in chance} == chance
     written = json.loads((tmp_path / "run" / "reface_metrics.json").read_text())
@@ -126,7 +129,6 @@ def test_test_loop_audits_the_whole_test_set_and_writes_its_files(tmp_path):
     assert all(written["pix2pix_by_defacing"][kind] == pytest.approx(by_defacing[kind], nan_ok=True) for kind in by_defacing)
     assert by_defacing["plane"]["voxel_top5"] == 1.0  # 2 subjects: any guess is in the top 5
     assert (tmp_path / "run" / "reface_grid.png").stat().st_size > 0
-    summary = model.test_summary(tmp_path)
     assert summary["test"] == results["pix2pix"]
     assert set(summary["test_by_method"]) == {"zero_fill", "average_face", "chance", "pix2pix on mask", "pix2pix on plane"}
     assert summary["plots"] == [str(tmp_path / "run" / "reface_grid.png")]
@@ -146,7 +148,7 @@ def test_group_by_subject_joins_each_subjects_entries_in_loader_order():
 
 
 def test_checkpoints_hold_plain_data_and_the_average_face(tmp_path):
-    model = tiny_pix2pix(grid_shape=[16, 16, 16], output_dir=tmp_path)
+    model = tiny_pix2pix(grid_shape=[16, 16, 16])
     trainer = quiet_trainer(tmp_path, max_steps=2)
     trainer.fit(model, train_dataloaders=translate_batches(1))
     trainer.save_checkpoint(tmp_path / "model.ckpt")
@@ -160,7 +162,7 @@ def test_the_hydra_config_builds_the_model_for_the_reface_task(compose_cfg):
     cfg = compose_cfg("model=pix2pix", "data.size=32", "model.generator.base_channels=4", "model.discriminator.base_channels=4")
     assert (cfg.data.task, cfg.data.direction, cfg.optimized_metric) == ("translate", "reface", "val/ssim_face")
     model = instantiate(cfg.model)
-    assert isinstance(model, Pix2Pix) and model.generator.image_size == 32 and not model.hparams.log_faces
+    assert isinstance(model, Pix2Pix) and model.generator.image_size == 32 and not cfg.log_faces
     optimizer_g, optimizer_d = model.configure_optimizers()
     assert optimizer_g.defaults["lr"] == 2e-4 and tuple(optimizer_d.defaults["betas"]) == (0.5, 0.999)
 

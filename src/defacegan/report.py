@@ -235,10 +235,13 @@ def write_reface_audit(
     subjects: list[str],
     shown: dict[str, np.ndarray],
     folder: Path,
+    rows: int = 8,
 ) -> list[Path]:
     """reface_metrics.json, reface_metrics.md (one row per candidate, then Pix2Pix per defacing
-    method) and reface_grid.png (input | output | target | |error|): ``shown`` holds the first
-    slice of the first subjects, ``source``, ``refaced`` and ``target`` (N, S, S) in [-1, 1]."""
+    method) and reface_grid.png (input | output | target | |error|) of the first ``rows``
+    subjects: ``shown`` holds a slice of each subject, ``source``, ``refaced`` and ``target``
+    (N, S, S) in [-1, 1]."""
+    shown = {key: images[:rows] for key, images in shown.items()}
     columns = list(dict.fromkeys(name for scores in results.values() for name in scores))
     table = [{"": AUDIT_NAMES.get(candidate, candidate)} | scores for candidate, scores in results.items()]
     table += [{"": f"Pix2Pix on {kind}-defaced scans"} | scores for kind, scores in by_defacing.items()]

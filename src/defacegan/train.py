@@ -138,17 +138,30 @@ def fit_lightning(cfg: DictConfig, model: LightningModule, datamodule, loggers: 
         started = time.perf_counter()
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
         summary["test_seconds"] = time.perf_counter() - started
-        summary.update(summarise_test(model, out))
+        summary.update(summarise_test(model, out, loggers if cfg.get("log_faces") else []))
     return summary
 
 
-def summarise_test(model: LightningModule, out: Path) -> dict:
-    """The test part of the run summary: a classifier's scores and ROC/confusion PNGs in ``out``
-    (all scans, per defacing method), or what the model reports itself (Pix2Pix's audit)."""
+def summarise_test(model: LightningModule, out: Path, face_loggers: list[Logger]) -> dict:
+    """The test part of the run summary, its files written to ``out``: a classifier's scores and
+    ROC/confusion PNGs (all scans, per defacing method), or a GAN's re-facing audit (Pix2Pix as
+    ``test``, the baselines by name, Pix2Pix on each defacing method) and its image grid. The grid
+    shows faces: it goes to the W&B loggers among ``face_loggers`` (given only with ``log_faces``)."""
     if isinstance(model, MultiBranchCNN):
         r = model.test_results
         return report.classification_outputs(r["label"], r["probability"], r["kind"], out)
-    return model.test_summary(out)
+    results, by_defacing = model.test_results, model.test_results_by_defacing
+    files = report.write_reface_audit(results, by_defacing, model.test_subjects, model.test_shown, out)
+    images = [str(path) for path in files if path.suffix == ".png"]
+    for logger in face_loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key="test/reface_grid", images=images)
+    return {
+        "test": results.get("pix2pix", {}),
+        "test_by_method": {name: scores for name, scores in results.items() if name != "pix2pix"}
+        | {f"pix2pix on {kind}": scores for kind, scores in by_defacing.items()},
+        "plots": images,
+    }
 
 
 def fit_sklearn(cfg: DictConfig, model, datamodule, loggers: list[Logger], out: Path) -> dict:

@@ -18,7 +18,6 @@ see the current batch's images.
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -56,16 +55,12 @@ class CycleGAN(Pix2Pix):
         bf16: bool = True,
         channels_last: bool = True,
         compile_mode: str | None = None,
-        log_faces: bool = False,
-        output_dir: str | os.PathLike | None = None,
-        grid_rows: int = 8,
     ):
         super().__init__(
             size=size, channels=channels, n_slices=n_slices, spacing=spacing, grid_shape=grid_shape,
             generator={"dropout": 0.0, **(generator or {})}, discriminator=discriminator, gan_loss=gan_loss,
             l1_weight=0.0, optimizer_g=optimizer_g, optimizer_d=optimizer_d, lr_constant_epochs=lr_constant_epochs,
             lr_decay_epochs=lr_decay_epochs, bf16=bf16, channels_last=channels_last, compile_mode=compile_mode,
-            log_faces=log_faces, output_dir=output_dir, grid_rows=grid_rows,
         )
 
     def build_networks(self, generator: Mapping[str, Any], discriminator: Mapping[str, Any]) -> None:

@@ -18,18 +18,15 @@ learning-rate schedule steps once per epoch, as in the reference pix2pix.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_lightning import LightningModule
-from pytorch_lightning.loggers import WandbLogger
 
-from defacegan import report
 from defacegan.metrics import image_scores, paste, reface_audit
 from defacegan.models.networks import GAN_CRITERIA, ConditionalPatchDiscriminator, UNetGenerator, gan_loss
 
@@ -61,8 +58,9 @@ class Pix2Pix(LightningModule):
     memory, and ``compile_mode`` (e.g. "max-autotune-no-cudagraphs", "reduce-overhead" for CUDA
     graphs) wraps both networks in ``torch.compile``; on the CPU all three are off.
 
-    Test outputs (``reface_metrics.json``/``.md``, ``reface_grid.png``) go to ``output_dir`` or
-    the trainer's log folder. The grid shows faces: it goes to W&B only if ``log_faces``.
+    The test loop leaves its audit in ``test_results``, ``test_results_by_defacing``,
+    ``test_subjects`` and ``test_shown`` (the first slice of each test subject: source, refaced,
+    target); the training application writes them (:func:`defacegan.report.write_reface_audit`).
     """
 
     def __init__(
@@ -83,14 +81,10 @@ class Pix2Pix(LightningModule):
         bf16: bool = True,
         channels_last: bool = True,
         compile_mode: str | None = None,
-        log_faces: bool = False,
-        output_dir: str | os.PathLike | None = None,
-        grid_rows: int = 8,
     ):
         super().__init__()
         if gan_loss not in GAN_CRITERIA:
             raise ValueError(f"gan_loss {gan_loss!r} is not one of {sorted(GAN_CRITERIA)}")
-        output_dir = None if output_dir is None else str(output_dir)
         # Plain data only, so that checkpoints load with torch.load(weights_only=True); the
         # optimizers are training-only and stay out of them.
         self.save_hyperparameters(ignore=["optimizer_g", "optimizer_d"], logger=False)
@@ -106,7 +100,8 @@ class Pix2Pix(LightningModule):
         self.test_results: dict[str, dict[str, float]] = {}
         #: The Pix2Pix scores on each defacing method's scans, when the test set holds several.
         self.test_results_by_defacing: dict[str, dict[str, float]] = {}
-        self.test_files: list[Path] = []
+        self.test_subjects: list[str] = []
+        self.test_shown: dict[str, np.ndarray] = {}
 
     def build_networks(self, generator: Mapping[str, Any], discriminator: Mapping[str, Any]) -> None:
         """The U-Net generator (source → target) and the PatchGAN that judges (source, output) pairs."""
@@ -245,29 +240,8 @@ class Pix2Pix(LightningModule):
             self.test_results_by_defacing[kind] = reface_audit({"pix2pix": part["refaced"]}, part["source"], part["target"], part["mask"])["pix2pix"]
         by_defacing = {f"test/{kind}/{name}": value for kind, scores in self.test_results_by_defacing.items() for name, value in scores.items()}
         self.log_dict(flat_audit(self.test_results) | by_defacing)
-        folder = Path(self.hparams.output_dir or self.trainer.log_dir or self.trainer.default_root_dir)
-        rows = self.hparams.grid_rows
-        shown = {key: slices[key][:rows, 0].numpy() for key in ("source", "refaced", "target")}
-        self.test_files = report.write_reface_audit(self.test_results, self.test_results_by_defacing, subjects, shown, folder)
-        if self.hparams.log_faces:
-            for logger in self.loggers:
-                if isinstance(logger, WandbLogger):
-                    logger.log_image(key="test/reface_grid", images=[str(path) for path in self.test_images])
-
-    @property
-    def test_images(self) -> list[Path]:
-        """The PNG files the last test wrote (faces: keep them local)."""
-        return [path for path in self.test_files if path.suffix == ".png"]
-
-    def test_summary(self, out) -> dict:
-        """The audit for the run summary: Pix2Pix as ``test``, the baselines by name and Pix2Pix on
-        each defacing method (``pix2pix on mask``...), the image grid."""
-        by_defacing = {f"pix2pix on {kind}": scores for kind, scores in self.test_results_by_defacing.items()}
-        return {
-            "test": self.test_results.get("pix2pix", {}),
-            "test_by_method": {name: scores for name, scores in self.test_results.items() if name != "pix2pix"} | by_defacing,
-            "plots": [str(path) for path in self.test_images],
-        }
+        self.test_subjects = subjects
+        self.test_shown = {key: slices[key][:, 0].numpy() for key in ("source", "refaced", "target")}
 
 
 def group_by_subject(outputs: list[dict]) -> tuple[list[str], dict[str, torch.Tensor]]:
