@@ -13,7 +13,7 @@ from pytorch_lightning import Callback, Trainer
 from torch.utils.data import DataLoader
 
 from defacegan.models.pix2pix import Pix2Pix, group_by_subject, linear_decay
-from defacegan.reface import load_pix2pix
+from defacegan.reface import load_refacer
 from defacegan.train import summarise_test
 
 SIZE = 32
@@ -153,7 +153,7 @@ def test_checkpoints_hold_plain_data_and_the_average_face(tmp_path):
     trainer.fit(model, train_dataloaders=translate_batches(1))
     trainer.save_checkpoint(tmp_path / "model.ckpt")
     torch.load(tmp_path / "model.ckpt", weights_only=True)  # no pickled code
-    loaded = load_pix2pix(tmp_path / "model.ckpt", device="cpu")
+    loaded = load_refacer(tmp_path / "model.ckpt", device="cpu")
     assert not loaded.training and loaded.hparams.size == SIZE and list(loaded.hparams.grid_shape) == [16, 16, 16]
     assert torch.equal(loaded.average_face, model.average_face)
 

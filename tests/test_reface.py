@@ -11,7 +11,7 @@ from defacegan.cli import main
 from defacegan.deface import deface
 from defacegan.io import Scan, ScanError, load_scan
 from defacegan.models.pix2pix import Pix2Pix
-from defacegan.reface import face_region, load_pix2pix, reface_scan
+from defacegan.reface import face_region, load_refacer, reface_scan
 from defacegan.views import sagittal_planes, sagittal_slices
 
 
@@ -74,7 +74,7 @@ def test_reface_reports_unusable_inputs_and_keeps_going(pix2pix_ckpt, defaced_he
     args = ["reface", str(source), "-o", str(tmp_path / "out.nii.gz"), "--ckpt", str(pix2pix_ckpt)]
     assert main([*args, "--mask", str(empty)]) == 2
     assert main(["reface", str(empty), "-o", str(tmp_path / "x.nii.gz"), "--ckpt", str(tmp_path / "none.ckpt")]) == 2
-    assert "not a usable Pix2Pix checkpoint" in capsys.readouterr().err
+    assert "not a usable Pix2Pix or CycleGAN checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -86,5 +86,5 @@ def test_the_face_region_of_a_real_head_is_found_and_refused_while_the_face_is_t
     defaced_scan = Scan(defaced.defaced, scan.affine, scan.original, scan.path)
     region = face_region(defaced_scan)
     assert region.any() and not defaced_scan.data[region].any()
-    refaced = reface_scan(defaced_scan, load_pix2pix(pix2pix_ckpt, device="cpu"), region)
+    refaced = reface_scan(defaced_scan, load_refacer(pix2pix_ckpt, device="cpu"), region)
     assert np.array_equal(refaced[~region], defaced_scan.data[~region])

@@ -80,13 +80,13 @@ def add_selection_options(parser: argparse.ArgumentParser):
 def add_reface(commands) -> None:
     parser = commands.add_parser(
         "reface",
-        help="fill a defaced scan's face region with a trained Pix2Pix face (privacy audit)",
-        description="Re-face a defaced scan slice by slice with a Pix2Pix checkpoint; every voxel "
+        help="fill a defaced scan's face region with a trained Pix2Pix or CycleGAN face (privacy audit)",
+        description="Re-face a defaced scan slice by slice with a Pix2Pix or CycleGAN checkpoint; every voxel "
         "outside the removed region is copied unchanged. Output: float32, the input's space and header.",
     )
     parser.add_argument("input", type=Path, help="defaced NIfTI scan")
     parser.add_argument("-o", "--output", type=Path, required=True, help="re-faced NIfTI to write")
-    parser.add_argument("--ckpt", type=Path, required=True, help="Pix2Pix checkpoint (direction reface)")
+    parser.add_argument("--ckpt", type=Path, required=True, help="Pix2Pix or CycleGAN checkpoint (direction reface)")
     parser.add_argument(
         "--mask", type=Path,
         help="removed-region mask on the input's grid (nonzero = re-face); default: the face region "
@@ -97,13 +97,13 @@ def add_reface(commands) -> None:
 
 
 def run_reface(args) -> int:
-    from defacegan.reface import load_pix2pix, reface_file  # torch loads only when needed
+    from defacegan.reface import load_refacer, reface_file  # torch loads only when needed
 
     started = time.perf_counter()
     try:
-        model = load_pix2pix(args.ckpt)
+        model = load_refacer(args.ckpt)
     except Exception as error:  # a missing, foreign or corrupt checkpoint fails in many ways
-        print(f"error: {args.ckpt}: not a usable Pix2Pix checkpoint ({type(error).__name__}: {error})", file=sys.stderr)
+        print(f"error: {args.ckpt}: not a usable Pix2Pix or CycleGAN checkpoint ({type(error).__name__}: {error})", file=sys.stderr)
         return EXIT_UNREADABLE
     failures = run_batch(
         [args.input], lambda path: reface_file(path, args.output, model, args.mask, overwrite=args.overwrite)

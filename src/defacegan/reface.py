@@ -1,4 +1,4 @@
-"""Re-face defaced scans with a trained Pix2Pix generator (``defacegan reface``).
+"""Re-face defaced scans with a trained Pix2Pix or CycleGAN generator (``defacegan reface``).
 
 Applications of the model live here, beside :mod:`defacegan.inference`: reading and writing
 NIfTI, finding the removed region by registration, and moving a scan onto the training grid and
@@ -17,6 +17,7 @@ import torchio as tio
 from defacegan.augment import standard_grid
 from defacegan.deface import deface
 from defacegan.io import Scan, ScanError, head_threshold, load_scan, save_nifti
+from defacegan.models.cyclegan import CycleGAN
 from defacegan.models.pix2pix import Pix2Pix
 from defacegan.views import robust_scale, sagittal_planes, sagittal_slices
 
@@ -25,10 +26,13 @@ from defacegan.views import robust_scale, sagittal_planes, sagittal_slices
 INTACT_TISSUE_FRACTION = 0.12
 
 
-def load_pix2pix(ckpt: str | os.PathLike, device: str | torch.device | None = None) -> Pix2Pix:
-    """A trained model from its Lightning checkpoint, in eval mode on ``device`` (default: CUDA if any)."""
+def load_refacer(ckpt: str | os.PathLike, device: str | torch.device | None = None) -> Pix2Pix:
+    """A trained Pix2Pix or CycleGAN (told apart by its hyperparameters) from its Lightning
+    checkpoint, in eval mode on ``device`` (default: CUDA if any)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return Pix2Pix.load_from_checkpoint(ckpt, map_location=device).eval()
+    hparams = torch.load(ckpt, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    model_class = CycleGAN if "cycle_weight" in hparams else Pix2Pix
+    return model_class.load_from_checkpoint(ckpt, map_location=device, weights_only=True).eval()
 
 
 def face_region(scan: Scan) -> np.ndarray:
