@@ -104,7 +104,7 @@ def test_deface_processes_the_valid_scans_and_names_each_bad_one(corpus, tmp_pat
     assert_named_once(printed.err, bad_cases(cases))
     defaced_cases = valid_cases(cases)
     assert files_below(out) == sorted(f"{stem(case.path)}_{suffix}" for case in defaced_cases.values()
-                                      for suffix in ("deface.json", "defaced.nii.gz"))
+                                      for suffix in ("defaced.json", "defaced.nii.gz"))
     for name, case in defaced_cases.items():
         source, defaced = nib.load(case.path), nib.load(out / f"{stem(case.path)}_defaced.nii.gz")
         assert defaced.shape == source.shape and defaced.get_data_dtype() == source.get_data_dtype(), name

@@ -52,7 +52,7 @@ def defaced(raw, tmp_path_factory) -> tuple[Path, dict[str, str], int]:
     """(OUTPUT_DIR, the raw tree's hashes before the run, exit code) of one BIDS App run."""
     before = tree(raw)
     out = tmp_path_factory.mktemp("derivatives") / "defacegan"
-    code = main(["deface", str(raw), str(out), "participant"])
+    code = main(["deface", str(raw), str(out), "participant", "--no-brain-check"])
     return out, before, code
 
 
@@ -110,19 +110,19 @@ def test_a_second_run_skips_finished_scans_and_redoes_an_unfinished_one(raw, def
     finished = tree(out)
     capsys.readouterr()
 
-    assert main(["deface", str(raw), str(out), "participant"]) == EXIT_OK
+    assert main(["deface", str(raw), str(out), "participant", "--no-brain-check"]) == EXIT_OK
     assert capsys.readouterr().out.count("already defaced") == 5
     assert tree(out) == finished
 
     mask = out / "sub-02/ses-1/anat/sub-02_ses-1_desc-defaceT2w_mask.nii.gz"
     mask.rename(mask.with_name(f".{mask.name}.x1y2z3.nii.gz"))  # as if killed while writing it
-    assert main(["deface", str(raw), str(out), "participant"]) == EXIT_OK
+    assert main(["deface", str(raw), str(out), "participant", "--no-brain-check"]) == EXIT_OK
     printed = capsys.readouterr().out
     assert printed.count("already defaced") == 4 and "sub-02_ses-1_T2w.nii.gz: defaced (mask from sub-02_ses-1_T1w.nii.gz)" in printed
     assert sorted(tree(out)) == EXPECTED
 
     finished = tree(out)
-    assert main(["deface", str(raw), str(out), "participant", "--method", "plane"]) == EXIT_UNREADABLE
+    assert main(["deface", str(raw), str(out), "participant", "--method", "plane", "--no-brain-check"]) == EXIT_UNREADABLE
     assert "holds other outputs" in capsys.readouterr().err and tree(out) == finished
 
 
@@ -135,10 +135,10 @@ def test_labels_select_scans_and_a_wrong_label_is_an_error(raw, tmp_path, capsys
     with pytest.raises(ValueError, match="subject.*07"):
         find_scans(raw, participant_labels=["01", "07"])
 
-    code = main(["deface", str(raw), str(tmp_path / "out"), "participant", "--session-label", "9"])
+    code = main(["deface", str(raw), str(tmp_path / "out"), "participant", "--session-label", "9", "--no-brain-check"])
     error = capsys.readouterr().err
     assert code == EXIT_UNREADABLE and error.count("\n") == 1 and "session(s) 9" in error
-    code = main(["deface", str(raw), str(raw / "sub-01"), "participant"])
+    code = main(["deface", str(raw), str(raw / "sub-01"), "participant", "--no-brain-check"])
     assert code == EXIT_UNREADABLE and "outside the BIDS dataset" in capsys.readouterr().err
 
 
@@ -151,7 +151,7 @@ def test_a_bad_scan_is_reported_and_the_others_are_defaced(tmp_path, capsys):
     shutil.copy(raw / "sub-01" / "anat" / "sub-01_T1w.nii.gz", orphan)
     out = tmp_path / "out"
 
-    code = main(["deface", str(raw), str(out), "participant", "--nprocs", "2"])  # workers report errors too
+    code = main(["deface", str(raw), str(out), "participant", "--nprocs", "2", "--no-brain-check"])  # workers report errors too
 
     printed = capsys.readouterr()
     assert code == EXIT_UNREADABLE
@@ -227,7 +227,7 @@ def test_a_killed_run_started_again_skips_finished_scans_and_matches_an_uninterr
     from defacegan.bids import outputs_for
 
     out = tmp_path / "defacegan"
-    command = [sys.executable, "-m", "defacegan.cli", "deface", str(raw), str(out), "participant", "--participant-label", "01"]
+    command = [sys.executable, "-m", "defacegan.cli", "deface", str(raw), str(out), "participant", "--participant-label", "01", "--no-brain-check"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(defacegan.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     first, second = find_scans(raw, participant_labels=["01"])
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -249,3 +249,25 @@ def test_a_killed_run_started_again_skips_finished_scans_and_matches_an_uninterr
     finished, uninterrupted = tree(out), tree(defaced[0])
     assert sorted(finished) == [name for name in EXPECTED if "sub-01" in name or "/" not in name]  # no temporary files
     assert finished == {name: digest for name, digest in uninterrupted.items() if name in finished}  # byte for byte
+
+
+@pytest.mark.slow
+def test_the_bids_app_measures_the_brain_removed_and_check_reports_it(ixi_scans, tmp_path, capsys):
+    """A real head as sub-01's T1w: the derivative's sidecar holds the brain removed (BET on the
+    input), the line says it, and `check` on the derivatives shows the same figure."""
+    from defacegan.detector_training import HELD_OUT, subject_of
+
+    raw = tmp_path / "raw"
+    anat = raw / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    (raw / "dataset_description.json").write_text(json.dumps({"Name": "one IXI head", "BIDSVersion": "1.10.0"}))
+    shutil.copyfile(next(path for path in ixi_scans if subject_of(path) == HELD_OUT[1]), anat / "sub-01_T1w.nii.gz")
+    out = tmp_path / "defacegan"
+
+    assert main(["deface", str(raw), str(out), "participant"]) == EXIT_OK
+    sidecar = json.loads((out / "sub-01" / "anat" / "sub-01_T1w.json").read_text())
+    assert sidecar["BrainML"] > 1000 and 0 <= sidecar["BrainRemovedPercent"] < 0.25 and not sidecar["BrainRemovedFlagged"]
+    assert f"brain removed {sidecar['BrainRemovedML']:.1f} mL" in capsys.readouterr().out
+    assert main(["check", str(out), "--json", "--workers", "0"]) == EXIT_OK
+    rows = json.loads(capsys.readouterr().out)["results"]
+    assert [(Path(row["file"]).name, row["brain_removed"]) for row in rows] == [("sub-01_T1w.nii.gz", sidecar["BrainRemovedPercent"])]

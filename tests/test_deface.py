@@ -189,8 +189,8 @@ def test_cli_defaces_good_files_reports_bad_ones_and_keeps_the_input_orientation
     assert "broken.nii.gz" in printed.err and "head.nii.gz: defaced (mask)" in printed.out
     assert {path.name: sha256(path) for path in inputs.iterdir()} == before
     assert sorted(path.name for path in out.iterdir()) == [
-        "head_deface.json", "head_defaced.nii.gz", "head_defacemask.nii.gz", "head_qc.png"]  # no temporary files left
-    assert json.loads((out / "head_deface.json").read_text())["method"] == "mask"
+        "head_defaced.json", "head_defaced.nii.gz", "head_defacemask.nii.gz", "head_qc.png"]  # no temporary files left
+    assert json.loads((out / "head_defaced.json").read_text())["DeidentificationMethod"] == ["defacegan (mask)"]
     assert (out / "head_qc.png").read_bytes().startswith(b"\x89PNG")
     defaced, mask = nib.load(str(out / "head_defaced.nii.gz")), nib.load(str(out / "head_defacemask.nii.gz"))
     for image in (defaced, mask):
@@ -217,10 +217,13 @@ def test_cli_measures_the_brain_and_verify_finds_an_undone_defacing(ixi_scans, t
 
     printed = capsys.readouterr().out
     assert code == EXIT_OK, printed
-    record = json.loads((out / f"{head.name.removesuffix('.nii.gz')}_deface.json").read_text())
-    assert record["brain_ml"] > 1000 and not record["flagged"]
-    assert f"brain removed {record['brain_removed_ml']:.1f} mL" in printed
+    record = json.loads((out / f"{head.name.removesuffix('.nii.gz')}_defaced.json").read_text())
+    assert record["BrainML"] > 1000 and not record["BrainRemovedFlagged"]
+    assert f"brain removed {record['BrainRemovedML']:.1f} mL" in printed
     assert "removed" in printed.split("verdict")[-1] and "0 with a face" in printed
+    assert main(["check", str(out), "--json", "--workers", "0"]) == EXIT_OK  # check shows what deface measured
+    checked = json.loads(capsys.readouterr().out)["results"]
+    assert [row["brain_removed"] for row in checked] == [record["BrainRemovedPercent"]]
     output = out / f"{head.name.removesuffix('.nii.gz')}_defaced.nii.gz"
     shutil.copyfile(head, output)  # the defacing undone: the face is back
 

@@ -202,8 +202,12 @@ def _json(document: dict) -> str:
     return json.dumps(document, indent=2, default=str) + "\n"
 
 
-def deface_scan(scan: BidsScan, out: str | os.PathLike, method: str, protect: Sequence[Path] = ()) -> str:
+def deface_scan(scan: BidsScan, out: str | os.PathLike, method: str, protect: Sequence[Path] = (),
+                brain_check: bool = True) -> str:
     """Deface one scan into the derivatives dataset ``out``; return a one-line summary.
+
+    With ``brain_check``, the brain removed (:func:`defacegan.brain.brain_removed`, BET on the
+    input) goes into the image's sidecar, the QC figure and the summary line.
 
     A scan whose outputs all exist is skipped; otherwise all of them are (re)written, the image
     last, and temporary files left by a killed run are removed. A scan with a ``reference`` (its
@@ -211,6 +215,7 @@ def deface_scan(scan: BidsScan, out: str | os.PathLike, method: str, protect: Se
     registered to pydeface's template. Raises :class:`ScanError` for a scan that cannot be read
     or registered.
     """
+    from defacegan.brain import brain_removed
     from defacegan.deface import deface, deface_like  # SimpleITK, matplotlib load only when needed
     from defacegan.report import deface_qc_figure, save_figure
 
@@ -241,7 +246,8 @@ def deface_scan(scan: BidsScan, out: str | os.PathLike, method: str, protect: Se
         "Sources": [image_uri],
         "SpatialReference": image_uri,
     }))
-    save_figure(deface_qc_figure(loaded, result), outputs.figure)
+    brain = brain_removed(loaded, result.removed) if brain_check else None
+    save_figure(deface_qc_figure(loaded, result, brain), outputs.figure)
     methods = scan.metadata.get("DeidentificationMethod", [])
     codes = scan.metadata.get("DeidentificationMethodCodeSequence", [])
     metadata = {
@@ -249,13 +255,15 @@ def deface_scan(scan: BidsScan, out: str | os.PathLike, method: str, protect: Se
         "SkullStripped": False,
         "DeidentificationMethod": [*([methods] if isinstance(methods, str) else methods), how],
         "DeidentificationMethodCodeSequence": [*([codes] if isinstance(codes, dict) else codes), DEIDENTIFICATION_CODE],
+        **(brain.sidecar() if brain else {}),
     }
     atomic_write_text(outputs.sidecar, _json(metadata))
     save_nifti(loaded.to_original(result.defaced), outputs.image, overwrite=True, protect=protect)
     head = loaded.data > head_threshold(loaded.data)
     removed = 100 * np.count_nonzero(result.removed & head) / max(np.count_nonzero(head), 1)
     carried = f" from {scan.reference.relative.name}" if scan.reference else ""
-    return f"defaced ({method}{carried}), {removed:.1f}% of head removed -> {outputs.image}"
+    brain_text = f", {brain.line()}" if brain else ""
+    return f"defaced ({method}{carried}), {removed:.1f}% of head removed{brain_text} -> {outputs.image}"
 
 
 def reference_region(reference: BidsScan, out: str | os.PathLike, method: str) -> tuple[Scan, np.ndarray]:

@@ -54,15 +54,16 @@ class BrainRemoved:
     def flagged(self) -> bool:
         return bool(self.percent > FLAG_PERCENT)
 
-    def summary(self) -> dict:
-        """What a per-scan JSON records (the mask itself stays out)."""
+    def sidecar(self) -> dict:
+        """What the defaced image's JSON sidecar records, in BIDS's CamelCase (the mask stays out);
+        ``defacegan check`` shows ``BrainRemovedPercent`` when it finds it."""
         return {
-            "brain_mask": "brainextractor (BET) on the input, 2 mm",
-            "brain_ml": round(self.brain_ml, 1),
-            "brain_removed_ml": round(self.removed_ml, 2),
-            "brain_removed_percent": round(self.percent, 3),
-            "flag_percent": FLAG_PERCENT,
-            "flagged": self.flagged,
+            "BrainMask": "brainextractor (BET) on the input, 2 mm",
+            "BrainML": round(self.brain_ml, 1),
+            "BrainRemovedML": round(self.removed_ml, 2),
+            "BrainRemovedPercent": round(self.percent, 3),
+            "BrainRemovedFlagPercent": FLAG_PERCENT,
+            "BrainRemovedFlagged": self.flagged,
         }
 
     def line(self) -> str:

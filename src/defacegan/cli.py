@@ -268,8 +268,8 @@ def add_deface(commands) -> None:
         "deface",
         help="remove the face from head scans (pydeface's face mask or a quickshear plane; no FSL)",
         description="Register pydeface's template onto each scan and zero its face. Writes "
-        "<stem>_defaced.nii.gz in the input's orientation and header and <stem>_deface.json (the brain "
-        "removed, measured on a BET brain mask of the input); inputs are never modified. Exits 0 when all "
+        "<stem>_defaced.nii.gz in the input's orientation and header and its sidecar <stem>_defaced.json "
+        "(the share of the head and of the brain removed, the brain measured on a BET brain mask of the input); inputs are never modified. Exits 0 when all "
         "went well, 1 when a scan needs a look (more brain removed than the flag allows, or --verify "
         "still finds a face), 2 when any scan failed.",
     )
@@ -324,6 +324,7 @@ def deface_exit_code(code: int, outputs: list[Path], flagged: int, verify: bool)
 
 
 def run_deface_bids(args, bids_dir: Path, output_dir: Path) -> int:
+    import json
     from functools import partial
 
     from defacegan import bids
@@ -337,11 +338,12 @@ def run_deface_bids(args, bids_dir: Path, output_dir: Path) -> int:
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_UNREADABLE
-    process = partial(bids.deface_scan, out=output_dir, method=args.method)
+    process = partial(bids.deface_scan, out=output_dir, method=args.method, brain_check=not args.no_brain_check)
     failures = run_batch(scans, process, nprocs=args.nprocs)
     failed = {error.path for error in failures}
-    outputs = [bids.outputs_for(scan, output_dir).image for scan in scans if scan.path not in failed]
-    return deface_exit_code(report_failures(failures, len(scans), started), outputs, 0, args.verify)
+    done = [bids.outputs_for(scan, output_dir) for scan in scans if str(scan.path) not in failed]
+    flagged = sum(bool(json.loads(outputs.sidecar.read_text()).get("BrainRemovedFlagged")) for outputs in done)
+    return deface_exit_code(report_failures(failures, len(scans), started), [outputs.image for outputs in done], flagged, args.verify)
 
 
 def run_deface(args) -> int:
@@ -384,9 +386,9 @@ def run_deface(args) -> int:
             save_figure(deface_qc_figure(scan, result, brain), args.out / f"{stem(path)}_qc.png")
         head = scan.data > head_threshold(scan.data)
         removed = 100 * np.count_nonzero(result.removed & head) / max(np.count_nonzero(head), 1)
-        record = {"input": str(path), "output": output.name, "method": args.method,
-                  "head_removed_percent": round(removed, 2), **(brain.summary() if brain else {})}
-        atomic_write_text(args.out / f"{stem(path)}_deface.json", json.dumps(record, indent=2) + "\n")
+        record = {"Sources": [str(path)], "DeidentificationMethod": [f"defacegan ({args.method})"],
+                  "HeadRemovedPercent": round(removed, 2), **(brain.sidecar() if brain else {})}
+        atomic_write_text(output.with_name(f"{stem(path)}_defaced.json"), json.dumps(record, indent=2) + "\n")
         if brain and brain.flagged:
             flagged.append(path)
         seconds = time.perf_counter() - begun
