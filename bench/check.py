@@ -131,7 +131,7 @@ def stage_profile(detector: Detector, paths: list[Path]) -> dict[str, float]:
     """
     contract = detector.contract
     stages = dict.fromkeys(
-        ["load_scan: read, gunzip, validate (as stored)", "  gunzip alone (zlib)", "contract grid (on_grid)",
+        ["load_scan: read, gunzip, validate (as stored)", "  gunzip alone (zlib)", "contract grid: head anchor (centre)", "contract grid (on_grid)",
          "contract intensities", "views", "model", "views PNG (--out)"], 0.0)
     load_scan(paths[0])
     for path in paths:
@@ -147,7 +147,9 @@ def stage_profile(detector: Detector, paths: list[Path]) -> dict[str, float]:
         lap()
         zlib.decompress(path.read_bytes(), wbits=31)
         lap()
-        grid = contract.on_grid(scan.data, scan.affine)
+        centre = contract.centre(scan.data, scan.affine)
+        lap()
+        grid = contract.on_grid(scan.data, scan.affine, centre=centre)
         lap()
         volumes = torch.stack([contract.intensities(grid[None])]).to(detector.device)  # as Detector.predict batches them
         lap()

@@ -155,6 +155,18 @@ def test_device_augmentation_draws_per_sample():
     assert not torch.equal(out["face"][0], out["face"][1]) and not torch.equal(out["removed"][0], out["removed"][1])
 
 
+def test_inversion_makes_a_t2w_like_contrast_and_keeps_the_air():
+    """Inside the head the darkest tissue becomes the brightest; exact zeros (air, a removed
+    face) stay zero, so a defaced T2w-like scan is still defaced."""
+    batch = head_batch(1)
+    out = DeviceAugmentation({"invert": {"prob": 1.0}}, keys=("face", "defaced"), masks=("removed",), spacing=4.0)(batch)
+    face, inverted = batch["face"][0, 0].float(), out["face"][0, 0].float()
+    inside = face > 0.1 * torch.quantile(face[face > 0], 0.995)
+    assert torch.equal(inverted[face == 0], face[face == 0])
+    assert torch.corrcoef(torch.stack([face[inside], inverted[inside]]))[0, 1] < -0.9
+    assert (out["defaced"][0, 0][batch["removed"][0, 0].bool()] == 0).all()
+
+
 def test_device_augmentation_draws_from_its_seed():
     batch = head_batch(2)
     augmentation = DeviceAugmentation(DEVICE_AUGMENT, keys=("face", "defaced"), masks=("removed",), spacing=4.0, seed=5)

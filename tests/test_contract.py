@@ -47,12 +47,30 @@ def test_voxel_order_on_disk_does_not_matter():
     assert torch.allclose(COARSE.on_grid(data, affine), COARSE.on_grid(np.asanyarray(flipped.dataobj), flipped.affine), atol=1e-3)
 
 
+def test_the_grid_sits_on_the_head_whatever_the_field_of_view(ixi_scans):
+    """The same head with 60 mm more neck below and 20 mm more air above lands on the same grid
+    voxels: the grid follows the head's back, top and middle, not the field of view's centre."""
+    scan = load_scan(ixi_scans[0])
+    data = scan.data
+    step = scan.affine[:3, :3] @ [0, 0, 1]
+    padded = np.concatenate([np.zeros((*data.shape[:2], 30), np.float32), data, np.zeros((*data.shape[:2], 10), np.float32)], 2)
+    affine = scan.affine.copy()
+    affine[:3, 3] -= 30 * step
+    contracts = {"head": InputContract(), "fov": InputContract(anchor="fov")}
+    head_same, fov_same = (contracts[a].volume(data, scan.affine) for a in ("head", "fov"))
+    head_moved, fov_moved = (contracts[a].volume(padded, affine) for a in ("head", "fov"))
+    assert torch.allclose(head_same, head_moved, atol=1e-3)
+    assert (fov_same - fov_moved).abs().mean() > 10 * (head_same - head_moved).abs().mean() + 1e-3
+
+
 def test_the_contract_round_trips_through_a_plain_dict():
     values = COARSE.to_dict()
     assert all(isinstance(v, (int, float, str, list)) for v in values.values())
     assert InputContract.from_dict(values) == COARSE
     with pytest.raises(ValueError, match="view_mode"):
         InputContract(view_mode="diagonal")
+    with pytest.raises(ValueError, match="anchor"):
+        InputContract(anchor="nose")
 
 
 def test_training_and_check_see_the_same_tensor_for_the_same_scan(held_out_bundle, ixi_scans):
@@ -131,7 +149,7 @@ def test_a_saved_detector_loads_with_torch_alone(tmp_path):
     from defacegan.models.detector import DetectorNet
 
     train, val = split_subjects(np.array(["IXI1", "IXI2", "IXI3"]), val=1, seed=0)
-    net = DetectorNet(n_views=6, n_classes=3)
+    net = DetectorNet(n_views=len(COARSE.view_names), n_classes=3)
     net.temperature.fill_(1.5)
     path = save_detector(net, COARSE, tmp_path / "detector.pt", {"train_subjects": train, "val_subjects": val})
     loaded, contract, facts = load_network(path)

@@ -96,7 +96,7 @@ def test_brain_removed_counts_brain_voxels_inside_the_removed_region():
 
     assert measured.brain_ml == pytest.approx(30.0) and measured.removed_ml == pytest.approx(1.5)
     assert measured.percent == pytest.approx(5.0) and measured.flagged == (5.0 > FLAG_PERCENT)
-    assert measured.summary()["brain_removed_ml"] == 1.5
+    assert measured.sidecar()["BrainRemovedML"] == 1.5 and measured.sidecar()["BrainRemovedFlagged"] == measured.flagged
     assert not brain_removed(scan, np.zeros_like(brain), brain).flagged
     assert not brain_removed(scan, removed, np.zeros_like(brain)).flagged  # no brain found: nothing removed
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from defacegan.views import VIEW_MODES, VIEW_NAMES, compute_views, robust_scale, sagittal_slices
+from defacegan.views import FACE_BOX, VIEW_MODES, VIEW_NAMES, compute_views, robust_scale, sagittal_slices
 
 
 def block_volume(shape=(8, 8, 8), block=(slice(2, 5), slice(3, 7), slice(1, 4))) -> np.ndarray:
@@ -28,7 +28,7 @@ def expected_views(volume: np.ndarray) -> np.ndarray:
         "slice_coronal": volume[:, volume.shape[1] // 2],
         "slice_axial": volume[:, :, volume.shape[2] // 2],
     }
-    return np.stack([displayed(planes[name]) for name in VIEW_NAMES])
+    return np.stack([displayed(planes[name]) for name in VIEW_NAMES[:6]])
 
 
 def as_batch(*volumes: np.ndarray) -> torch.Tensor:
@@ -84,13 +84,29 @@ def test_robust_scaling_ignores_gain_and_a_hot_voxel():
 
 def test_batch_items_are_independent_and_modes_select_views():
     a, b = block_volume(), 7 * block_volume(block=(slice(0, 8), slice(0, 2), slice(5, 8)))
-    together = compute_views(as_batch(a, b), 8)
-    alone = torch.cat([compute_views(as_batch(a), 8), compute_views(as_batch(b), 8)])
+    together = compute_views(as_batch(a, b), 8, "all_face")
+    alone = torch.cat([compute_views(as_batch(a), 8, "all_face"), compute_views(as_batch(b), 8, "all_face")])
     torch.testing.assert_close(together, alone)
     for mode, indices in VIEW_MODES.items():
         torch.testing.assert_close(compute_views(as_batch(a, b), 8, mode), together[:, list(indices)])
     with pytest.raises(ValueError, match="view mode"):
         compute_views(as_batch(a), 8, "diagonal")
+
+
+def test_face_views_show_the_front_of_the_head_at_full_resolution():
+    """A 32³ head whose face box holds a nose: the depth render is brightest at the nose tip and
+    dark where no skin is; the face slice is the box's middle sagittal plane, not downsampled."""
+    volume = np.zeros((32, 32, 32), np.float32)
+    volume[6:26, 4:24, 4:28] = 1  # the head, its front at y = 23
+    volume[15:17, 24:27, 10:13] = 1  # a nose, 3 voxels further out
+    views = compute_views(as_batch(volume), 16, "all_face")[0]
+    sagittal, coronal, depth = (views[VIEW_NAMES.index(name)].numpy() for name in ("face_sagittal", "face_coronal", "face_depth"))
+    (x0, x1), (y0, y1), (z0, z1) = (tuple(round(f * 32) for f in box) for box in FACE_BOX)
+    np.testing.assert_array_equal(sagittal, displayed(volume[(x0 + x1) // 2, y0:y1, z0:z1]))
+    np.testing.assert_allclose(coronal, displayed(volume[x0:x1, y0:y1, z0:z1].mean(1)), atol=1e-6)
+    nose = displayed(np.pad(np.ones((2, 3)), ((15 - x0, x1 - 17), (10 - z0, z1 - 13))))  # (x, z) of the nose in the box
+    assert depth[nose > 0].max() == pytest.approx((y1 - y0 - (y1 - 1 - 26)) / (y1 - y0))
+    np.testing.assert_allclose(depth[nose == 0], (y1 - y0 - (y1 - 1 - 23)) / (y1 - y0))  # the face's front, y = 23
 
 
 def test_sagittal_slices_match_the_sagittal_view_and_take_a_given_scale():

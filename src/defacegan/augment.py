@@ -112,7 +112,7 @@ def build_augmentation(cfg: Mapping | None) -> tio.Compose | None:
 
 
 class DeviceAugmentation:
-    """Random flips, affine, smoothing and gamma on a whole batch on its device (MONAI layers).
+    """Random flips, affine, smoothing, T2w-like inversion and gamma on a whole batch on its device.
 
     Batched, for a GPU that CPU loader workers cannot keep busy: each transform is a few kernels
     per batch, not a Python loop over samples (one ``grid_sample`` resamples every sample with its
@@ -134,6 +134,7 @@ class DeviceAugmentation:
         "affine": {"prob": 0.75, "degrees": 10.0, "scales": 0.1, "translation": 8.0},
         "smooth": {"prob": 0.2, "sigma": (0.25, 1.0)},
         "contrast": {"prob": 0.3, "gamma": (0.74, 1.35)},
+        "invert": {"prob": 0.0, "floor": 0.1},
     }
 
     def __init__(self, cfg: Mapping, keys: Sequence[str], masks: Sequence[str] = (), spacing: float = 1.0, seed: int = 0):
@@ -243,6 +244,8 @@ class DeviceAugmentation:
         if sigma:
             chosen = smoothed.to(device)
             image = image.index_put((chosen,), GaussianFilter(3, sigma).to(device)(image[chosen]))
+        if "invert" in self.options and (chosen := self._chosen("invert", n)).any():
+            image = image.index_put((chosen.to(device),), self._inverted(image[chosen.to(device)], self.options["invert"]["floor"]))
         if (chosen := self._chosen("contrast", n)).any():
             low, high = (math.log(g) for g in self.options["contrast"]["gamma"])
             gamma = torch.where(chosen, self._uniform(low, high, n).exp(), 1.0).float().to(device)
@@ -250,6 +253,16 @@ class DeviceAugmentation:
         volumes.update(zip(self.keys, torch.where(absent, 0, image).split(1, dim=1)))
         kept = slice(start - out[0], stop - out[0])
         return {**batch, **{role: volumes[role][:, :, kept].to(batch[role].dtype) for role in roles}}
+
+    @staticmethod
+    def _inverted(image: torch.Tensor, floor: float) -> torch.Tensor:
+        """A T2w-like contrast from a T1w one: each sample's intensities above ``floor`` of its
+        robust scale flipped (dark fluid becomes bright), the air and what is below kept as it is."""
+        flat = image.flatten(1)
+        scale = torch.quantile(flat[:, :: max(1, flat.shape[1] // 2**16)], 0.995, dim=1).clamp_min(1e-6)
+        scale = scale.reshape(-1, *[1] * (image.dim() - 1))
+        inside = image > floor * scale
+        return torch.where(inside, (1.1 * scale - image).clamp_min(floor * scale), image)
 
     def _resample(self, batch: dict, rows: torch.Tensor, theta: torch.Tensor, first: int, span: tuple[int, int], extent: int) -> dict:
         """Planes ``span`` of the samples ``rows`` warped by their voxel matrices ``theta``: one

@@ -4,10 +4,13 @@ One small object, saved inside the detector's checkpoint, used by training (the 
 ``check``/``serve``/``predict`` and by the evaluation benchmark, so that every path prepares a
 scan the same way:
 
-1. **grid**: resample to an axis-aligned RAS+ grid of ``spacing`` mm and ``shape`` voxels,
-   centred on the centre of the scan's field of view (trilinear; a box filter first when the
-   scan is finer than the grid, so thin structures are averaged rather than aliased). Masks use
-   nearest neighbour. Any orientation and oblique affine is handled by the one resampling.
+1. **grid**: resample to an axis-aligned RAS+ grid of ``spacing`` mm and ``shape`` voxels
+   (trilinear; a box filter first when the scan is finer than the grid, so thin structures are
+   averaged rather than aliased). Masks use nearest neighbour. Any orientation and oblique affine
+   is handled by the one resampling. The grid is placed on the head, not on the field of view
+   (``anchor="head"``): the back and the top of the head and its left-right middle, which no
+   defacing touches, sit at the same grid position in every scan, so a middle slice cuts the
+   same anatomy whether the scanner's field of view held the neck or stopped below the nose.
 2. **intensities**: negative values (resampling overshoot, signed data) clamped to 0, divided by
    the volume's robust scale (99.5th percentile of the nonzero voxels), stored as float16 —
    what the training cache holds, so check and training see the same numbers;
@@ -30,6 +33,13 @@ from defacegan.views import VIEW_MODES, VIEW_NAMES, compute_views, robust_scale
 #: The detector's answers, in logit order: a face is there; the face was removed (zeros, noise,
 #: a constant, cropped); the face was replaced by tissue that is not the subject's.
 VERDICTS = ("face", "removed", "replaced")
+ANCHORS = ("head", "fov")
+#: Head voxels exceed this share of the 99.5th percentile of a scan's positive voxels.
+HEAD_FLOOR = 0.15
+#: With ``anchor="head"`` the grid's centre lies this far (mm) in front of the back of the head
+#: and below its top: the median of the 32 IXI heads relative to their field of view's centre,
+#: so the grid holds the whole head with the face and some neck.
+HEAD_ANCHOR_MM = (101.0, 92.0)
 
 
 @dataclass(frozen=True)
@@ -39,14 +49,17 @@ class InputContract:
     spacing: float = 2.0
     shape: tuple[int, int, int] = (128, 128, 128)
     view_size: int = 64
-    view_mode: str = "all"
+    view_mode: str = "all_face"
     classes: tuple[str, ...] = VERDICTS
+    anchor: str = "head"  # "head": the grid placed by head landmarks; "fov": on the field of view's centre
 
     def __post_init__(self):
         object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
         object.__setattr__(self, "classes", tuple(self.classes))
         if self.view_mode not in VIEW_MODES:
             raise ValueError(f"view_mode {self.view_mode!r} is not one of {sorted(VIEW_MODES)}")
+        if self.anchor not in ANCHORS:
+            raise ValueError(f"anchor {self.anchor!r} is not one of {ANCHORS}")
 
     @classmethod
     def from_dict(cls, values: Mapping) -> InputContract:
@@ -66,9 +79,43 @@ class InputContract:
         """Voxel → world of the grid, up to the translation that centres it on each scan."""
         return np.diag([self.spacing] * 3 + [1.0])
 
+    def centre(self, data: np.ndarray | torch.Tensor, affine: np.ndarray) -> np.ndarray:
+        """Where the grid's centre goes, in the scan's world mm: the field of view's centre, or
+        (``anchor="head"``) :data:`HEAD_ANCHOR_MM` from the head's back, top and left-right middle.
+
+        The head is what exceeds :data:`HEAD_FLOOR` of the 99.5th percentile of the positive
+        voxels, read at about the grid's spacing; its extent along each voxel axis runs between the
+        0.5th and 99.5th percentiles of its voxels' positions (so stray bright voxels in the air do
+        not move it), found from the three axis profiles, not from every voxel's position. A scan
+        with no head to speak of keeps the field of view's centre.
+        """
+        data = data.numpy() if torch.is_tensor(data) else np.asarray(data)
+        affine = np.asarray(affine, dtype=np.float64)
+        fov_centre = (affine @ np.append((np.asarray(data.shape) - 1) / 2, 1.0))[:3]
+        if self.anchor == "fov":
+            return fov_centre
+        steps = [max(1, round(self.spacing / s)) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))]
+        sample = data[tuple(slice(None, None, step) for step in steps)]
+        positive = sample[::2, ::2, ::2][sample[::2, ::2, ::2] > 0]
+        if positive.size < 100:
+            return fov_centre
+        head = sample > HEAD_FLOOR * np.percentile(positive, 99.5)
+        if np.count_nonzero(head) < 1000:
+            return fov_centre
+        extent = []
+        for axis in range(3):
+            profile = np.cumsum(head.sum(axis=tuple(a for a in range(3) if a != axis)))
+            extent.append(np.searchsorted(profile, [0.005 * profile[-1], 0.995 * profile[-1]]) * steps[axis])
+        (x0, x1), (y0, y1), (z0, z1) = extent
+        middle = [(x0 + x1) / 2, (y0 + y1) / 2, (z0 + z1) / 2]
+        back, top = HEAD_ANCHOR_MM
+        world = [affine @ np.append(point, 1.0) for point in (middle, [middle[0], y0, middle[2]], [middle[0], middle[1], z1])]
+        return np.array([world[0][0], world[1][1] + back, world[2][2] - top])
+
     def on_grid(self, data: np.ndarray | torch.Tensor, affine: np.ndarray, *, label: bool = False,
-                separable: bool = True) -> torch.Tensor:
-        """A RAS+ (or any-orientation) volume resampled onto the grid: (X, Y, Z) float32.
+                separable: bool = True, centre: np.ndarray | None = None) -> torch.Tensor:
+        """A RAS+ (or any-orientation) volume resampled onto the grid centred at ``centre`` (world
+        mm; default: the field of view's centre): (X, Y, Z) float32.
 
         ``label``: nearest neighbour and no smoothing (masks, label maps). ``data`` may be of any
         number type and memory layout (a RAS+ view of a file's stored voxels, as
@@ -83,7 +130,7 @@ class InputContract:
         data = data.numpy() if torch.is_tensor(data) else np.asarray(data)
         affine = np.asarray(affine, dtype=np.float64)
         size = np.asarray(data.shape, dtype=np.float64)
-        centre = affine @ np.append((size - 1) / 2, 1.0)
+        centre = affine @ np.append((size - 1) / 2, 1.0) if centre is None else np.asarray(centre, dtype=np.float64)
         out = np.asarray(self.shape, dtype=np.float64)
         grid_to_world = self.grid_affine.copy()
         grid_to_world[:3, 3] = centre[:3] - self.spacing * (out - 1) / 2
@@ -120,9 +167,11 @@ class InputContract:
         scale = robust_scale(volumes).reshape(-1, *[1] * (volumes.dim() - 1))
         return (volumes / scale).half().float()
 
-    def volume(self, data: np.ndarray | torch.Tensor, affine: np.ndarray) -> torch.Tensor:
-        """A scan as the model's 3D input: (1, X, Y, Z) float32 on the grid, scaled."""
-        return self.intensities(self.on_grid(data, affine)[None])
+    def volume(self, data: np.ndarray | torch.Tensor, affine: np.ndarray, centre: np.ndarray | None = None) -> torch.Tensor:
+        """A scan as the model's 3D input: (1, X, Y, Z) float32 on the grid (centred at ``centre``,
+        by default where :meth:`centre` puts it), scaled."""
+        centre = self.centre(data, affine) if centre is None else centre
+        return self.intensities(self.on_grid(data, affine, centre=centre)[None])
 
     def views(self, volumes: torch.Tensor) -> torch.Tensor:
         """(B, 1, X, Y, Z) grid volumes → (B, V, S, S) views in [0, 1]."""

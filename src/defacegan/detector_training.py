@@ -50,7 +50,10 @@ DRAWS, EPOCHS = 8, 20
 POSE = {  # DeviceAugmentation options: head pose and contrast as scanners vary them
     "flip": {"prob": 0.5, "axes": [0]},
     "affine": {"prob": 0.9, "degrees": 15.0, "scales": 0.12, "translation": 12.0},
-    "smooth": {"prob": 0.2, "sigma": [0.25, 1.0]},
+    # a whole head smoothed up to σ 3 mm (denoised, averaged or low-resolution scans): smoothness
+    # alone must not read as a replaced face
+    "smooth": {"prob": 0.3, "sigma": [0.5, 3.0]},
+    "invert": {"prob": 0.2, "floor": 0.1},  # T2w-like: the detector is asked about every contrast
     "contrast": {"prob": 0.5, "gamma": [0.7, 1.4]},
 }
 
@@ -122,9 +125,10 @@ def _bundle_job(args: tuple[str, dict, str]) -> str:
 
 
 def bundle_caches(paths: Sequence[Path], contract: InputContract, cache_dir: Path, workers: int = 2) -> list[Path]:
-    """A bundle per scan, made once (a registration each, ~5 s) and cached under ``cache_dir``;
-    returns the cache files."""
-    key = hashlib.sha1(repr(contract.to_dict()).encode()).hexdigest()[:10]
+    """A bundle per scan, made once (a registration each, ~5 s) and cached under ``cache_dir``
+    under a key of the grid (a change of views does not register again); returns the cache files."""
+    grid = {name: contract.to_dict()[name] for name in ("spacing", "shape", "anchor")}
+    key = hashlib.sha1(repr(grid).encode()).hexdigest()[:10]
     caches = [cache_dir / f"{stem(p)}-{key}.npz" for p in paths]
     jobs = [(str(p), contract.to_dict(), str(c)) for p, c in zip(paths, caches) if not c.exists()]
     _in_processes(_bundle_job, jobs, workers, f"registering (cached in {cache_dir})")

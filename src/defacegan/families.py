@@ -21,10 +21,12 @@ Families (:data:`FAMILIES`):
 - ``fill``: the face region filled with noise or a constant instead of zeros.
 - ``crop``: the face outside the field of view (everything in front of a coronal plane).
 - ``partial``: failed or partial defacings — the lowest part of the mask only, the nose or the
-  mouth and chin only, the mask shifted 15-40 mm, or a plane placed too far out.
+  mouth and chin only, the mask shifted 15-40 mm, a plane placed too far out, or a tight field of
+  view whose edges cut the nose and chin (as Colin27's MNI box does).
 - ``blur``: the face smoothed (σ 3-8 mm); blurred faces are recognisable, so mostly ``face``.
-- ``replace_template``: the registered template's face pasted in (AFNI refacer / mri_reface-like).
-- ``replace_shell``: a smooth generic face shell pasted in.
+- ``replace_template``: the registered template's face pasted in (AFNI refacer / mri_reface-like),
+  warped, rescaled and given noise at random so that it is not always the same smooth face.
+- ``replace_shell``: a generic face shell pasted in, varied the same way.
 """
 
 from __future__ import annotations
@@ -102,19 +104,21 @@ def make_bundle(scan: Scan, subject: str, contract: InputContract, seed: int = 0
     features[(features == 0) & shell & in_boxes(voxels, EAR_BOXES)] = EARS
     template = deface.warp(head_image, transform, scan.data.shape, scan.affine)
 
+    centre = contract.centre(scan.data, scan.affine)  # the intact head's: every variant shares it
+
     def grid(data, label=False):
-        return contract.on_grid(data, scan.affine, label=label).numpy()
+        return contract.on_grid(data, scan.affine, label=label, centre=centre).numpy()
 
     head_on_grid = grid(head.astype(np.float32), label=True) > 0.5
     return FaceBundle(
         subject=subject,
-        face=contract.volume(scan.data, scan.affine)[0].numpy(),
+        face=contract.volume(scan.data, scan.affine, centre)[0].numpy(),
         head=head_on_grid,
         depth=ndimage.distance_transform_edt(head_on_grid, sampling=contract.spacing).astype(np.float32),
         features=grid(features, label=True).astype(np.uint8),
         face_region=grid(deface.face_region(scan, transform).astype(np.float32), label=True) > 0.5,
         brain=grid(deface.brain_region(scan, transform).astype(np.float32), label=True) > 0.5,
-        template_face=contract.volume(template, scan.affine)[0].numpy(),
+        template_face=contract.volume(template, scan.affine, centre)[0].numpy(),
         affine=contract.grid_affine,
     )
 
@@ -196,22 +200,31 @@ def fill(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
     return Variant("fill", volume, lost, np.zeros_like(lost))
 
 
-def crop(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
-    """Everything in front of a coronal plane just behind the face features: outside the field of view."""
+def _outside_view(bundle: FaceBundle, family: str, front_mm: float, below_mm: float | None) -> Variant:
+    """Everything in front of a coronal plane ``front_mm`` in front of the rearmost feature voxel
+    (and, unless ``below_mm`` is None, below an axial plane that far above the lowest one) left
+    outside the field of view."""
     face_voxels = np.nonzero(np.isin(bundle.features, range(1, len(FEATURES) + 1)))
     y = np.arange(bundle.face.shape[1])[None, :, None]
-    cut = (face_voxels[1].min() if face_voxels[1].size else bundle.face.shape[1]) + rng.uniform(-8, 2) / bundle.spacing
+    cut = (face_voxels[1].min() if face_voxels[1].size else bundle.face.shape[1]) + front_mm / bundle.spacing
     region = np.broadcast_to(y >= cut, bundle.face.shape)
-    if rng.random() < 0.5:  # often the field of view also ends below the chin
+    if below_mm is not None:
         z = np.arange(bundle.face.shape[2])[None, None, :]
-        region = region | (z < face_voxels[2].min() + rng.uniform(-4, 4) / bundle.spacing)
+        region = region | (z < (face_voxels[2].min() if face_voxels[2].size else 0) + below_mm / bundle.spacing)
     volume = np.where(region, 0, bundle.face).astype(np.float32)
-    return Variant("crop", volume, np.array(region), np.zeros(bundle.face.shape, bool))
+    return Variant(family, volume, np.array(region), np.zeros(bundle.face.shape, bool))
+
+
+def crop(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
+    """Everything in front of a coronal plane just behind the face features: outside the field of
+    view; often the field of view also ends below the chin."""
+    below = rng.uniform(-4, 4) if rng.random() < 0.5 else None
+    return _outside_view(bundle, "crop", front_mm=rng.uniform(-8, 2), below_mm=below)
 
 
 def partial(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
     """Defacings that miss part of the face: most keep an identifiable feature."""
-    kind = rng.integers(4)
+    kind = rng.integers(5)
     region = bundle.face_region
     if kind == 0:  # only the lowest part of the mask
         region = _share_of(region, rng.uniform(0.2, 0.65), "below")
@@ -223,8 +236,10 @@ def partial(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
         direction = rng.choice([[0, 0, 1], [0, 0, -1], [0, 1, 0], [0, 1, 1]]).astype(float)
         shift = direction / np.linalg.norm(direction) * rng.uniform(15, 40) / bundle.spacing
         region = ndimage.shift(region.astype(np.float32), shift, order=0) > 0.5
-    else:  # a plane placed too far out
+    elif kind == 3:  # a plane placed too far out
         region = _plane(bundle, float(rng.uniform(22, 45)))
+    else:  # a tight field of view: its front edge cuts the nose and lips, its lower edge the chin
+        return _outside_view(bundle, "partial", front_mm=rng.uniform(0, 25), below_mm=rng.uniform(0, 30))
     return _zeroed(bundle, region, "partial", rng)
 
 
@@ -236,9 +251,24 @@ def blur(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
     return Variant("blur", volume, empty, empty)
 
 
+def _foreign_face(bundle: FaceBundle, face: np.ndarray, region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``face`` made one of many: smoothly warped (up to ~6 mm) within the region's box, scaled in
+    intensity and given scanner-like noise, so that no one template's shape or smoothness is what
+    marks a replaced face: the detector has to see that the face does not belong to the head."""
+    box = ndimage.find_objects(_grow(region, 4).astype(np.uint8))[0]
+    part = face[box]
+    field = ndimage.gaussian_filter(rng.normal(size=(3, *part.shape)), sigma=(0, 6, 6, 6))
+    field *= rng.uniform(0, 6) / bundle.spacing / max(float(field.std()), 1e-6)
+    warped = face.copy()
+    warped[box] = ndimage.map_coordinates(part, np.indices(part.shape) + field, order=1, mode="nearest")
+    tissue = warped > 0.05
+    noise = rng.normal(0, rng.uniform(0, 0.06), face.shape).astype(np.float32)
+    return np.where(tissue, np.abs(warped * rng.uniform(0.8, 1.2) + noise), warped).astype(np.float32)
+
+
 def replace_template(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
     region = _grow(bundle.face_region, int(rng.integers(0, 3)))
-    volume, foreign = _paste(bundle, region, bundle.template_face * rng.uniform(0.8, 1.2), float(rng.uniform(1, 4)))
+    volume, foreign = _paste(bundle, region, _foreign_face(bundle, bundle.template_face, region, rng), float(rng.uniform(1, 4)))
     return Variant("replace_template", volume, np.zeros_like(foreign), foreign)
 
 
@@ -246,8 +276,8 @@ def replace_shell(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
     """A generic face: the template's head outline, filled with smooth tissue-like intensity."""
     region = _grow(bundle.face_region, int(rng.integers(0, 3)))
     outline = ndimage.gaussian_filter((bundle.template_face > 0.15).astype(np.float32), rng.uniform(1, 3) / bundle.spacing)
-    generic = outline * rng.uniform(0.3, 0.8)
-    volume, foreign = _paste(bundle, region, generic.astype(np.float32), float(rng.uniform(1, 4)))
+    generic = _foreign_face(bundle, (outline * rng.uniform(0.3, 0.8)).astype(np.float32), region, rng)
+    volume, foreign = _paste(bundle, region, generic, float(rng.uniform(1, 4)))
     return Variant("replace_shell", volume, np.zeros_like(foreign), foreign)
 
 

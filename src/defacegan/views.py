@@ -17,6 +17,13 @@ A "slice" is the voxel plane at index ``n // 2`` of the collapsed axis; a "mean"
 over that axis. Each image is zero-padded to a centred square (aspect preserved), resized to
 ``size``² with an antialiased bilinear filter, divided by the volume's robust intensity scale and
 clamped to [0, 1].
+
+The three ``face_*`` views look only at :data:`FACE_BOX`, the front and lower part of a grid
+placed on the head (:class:`defacegan.contract.InputContract` with ``anchor="head"``), at the
+grid's own resolution: the middle sagittal slice (the nose's and lips' profile), the mean over
+the box's depth, and a frontal depth render of the skin (brighter = nearer; the face's shape,
+what face recognition on MRI renders). Whole-head views at 64 px show 4 mm pixels; these show
+the face at 2 mm.
 """
 
 from __future__ import annotations
@@ -28,9 +35,15 @@ import torch
 import torch.nn.functional as F
 
 #: View order and names; channel ``v`` of :func:`compute_views` is ``VIEW_NAMES[v]``.
-VIEW_NAMES = ("mean_sagittal", "mean_coronal", "mean_axial", "slice_sagittal", "slice_coronal", "slice_axial")
+VIEW_NAMES = ("mean_sagittal", "mean_coronal", "mean_axial", "slice_sagittal", "slice_coronal", "slice_axial",
+              "face_sagittal", "face_coronal", "face_depth")
 #: Which views each ``view_mode`` keeps (indices into VIEW_NAMES).
-VIEW_MODES = {"mean": (0, 1, 2), "slice": (3, 4, 5), "all": (0, 1, 2, 3, 4, 5)}
+VIEW_MODES = {"mean": (0, 1, 2), "slice": (3, 4, 5), "all": (0, 1, 2, 3, 4, 5), "all_face": tuple(range(9))}
+#: The face's part of a head-anchored grid, as fractions of each RAS axis (left-right,
+#: posterior-anterior, inferior-superior): the front half, from below the chin to the brow.
+FACE_BOX = ((0.25, 0.75), (0.5, 1.0), (0.16, 0.66))
+#: Skin is where a voxel exceeds this share of the volume's robust scale (the depth render).
+SKIN_FLOOR = 0.15
 #: The collapsed volume axis of each plane (RAS+ axes 0, 1, 2).
 PLANE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 
@@ -72,8 +85,28 @@ def _square(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(padded, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
+def face_box(volumes: torch.Tensor) -> torch.Tensor:
+    """(B, 1, X, Y, Z) → the :data:`FACE_BOX` part of each volume."""
+    bounds = [(round(lo * n), round(hi * n)) for (lo, hi), n in zip(FACE_BOX, volumes.shape[2:])]
+    return volumes[:, :, slice(*bounds[0]), slice(*bounds[1]), slice(*bounds[2])]
+
+
+def _face_view(volumes: torch.Tensor, name: str, scale: torch.Tensor) -> torch.Tensor:
+    """One ``face_*`` view, (B, 1, H, W), already in [0, 1] (before resizing)."""
+    box = face_box(volumes)
+    if name == "face_sagittal":
+        return _scaled(_display(box.select(2, box.shape[2] // 2)), scale)
+    if name == "face_coronal":
+        return _scaled(_display(box.mean(3)), scale)
+    skin = box > SKIN_FLOOR * scale.reshape(-1, 1, 1, 1, 1)
+    depth = box.shape[3]
+    first_from_front = skin.flip(3).float().argmax(3)  # index of the nearest skin voxel on each ray
+    nearness = (depth - first_from_front).float() / depth
+    return _display(torch.where(skin.any(3), nearness, 0.0))
+
+
 def _view(volumes: torch.Tensor, name: str) -> torch.Tensor:
-    """One named view, (B, 1, H, W), before resizing and scaling."""
+    """One named whole-head view, (B, 1, H, W), before resizing and scaling."""
     reduction, plane = name.split("_")
     dim = 2 + PLANE_AXES[plane]
     if reduction == "mean":
@@ -91,13 +124,16 @@ def _scaled(images: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
 def compute_views(volumes: torch.Tensor, size: int, mode: str = "all") -> torch.Tensor:
     """(B, 1, X, Y, Z) RAS+ volumes → (B, V, size, size) views in [0, 1], ordered as VIEW_NAMES.
 
-    ``mode`` picks the views (``VIEW_MODES``): "mean", "slice" or "all".
+    ``mode`` picks the views (``VIEW_MODES``): "mean", "slice", "all" or "all_face".
     """
     if mode not in VIEW_MODES:
         raise ValueError(f"view mode {mode!r} is not one of {sorted(VIEW_MODES)}")
     volumes = volumes.float()
-    images = torch.cat([_square(_view(volumes, VIEW_NAMES[v]), size) for v in VIEW_MODES[mode]], dim=1)
-    return _scaled(images, robust_scale(volumes))
+    scale = robust_scale(volumes)
+    names = [VIEW_NAMES[v] for v in VIEW_MODES[mode]]
+    head = [_square(_view(volumes, name), size) for name in names if not name.startswith("face_")]
+    face = [_square(_face_view(volumes, name, scale), size) for name in names if name.startswith("face_")]
+    return torch.cat([_scaled(torch.cat(head, dim=1), scale)] * bool(head) + face, dim=1)
 
 
 def sagittal_slices(

@@ -1,0 +1,121 @@
+"""The detector on heads from outside IXI: the heads that install with the project.
+
+Every figure of ``bench/detector_eval.py`` comes from IXI (one site, one contrast). This bench asks
+the shipped detector (or ``--ckpt``) about heads it never saw in any form: Colin27 (Debian's
+``mricron-data``: 27 scans of one person averaged, MNI space, a different field of view) and
+pydeface's mean head (an average of many heads and the very face the ``replace_template`` family
+pastes in: no one person's face, so its intact and partly defaced scans have no expected answer
+and are reported, not scored). Each head is tried as it is, stored in another
+orientation (LPS, voxel axes swapped), T2w-like (intensities inverted inside the head), defaced by
+``defacegan deface`` (mask and plane; T2w-like too), partly defaced (only the lowest 40 % of the
+face region: eyes and nose remain, so `face`), and with the registered template's face pasted in
+(`replaced`). Two anatomies: these rows show failures, they cannot show a rate.
+
+    python bench/outside_heads.py [--ckpt src/defacegan/assets/detector.pt ...]
+
+Prints a table and writes JSON (default bench/results/outside_heads.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from defacegan.deface import COLIN27, face_region, register_template, removed_region, template_masks, warp
+from defacegan.families import _share_of
+from defacegan.inference import Detector
+from defacegan.io import Scan, atomic_write_text, load_scan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def t2w_like(data: np.ndarray) -> np.ndarray:
+    """Intensities flipped inside the head (above 10 % of the 99.5th percentile), air kept dark."""
+    scale = np.percentile(data[data > 0], 99.5)
+    return np.where(data > 0.1 * scale, 1.1 * scale - np.minimum(data, 1.1 * scale), 0).astype(np.float32)
+
+
+def lps_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    """The same head stored LPS with the first two voxel axes swapped: what another scanner writes."""
+    flipped = nib.Nifti1Image(data, affine).as_reoriented(np.array([[0, -1], [1, -1], [2, 1]]))
+    return nib.Nifti1Image(np.ascontiguousarray(np.swapaxes(np.asanyarray(flipped.dataobj), 0, 1)), flipped.affine[:, [1, 0, 2, 3]])
+
+
+def cases(name: str, scan: Scan) -> list[tuple[str, str | None, nib.Nifti1Image]]:
+    """(case, expected verdict or None, image) for one head."""
+    transform = register_template(scan)
+    face = face_region(scan, transform)
+    data = scan.data.astype(np.float32)
+    template = warp(template_masks().head, transform, data.shape, scan.affine)
+    template *= np.percentile(data[face & (data > 0)], 75) / max(np.percentile(template[face & (template > 0)], 75), 1e-6)
+    intact = None if name == "mean head" else "face"
+
+    def image(volume):
+        return nib.Nifti1Image(volume.astype(np.float32), scan.affine)
+
+    t2 = t2w_like(data)
+    return [
+        ("intact", intact, image(data)),
+        ("intact, stored LPS, axes swapped", intact, lps_image(data, scan.affine)),
+        ("intact, T2w-like", intact, image(t2)),
+        ("defaced: mask", "not face", image(np.where(face, 0, data))),
+        ("defaced: plane", "not face", image(np.where(removed_region(scan, transform, "plane"), 0, data))),
+        ("T2w-like, defaced: mask", "not face", image(np.where(face, 0, t2))),
+        ("partly defaced: lowest 40 % of the mask", intact, image(np.where(_share_of(face, 0.4, "below"), 0, data))),
+        ("face replaced by the template's", None if name == "mean head" else "replaced", image(np.where(face, template, data))),
+    ]
+
+
+def heads() -> dict[str, Scan]:
+    found = {}
+    if COLIN27.is_file():
+        found["Colin27"] = load_scan(COLIN27)
+    head = nib.as_closest_canonical(template_masks().head)
+    found["mean head"] = Scan(np.asanyarray(head.dataobj).astype(np.float32), head.affine)
+    return found
+
+
+def met(expected: str | None, verdict: str) -> bool | None:
+    if expected is None:
+        return None
+    return verdict != "face" if expected == "not face" else verdict == expected
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", nargs="+", default=[None], help="detector checkpoints (default: the shipped one)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "outside_heads.json")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    built = [(head, case, expected, image) for head, scan in heads().items() for case, expected, image in cases(head, scan)]
+    rows, console = [], Console()
+    for ckpt in args.ckpt:
+        detector = Detector(ckpt)
+        predictions = detector.predict([image for *_, image in built])
+        table = Table(title=f"outside IXI: {detector.checkpoint}")
+        for column in ("head", "case", "expected", "verdict", "p_face", "p_removed", "p_replaced", "right"):
+            table.add_column(column)
+        for (head, case, expected, _), prediction in zip(built, predictions):
+            p = prediction.probabilities
+            right = met(expected, prediction.verdict)
+            rows.append({"ckpt": str(detector.checkpoint), "head": head, "case": case, "expected": expected,
+                         "verdict": prediction.verdict, **{f"p_{k}": round(v, 4) for k, v in p.items()}, "right": right})
+            table.add_row(head, case, expected or "(none)", prediction.verdict, *(f"{v:.3f}" for v in p.values()),
+                          {True: "yes", False: "[red]NO[/red]", None: ""}[right])
+        console.print(table)
+    scored = [r["right"] for r in rows if r["right"] is not None]
+    result = {"rows": rows, "right": sum(scored), "scored": len(scored), "seconds": round(time.perf_counter() - started, 1)}
+    atomic_write_text(args.out, json.dumps(result, indent=2))
+    console.print(f"{sum(scored)} of {len(scored)} scored cases right; {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
