@@ -128,7 +128,7 @@ def test_a_face_exits_1_with_a_plain_table(bids_root, capsys, detector_ckpt):
     removed = [line for line in lines[1:-1] if "face removed" in line]
     assert len(removed) == 3 and sum(line.endswith("face removed") for line in removed) == 1  # the T1w
     assert {line.rsplit("(", 1)[-1] for line in removed if "_T1w" not in line} == {
-        "T2w: detector trained on T1w only)", "PD: detector trained on T1w only)"}
+        "T2w: detector validated on T1w only)", "PD: detector validated on T1w only)"}
     assert lines[-1].startswith("4 scanned, 1 with a face, 0 unreadable, ")
     verdict_column = lines[0].index("verdict")
     assert all(line[verdict_column - 1] == " " and line[verdict_column] != " " for line in lines[1:-1])

@@ -65,7 +65,7 @@ def test_other_contrasts_get_the_t1w_only_note(head, tmp_path, capsys, detector_
     t2w = write_series(tmp_path / "series-3", inverted(head[0]), head[1], description="t2_tse_tra")
     main(["check", str(t2w), "--ckpt", str(detector_ckpt), "--workers", "0"])
     row = capsys.readouterr().out.splitlines()[1]
-    assert row.endswith(")") and "(T2w: detector trained on T1w only)" in row
+    assert row.endswith(")") and "(T2w: detector validated on T1w only)" in row
 
 
 def test_bad_dicom_folders_get_one_line_naming_the_folder(head, series, tmp_path, capsys, detector_ckpt):

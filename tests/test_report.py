@@ -72,7 +72,7 @@ def test_report_in_headless_chromium_summary_rows_and_sorting(report, tmp_path):
     assert first["verdict"][0] == "FACE PRESENT" and first["verdict"][1].startswith("error:")
     assert first["file"][0] == "sub-02_T1w.nii.gz" and len(first["file"]) == 6
     for contrast in ("T2w", "FLAIR"):  # from the BIDS name; from the sidecar's series description
-        assert first["verdict"][first["contrast"].index(contrast)].endswith(f"{contrast}: detector trained on T1w only")
+        assert first["verdict"][first["contrast"].index(contrast)].endswith(f"{contrast}: detector validated on T1w only")
     brain = dict(zip((Path(f).name for f in first["file"]), first["brain"]))
     assert brain["sub-01_T1w.nii.gz"] == "0.2" and brain["sub-03_T1w.nii.gz"] == MISSING
     assert thumbnails

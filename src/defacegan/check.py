@@ -41,9 +41,9 @@ from defacegan.io import ScanFile, atomic_write_bytes, atomic_write_text, find_s
 
 #: Missing values in TSV files, as BIDS writes them.
 MISSING = "n/a"
-#: The contrast the detector was trained on; verdicts on other known contrasts carry a note.
-TRAINED_CONTRAST = "T1w"
-#: The key of deface's per-scan JSON (the sidecar ``<stem>.json`` beside the image) that gives
+#: The contrast the detector was validated on; verdicts on other known contrasts carry a note.
+VALIDATED_CONTRAST = "T1w"
+#: The key of a defaced image's JSON sidecar (``<stem>.json`` beside it, as deface writes it) that gives
 #: the share of the brain, in %, inside the removed region; shown when a checked scan has one.
 BRAIN_REMOVED_KEY = "BrainRemovedPercent"
 #: The report's default order: scans that still show a face first, then those that failed.
@@ -122,8 +122,8 @@ class CheckResult:
     @property
     def note(self) -> str | None:
         """Why the verdict deserves less trust: the scan is of a contrast the detector never saw."""
-        if self.contrast and self.contrast != TRAINED_CONTRAST:
-            return f"{self.contrast}: detector trained on {TRAINED_CONTRAST} only"
+        if self.contrast and self.contrast != VALIDATED_CONTRAST:
+            return f"{self.contrast}: detector validated on {VALIDATED_CONTRAST} only"
         return None
 
     @property

@@ -3,7 +3,7 @@
 Heads → :class:`~defacegan.families.FaceBundle` (one registration each, cached) → randomised
 variants of every family (:mod:`defacegan.families`), labelled by the feature rule
 (:mod:`defacegan.features`) → a random 3D pose and contrast (MONAI layers, as ``augment=device``)
-→ the contract's six views → :class:`~defacegan.models.detector.DetectorNet`, then temperature
+→ the contract's views (six of the head, three of the face) → :class:`~defacegan.models.detector.DetectorNet`, then temperature
 scaling on validation subjects. Drawing is the costly part (about a second a volume, mostly the
 3D pose): each head's views are drawn once, in parallel processes, and cached in ``data/bundles``
 under a key of the recipe and of the generator's source, so ``make weights`` and the evaluation
