@@ -149,9 +149,9 @@ def test_a_saved_detector_loads_with_torch_alone(tmp_path):
     from defacegan.models.detector import DetectorNet
 
     train, val = split_subjects(np.array(["IXI1", "IXI2", "IXI3"]), val=1, seed=0)
-    net = DetectorNet(n_views=len(COARSE.view_names), n_classes=3)
+    net = DetectorNet(n_views=len(COARSE.view_names), n_classes=3, channels=(4, 8))
     net.temperature.fill_(1.5)
     path = save_detector(net, COARSE, tmp_path / "detector.pt", {"train_subjects": train, "val_subjects": val})
     loaded, contract, facts = load_network(path)
-    assert contract == COARSE and float(loaded.temperature) == 1.5
+    assert contract == COARSE and float(loaded.temperature) == 1.5 and loaded.config == net.config
     assert facts == {"train_subjects": train, "val_subjects": val}

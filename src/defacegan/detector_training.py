@@ -240,9 +240,10 @@ def calibrate(net: DetectorNet, samples: Samples) -> float:
 
 
 def save_detector(net: DetectorNet, contract: InputContract, path: str | os.PathLike, facts: dict | None = None) -> Path:
-    """A checkpoint that loads with torch alone (``weights_only=True``): contract, weights, facts."""
+    """A checkpoint that loads with torch alone (``weights_only=True``): contract, network
+    arguments, weights, facts."""
     buffer = io.BytesIO()
-    torch.save({"contract": contract.to_dict(), "state_dict": net.state_dict(), "facts": facts or {}}, buffer)
+    torch.save({"contract": contract.to_dict(), "network": net.config, "state_dict": net.state_dict(), "facts": facts or {}}, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
 
 

@@ -90,7 +90,7 @@ def load_network(path: str | os.PathLike, device: torch.device | str = "cpu") ->
     """(network in eval mode, its input contract, its training facts) from a detector checkpoint."""
     checkpoint = torch.load(path, map_location=device, weights_only=True)
     contract = InputContract.from_dict(checkpoint["contract"])
-    net = DetectorNet(n_views=len(contract.view_names), n_classes=len(contract.classes))
+    net = DetectorNet(**checkpoint["network"])
     net.load_state_dict(checkpoint["state_dict"])
     return net.to(device).eval(), contract, checkpoint.get("facts", {})
 

@@ -46,6 +46,9 @@ class DetectorNet(nn.Module):
     def __init__(self, n_views: int = 6, n_classes: int = 3, channels: Sequence[int] = (8, 16, 32),
                  kernel_size: int = 3, hidden: int = 64, dropout: float = 0.3, pooled: int = 4):
         super().__init__()
+        #: The constructor's arguments, saved beside the weights so a checkpoint rebuilds its network.
+        self.config = {"n_views": n_views, "n_classes": n_classes, "channels": list(channels), "kernel_size": kernel_size,
+                       "hidden": hidden, "dropout": dropout, "pooled": pooled}
         self.branches = branch_stack(n_views, list(channels), kernel_size)
         self.pool = nn.AdaptiveAvgPool2d(pooled)  # any view size → fixed feature length
         self.head = nn.Sequential(
