@@ -67,6 +67,8 @@ from defacegan.views import robust_scale, sagittal_slices
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The standard grid of the cohort's volumes (the Pix2Pix grid, and the bundles' contract grid).
 SPACING, SHAPE = 2.0, (128, 128, 128)
+#: The bundles' grid must be the standard grid: centred on the field of view, not on the head.
+BUNDLE_GRID = InputContract(spacing=SPACING, shape=SHAPE, anchor="fov")
 
 #: (defaced slices, removed share) → re-faced slices, all (N, n, S, S) in [-1, 1].
 Candidate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -90,7 +92,7 @@ def load_slices(cohort: Path, bundles: Path, cache: Path, size: int, n_slices: i
     registered template head (the bundles), cut into the middle sagittal slices."""
     manifest = load_manifest(cohort).sort_values("subject").head(subjects)
     columns = volume_columns(METHODS)
-    caches = bundle_caches([Path(p) for p in manifest["source"]], InputContract(), bundles)
+    caches = bundle_caches([Path(p) for p in manifest["source"]], BUNDLE_GRID, bundles)
     templates = {b.subject: b.template_face for b in map(read_bundle, caches)}
     template, (faces, defaced, removed) = [], ({m: [] for m in METHODS} for _ in range(3))
     for _, row in manifest.iterrows():

@@ -46,7 +46,7 @@ HELD_OUT = ("IXI012", "IXI213", "IXI260", "IXI338", "IXI385", "IXI452", "IXI526"
 GENERATOR_SOURCE = hashlib.sha1(b"".join(Path(function.__code__.co_filename).read_bytes()
                                           for function in (generate, label_from))).hexdigest()[:10]
 #: The recipe of the shipped detector (``make weights``), which the evaluation repeats per fold.
-DRAWS, EPOCHS = 8, 20
+DRAWS, EPOCHS, CHANNELS = 8, 20, (8, 16, 32)
 POSE = {  # DeviceAugmentation options: head pose and contrast as scanners vary them
     "flip": {"prob": 0.5, "axes": [0]},
     "affine": {"prob": 0.9, "degrees": 15.0, "scales": 0.12, "translation": 12.0},
@@ -202,10 +202,10 @@ def draw(bundle_caches: Sequence[Path], contract: InputContract, cache_dir: Path
 
 
 def fit(samples: Samples, contract: InputContract, epochs: int = EPOCHS, seed: int = 0, batch_size: int = 32,
-        lr: float = 1e-3) -> DetectorNet:
+        lr: float = 1e-3, channels: Sequence[int] = CHANNELS) -> DetectorNet:
     """Fit a DetectorNet on drawn views: class-balanced cross-entropy, AdamW, one-cycle schedule."""
     torch.manual_seed(seed)
-    net = DetectorNet(n_views=len(contract.view_names), n_classes=len(VERDICTS))
+    net = DetectorNet(n_views=len(contract.view_names), n_classes=len(VERDICTS), channels=channels)
     counts = np.bincount(samples.label, minlength=len(VERDICTS)).astype(np.float32)
     weights = torch.as_tensor(counts.sum() / np.maximum(counts, 1) / len(VERDICTS))
     loss = nn.CrossEntropyLoss(weight=weights)
