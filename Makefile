@@ -48,6 +48,8 @@ weights:
 # then the shipped detector on the heads from outside IXI (bench/outside_heads.py, a minute).
 figures:
 	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE)
+	cp bench/results/detector_eval/reliability.png docs/detector_reliability.png
+	cp bench/results/detector_eval/sweep.png docs/detector_sweep.png
 	$(PY) bench/outside_heads.py
 
 # The re-facing audit's figures in the README: k-fold over every IXI head, Pix2Pix, CycleGAN and the baselines
