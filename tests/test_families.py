@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from defacegan.families import EARS, FAMILIES, generate
 from defacegan.features import FACE_MIN_FRACTION, FEATURES, label_from
@@ -64,6 +65,27 @@ def test_partial_defacings_that_keep_the_eyes_and_nose_are_faces(bundle):
         kept = ~variant.removed
         if (kept[bundle.features == eyes].mean() >= 0.9) and (kept[bundle.features == nose].mean() >= 0.9):
             assert variant.label(bundle.features) == "face", own
+
+
+def test_a_tight_field_of_view_through_the_nose_keeps_a_face(bundle):
+    """A field of view whose front edge cuts the nose and lower edge the chin (as Colin27's MNI
+    box does) leaves the eyes: `face`; pulled back behind every feature it is `removed`."""
+    from defacegan.families import _outside_view
+
+    tight = _outside_view(bundle, "partial", front_mm=20, below_mm=20)
+    own, _ = tight.shares(bundle.features)
+    assert own["eyes"] >= FACE_MIN_FRACTION and own["chin"] < 1 and tight.label(bundle.features) == "face"
+    assert _outside_view(bundle, "crop", front_mm=-8, below_mm=None).label(bundle.features) == "removed"
+
+
+def test_foreign_faces_vary_from_draw_to_draw_and_stay_foreign(bundle):
+    """Two replacements by the template differ inside the region (warp, gain, noise) and agree
+    outside it: no single template face for the detector to learn by heart."""
+    first, second = (generate(bundle, "replace_template", np.random.default_rng(seed)) for seed in (1, 2))
+    both = first.foreign & second.foreign
+    assert both.sum() > 1000 and np.abs(first.volume[both] - second.volume[both]).mean() > 0.02
+    outside = ~(ndimage.binary_dilation(first.foreign | second.foreign, iterations=8))
+    np.testing.assert_allclose(first.volume[outside], second.volume[outside], atol=1e-6)
 
 
 def test_generation_is_seeded_and_leaves_the_bundle_alone(bundle):
