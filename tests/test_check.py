@@ -13,7 +13,7 @@ from support.detector_fixture import write_head
 from PIL import Image
 from rich.console import Console
 
-from defacegan.check import Summary, check_scans, gather_scans, print_results
+from defacegan.check import LOOK_FLOOR, CheckResult, Summary, check_scans, gather_scans, print_results
 from defacegan.cli import EXIT_FACE, EXIT_OK, EXIT_UNREADABLE, main
 from defacegan.inference import Detector
 from defacegan.io import ScanFile
@@ -112,7 +112,7 @@ def test_all_defaced_exits_0_and_json_lists_every_scan(tmp_path, capsys, detecto
     code, out, err = run_cli(capsys, tmp_path, "--ckpt", detector_ckpt, "--json")
     document = json.loads(out)
     assert code == EXIT_OK
-    assert document["summary"] | {"seconds": 0} == {"scanned": 3, "faces": 0, "unreadable": 0, "seconds": 0}
+    assert document["summary"] | {"seconds": 0} == {"scanned": 3, "faces": 0, "unreadable": 0, "near": 0, "seconds": 0}
     assert [r["verdict"] for r in document["results"]] == ["removed", "removed", "replaced"]
     assert all({"p_face", "p_removed", "p_replaced"} <= set(r) for r in document["results"])
     assert document["view_names"] == list(Detector(detector_ckpt).view_names)
@@ -187,3 +187,19 @@ def test_terminal_table_colours_the_verdicts(tmp_path, detector):
     text = console.export_text(clear=False)
     assert "FACE PRESENT" in text and "09" in text and "1 scanned, 1 with a face, 0 unreadable, 1.0 s" in text
     assert "\x1b[1;31mFACE PRESENT" in console.export_text(styles=True)
+
+
+def test_a_defaced_verdict_near_the_line_is_noted_and_counted():
+    """Called removed with p(face) 0.45: noted and counted, but not a face (the exit code stays
+    the threshold's); well below the floor, nothing is said; a T2w gets both notes."""
+    def result(p_face: float, contrast: str | None = None) -> CheckResult:
+        rest = (1 - p_face) / 2
+        return CheckResult("scan.nii.gz", contrast=contrast, answer="removed",
+                           probabilities={"face": p_face, "removed": rest + 0.01, "replaced": rest - 0.01})
+
+    near, far = result(0.45), result(LOOK_FLOOR / 2)
+    assert near.note == "p(face) 0.45, near the line: look at it" and far.note is None
+    assert result(0.45, "T2w").note == "p(face) 0.45, near the line: look at it; T2w: detector validated on T1w only"
+    summary = Summary.of([near, far, result(0.3)], seconds=1.0)
+    assert (summary.faces, summary.near) == (0, 2)
+    assert "2 more near the line" in summary.line and summary.headline == "0 of 3 scans still show a face; 2 more are near the line"
