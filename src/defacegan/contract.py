@@ -91,17 +91,17 @@ class InputContract:
         """
         data = data.numpy() if torch.is_tensor(data) else np.asarray(data)
         affine = np.asarray(affine, dtype=np.float64)
-        fov_centre = (affine @ np.append((np.asarray(data.shape) - 1) / 2, 1.0))[:3]
         if self.anchor == "fov":
-            return fov_centre
+            return fov_centre(data.shape, affine)
         steps = [max(1, round(self.spacing / s)) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))]
         sample = data[tuple(slice(None, None, step) for step in steps)]
-        positive = sample[::2, ::2, ::2][sample[::2, ::2, ::2] > 0]
+        coarse = sample[::2, ::2, ::2]  # enough voxels for the percentile
+        positive = coarse[coarse > 0]
         if positive.size < 100:
-            return fov_centre
+            return fov_centre(data.shape, affine)
         head = sample > HEAD_FLOOR * np.percentile(positive, 99.5)
         if np.count_nonzero(head) < 1000:
-            return fov_centre
+            return fov_centre(data.shape, affine)
         extent = []
         for axis in range(3):
             profile = np.cumsum(head.sum(axis=tuple(a for a in range(3) if a != axis)))
@@ -129,11 +129,10 @@ class InputContract:
         """
         data = data.numpy() if torch.is_tensor(data) else np.asarray(data)
         affine = np.asarray(affine, dtype=np.float64)
-        size = np.asarray(data.shape, dtype=np.float64)
-        centre = affine @ np.append((size - 1) / 2, 1.0) if centre is None else np.asarray(centre, dtype=np.float64)
+        centre = fov_centre(data.shape, affine) if centre is None else np.asarray(centre, dtype=np.float64)
         out = np.asarray(self.shape, dtype=np.float64)
         grid_to_world = self.grid_affine.copy()
-        grid_to_world[:3, 3] = centre[:3] - self.spacing * (out - 1) / 2
+        grid_to_world[:3, 3] = centre - self.spacing * (out - 1) / 2
         voxel_spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
         factors = [1 if label else max(1, math.floor(self.spacing / s + 1e-6)) for s in voxel_spacing]
         aligned = separable and np.count_nonzero(affine[:3, :3] - np.diag(np.diag(affine[:3, :3]))) == 0
@@ -176,6 +175,11 @@ class InputContract:
     def views(self, volumes: torch.Tensor) -> torch.Tensor:
         """(B, 1, X, Y, Z) grid volumes → (B, V, S, S) views in [0, 1]."""
         return compute_views(volumes, self.view_size, self.view_mode)
+
+
+def fov_centre(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """The world position (mm) of the centre of a ``shape`` voxel field of view."""
+    return (affine @ np.append((np.asarray(shape[:3], dtype=np.float64) - 1) / 2, 1.0))[:3]
 
 
 def box_means(data: np.ndarray, factors: list[int]) -> torch.Tensor:

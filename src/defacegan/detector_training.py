@@ -127,7 +127,8 @@ def _bundle_job(args: tuple[str, dict, str]) -> str:
 def bundle_caches(paths: Sequence[Path], contract: InputContract, cache_dir: Path, workers: int = 2) -> list[Path]:
     """A bundle per scan, made once (a registration each, ~5 s) and cached under ``cache_dir``
     under a key of the grid (a change of views does not register again); returns the cache files."""
-    grid = {name: contract.to_dict()[name] for name in ("spacing", "shape", "anchor")}
+    values = contract.to_dict()
+    grid = {name: values[name] for name in ("spacing", "shape", "anchor")}
     key = hashlib.sha1(repr(grid).encode()).hexdigest()[:10]
     caches = [cache_dir / f"{stem(p)}-{key}.npz" for p in paths]
     jobs = [(str(p), contract.to_dict(), str(c)) for p, c in zip(paths, caches) if not c.exists()]

@@ -130,10 +130,13 @@ def compute_views(volumes: torch.Tensor, size: int, mode: str = "all") -> torch.
         raise ValueError(f"view mode {mode!r} is not one of {sorted(VIEW_MODES)}")
     volumes = volumes.float()
     scale = robust_scale(volumes)
-    names = [VIEW_NAMES[v] for v in VIEW_MODES[mode]]
-    head = [_square(_view(volumes, name), size) for name in names if not name.startswith("face_")]
-    face = [_square(_face_view(volumes, name, scale), size) for name in names if name.startswith("face_")]
-    return torch.cat([_scaled(torch.cat(head, dim=1), scale)] * bool(head) + face, dim=1)
+    images = []
+    for name in (VIEW_NAMES[v] for v in VIEW_MODES[mode]):
+        if name.startswith("face_"):
+            images.append(_square(_face_view(volumes, name, scale), size))
+        else:  # resized, then scaled and clamped
+            images.append(_scaled(_square(_view(volumes, name), size), scale))
+    return torch.cat(images, dim=1)
 
 
 def sagittal_slices(
