@@ -25,21 +25,17 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
 from rich.console import Console
 from rich.table import Table
 
+from defacegan.augment import t2w_like
 from defacegan.deface import COLIN27, face_region, register_template, removed_region, template_masks, warp
 from defacegan.families import _share_of
 from defacegan.inference import Detector
 from defacegan.io import Scan, atomic_write_text, load_scan
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def t2w_like(data: np.ndarray) -> np.ndarray:
-    """Intensities flipped inside the head (above 10 % of the 99.5th percentile), air kept dark."""
-    scale = np.percentile(data[data > 0], 99.5)
-    return np.where(data > 0.1 * scale, 1.1 * scale - np.minimum(data, 1.1 * scale), 0).astype(np.float32)
 
 
 def lps_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
@@ -60,7 +56,7 @@ def cases(name: str, scan: Scan) -> list[tuple[str, str | None, nib.Nifti1Image]
     def image(volume):
         return nib.Nifti1Image(volume.astype(np.float32), scan.affine)
 
-    t2 = t2w_like(data)
+    t2 = t2w_like(torch.from_numpy(data)[None])[0].numpy()  # the inversion training draws
     return [
         ("intact", intact, image(data)),
         ("intact, stored LPS, axes swapped", intact, lps_image(data, scan.affine)),

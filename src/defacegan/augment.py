@@ -111,6 +111,17 @@ def build_augmentation(cfg: Mapping | None) -> tio.Compose | None:
     return tio.Compose(transforms) if transforms else None
 
 
+def t2w_like(image: torch.Tensor, floor: float = 0.1) -> torch.Tensor:
+    """A T2w-like contrast from a T1w one, per sample of a (B, ...) batch: intensities above
+    ``floor`` of the sample's 99.5th percentile flipped (dark fluid becomes bright), the air and
+    what is below kept as it is. ``DeviceAugmentation``'s ``invert``, and the benchmarks' T2w-like heads."""
+    flat = image.flatten(1)
+    scale = torch.quantile(flat[:, :: max(1, flat.shape[1] // 2**16)], 0.995, dim=1).clamp_min(1e-6)
+    scale = scale.reshape(-1, *[1] * (image.dim() - 1))
+    inside = image > floor * scale
+    return torch.where(inside, (1.1 * scale - image).clamp_min(floor * scale), image)
+
+
 class DeviceAugmentation:
     """Random flips, affine, smoothing, T2w-like inversion and gamma on a whole batch on its device.
 
@@ -245,7 +256,7 @@ class DeviceAugmentation:
             chosen = smoothed.to(device)
             image = image.index_put((chosen,), GaussianFilter(3, sigma).to(device)(image[chosen]))
         if "invert" in self.options and (chosen := self._chosen("invert", n)).any():
-            image = image.index_put((chosen.to(device),), self._inverted(image[chosen.to(device)], self.options["invert"]["floor"]))
+            image = image.index_put((chosen.to(device),), t2w_like(image[chosen.to(device)], self.options["invert"]["floor"]))
         if (chosen := self._chosen("contrast", n)).any():
             low, high = (math.log(g) for g in self.options["contrast"]["gamma"])
             gamma = torch.where(chosen, self._uniform(low, high, n).exp(), 1.0).float().to(device)
@@ -253,16 +264,6 @@ class DeviceAugmentation:
         volumes.update(zip(self.keys, torch.where(absent, 0, image).split(1, dim=1)))
         kept = slice(start - out[0], stop - out[0])
         return {**batch, **{role: volumes[role][:, :, kept].to(batch[role].dtype) for role in roles}}
-
-    @staticmethod
-    def _inverted(image: torch.Tensor, floor: float) -> torch.Tensor:
-        """A T2w-like contrast from a T1w one: each sample's intensities above ``floor`` of its
-        robust scale flipped (dark fluid becomes bright), the air and what is below kept as it is."""
-        flat = image.flatten(1)
-        scale = torch.quantile(flat[:, :: max(1, flat.shape[1] // 2**16)], 0.995, dim=1).clamp_min(1e-6)
-        scale = scale.reshape(-1, *[1] * (image.dim() - 1))
-        inside = image > floor * scale
-        return torch.where(inside, (1.1 * scale - image).clamp_min(floor * scale), image)
 
     def _resample(self, batch: dict, rows: torch.Tensor, theta: torch.Tensor, first: int, span: tuple[int, int], extent: int) -> dict:
         """Planes ``span`` of the samples ``rows`` warped by their voxel matrices ``theta``: one
