@@ -1,10 +1,11 @@
 """Evaluate the three-way detector on held-out IXI subjects: every figure the README states.
 
 Every IXI head of the subset is registered once (cached bundles), every defacing family is drawn
-``--draws`` times per head with a random pose and contrast, and the detector is fitted with
-:mod:`defacegan.detector_training` by the shipped detector's recipe (its draws and epochs). Then:
+``--draws`` times per head and round (``--rounds``) with a random pose and contrast, and the
+detector is fitted with :mod:`defacegan.detector_training` by the shipped detector's recipe (its
+draws, rounds and epochs). Then:
 
-0. **The shipped detector** on the 8 subjects it never saw (``HELD_OUT``), fresh draws.
+0. **The shipped detector** on the 8 subjects it never saw (``HELD_OUT``), one round of fresh draws.
 1. **k-fold over subjects** (``--folds``, default 4 × 8 subjects): each subject is a test subject
    once; 3 training subjects per fold calibrate the temperature. Rates on the test folds:
    real faces called ``face``; partial defacings that leave the eyes and the nose called
@@ -45,6 +46,7 @@ from defacegan.contract import VERDICTS, InputContract
 from defacegan.detector_training import (
     DRAWS,
     EPOCHS,
+    ROUNDS,
     HELD_OUT,
     Samples,
     calibrate,
@@ -199,10 +201,10 @@ def sweep_png(results: dict, path: Path) -> None:
 
 
 def leave_one_family_out(samples: Samples, contract: InputContract, bundles: list[FaceBundle], folds: int,
-                         epochs: int, seed: int, draws: int) -> dict:
-    """Fold 0's split, the first ``draws`` draws of each family (fewer than the k-fold's, to keep
-    ten fits affordable): trained without a family, tested on it."""
-    samples = samples.where(samples.number < draws)
+                         epochs: int, seed: int, per_round: int, draws: int) -> dict:
+    """Fold 0's split, the first ``draws`` draws of each family in every round of ``per_round``
+    (fewer than the k-fold's, to keep ten fits affordable): trained without a family, tested on it."""
+    samples = samples.where(samples.number % per_round < draws)
     fold_of_subject = fold_of(bundles, folds, seed)
     test = sorted(s for s, f in fold_of_subject.items() if f == 0)
     train_subjects, val_subjects = split_subjects([s for s in fold_of_subject if s not in test], val=3, seed=seed)
@@ -265,7 +267,8 @@ def markdown(report: dict) -> str:
                   table(["shipped detector, held-out subjects", "rate", "scans (subjects)"], headline_rows(ship["headline"])), "",
                   table(family_columns, family_rows(ship["per_family"])), ""]
     lines += [f"k-fold: {report['subjects']} IXI subjects in {report['folds']} folds, each tested once by a model "
-              f"trained without it ({report['draws']} draws per family and subject, {report['epochs']} epochs).", "",
+              f"trained without it ({report['rounds']} rounds of {report['draws']} draws per family and subject, "
+              f"{report['epochs']} epochs).", "",
               table(["k-fold test", "rate", "scans (subjects)"], headline_rows(report["headline"])), "",
               table(family_columns, family_rows(report["per_family"])), ""]
     names = list(report["headline"])
@@ -281,7 +284,7 @@ def markdown(report: dict) -> str:
     rows = [[family, rate_text(r["three_way"]), rate_text(r["face_or_not"]), rate_text(r["replaced_vs_removed"]),
              f"{r['three_way']['n']} ({r['three_way']['subjects']})", f"{r['fit_seconds']:.0f}"]
             for family, r in lofo["families"].items()]
-    lines += [f"Leave-one-family-out ({len(lofo['test_subjects'])} test subjects, {lofo['draws']} draws per family):", "",
+    lines += [f"Leave-one-family-out ({len(lofo['test_subjects'])} test subjects, {lofo['draws']} draws per family and round):", "",
               table(["held-out family", "three-way", "face or not", "replaced vs removed", "scans (subjects)", "fit s"], rows)]
     return "\n".join(lines) + "\n"
 
@@ -292,11 +295,12 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("data/bundles"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/detector_eval"))
     parser.add_argument("--folds", type=int, default=4)
-    parser.add_argument("--draws", type=int, default=DRAWS)
+    parser.add_argument("--draws", type=int, default=DRAWS, help="draws of every family per head and round")
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--subjects", type=int, default=None, help="only the first N heads (a quick smoke run)")
-    parser.add_argument("--lofo-draws", type=int, default=3, help="draws per family in the leave-one-family-out fits")
+    parser.add_argument("--lofo-draws", type=int, default=3, help="draws per family and round in the leave-one-family-out fits")
     parser.add_argument("--no-lofo", action="store_true", help="skip the leave-one-family-out fits")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 while `make weights` runs beside it)")
     args = parser.parse_args()
@@ -305,7 +309,7 @@ def main() -> None:
     contract = InputContract()
     caches = bundle_caches(sorted(args.ixi.glob("*.nii*"))[: args.subjects], contract, args.cache)
     bundles = [read_bundle(cache) for cache in caches]
-    samples = draw(caches, contract, args.cache, draws=args.draws, seed=args.seed)
+    samples = draw(caches, contract, args.cache, draws=args.draws, seed=args.seed, rounds=args.rounds)
     print(f"{len(samples.label)} scans drawn from {len(bundles)} subjects ({time.perf_counter() - started:.0f} s)", flush=True)
     probabilities, raw, models, seconds = kfold(bundles, samples, contract, args.folds, args.epochs, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -314,7 +318,7 @@ def main() -> None:
     sweep_png(sweeps, args.out / "sweep.png")
     report = {
         "shipped": None if args.subjects else shipped(caches, contract, args.cache, args.draws, args.seed),
-        "subjects": len(bundles), "folds": args.folds, "draws": args.draws, "epochs": args.epochs,
+        "subjects": len(bundles), "folds": args.folds, "draws": args.draws, "rounds": args.rounds, "epochs": args.epochs,
         "contract": contract.to_dict(), "fit_seconds": seconds,
         "headline": headline(samples, probabilities),
         "thresholds": {str(t): headline(samples, probabilities, t) for t in THRESHOLDS},
@@ -326,7 +330,7 @@ def main() -> None:
     }
     report["leave_one_family_out"] = ({"test_subjects": [], "families": {}} if args.no_lofo else
                                       leave_one_family_out(samples, contract, bundles, args.folds, args.epochs, args.seed,
-                                                           min(args.lofo_draws, args.draws)))
+                                                           args.draws, min(args.lofo_draws, args.draws)))
     report["seconds"] = time.perf_counter() - started
     atomic_write_text(args.out / "detector_eval.json", json.dumps(report, indent=2, default=float) + "\n")
     text = markdown(report)

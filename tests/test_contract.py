@@ -80,7 +80,7 @@ def test_training_and_check_see_the_same_tensor_for_the_same_scan(held_out_bundl
     path = next(path for path in ixi_scans if subject_of(path) == held_out_bundle.subject)
     checked = GridDataset([path], contract)[0]["volume"]
     assert torch.equal(checked[0], torch.from_numpy(held_out_bundle.face))
-    trained = draw_bundle(held_out_bundle, contract, families=("none",), draws=1, pose=None)
+    trained = draw_bundle(held_out_bundle, contract, families=("none",), draws=1, pose=None, field_of_view=None)
     assert torch.equal(trained.views, contract.views(checked[None]))
     assert trained.label.tolist() == [0]
 

@@ -119,3 +119,36 @@ def test_drawn_views_are_cached_and_equal_a_fresh_draw(bundle, tmp_path):
         for fact in Samples.FACTS:
             assert np.array_equal(getattr(samples, fact), getattr(fresh, fact))
     assert fresh.family.tolist() == ["none", "mask"] and fresh.label[0] == 0  # the scan as it is: a face
+
+
+def test_a_second_round_adds_draws_and_keeps_the_first(bundle, tmp_path):
+    """More rounds draw only the new ones: round 0 is read back from its cache file, and round 1's
+    draws, numbered after round 0's, are what drawing with the next seed gives."""
+    from defacegan.contract import InputContract
+    from defacegan.detector_training import draw, draw_bundle, write_bundle
+
+    contract = InputContract()
+    cache = write_bundle(bundle, tmp_path / f"{bundle.subject}-bundle.npz")
+    options = {"families": ("none",), "draws": 2, "seed": 5}
+    first = draw([cache], contract, tmp_path, workers=1, **options)
+    (round_zero,) = tmp_path.glob("*-draws-*.npz")
+    written = round_zero.stat().st_mtime_ns
+    both = draw([cache], contract, tmp_path, workers=1, rounds=2, **options)
+    assert round_zero.stat().st_mtime_ns == written and len(list(tmp_path.glob("*-draws-*.npz"))) == 2
+    assert both.number.tolist() == [0, 1, 2, 3]
+    assert torch.equal(both.views[:2], first.views)
+    next_seed = draw_bundle(bundle, contract, families=("none",), draws=2, seed=6)
+    assert torch.equal(both.views[2:], next_seed.views)
+
+
+def test_a_field_of_view_that_stops_above_the_mouth_keeps_the_verdict_of_the_rest(bundle):
+    """`cut_below` (the field of view's lower edge, raised on some draws of every family) removes
+    the mouth and chin and nothing above: an intact head stays `face`, a defaced one `removed`."""
+    from defacegan.families import cut_below
+
+    chin = 1 + FEATURES.index("chin")
+    intact = cut_below(bundle, generate(bundle, "none", np.random.default_rng(0)), 40.0)
+    assert intact.removed[bundle.features == chin].mean() > 0.9 and intact.label(bundle.features) == "face"
+    assert not intact.removed[bundle.features == 1 + FEATURES.index("eyes")].any()
+    defaced = cut_below(bundle, generate(bundle, "mask", np.random.default_rng(0)), 40.0)
+    assert defaced.label(bundle.features) == "removed" and (defaced.volume[intact.removed] == 0).all()

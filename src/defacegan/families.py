@@ -200,19 +200,38 @@ def fill(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
     return Variant("fill", volume, lost, np.zeros_like(lost))
 
 
+def _feature_voxels(bundle: FaceBundle) -> tuple[np.ndarray, ...]:
+    return np.nonzero(np.isin(bundle.features, range(1, len(FEATURES) + 1)))
+
+
+def _below(bundle: FaceBundle, mm: float) -> np.ndarray:
+    """The voxels below an axial plane ``mm`` above the lowest face-feature voxel (the chin's)."""
+    lowest = _feature_voxels(bundle)[2]
+    z = np.arange(bundle.face.shape[2])[None, None, :]
+    return np.broadcast_to(z < (lowest.min() if lowest.size else 0) + mm / bundle.spacing, bundle.face.shape)
+
+
 def _outside_view(bundle: FaceBundle, family: str, front_mm: float, below_mm: float | None) -> Variant:
     """Everything in front of a coronal plane ``front_mm`` in front of the rearmost feature voxel
     (and, unless ``below_mm`` is None, below an axial plane that far above the lowest one) left
     outside the field of view."""
-    face_voxels = np.nonzero(np.isin(bundle.features, range(1, len(FEATURES) + 1)))
+    rearmost = _feature_voxels(bundle)[1]
     y = np.arange(bundle.face.shape[1])[None, :, None]
-    cut = (face_voxels[1].min() if face_voxels[1].size else bundle.face.shape[1]) + front_mm / bundle.spacing
+    cut = (rearmost.min() if rearmost.size else bundle.face.shape[1]) + front_mm / bundle.spacing
     region = np.broadcast_to(y >= cut, bundle.face.shape)
     if below_mm is not None:
-        z = np.arange(bundle.face.shape[2])[None, None, :]
-        region = region | (z < (face_voxels[2].min() if face_voxels[2].size else 0) + below_mm / bundle.spacing)
+        region = region | _below(bundle, below_mm)
     volume = np.where(region, 0, bundle.face).astype(np.float32)
     return Variant(family, volume, np.array(region), np.zeros(bundle.face.shape, bool))
+
+
+def cut_below(bundle: FaceBundle, variant: Variant, mm: float) -> Variant:
+    """``variant`` as a field of view whose lower edge lies ``mm`` above the chin's lowest voxel
+    shows it: many protocols stop at the mouth, the nose or the cerebellum, not the neck, whatever
+    the defacing. What the edge cuts off counts as removed, so the feature rule still labels it."""
+    outside = _below(bundle, mm)
+    return Variant(variant.family, np.where(outside, 0, variant.volume).astype(np.float32),
+                   variant.removed | outside, variant.foreign & ~outside)
 
 
 def crop(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
