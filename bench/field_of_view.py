@@ -1,0 +1,86 @@
+"""The shipped detector when the field of view stops above the neck, on IXI heads it never saw.
+
+IXI's field of view holds the neck; many protocols stop at the mouth, the nose or the cerebellum,
+and a defaced scan from one of them must still read as defaced, a partly defaced one as a face.
+Each of the 8 held-out heads (``HELD_OUT``) is judged by ``check``'s own path (the Detector on the
+head's grid volume) intact, defaced by the pydeface mask, and partly defaced (the lowest 40 % of
+the face region: eyes and nose remain, so ``face`` by the feature rule), first as IXI stored it,
+then with the field of view's lower edge raised to 0, 20, 35 and 50 mm above the chin
+(:func:`defacegan.families.cut_below`). Rates of the expected answer with Wilson 95 % intervals:
+one scan per head and case, so the 8 subjects are the trials.
+
+    python bench/field_of_view.py [--ixi ../shared/data/ixi-t1-2mm] [--ckpt CKPT]
+
+Prints a table and writes JSON (default bench/results/field_of_view.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from defacegan.detector_training import HELD_OUT, bundle_caches, read_bundle, subject_of
+from defacegan.families import cut_below, generate, remove_share
+from defacegan.inference import Detector
+from defacegan.io import Scan, atomic_write_text
+from defacegan.metrics import wilson_interval
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The field of view's lower edge above the chin's lowest voxel (mm); None: as IXI stored it.
+EDGES_MM = (None, 0.0, 20.0, 35.0, 50.0)
+#: Case → (how to make it from a head's bundle, the expected answer: "face" or "not face").
+CASES = {
+    "intact": (lambda bundle: generate(bundle, "none", np.random.default_rng(0)), "face"),
+    "defaced: mask": (lambda bundle: generate(bundle, "mask", np.random.default_rng(0)), "not face"),
+    "partly defaced: lowest 40 %": (lambda bundle: remove_share(bundle, 0.4, "below"), "face"),
+}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ixi", type=Path, default=Path("../shared/data/ixi-t1-2mm"))
+    parser.add_argument("--cache", type=Path, default=Path("data/bundles"))
+    parser.add_argument("--ckpt", default=None, help="detector checkpoint (default: the shipped one)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "field_of_view.json")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    detector = Detector(args.ckpt, device="cpu")
+    held = [path for path in sorted(args.ixi.glob("*.nii*")) if subject_of(path) in HELD_OUT]
+    bundles = [read_bundle(cache) for cache in bundle_caches(held, detector.contract, args.cache)]
+    rows = []
+    for case, (make, expected) in CASES.items():
+        variants = [(bundle, make(bundle)) for bundle in bundles]
+        for edge in EDGES_MM:
+            scans = [Scan((variant if edge is None else cut_below(bundle, variant, edge)).volume, bundle.affine)
+                     for bundle, variant in variants]
+            predictions = detector.predict(scans)
+            right = [(p.verdict == "face") == (expected == "face") for p in predictions]
+            low, high = wilson_interval(sum(right), len(right))
+            p_face = [p.probabilities["face"] for p in predictions]
+            rows.append({"case": case, "expected": expected, "edge_mm": edge, "right": sum(right), "n": len(right),
+                         "rate": sum(right) / len(right), "low": low, "high": high,
+                         "p_face_mean": float(np.mean(p_face)), "p_face_min": float(np.min(p_face)),
+                         "p_face_max": float(np.max(p_face))})
+    table = Table(title=f"field of view stopping above the neck: {detector.checkpoint}, {len(bundles)} held-out IXI heads")
+    for column in ("case", "expected", "lower edge", "right [Wilson 95 %]", "p(face) mean (min-max)"):
+        table.add_column(column)
+    for row in rows:
+        edge = "as stored (neck)" if row["edge_mm"] is None else f"{row['edge_mm']:.0f} mm above the chin"
+        table.add_row(row["case"], row["expected"], edge, f"{row['right']}/{row['n']} [{row['low']:.2f}, {row['high']:.2f}]",
+                      f"{row['p_face_mean']:.2f} ({row['p_face_min']:.2f}-{row['p_face_max']:.2f})")
+    Console().print(table)
+    result = {"ckpt": str(detector.checkpoint), "subjects": [b.subject for b in bundles], "rows": rows,
+              "seconds": round(time.perf_counter() - started, 1)}
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(f"written to {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
