@@ -284,7 +284,7 @@ def markdown(report: dict) -> str:
     rows = [[family, rate_text(r["three_way"]), rate_text(r["face_or_not"]), rate_text(r["replaced_vs_removed"]),
              f"{r['three_way']['n']} ({r['three_way']['subjects']})", f"{r['fit_seconds']:.0f}"]
             for family, r in lofo["families"].items()]
-    lines += [f"Leave-one-family-out ({len(lofo['test_subjects'])} test subjects, {lofo['draws']} draws per family and round):", "",
+    lines += [f"Leave-one-family-out ({len(lofo['test_subjects'])} test subjects, {lofo['draws']} draw(s) per family and round):", "",
               table(["held-out family", "three-way", "face or not", "replaced vs removed", "scans (subjects)", "fit s"], rows)]
     return "\n".join(lines) + "\n"
 
@@ -300,7 +300,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--subjects", type=int, default=None, help="only the first N heads (a quick smoke run)")
-    parser.add_argument("--lofo-draws", type=int, default=3, help="draws per family and round in the leave-one-family-out fits")
+    parser.add_argument("--lofo-draws", type=int, default=1, help="draws per family and round in the leave-one-family-out fits")
     parser.add_argument("--no-lofo", action="store_true", help="skip the leave-one-family-out fits")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 while `make weights` runs beside it)")
     args = parser.parse_args()
@@ -328,15 +328,21 @@ def main() -> None:
                         "scans": len(samples.label)},
         "sweep": sweeps,
     }
-    report["leave_one_family_out"] = ({"test_subjects": [], "families": {}} if args.no_lofo else
-                                      leave_one_family_out(samples, contract, bundles, args.folds, args.epochs, args.seed,
-                                                           args.draws, min(args.lofo_draws, args.draws)))
+    report["leave_one_family_out"] = {"test_subjects": [], "families": {}}
+    write_report(report, args.out, started)  # the k-fold's figures survive an interrupted leave-one-family-out
+    if not args.no_lofo:
+        report["leave_one_family_out"] = leave_one_family_out(samples, contract, bundles, args.folds, args.epochs,
+                                                              args.seed, args.draws, min(args.lofo_draws, args.draws))
+        write_report(report, args.out, started)
+
+
+def write_report(report: dict, out: Path, started: float) -> None:
     report["seconds"] = time.perf_counter() - started
-    atomic_write_text(args.out / "detector_eval.json", json.dumps(report, indent=2, default=float) + "\n")
+    atomic_write_text(out / "detector_eval.json", json.dumps(report, indent=2, default=float) + "\n")
     text = markdown(report)
-    atomic_write_text(args.out / "detector_eval.md", text)
+    atomic_write_text(out / "detector_eval.md", text)
     print(text)
-    print(f"written to {args.out} in {report['seconds'] / 60:.1f} min")
+    print(f"written to {out} in {report['seconds'] / 60:.1f} min", flush=True)
 
 
 if __name__ == "__main__":
