@@ -44,7 +44,7 @@ weights:
 	$(PY) -m defacegan.detector_training --source $(IXI_SOURCE)
 
 # The detector's figures in the README: the shipped detector on held-out heads, k-fold, calibration,
-# the partial-removal sweep, leave-one-family-out (~40 min once the views are drawn and cached);
+# the partial-removal sweep, leave-one-family-out (~55 min once the views are drawn and cached);
 # then the shipped detector on the heads from outside IXI (bench/outside_heads.py, a minute) and on
 # held-out IXI heads whose field of view stops above the neck (bench/field_of_view.py, a minute).
 figures:
