@@ -206,15 +206,16 @@ def draw(bundle_caches: Sequence[Path], contract: InputContract, cache_dir: Path
     files, so adding a round keeps the rounds already drawn; its draws are numbered after the
     previous rounds' (``number // draws`` is the round).
     """
+    values, families = contract.to_dict(), list(families)
     targets, jobs = [], []
     for round_seed in range(seed, seed + rounds):
-        recipe = repr((contract.to_dict(), list(families), draws, round_seed, pose, field_of_view, GENERATOR_SOURCE))
+        recipe = repr((values, families, draws, round_seed, pose, field_of_view, GENERATOR_SOURCE))
         key = hashlib.sha1(recipe.encode()).hexdigest()[:10]
         for path in bundle_caches:
             target = cache_dir / f"{path.stem}-draws-{key}.npz"
             targets.append((round_seed - seed, target))
             if not target.exists():
-                jobs.append((str(path), contract.to_dict(), list(families), draws, round_seed, pose, field_of_view, str(target)))
+                jobs.append((str(path), values, families, draws, round_seed, pose, field_of_view, str(target)))
     _in_processes(_draw_job, jobs, workers, f"drawing (cached in {cache_dir})")
     parts = []
     for round_index, target in targets:
