@@ -7,7 +7,7 @@ DEMO   ?= data/demo
 IXI    ?= data/ixi
 IXI_SOURCE ?= ../shared/data/ixi-t1-2mm
 
-.PHONY: install test test-all train demo weights figures audit assets bench clean
+.PHONY: install test test-all train demo weights figures audit audit-native assets bench clean
 
 install:
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -59,6 +59,11 @@ figures:
 audit:
 	test -f $(IXI)/manifest.csv || $(VENV)/bin/defacegan data build --source $(IXI_SOURCE) --out $(IXI)
 	$(PY) bench/audit.py --cohort $(IXI)
+
+# The same audit at the data's native 2 mm (128-px slices); 8-channel networks, two threads, to fit 2 CPU cores.
+audit-native:
+	test -f $(IXI)/manifest.csv || $(VENV)/bin/defacegan data build --source $(IXI_SOURCE) --out $(IXI)
+	$(PY) bench/audit.py --cohort $(IXI) --size 128 --width 8 --threads 2 --out bench/results/audit-128
 
 assets:  # rebuild the shipped brain mask in pydeface-template space (needs Colin27)
 	$(PY) -m defacegan.deface
