@@ -46,13 +46,15 @@ weights:
 # The detector's figures in the README: the shipped detector on held-out heads, k-fold, calibration,
 # the partial-removal sweep, leave-one-family-out (~55 min once the views are drawn and cached);
 # then the shipped detector on the heads from outside IXI (bench/outside_heads.py, a minute) and on
-# held-out IXI heads whose field of view stops above the neck (bench/field_of_view.py, a minute).
+# held-out IXI heads whose field of view stops above the neck (bench/field_of_view.py, a minute), and on
+# held-out heads defaced by another project's tool, Quickshear (bench/other_defacers.py, 3 min).
 figures:
 	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE)
 	cp bench/results/detector_eval/reliability.png docs/detector_reliability.png
 	cp bench/results/detector_eval/sweep.png docs/detector_sweep.png
 	$(PY) bench/outside_heads.py
 	$(PY) bench/field_of_view.py --ixi $(IXI_SOURCE)
+	$(PY) bench/other_defacers.py --ixi $(IXI_SOURCE)
 
 # The re-facing audit's figures in the README: k-fold over every IXI head, Pix2Pix, CycleGAN and the baselines
 # pasted into the scans, both re-identification matchers (bench/audit.py).
