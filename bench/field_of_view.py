@@ -16,22 +16,18 @@ Prints a table and writes JSON (default bench/results/field_of_view.json).
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from defacegan.detector_training import HELD_OUT, bundle_caches, read_bundle, subject_of
+from defacegan.detector_training import bundle_caches, read_bundle
 from defacegan.families import cut_below, generate, remove_share
-from defacegan.inference import Detector
-from defacegan.io import Scan, atomic_write_text
+from defacegan.io import Scan
 from defacegan.metrics import wilson_interval
+from held_out import held_out_setup, write_result
 
-ROOT = Path(__file__).resolve().parents[1]
 #: The field of view's lower edge above the chin's lowest voxel (mm); None: as IXI stored it.
 EDGES_MM = (None, 0.0, 20.0, 35.0, 50.0)
 #: Case → (how to make it from a head's bundle, the expected answer: "face" or "not face").
@@ -43,15 +39,8 @@ CASES = {
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ixi", type=Path, default=Path("../shared/data/ixi-t1-2mm"))
-    parser.add_argument("--cache", type=Path, default=Path("data/bundles"))
-    parser.add_argument("--ckpt", default=None, help="detector checkpoint (default: the shipped one)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "field_of_view.json")
-    args = parser.parse_args(argv)
     started = time.perf_counter()
-    detector = Detector(args.ckpt, device="cpu")
-    held = [path for path in sorted(args.ixi.glob("*.nii*")) if subject_of(path) in HELD_OUT]
+    args, detector, held = held_out_setup(__doc__, "field_of_view.json", argv)
     bundles = [read_bundle(cache) for cache in bundle_caches(held, detector.contract, args.cache)]
     rows = []
     for case, (make, expected) in CASES.items():
@@ -75,11 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
         table.add_row(row["case"], row["expected"], edge, f"{row['right']}/{row['n']} [{row['low']:.2f}, {row['high']:.2f}]",
                       f"{row['p_face_mean']:.2f} ({row['p_face_min']:.2f}-{row['p_face_max']:.2f})")
     Console().print(table)
-    result = {"ckpt": str(detector.checkpoint), "subjects": [b.subject for b in bundles], "rows": rows,
-              "seconds": round(time.perf_counter() - started, 1)}
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    print(f"written to {args.out}")
-    return result
+    return write_result(args, detector, started, subjects=[b.subject for b in bundles], rows=rows)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,6 @@ Prints a table and writes JSON (default bench/results/other_defacers.json).
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -33,34 +31,17 @@ from rich.table import Table
 
 from defacegan.brain import brain_mask
 from defacegan.deface import COLIN27
-from defacegan.detector_training import HELD_OUT, bundle_caches, read_bundle, subject_of
-from defacegan.features import fractions, label_from
-from defacegan.inference import Detector
-from defacegan.io import atomic_write_text, load_scan, stem
+from defacegan.detector_training import HELD_OUT, bundle_caches, read_bundle, rule_label, subject_of
+from defacegan.io import load_scan, stem
 from defacegan.metrics import wilson_interval
+from held_out import held_out_setup, write_result
 
-ROOT = Path(__file__).resolve().parents[1]
 BUFFERS_VOXELS = (10, 5)
 
 
-def expected_label(bundle, detector: Detector, scan, removed: np.ndarray) -> tuple[str, dict[str, float]]:
-    """The feature rule's label of ``scan`` with ``removed`` (its grid) zeroed, on the head's bundle."""
-    centre = detector.contract.centre(scan.data, scan.affine)  # the intact head's, as the bundle's
-    on_grid = detector.contract.on_grid(removed.astype(np.float32), scan.affine, label=True, centre=centre).numpy() > 0.5
-    own = fractions(bundle.features, ~on_grid)
-    return label_from(own, dict.fromkeys(own, 0.0)), own
-
-
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ixi", type=Path, default=Path("../shared/data/ixi-t1-2mm"))
-    parser.add_argument("--cache", type=Path, default=Path("data/bundles"))
-    parser.add_argument("--ckpt", default=None, help="detector checkpoint (default: the shipped one)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "other_defacers.json")
-    args = parser.parse_args(argv)
     started = time.perf_counter()
-    detector = Detector(args.ckpt, device="cpu")
-    paths = [path for path in sorted(args.ixi.glob("*.nii*")) if subject_of(path) in HELD_OUT]
+    args, detector, paths = held_out_setup(__doc__, "other_defacers.json", argv)
     paths += [COLIN27] if COLIN27.is_file() else []
     bundles = [read_bundle(cache) for cache in bundle_caches(paths, detector.contract, args.cache)]
     rows = []
@@ -71,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
             brain = nib.Nifti1Image(brain_mask(scan).astype(np.uint8), scan.affine)
             for buffer in BUFFERS_VOXELS:
                 defaced = np.asanyarray(quickshear(image, brain, buff=buffer).dataobj)
-                label, own = expected_label(bundle, detector, scan, (defaced == 0) & (scan.data != 0))
+                label, own = rule_label(bundle, detector.contract, scan, (defaced == 0) & (scan.data != 0))
                 target = Path(folder) / f"{stem(path)}_quickshear{buffer}.nii.gz"
                 nib.save(nib.Nifti1Image(defaced, scan.affine), target)
                 prediction = detector.predict([target])[0]
@@ -98,11 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     for s in summary:
         print(f"held-out IXI, buffer {s['buffer_voxels']} voxels: {s['right']}/{s['n']} right [{s['low']:.2f}, {s['high']:.2f}] "
               f"({s['expected_face']} expected face by the rule)")
-    result = {"ckpt": str(detector.checkpoint), "tool": "quickshear", "rows": rows, "summary": summary,
-              "seconds": round(time.perf_counter() - started, 1)}
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    print(f"written to {args.out}")
-    return result
+    return write_result(args, detector, started, tool="quickshear", rows=rows, summary=summary)
 
 
 if __name__ == "__main__":

@@ -2,22 +2,26 @@
 
 Real faces must be called ``face``; a partial defacing that leaves the eyes and the nose must be
 called ``face``; a pydeface-style removal must not; a face replaced by the template's must not be
-called ``face``. One held-out head is registered once for the session (conftest).
+called ``face``; neither must a real other tool's defacing (Quickshear) that the feature rule
+calls removed. One held-out head is registered once for the session (conftest).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
+from quickshear import quickshear
 
-from defacegan.detector_training import HELD_OUT, subject_of
+from defacegan.brain import brain_mask
 from defacegan.contract import InputContract
+from defacegan.detector_training import HELD_OUT, rule_label, subject_of
 from defacegan.families import generate, remove_share
 from defacegan.features import FACE_MIN_FRACTION, FEATURES
 from defacegan.inference import SHIPPED_CHECKPOINT, Detector
-from defacegan.io import Scan
+from defacegan.io import Scan, load_scan
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +80,16 @@ def test_a_replaced_face_is_not_a_face(detector, bundles):
         variant = generate(bundle, "replace_template", np.random.default_rng(0))
         assert variant.label(bundle.features) == "replaced"
         assert judge(detector, bundle, variant) != "face", bundle.subject
+
+
+def test_another_tools_defacing_is_not_a_face(detector, bundles, held_out):
+    """Quickshear (a plane below BET's brain mask, 10 mm here) on a held-out head: written as NIfTI
+    and read back, as a user's defaced file; the feature rule labels it ``removed``."""
+    for bundle in bundles:
+        scan = load_scan(next(path for path in held_out if subject_of(path) == bundle.subject))
+        brain = nib.Nifti1Image(brain_mask(scan).astype(np.uint8), scan.affine)
+        defaced = quickshear(nib.Nifti1Image(scan.data, scan.affine), brain, buff=5)
+        label, _ = rule_label(bundle, detector.contract, scan, (np.asanyarray(defaced.dataobj) == 0) & (scan.data != 0))
+        assert label == "removed"
+        (prediction,) = detector.predict([defaced])
+        assert prediction.verdict != "face", (bundle.subject, prediction.probabilities)

@@ -36,8 +36,8 @@ from torch import nn
 
 from defacegan.contract import VERDICTS, InputContract
 from defacegan.families import FAMILIES, FaceBundle, cut_below, generate, make_bundle
-from defacegan.features import FEATURES, label_from
-from defacegan.io import atomic_write_bytes, atomic_write_text, load_scan, stem
+from defacegan.features import FEATURES, fractions, label_from
+from defacegan.io import Scan, atomic_write_bytes, atomic_write_text, load_scan, stem
 from defacegan.models.detector import DetectorNet, fit_temperature
 
 #: IXI subjects of the 32-head subset never used to train the shipped detector: every 4th in
@@ -146,6 +146,16 @@ def read_bundle(cache: Path) -> FaceBundle:
     with np.load(cache) as stored:
         values = {k: stored[k] for k in stored.files}
     return FaceBundle(subject=str(values.pop("subject")), **values)
+
+
+def rule_label(bundle: FaceBundle, contract: InputContract, scan: Scan, removed: np.ndarray) -> tuple[str, dict[str, float]]:
+    """(label, each feature's share of own tissue) by the feature rule for ``scan`` (the bundle's
+    head, as stored) with ``removed`` (bool, the scan's voxels) gone: how a defacing made outside
+    the families, another tool's output, is labelled the way the training draws are."""
+    centre = contract.centre(scan.data, scan.affine)  # the intact head's, as the bundle's grid
+    on_grid = contract.on_grid(removed.astype(np.float32), scan.affine, label=True, centre=centre).numpy() > 0.5
+    own = fractions(bundle.features, ~on_grid)
+    return label_from(own, dict.fromkeys(own, 0.0)), own
 
 
 def _seed_of(seed: int, *names: str) -> list[int]:
