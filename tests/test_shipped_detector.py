@@ -83,8 +83,8 @@ def test_a_replaced_face_is_not_a_face(detector, bundles):
 
 
 def test_another_tools_defacing_is_not_a_face(detector, bundles, held_out):
-    """Quickshear (a plane below BET's brain mask, 10 mm here) on a held-out head: written as NIfTI
-    and read back, as a user's defaced file; the feature rule labels it ``removed``."""
+    """Quickshear (a plane below BET's brain mask, 10 mm here) on a held-out head, judged as the
+    NIfTI image it returns; the feature rule labels it ``removed``."""
     for bundle in bundles:
         scan = load_scan(next(path for path in held_out if subject_of(path) == bundle.subject))
         brain = nib.Nifti1Image(brain_mask(scan).astype(np.uint8), scan.affine)
