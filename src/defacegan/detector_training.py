@@ -35,8 +35,8 @@ import torch
 from torch import nn
 
 from defacegan.contract import VERDICTS, InputContract
-from defacegan.families import FAMILIES, FaceBundle, cut_below, generate, make_bundle
-from defacegan.features import FEATURES, fractions, label_from
+from defacegan.families import FAMILIES, FaceBundle, Variant, cut_below, generate, make_bundle
+from defacegan.features import FEATURES, label_from
 from defacegan.io import Scan, atomic_write_bytes, atomic_write_text, load_scan, stem
 from defacegan.models.detector import DetectorNet, fit_temperature
 
@@ -154,8 +154,8 @@ def rule_label(bundle: FaceBundle, contract: InputContract, scan: Scan, removed:
     the families, another tool's output, is labelled the way the training draws are."""
     centre = contract.centre(scan.data, scan.affine)  # the intact head's, as the bundle's grid
     on_grid = contract.on_grid(removed.astype(np.float32), scan.affine, label=True, centre=centre).numpy() > 0.5
-    own = fractions(bundle.features, ~on_grid)
-    return label_from(own, dict.fromkeys(own, 0.0)), own
+    variant = Variant("other tool", np.where(on_grid, 0, bundle.face), on_grid, np.zeros_like(on_grid))
+    return variant.label(bundle.features), variant.shares(bundle.features)[0]
 
 
 def _seed_of(seed: int, *names: str) -> list[int]:
