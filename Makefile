@@ -9,11 +9,14 @@ IXI_SOURCE ?= ../shared/data/ixi-t1-2mm
 
 .PHONY: install test test-all train demo weights figures audit audit-native assets bench clean
 
+# caideface is installed for its face mask and MNI152 template only (bench/other_defacers.py): its own
+# steps need HD-BET's weights and 3D Slicer, and it pins numpy<2, so it comes without its dependencies.
 install:
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps caideface==0.4.0
 	@if [ ! -f /usr/share/mricron/templates/ch2.nii.gz ] && command -v apt-get >/dev/null; then \
 		echo "installing Debian's mricron-data (Colin27 head)"; \
 		(apt-get update -qq && apt-get install -y -qq mricron-data) || echo "warning: mricron-data not installed; demo uses pydeface's head only"; \
@@ -47,7 +50,7 @@ weights:
 # the partial-removal sweep, leave-one-family-out (~55 min once the views are drawn and cached);
 # then the shipped detector on the heads from outside IXI (bench/outside_heads.py, a minute) and on
 # held-out IXI heads whose field of view stops above the neck (bench/field_of_view.py, a minute), and on
-# held-out heads defaced by another project's tool, Quickshear (bench/other_defacers.py, 3 min).
+# held-out heads defaced by other projects' tools, Quickshear and caideface (bench/other_defacers.py, 6 min).
 figures:
 	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE)
 	cp bench/results/detector_eval/reliability.png docs/detector_reliability.png
