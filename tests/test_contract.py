@@ -155,3 +155,28 @@ def test_a_saved_detector_loads_with_torch_alone(tmp_path):
     loaded, contract, facts = load_network(path)
     assert contract == COARSE and float(loaded.temperature) == 1.5 and loaded.config == net.config
     assert facts == {"train_subjects": train, "val_subjects": val}
+
+
+def test_an_ensemble_of_saved_detectors_averages_their_probabilities(tmp_path):
+    """make weights ships several calibrated networks as one checkpoint: loaded, it gives the mean
+    of its members' probabilities, and its facts name every member's training subjects."""
+    from defacegan.detector_training import save_detector, save_ensemble
+    from defacegan.inference import load_network
+    from defacegan.models.detector import DetectorNet
+
+    members, paths = [], []
+    for seed, (train, val) in enumerate([(["IXI1", "IXI2"], ["IXI3"]), (["IXI2", "IXI3"], ["IXI1"])]):
+        torch.manual_seed(seed)
+        net = DetectorNet(n_views=len(COARSE.view_names), n_classes=3, channels=(4, 8)).eval()
+        net.temperature.fill_(1.0 + seed)
+        members.append(net)
+        paths.append(save_detector(net, COARSE, tmp_path / f"seed-{seed}.pt", {"train_subjects": train, "val_subjects": val}))
+    ensemble, contract, facts = load_network(save_ensemble(paths, tmp_path / "detector.pt"))
+    views = torch.rand(5, len(COARSE.view_names), COARSE.view_size, COARSE.view_size)
+    with torch.no_grad():
+        expected = torch.stack([torch.softmax(net(views), 1) for net in members]).mean(0)
+        assert torch.allclose(torch.softmax(ensemble(views), 1), expected, atol=1e-6)
+    assert contract == COARSE and len(facts["members"]) == 2
+    assert facts["train_subjects"] == ["IXI1", "IXI2", "IXI3"] and facts["val_subjects"] == ["IXI1", "IXI3"]
+    with pytest.raises(ValueError, match="one input contract"):
+        save_ensemble([paths[0], save_detector(members[0], InputContract(), tmp_path / "other.pt")], tmp_path / "bad.pt")

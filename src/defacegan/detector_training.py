@@ -10,9 +10,11 @@ scaling on validation subjects. Drawing is the costly part (about a second a vol
 under a key of the recipe and of the generator's source, so ``make weights`` and the evaluation
 (``bench/detector_eval.py``, which fits many) share them; a fit then costs a few minutes.
 
-``make weights`` runs :func:`main`: all families, the IXI subset less :data:`HELD_OUT` (kept
-out so that the shipped detector's figures and the real-anatomy tests use heads it never saw).
-It also writes the drawn volumes' manifest (``data/detector-manifest.tsv``): per volume its
+``make weights`` runs :func:`main` once per seed in ``WEIGHT_SEEDS`` (Makefile): all families,
+the IXI subset less :data:`HELD_OUT` (kept out so that the shipped detector's figures and the
+real-anatomy tests use heads it never saw), 4 of its subjects for calibration, drawn by the seed;
+then ``--ensemble`` writes the members as the one shipped checkpoint (:func:`save_ensemble`). Each
+run also writes its drawn volumes' manifest (``data/members/seed-N.tsv``): per volume its
 subject, family, draw, label and each feature's share of own and of foreign tissue.
 """
 
@@ -282,6 +284,23 @@ def save_detector(net: DetectorNet, contract: InputContract, path: str | os.Path
     return atomic_write_bytes(path, buffer.getvalue())
 
 
+def save_ensemble(members: Sequence[str | os.PathLike], path: str | os.PathLike) -> Path:
+    """One checkpoint of the member checkpoints (:func:`save_detector`'s, one input contract),
+    whose probabilities :class:`~defacegan.models.detector.DetectorEnsemble` averages. Its facts
+    list each member's; its training and calibration subjects are every member's."""
+    loaded = [torch.load(member, map_location="cpu", weights_only=True) for member in members]
+    if not loaded or any(checkpoint["contract"] != loaded[0]["contract"] for checkpoint in loaded):
+        raise ValueError(f"an ensemble needs one or more members with one input contract: {[str(m) for m in members]}")
+    facts = [checkpoint.get("facts", {}) for checkpoint in loaded]
+    union = {key: sorted({subject for member in facts for subject in member.get(key, [])}) for key in ("train_subjects", "val_subjects")}
+    checkpoint = {"contract": loaded[0]["contract"],
+                  "members": [{key: member[key] for key in ("network", "state_dict", "facts")} for member in loaded],
+                  "facts": {**union, "held_out": list(HELD_OUT), "members": facts}}
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
 def split_subjects(subjects: Sequence[str], val: int, seed: int) -> tuple[list[str], list[str]]:
     """(train, val) subjects: ``val`` of them drawn with ``seed`` for calibration."""
     order = [str(subject) for subject in np.random.default_rng(seed).permutation(sorted(subjects))]
@@ -298,8 +317,14 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--draws", type=int, default=DRAWS, help="draws of every family per head and round")
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the draws, the calibration subjects and the fit")
+    parser.add_argument("--ensemble", type=Path, nargs="+", metavar="MEMBER",
+                        help="instead of training, write these members' checkpoints as one ensemble to --out")
     args = parser.parse_args(argv)
+    if args.ensemble:
+        path = save_ensemble(args.ensemble, args.out)
+        print(f"{path}: an ensemble of {len(args.ensemble)} detectors")
+        return path
     started = time.perf_counter()
     contract = InputContract()
     paths = sorted(p for p in args.source.glob("*.nii*") if subject_of(p) not in HELD_OUT)

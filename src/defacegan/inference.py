@@ -1,7 +1,8 @@
 """Inference: is there a face, was it removed, or was it replaced? For scans on disk or in memory.
 
 The checkpoint (:func:`defacegan.detector_training.save_detector`) holds the input contract and
-the weights of a plain-torch :class:`~defacegan.models.detector.DetectorNet`, so loading it needs
+the weights of a plain-torch :class:`~defacegan.models.detector.DetectorNet`, or of several
+(:func:`defacegan.detector_training.save_ensemble`, the shipped one), so loading it needs
 torch alone: no Lightning, Hydra, TorchIO or MONAI. Scans are decoded and put on the contract's
 grid in loader workers (decoding gzip dominates the cost), then their views are classified in
 batches on the chosen device. Unreadable scans come back as predictions with an ``error``
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from defacegan.contract import InputContract
 from defacegan.io import Scan, ScanError, load_scan, require_head_extent, validate_volume
-from defacegan.models.detector import DetectorNet
+from defacegan.models.detector import DetectorEnsemble, DetectorNet
 
 SHIPPED_CHECKPOINT = files("defacegan") / "assets" / "detector.pt"
 
@@ -86,13 +87,22 @@ def collate(items: list[dict]) -> list[dict]:
     return items
 
 
-def load_network(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[DetectorNet, InputContract, dict]:
-    """(network in eval mode, its input contract, its training facts) from a detector checkpoint."""
+def _network(entry: dict, device: torch.device | str) -> DetectorNet:
+    net = DetectorNet(**entry["network"])
+    net.load_state_dict(entry["state_dict"])
+    return net.to(device).eval()
+
+
+def load_network(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[DetectorNet | DetectorEnsemble, InputContract, dict]:
+    """(network in eval mode, its input contract, its training facts) from a detector checkpoint:
+    one network, or an ensemble of them (``members``, as ``make weights`` ships)."""
     checkpoint = torch.load(path, map_location=device, weights_only=True)
     contract = InputContract.from_dict(checkpoint["contract"])
-    net = DetectorNet(**checkpoint["network"])
-    net.load_state_dict(checkpoint["state_dict"])
-    return net.to(device).eval(), contract, checkpoint.get("facts", {})
+    if "members" in checkpoint:
+        net = DetectorEnsemble([_network(member, device) for member in checkpoint["members"]]).eval()
+    else:
+        net = _network(checkpoint, device)
+    return net, contract, checkpoint.get("facts", {})
 
 
 class Detector:
