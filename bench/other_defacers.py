@@ -32,7 +32,7 @@ from __future__ import annotations
 import importlib.metadata
 import tempfile
 import time
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 import nibabel as nib
@@ -76,6 +76,15 @@ def _shrunk(image: sitk.Image) -> sitk.Image:
     return sitk.BinShrink(image, [max(1, round(CAIDEFACE_REGISTRATION_MM / s)) for s in image.GetSpacing()])
 
 
+@lru_cache(maxsize=1)
+def caideface_template() -> tuple[sitk.Image, nib.Nifti1Image]:
+    """caideface's skull-stripped MNI152 template as its registration uses it, and its face mask:
+    read once for every head."""
+    data = caideface_data()
+    template = nib.load(data / "mni_icbm152_t1_tal_nlin_sym_55_ext_brain_only.nii.gz")
+    return _shrunk(to_sitk(np.asanyarray(template.dataobj), template.affine)), nib.load(data / "t1_mask.nii.gz")
+
+
 def caideface_defaced(scan: Scan, brain: np.ndarray, seed: int = 0) -> np.ndarray:
     """caideface's MRI defacing (its ``skull_strip_single`` then ``deface_single``), its engines
     replaced: the scan's brain registered (moments start, rigid then affine, Mattes MI, 50 bins,
@@ -89,12 +98,10 @@ def caideface_defaced(scan: Scan, brain: np.ndarray, seed: int = 0) -> np.ndarra
     moving the face mask's edge down past the eyes. Registering the brain itself gives Colin27
     scales of 0.99-1.02, so this registers the brain.
     """
-    data = caideface_data()
+    template, face_mask_image = caideface_template()
     box = np.ones([max(1, int(round(CAIDEFACE_DILATION_MM / s))) for s in scan.spacing], bool)
     dilated = ndimage.binary_dilation(brain, structure=box)
     floating = _shrunk(to_sitk(np.where(brain, scan.data, 0), scan.affine))
-    template_image = nib.load(data / "mni_icbm152_t1_tal_nlin_sym_55_ext_brain_only.nii.gz")
-    template = _shrunk(to_sitk(np.asanyarray(template_image.dataobj), template_image.affine))
     transform: sitk.Transform = sitk.CenteredTransformInitializer(
         floating, template, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS)
     for stage in ("rigid", "affine"):
@@ -113,7 +120,7 @@ def caideface_defaced(scan: Scan, brain: np.ndarray, seed: int = 0) -> np.ndarra
         registration.SetInitialTransform(transform, inPlace=True)
         registration.SetNumberOfWorkUnits(1)  # the same sums in the same order: reproducible
         registration.Execute(floating, template)
-    face_mask = warp(nib.load(data / "t1_mask.nii.gz"), transform, scan.data.shape, scan.affine, linear=False, default=1.0)
+    face_mask = warp(face_mask_image, transform, scan.data.shape, scan.affine, linear=False, default=1.0)
     return np.where((face_mask > 0) | dilated, scan.data, 0).astype(np.float32)
 
 

@@ -294,7 +294,7 @@ def save_ensemble(members: Sequence[str | os.PathLike], path: str | os.PathLike)
     facts = [checkpoint.get("facts", {}) for checkpoint in loaded]
     union = {key: sorted({subject for member in facts for subject in member.get(key, [])}) for key in ("train_subjects", "val_subjects")}
     checkpoint = {"contract": loaded[0]["contract"],
-                  "members": [{key: member[key] for key in ("network", "state_dict", "facts")} for member in loaded],
+                  "members": [{key: member[key] for key in ("network", "state_dict")} for member in loaded],
                   "facts": {**union, "held_out": list(HELD_OUT), "members": facts}}
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
