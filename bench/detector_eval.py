@@ -119,14 +119,18 @@ def kfold(bundles: list[FaceBundle], samples: Samples, contract: InputContract, 
     return probabilities, raw, models, seconds
 
 
-def verdicts(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Each scan's verdict index by `check`'s rule (:func:`defacegan.inference.verdict_of`)."""
-    return np.array([VERDICTS.index(verdict_of(dict(zip(VERDICTS, map(float, p))), threshold)) for p in probabilities])
+def verdicts(probabilities: np.ndarray, threshold: float = 0.5, tissue: list[dict] | None = None) -> np.ndarray:
+    """Each scan's verdict index by `check`'s rule (:func:`defacegan.inference.verdict_of`), with
+    the anatomy's second opinion where ``tissue`` gives each scan's feature regions (`check --anatomy`)."""
+    tissue = tissue or [None] * len(probabilities)
+    return np.array([VERDICTS.index(verdict_of(dict(zip(VERDICTS, map(float, p))), threshold, t))
+                     for p, t in zip(probabilities, tissue)])
 
 
-def headline(samples: Samples, probabilities: np.ndarray, threshold: float = 0.5) -> dict[str, dict]:
-    """The issue's targets, each as a rate over test scans, at `check --threshold` ``threshold``."""
-    said = verdicts(probabilities, threshold)
+def headline(samples: Samples, probabilities: np.ndarray, threshold: float = 0.5, tissue: list[dict] | None = None) -> dict[str, dict]:
+    """The issue's targets, each as a rate over test scans, at `check --threshold` ``threshold``
+    (with `--anatomy` where ``tissue`` is given)."""
+    said = verdicts(probabilities, threshold, tissue)
     eyes, nose = FEATURES.index("eyes"), FEATURES.index("nose")
     keeps_eyes_nose = (samples.own[:, eyes] >= FACE_MIN_FRACTION) & (samples.own[:, nose] >= FACE_MIN_FRACTION)
     groups = {

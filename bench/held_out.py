@@ -15,14 +15,18 @@ from defacegan.io import atomic_write_text
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def held_out_setup(doc: str, result: str, argv: list[str] | None) -> tuple[argparse.Namespace, Detector, list[Path]]:
+def held_out_setup(doc: str, result: str, argv: list[str] | None,
+                   extra: list[tuple[str, type, object]] = ()) -> tuple[argparse.Namespace, Detector, list[Path]]:
     """(options, the detector on the CPU, the held-out heads' files) for a script whose docstring
-    is ``doc`` and whose JSON goes to ``bench/results/<result>`` unless ``--out`` says otherwise."""
+    is ``doc`` and whose JSON goes to ``bench/results/<result>`` unless ``--out`` says otherwise;
+    ``extra`` options are (flag, type, default)."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--ixi", type=Path, default=Path("../shared/data/ixi-t1-2mm"))
     parser.add_argument("--cache", type=Path, default=Path("data/bundles"))
     parser.add_argument("--ckpt", default=None, help="detector checkpoint (default: the shipped one)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / result)
+    for flag, kind, default in extra:
+        parser.add_argument(flag, type=kind, default=default)
     args = parser.parse_args(argv)
     paths = [path for path in sorted(args.ixi.glob("*.nii*")) if subject_of(path) in HELD_OUT]
     return args, Detector(args.ckpt, device="cpu"), paths

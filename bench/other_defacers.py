@@ -5,7 +5,8 @@ shipped detector never saw (``HELD_OUT``) and Colin27 when installed. Each defac
 as NIfTI and judged by ``check``'s path (``Detector`` on the file). Its expected answer comes from
 the feature rule, as in training: the voxels the tool zeroed are carried onto the head's
 registered features (its cached bundle), so a defacing that leaves an eye is expected to be
-called ``face``. The brain mask both tools start from is BET's (:func:`defacegan.brain.brain_mask`,
+called ``face``. Every output is answered twice: by the network alone (``check``) and with the
+anatomy's second opinion (``check --anatomy``, :mod:`defacegan.anatomy`). The brain mask both tools start from is BET's (:func:`defacegan.brain.brain_mask`,
 as ``deface`` measures the brain with).
 
 - Quickshear (Schimke & Hale 2011, ``pip install quickshear``) cuts along a plane a ``buffer``
@@ -46,6 +47,7 @@ from scipy import ndimage
 from defacegan.brain import brain_mask
 from defacegan.deface import COLIN27, to_sitk, warp
 from defacegan.detector_training import HELD_OUT, bundle_caches, read_bundle, rule_label, subject_of
+from defacegan.inference import verdict_of
 from defacegan.io import Scan, load_scan, stem
 from defacegan.metrics import wilson_interval
 from held_out import held_out_setup, write_result
@@ -134,6 +136,7 @@ TOOLS = [
 def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     args, detector, paths = held_out_setup(__doc__, "other_defacers.json", argv)
+    detector.anatomy = True
     paths += [COLIN27] if COLIN27.is_file() else []
     bundles = [read_bundle(cache) for cache in bundle_caches(paths, detector.contract, args.cache)]
     rows = []
@@ -149,28 +152,37 @@ def main(argv: list[str] | None = None) -> dict:
                 prediction = detector.predict([target])[0]
                 if prediction.error:
                     raise SystemExit(prediction.error)
+                network = verdict_of(prediction.probabilities, detector.threshold)
                 rows.append({"head": bundle.subject, "ixi": subject_of(path) in HELD_OUT, "tool": tool, "setting": setting,
                              "spacing_mm": float(np.mean(scan.spacing)), "expected": label, "own_share": own,
-                             "verdict": prediction.verdict, **{f"p_{k}": v for k, v in prediction.probabilities.items()},
-                             "right": (prediction.verdict == "face") == (label == "face")})
+                             "verdict": network, **{f"p_{k}": v for k, v in prediction.probabilities.items()},
+                             "right": (network == "face") == (label == "face"), "tissue": prediction.tissue,
+                             "anatomy_verdict": prediction.verdict,
+                             "anatomy_right": (prediction.verdict == "face") == (label == "face")})
     summary = []
     for tool, setting, _ in TOOLS:
         ixi = [row for row in rows if row["ixi"] and (row["tool"], row["setting"]) == (tool, setting)]
-        right = sum(row["right"] for row in ixi)
-        low, high = wilson_interval(right, len(ixi))
-        summary.append({"tool": tool, "setting": setting, "right": right, "n": len(ixi), "rate": right / len(ixi),
-                        "low": low, "high": high, "expected_face": sum(row["expected"] == "face" for row in ixi)})
+        for key, answer in (("right", "network alone"), ("anatomy_right", "--anatomy")):
+            right = sum(row[key] for row in ixi)
+            low, high = wilson_interval(right, len(ixi))
+            summary.append({"tool": tool, "setting": setting, "answer": answer, "right": right, "n": len(ixi),
+                            "rate": right / len(ixi), "low": low, "high": high,
+                            "expected_face": sum(row["expected"] == "face" for row in ixi)})
     table = Table(title=f"Heads defaced by other tools: {detector.checkpoint}")
     for column in ("head", "tool", "setting", "eyes / nose / mouth / chin left", "expected (rule)", "verdict",
-                   "p_face / p_removed / p_replaced", "right"):
+                   "p_face / p_removed / p_replaced", "right", "--anatomy: regions holding tissue", "verdict", "right"):
         table.add_column(column)
+
+    def shares(values: dict) -> str:
+        return " / ".join("—" if share != share else f"{share:.2f}" for share in values.values())
+
     for row in rows:
-        left = " / ".join("—" if share != share else f"{share:.2f}" for share in row["own_share"].values())
-        table.add_row(row["head"], row["tool"], row["setting"], left, row["expected"], row["verdict"],
-                      f"{row['p_face']:.2f} / {row['p_removed']:.2f} / {row['p_replaced']:.2f}", "yes" if row["right"] else "NO")
-    Console(width=160).print(table)
+        table.add_row(row["head"], row["tool"], row["setting"], shares(row["own_share"]), row["expected"], row["verdict"],
+                      f"{row['p_face']:.2f} / {row['p_removed']:.2f} / {row['p_replaced']:.2f}", "yes" if row["right"] else "NO",
+                      shares(row["tissue"]), row["anatomy_verdict"], "yes" if row["anatomy_right"] else "NO")
+    Console(width=200).print(table)
     for s in summary:
-        print(f"held-out IXI, {s['tool']} {s['setting']}: {s['right']}/{s['n']} right [{s['low']:.2f}, {s['high']:.2f}] "
+        print(f"held-out IXI, {s['tool']} {s['setting']}, {s['answer']}: {s['right']}/{s['n']} right [{s['low']:.2f}, {s['high']:.2f}] "
               f"({s['expected_face']} expected face by the rule)")
     return write_result(args, detector, started, tools=[f"{tool}: {setting}" for tool, setting, _ in TOOLS], rows=rows, summary=summary)
 

@@ -9,7 +9,9 @@ and are reported, not scored). Each head is tried as it is, stored in another
 orientation (LPS, voxel axes swapped), T2w-like (intensities inverted inside the head), defaced by
 ``defacegan deface`` (mask and plane; T2w-like too), partly defaced (only the lowest 40 % of the
 face region: eyes and nose remain, so `face`), and with the registered template's face pasted in
-(`replaced`). Two anatomies: these rows show failures, they cannot show a rate.
+(`replaced`). Two anatomies: these rows show failures, they cannot show a rate. Every case is
+answered twice: by the network alone (``check``) and with the anatomy's second opinion
+(``check --anatomy``, :mod:`defacegan.anatomy`).
 
     python bench/outside_heads.py [--ckpt src/defacegan/assets/detector.pt ...]
 
@@ -32,7 +34,7 @@ from rich.table import Table
 from defacegan.augment import t2w_like
 from defacegan.deface import COLIN27, face_region, register_template, removed_region, template_masks, warp
 from defacegan.families import _share_of
-from defacegan.inference import Detector
+from defacegan.inference import Detector, verdict_of
 from defacegan.io import Scan, atomic_write_text, load_scan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,23 +95,30 @@ def main(argv: list[str] | None = None) -> dict:
     built = [(head, case, expected, image) for head, scan in heads().items() for case, expected, image in cases(head, scan)]
     rows, console = [], Console()
     for ckpt in args.ckpt:
-        detector = Detector(ckpt)
+        detector = Detector(ckpt, anatomy=True)
         predictions = detector.predict([image for *_, image in built])
         table = Table(title=f"outside IXI: {detector.checkpoint}")
-        for column in ("head", "case", "expected", "verdict", "p_face", "p_removed", "p_replaced", "right"):
+        for column in ("head", "case", "expected", "verdict", "p_face", "p_removed", "p_replaced", "right",
+                       "--anatomy: eyes / nose / mouth / chin", "verdict", "right"):
             table.add_column(column)
         for (head, case, expected, _), prediction in zip(built, predictions):
             p = prediction.probabilities
-            right = met(expected, prediction.verdict)
+            network = verdict_of(p, detector.threshold)
+            right, right_anatomy = met(expected, network), met(expected, prediction.verdict)
             rows.append({"ckpt": str(detector.checkpoint), "head": head, "case": case, "expected": expected,
-                         "verdict": prediction.verdict, **{f"p_{k}": round(v, 4) for k, v in p.items()}, "right": right})
-            table.add_row(head, case, expected or "(none)", prediction.verdict, *(f"{v:.3f}" for v in p.values()),
-                          {True: "yes", False: "[red]NO[/red]", None: ""}[right])
+                         "verdict": network, **{f"p_{k}": round(v, 4) for k, v in p.items()}, "right": right,
+                         "tissue": prediction.tissue, "anatomy_verdict": prediction.verdict, "anatomy_right": right_anatomy})
+            mark = {True: "yes", False: "[red]NO[/red]", None: ""}
+            table.add_row(head, case, expected or "(none)", network, *(f"{v:.3f}" for v in p.values()), mark[right],
+                          " / ".join(f"{v:.2f}" for v in prediction.tissue.values()), prediction.verdict, mark[right_anatomy])
         console.print(table)
-    scored = [r["right"] for r in rows if r["right"] is not None]
-    result = {"rows": rows, "right": sum(scored), "scored": len(scored), "seconds": round(time.perf_counter() - started, 1)}
+    result = {"rows": rows, "seconds": round(time.perf_counter() - started, 1)}
+    for key, label in (("right", "network alone"), ("anatomy_right", "--anatomy")):
+        scored = [r[key] for r in rows if r[key] is not None]
+        result[key], result["scored"] = sum(scored), len(scored)
+        console.print(f"{label}: {sum(scored)} of {len(scored)} scored cases right")
     atomic_write_text(args.out, json.dumps(result, indent=2))
-    console.print(f"{sum(scored)} of {len(scored)} scored cases right; {args.out}")
+    console.print(f"written to {args.out}")
     return result
 
 

@@ -11,6 +11,10 @@ The detector was trained on T1w scans: a scan whose contrast is known to be anot
 BIDS suffix, or the series description of its DICOM series or sidecar JSON) gets a note beside its
 verdict (:attr:`CheckResult.note`).
 
+With ``--anatomy`` (:mod:`defacegan.anatomy`) each scan also gets the share of each facial feature's
+region that still holds tissue (``tissue_eyes``... columns); a ``removed`` verdict those regions
+contradict becomes ``face``, with a note saying so.
+
 The PNGs show faces wherever a face is still present: they are written only to the folder the
 caller chooses.
 """
@@ -33,6 +37,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from defacegan.anatomy import kept_features
 from defacegan.contract import VERDICTS
 from defacegan.dicom import contrast_of
 from defacegan.inference import Detector, Prediction
@@ -106,13 +111,16 @@ class CheckResult:
     views: np.ndarray | None = None
     views_png: str | None = None  # path of the views PNG, relative to the report folder
     brain_removed: float | None = None  # % of the brain in the removed region, when deface recorded it
+    tissue: dict[str, float] | None = None  # each feature region's share inside the head (--anatomy)
+    overruled: bool = False  # the network said removed; the anatomy found a feature region still there
 
     @classmethod
     def from_prediction(cls, prediction: Prediction, scan: ScanFile) -> CheckResult:
         """The answer for ``scan``; an error drops the path the Detector put before it (the row names the file)."""
         error = prediction.error and prediction.error.removeprefix(f"{prediction.source}: ")
         fields = (prediction.probabilities, prediction.verdict, error, prediction.views)
-        return cls(str(scan.path), scan.subject, scan.session, scan.contrast, *fields)
+        return cls(str(scan.path), scan.subject, scan.session, scan.contrast, *fields,
+                   tissue=prediction.tissue, overruled=prediction.overruled)
 
     @property
     def status(self) -> str:
@@ -131,9 +139,13 @@ class CheckResult:
 
     @property
     def note(self) -> str | None:
-        """Why the verdict deserves less trust: p(face) close to the line, or a contrast the
-        detector was not validated on."""
+        """Why the verdict deserves less trust: the anatomy overruled the network, p(face) close to
+        the line, or a contrast the detector was not validated on."""
         notes = []
+        if self.overruled:
+            regions = ", ".join(f"{name} {self.tissue[name]:.2f}" for name in kept_features(self.tissue))
+            notes.append(f"the network saw the face removed (p(face) {self.probability('face'):.2f}), "
+                         f"but feature regions still hold tissue ({regions}): look at it")
         if self.near_the_line:
             notes.append(f"p(face) {self.probability('face'):.2f}, near the line: look at it")
         if self.contrast and self.contrast != VALIDATED_CONTRAST:
@@ -164,6 +176,7 @@ class CheckResult:
             "note": self.note,
             "error": self.error,
             **({"brain_removed": self.brain_removed} if self.brain_removed is not None else {}),
+            **{f"tissue_{name}": share if share == share else None for name, share in (self.tissue or {}).items()},
             "views_png": self.views_png,
         }
 
@@ -218,6 +231,7 @@ def results_document(results: Sequence[CheckResult], summary: Summary, detector:
     return {
         "summary": asdict(summary) | {"seconds": round(summary.seconds, 3)},
         "threshold": detector.threshold,
+        "anatomy": detector.anatomy,
         "checkpoint": str(detector.checkpoint),
         "view_names": detector.view_names,
         "results": [result.record() for result in results],
@@ -346,8 +360,9 @@ def write_report(results: Sequence[CheckResult], summary: Summary, detector: Det
             result.views_png = f"views/{name}"
     records = [result.record() for result in results]
     with_brain = any(result.brain_removed is not None for result in results)
+    tissue = list(dict.fromkeys(f"tissue_{name}" for result in results for name in result.tissue or {}))
     columns = ["subject", "session", "contrast", "file", *(f"p_{verdict}" for verdict in VERDICTS), "verdict",
-               "note", *(["brain_removed"] if with_brain else []), "views_png"]
+               "note", *(["brain_removed"] if with_brain else []), *tissue, "views_png"]
     atomic_write_text(out / "results.tsv", tsv_text(records, columns))
     atomic_write_text(out / "results.json", json.dumps(results_document(results, summary, detector), indent=2) + "\n")
     ordered = report_order(results)

@@ -123,6 +123,15 @@ def load_detector(ckpt: Path | None, **options):
         return None
 
 
+def add_detector_options(parser) -> None:
+    """The options `check` and `serve` share: which detector, its threshold, the anatomy's second opinion."""
+    parser.add_argument("--ckpt", type=Path, help="detector checkpoint (default: the shipped one)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="p(face) at or above which a scan is called 'face' (default 0.5)")
+    parser.add_argument("--anatomy", action="store_true",
+                        help="also register a template and look where the eyes, nose, mouth and chin should be: a "
+                        "'removed' verdict whose feature regions still hold tissue becomes 'face' (2-3 s more a scan)")
+
+
 def add_check(commands) -> None:
     parser = commands.add_parser(
         "check",
@@ -140,8 +149,7 @@ def add_check(commands) -> None:
                         "or BIDS_DIR OUTPUT_DIR participant (BIDS App: the report goes to OUTPUT_DIR)")
     parser.add_argument("--out", type=Path, help="write results.tsv, results.json, views/*.png and index.html here")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
-    parser.add_argument("--threshold", type=float, default=0.5, help="p(face) at or above which a scan is called 'face' (default 0.5)")
-    parser.add_argument("--ckpt", type=Path, help="detector checkpoint (default: the shipped one)")
+    add_detector_options(parser)
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="processes decoding scans in parallel (default: one per CPU, at most 4; 0: none)")
     parser.add_argument("--batch-size", type=int, default=8, help="scans classified together")
@@ -168,7 +176,8 @@ def run_check(args) -> int:
     if not scans:
         print(f"error: no NIfTI scans or DICOM series found in {' '.join(map(str, args.paths))}", file=sys.stderr)
         return EXIT_UNREADABLE
-    detector = load_detector(args.ckpt, threshold=args.threshold, batch_size=args.batch_size, workers=args.workers)
+    detector = load_detector(args.ckpt, threshold=args.threshold, anatomy=args.anatomy, batch_size=args.batch_size,
+                             workers=args.workers)
     if detector is None:
         return EXIT_UNREADABLE
     results = check.check_scans(scans, detector, keep_views=args.out is not None)
@@ -194,8 +203,7 @@ def add_serve(commands) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: this machine only; uploads may show faces)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--ckpt", type=Path, help="detector checkpoint (default: the shipped one)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="p(face) at or above which a scan is called 'face' (default 0.5)")
+    add_detector_options(parser)
     parser.add_argument("--max-mb", type=float, default=512, help="largest upload accepted, in MB")
     parser.set_defaults(run=run_serve)
 
@@ -205,7 +213,7 @@ def run_serve(args) -> int:
 
     from defacegan.web import create_app
 
-    detector = load_detector(args.ckpt, threshold=args.threshold)
+    detector = load_detector(args.ckpt, threshold=args.threshold, anatomy=args.anatomy)
     if detector is None:
         return EXIT_UNREADABLE
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -164,11 +164,12 @@ def _seed_of(seed: int, *names: str) -> list[int]:
     return [seed, *(int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) for name in names)]
 
 
-def draw_bundle(bundle: FaceBundle, contract: InputContract, families: Sequence[str] = tuple(FAMILIES),
-                draws: int = DRAWS, seed: int = 0, pose: dict | None = POSE,
-                field_of_view: dict | None = FIELD_OF_VIEW) -> Samples:
+def draw_volumes(bundle: FaceBundle, contract: InputContract, families: Sequence[str] = tuple(FAMILIES),
+                 draws: int = DRAWS, seed: int = 0, pose: dict | None = POSE,
+                 field_of_view: dict | None = FIELD_OF_VIEW) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
     """``draws`` random variants of each family of one head, some in a tighter field of view
-    (``field_of_view``), posed and turned into views.
+    (``field_of_view``), posed: volumes (N, 1, X, Y, Z) on the contract's grid and their facts
+    (:attr:`Samples.FACTS`).
 
     Deterministic for (seed, subject): each (subject, family, draw) gets its own generator and
     each subject its own pose generator, so adding a family or a subject, or drawing subjects in
@@ -194,8 +195,15 @@ def draw_bundle(bundle: FaceBundle, contract: InputContract, families: Sequence[
     if pose:
         pose_seed = int(np.random.default_rng(_seed_of(seed, bundle.subject)).integers(2**31))
         batch = DeviceAugmentation(pose, keys=("volume",), spacing=contract.spacing, seed=pose_seed)({"volume": batch})["volume"]
-    return Samples(contract.views(batch), np.array(labels), np.array(names), np.array([bundle.subject] * len(labels)),
-                   np.array(numbers), np.array(owns, dtype=np.float32), np.array(foreigns, dtype=np.float32))
+    facts = {"label": np.array(labels), "family": np.array(names), "subject": np.array([bundle.subject] * len(labels)),
+             "number": np.array(numbers), "own": np.array(owns, dtype=np.float32), "foreign": np.array(foreigns, dtype=np.float32)}
+    return batch, facts
+
+
+def draw_bundle(bundle: FaceBundle, contract: InputContract, *args, **options) -> Samples:
+    """:func:`draw_volumes` (same arguments) turned into views."""
+    batch, facts = draw_volumes(bundle, contract, *args, **options)
+    return Samples(contract.views(batch), **facts)
 
 
 def _draw_job(args: tuple) -> str:

@@ -7,6 +7,10 @@ torch alone: no Lightning, Hydra, TorchIO or MONAI. Scans are decoded and put on
 grid in loader workers (decoding gzip dominates the cost), then their views are classified in
 batches on the chosen device. Unreadable scans come back as predictions with an ``error``
 instead of stopping the batch.
+
+``anatomy=True`` adds :mod:`defacegan.anatomy`'s second opinion: each scan's feature regions are
+measured in the loader workers, and a ``removed`` verdict whose eyes, nose, mouth or chin region
+still holds tissue becomes ``face``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from defacegan.anatomy import feature_tissue, overrules
 from defacegan.contract import InputContract
 from defacegan.io import Scan, ScanError, load_scan, require_head_extent, validate_volume
 from defacegan.models.detector import DetectorEnsemble, DetectorNet
@@ -40,13 +45,18 @@ class Prediction:
     verdict: str | None = None
     error: str | None = None
     views: np.ndarray | None = None  # (V, S, S) in [0, 1]: what the model saw
+    tissue: dict[str, float] | None = None  # each feature region's share holding tissue (anatomy=True)
+    overruled: bool = False  # the network said removed; the anatomy found the eyes or nose still there
 
 
-def verdict_of(probabilities: dict[str, float], threshold: float) -> str:
-    """``face`` when p(face) ≥ ``threshold``; otherwise the likelier of ``removed`` and ``replaced``."""
+def verdict_of(probabilities: dict[str, float], threshold: float, tissue: dict[str, float] | None = None) -> str:
+    """``face`` when p(face) ≥ ``threshold``; otherwise the likelier of ``removed`` and ``replaced``,
+    unless that is ``removed`` and ``tissue`` (:func:`defacegan.anatomy.feature_tissue`) shows a
+    feature region still there: then ``face``."""
     if probabilities["face"] >= threshold:
         return "face"
-    return max(("removed", "replaced"), key=probabilities.__getitem__)
+    verdict = max(("removed", "replaced"), key=probabilities.__getitem__)
+    return "face" if overrules(verdict, tissue) else verdict
 
 
 def as_scan(item: ScanInput) -> Scan:
@@ -63,11 +73,13 @@ def as_scan(item: ScanInput) -> Scan:
 
 
 class GridDataset(Dataset):
-    """Scans as the contract's 3D input; failures are returned, not raised."""
+    """Scans as the contract's 3D input (and their feature regions' tissue, with ``anatomy``);
+    failures are returned, not raised."""
 
-    def __init__(self, items: Sequence[ScanInput], contract: InputContract):
+    def __init__(self, items: Sequence[ScanInput], contract: InputContract, anatomy: bool = False):
         self.items = list(items)
         self.contract = contract
+        self.anatomy = anatomy
 
     def __len__(self) -> int:
         return len(self.items)
@@ -78,9 +90,11 @@ class GridDataset(Dataset):
         try:
             scan = as_scan(item)
             require_head_extent(scan, "classify")
-            return {"index": index, "source": source, "volume": self.contract.volume(scan.data, scan.affine), "error": ""}
+            tissue = feature_tissue(scan) if self.anatomy else None
+            return {"index": index, "source": source, "volume": self.contract.volume(scan.data, scan.affine),
+                    "tissue": tissue, "error": ""}
         except ScanError as error:
-            return {"index": index, "source": source, "volume": None, "error": str(error)}
+            return {"index": index, "source": source, "volume": None, "tissue": None, "error": str(error)}
 
 
 def collate(items: list[dict]) -> list[dict]:
@@ -115,6 +129,7 @@ class Detector:
         threshold: float = 0.5,
         batch_size: int = 8,
         workers: int = 0,
+        anatomy: bool = False,
     ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         path = Path(ckpt) if ckpt is not None else Path(str(SHIPPED_CHECKPOINT))
@@ -125,13 +140,14 @@ class Detector:
         self.threshold = threshold
         self.batch_size = batch_size
         self.workers = workers
+        self.anatomy = anatomy
 
     @property
     def view_names(self) -> list[str]:
         return self.contract.view_names
 
     def loader(self, items: Sequence[ScanInput]) -> DataLoader:
-        dataset = GridDataset(items, self.contract)
+        dataset = GridDataset(items, self.contract, self.anatomy)
         return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.workers, collate_fn=collate)
 
     @torch.inference_mode()
@@ -148,8 +164,9 @@ class Detector:
             probabilities = torch.softmax(self.net(views).float(), dim=1).cpu().numpy()
             for b, p, v in zip(good, probabilities, views.cpu().numpy()):
                 named = {name: float(value) for name, value in zip(self.contract.classes, p)}
-                predictions[b["index"]] = Prediction(b["source"], named, verdict_of(named, self.threshold),
-                                                     views=v if keep_views else None)
+                verdict = verdict_of(named, self.threshold, b["tissue"])
+                predictions[b["index"]] = Prediction(b["source"], named, verdict, views=v if keep_views else None, tissue=b["tissue"],
+                                                     overruled=verdict != verdict_of(named, self.threshold))
         return predictions
 
 

@@ -1,0 +1,86 @@
+"""`check --anatomy` against the network alone, on the IXI heads the shipped detector never saw.
+
+Every defacing family is drawn afresh on the 8 held-out heads (as the shipped column of
+bench/detector_eval.py draws them: seed 1000, random field of view and pose), each volume is judged
+by ``check``'s path twice — the shipped network alone, and with the anatomy's second opinion
+(:mod:`defacegan.anatomy`: a ``removed`` verdict whose eyes, nose, mouth or chin region still
+holds tissue becomes ``face``) — and the issue's rates are printed side by side, per family too.
+Real tools' defacings are in bench/other_defacers.py, which reports both as well.
+
+    python bench/anatomy.py [--ixi ../shared/data/ixi-t1-2mm] [--draws 4]
+
+Prints tables and writes JSON (default bench/results/anatomy.json).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from defacegan.contract import VERDICTS
+from defacegan.detector_training import Samples, bundle_caches, draw_volumes, read_bundle
+from defacegan.families import FAMILIES
+from defacegan.io import Scan
+from detector_eval import headline, rate, rate_text, verdicts
+from held_out import held_out_setup, write_result
+
+SEED = 1000  # the shipped column's draws (bench/detector_eval.py)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    started = time.perf_counter()
+    args, detector, paths = held_out_setup(__doc__, "anatomy.json", argv, extra=[("--draws", int, 4)])
+    detector.anatomy, detector.workers = True, 2
+    parts, probabilities, tissue, seconds = [], [], [], 0.0
+    for cache in bundle_caches(paths, detector.contract, args.cache):
+        bundle = read_bundle(cache)
+        batch, facts = draw_volumes(bundle, detector.contract, draws=args.draws, seed=SEED)
+        clock = time.perf_counter()
+        predictions = detector.predict([Scan(volume[0].numpy(), bundle.affine) for volume in batch])
+        seconds += time.perf_counter() - clock
+        failed = [p.error for p in predictions if p.error]
+        if failed:
+            raise SystemExit(failed[0])
+        parts.append(Samples(torch.zeros(len(batch), 0), **facts))
+        probabilities += [[p.probabilities[v] for v in VERDICTS] for p in predictions]
+        tissue += [p.tissue for p in predictions]
+        print(f"{bundle.subject}: {len(batch)} volumes", flush=True)
+    samples, probabilities = Samples.join(parts), np.array(probabilities)
+    alone, checked = headline(samples, probabilities), headline(samples, probabilities, tissue=tissue)
+    said = {"network": verdicts(probabilities), "anatomy": verdicts(probabilities, tissue=tissue)}
+    face = VERDICTS.index("face")
+    families = {family: {name: rate((said[name][which] == face) == (samples.label[which] == face), samples.subject[which])
+                         for name in said}
+                for family in FAMILIES if (which := samples.family == family).any()}
+
+    n_subjects = len(set(samples.subject))
+    table = Table(title=f"Held-out IXI ({n_subjects} subjects, {args.draws} draws per family): network alone vs --anatomy")
+    for column in ("rate", "network alone", "--anatomy", "scans (subjects)"):
+        table.add_column(column)
+    for name in alone:
+        table.add_row(name, rate_text(alone[name]), rate_text(checked[name]), f"{alone[name]['n']} ({alone[name]['subjects']})")
+    per_family = Table(title="Face or not, per family")
+    for column in ("family", "network alone", "--anatomy", "scans (subjects)"):
+        per_family.add_column(column)
+    for family, r in families.items():
+        per_family.add_row(family, rate_text(r["network"]), rate_text(r["anatomy"]), f"{r['network']['n']} ({r['network']['subjects']})")
+    console = Console(width=160)
+    console.print(table)
+    console.print(per_family)
+    per_scan = seconds / len(samples.label)
+    print(f"check --anatomy: {per_scan:.2f} s a scan ({detector.workers} loader workers)")
+    rows = [{"subject": str(s), "family": str(f), "draw": int(n), "label": VERDICTS[label],
+             **{f"p_{v}": float(p) for v, p in zip(VERDICTS, probability)}, "tissue": t,
+             "network": VERDICTS[a], "anatomy": VERDICTS[b]}
+            for s, f, n, label, probability, t, a, b in zip(samples.subject, samples.family, samples.number, samples.label,
+                                                            probabilities, tissue, said["network"], said["anatomy"])]
+    return write_result(args, detector, started, subjects=n_subjects, draws=args.draws, seed=SEED,
+                        seconds_per_scan=round(per_scan, 2), network=alone, anatomy=checked, per_family=families, rows=rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""A second opinion from anatomy: do the regions of the eyes, nose, mouth and chin still hold tissue?
+
+The network judges six views of a head and knows the defacings it was trained on. A tool that cuts
+differently can leave a face it calls ``removed``: caideface's mask stops at the eyes on some heads and
+takes the lower face across the whole width of the head, and the shipped network called 4 of those
+8 held-out IXI heads ``removed`` with both eye regions untouched (README, bench/other_defacers.py).
+
+This looks where the face should be instead. It registers pydeface's template onto the scan (the
+registration ``deface`` runs), carries the template's own feature surfaces onto it — each feature's
+box (:data:`defacegan.features.FEATURE_BOXES`) on the template's skin, within its face mask, as the
+label rule draws them on a training head — and measures the share of each that lies inside the scan's
+head (:func:`defacegan.features.head_mask`). Zeroed or cropped features hold no head; a face that
+is there holds it. A region filled with a constant or with noise (the ``fill`` family) is inside the
+head too, but is not tissue: neighbouring voxels of tissue are alike and its intensities vary, so a
+region whose content fails either (:func:`looks_like_tissue`) counts as holding none.
+
+It cannot tell the subject's tissue from a pasted face, so it only overrules a ``removed`` verdict
+(:func:`overrules`): a ``replaced`` face holds tissue by definition. Only the eyes and the nose
+overrule (:data:`OVERRULING`): they identify most and sit in the middle of the registered template's
+face, where a few mm of misregistration matter least; the chin region, next to the neck, held neck
+tissue on some heads whose face had been removed.
+
+It costs one registration, 2-3 s a scan on one core, so ``check --anatomy`` asks for it; the
+registration stack (SimpleITK, the template) is imported when it is first used, so that ``check``
+without it starts as fast as before.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import nibabel as nib
+
+    from defacegan.io import Scan
+
+#: A feature region with at least this share inside the head is still there. On the 8 held-out IXI
+#: heads (bench/anatomy.py) intact eye regions hold 0.80-1.00 and the regions a defacing removed
+#: 0.00-0.27; half is the line between them.
+TISSUE_MIN_SHARE = 0.5
+#: The features whose regions overrule a ``removed`` verdict.
+OVERRULING = ("eyes", "nose")
+#: Tissue: neighbouring voxels correlate at least this much (a real face's skin, fat and muscle
+#: 0.6-0.8 on the held-out heads at 2 mm; white noise about 0) ...
+MIN_NEIGHBOUR_CORRELATION = 0.3
+#: ... and intensities vary by at least this coefficient of variation (a face 0.4-0.5; a constant fill
+#: with a feathered edge under 0.1).
+MIN_VARIATION = 0.15
+
+
+@lru_cache(maxsize=1)
+def template_features() -> nib.Nifti1Image:
+    """The template's feature surfaces: 1 + index in FEATURES on its skin, 0 elsewhere (float32 for warping)."""
+    import nibabel as nib
+
+    from defacegan import deface
+    from defacegan.features import FEATURE_BOXES, head_mask, in_boxes, skin_shell
+
+    head_image, face_mask = deface.template_masks()[:2]
+    data = np.asanyarray(head_image.dataobj).astype(np.float32)
+    shell = skin_shell(head_mask(data), head_image.header.get_zooms()[:3]) & (np.asanyarray(face_mask.dataobj) < 0.5)
+    indices = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float32) for n in data.shape), indexing="ij"), -1)
+    labels = np.zeros(data.shape, np.float32)
+    for number, boxes in enumerate(FEATURE_BOXES.values(), start=1):
+        labels[shell & (labels == 0) & in_boxes(indices, boxes)] = number
+    return nib.Nifti1Image(labels, head_image.affine)
+
+
+def feature_tissue(scan: Scan, seed: int = 0) -> dict[str, float]:
+    """Each feature's share of its template surface that lies inside ``scan``'s head (NaN for a
+    feature the registered template puts outside the field of view). Raises
+    :class:`~defacegan.io.ScanError` when the scan cannot be registered."""
+    from defacegan import deface
+    from defacegan.features import FEATURES, head_mask
+
+    transform = deface.register_template(scan, seed)
+    features = np.rint(deface.warp(template_features(), transform, scan.data.shape, scan.affine))
+    head = head_mask(scan.data)
+    shares = {}
+    for number, name in enumerate(FEATURES, start=1):
+        feature = features == number
+        total = int(feature.sum())
+        inside = feature & head
+        shares[name] = (float(inside.sum() / total) if looks_like_tissue(scan.data, inside) else 0.0) if total else float("nan")
+    return shares
+
+
+def looks_like_tissue(data: np.ndarray, region: np.ndarray) -> bool:
+    """Whether the voxels of ``region`` look like tissue rather than a fill: neighbours along the
+    voxel axes correlate (:data:`MIN_NEIGHBOUR_CORRELATION`) and intensities vary (:data:`MIN_VARIATION`)."""
+    values = data[region].astype(np.float64)
+    if values.size < 20 or values.mean() <= 0 or values.std() / values.mean() < MIN_VARIATION:
+        return False
+    correlations = []
+    for axis in range(3):
+        pairs = region & np.roll(region, -1, axis)
+        pairs[(slice(None),) * axis + (-1,)] = False  # no pairs across the wrap-around
+        first, second = data[pairs].astype(np.float64), np.roll(data, -1, axis)[pairs].astype(np.float64)
+        if first.size >= 20 and first.std() > 0 and second.std() > 0:
+            correlations.append(np.corrcoef(first, second)[0, 1])
+    return bool(correlations) and float(np.mean(correlations)) >= MIN_NEIGHBOUR_CORRELATION
+
+
+def kept_features(shares: dict[str, float]) -> list[str]:
+    """The overruling features whose regions still hold tissue (NaN: outside the field of view, not kept)."""
+    return [name for name in OVERRULING if shares.get(name, float("nan")) >= TISSUE_MIN_SHARE]
+
+
+def overrules(verdict: str, shares: dict[str, float] | None) -> bool:
+    """True when the anatomy contradicts a ``removed`` verdict: the eye or nose region still holds tissue."""
+    return verdict == "removed" and shares is not None and bool(kept_features(shares))

@@ -1,0 +1,117 @@
+"""The anatomy's second opinion (`check --anatomy`): feature regions that still hold tissue overrule `removed`.
+
+Heads: pydeface's mean head (installs with the project; a real average of heads) in a grid of its
+own, and a real IXI head the shipped detector never saw, where ../shared has them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from defacegan.anatomy import TISSUE_MIN_SHARE, feature_tissue, kept_features
+from defacegan.check import CheckResult
+from defacegan.cli import EXIT_FACE, main
+from defacegan.deface import face_region, register_template, template_masks
+from defacegan.features import FEATURE_BOXES, FEATURES, template_voxels
+from defacegan.inference import verdict_of
+from defacegan.io import Scan
+
+REMOVED_LIKELY = {"face": 0.1, "removed": 0.6, "replaced": 0.3}
+REPLACED_LIKELY = {"face": 0.1, "removed": 0.3, "replaced": 0.6}
+
+
+def below_the_eyes(scan: Scan, transform) -> np.ndarray:
+    """A cut across the whole head below the eye regions and in front of the ears, as caideface's mask
+    makes on some heads: the nose, mouth and chin go, both eye regions stay."""
+    voxels = template_voxels(scan.data.shape, scan.affine, transform, template_masks().head.affine)
+    eyes_bottom = min(box[2][0] for box in FEATURE_BOXES["eyes"])
+    return (voxels[..., 2] < eyes_bottom - 2) & (voxels[..., 1] > 150)
+
+
+@pytest.fixture(scope="module")
+def mean_head() -> Scan:
+    """pydeface's mean head, moved 6 mm and turned 8° so that the registration has work to do."""
+    image = template_masks().head
+    turn = np.deg2rad(8)
+    rotation = np.eye(4)
+    rotation[1:3, 1:3] = [[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]]
+    rotation[:3, 3] = [0, 6, -4]
+    return Scan(np.asanyarray(image.dataobj).astype(np.float32), rotation @ image.affine)
+
+
+@pytest.fixture(scope="module")
+def mean_head_versions(mean_head) -> dict[str, Scan]:
+    transform = register_template(mean_head)
+    face = face_region(mean_head, transform)
+    level = float(np.percentile(mean_head.data[face & (mean_head.data > 0)], 60))
+    noise = np.abs(np.random.default_rng(0).normal(level, level / 2, mean_head.data.shape))
+    return {
+        "intact": mean_head,
+        "mask": Scan(np.where(face, 0, mean_head.data), mean_head.affine),
+        "below the eyes": Scan(np.where(below_the_eyes(mean_head, transform), 0, mean_head.data), mean_head.affine),
+        "constant fill": Scan(np.where(face, level, mean_head.data), mean_head.affine),
+        "noise fill": Scan(np.where(face, noise, mean_head.data).astype(np.float32), mean_head.affine),
+    }
+
+
+def test_a_removed_verdict_is_overruled_only_where_a_feature_region_holds_tissue():
+    kept = {"eyes": 0.9, "nose": 0.1, "mouth": 0.0, "chin": float("nan")}
+    gone = {"eyes": 0.2, "nose": 0.0, "mouth": 0.0, "chin": 1.0}  # the chin region lies next to the neck: no vote
+    assert kept_features(kept) == ["eyes"] and kept_features(gone) == []
+    assert verdict_of(REMOVED_LIKELY, 0.5, kept) == "face"
+    assert verdict_of(REMOVED_LIKELY, 0.5, gone) == "removed"
+    assert verdict_of(REMOVED_LIKELY, 0.5) == "removed"
+    assert verdict_of(REPLACED_LIKELY, 0.5, kept) == "replaced"  # a pasted face holds tissue by design
+
+
+def test_feature_regions_on_the_mean_head(mean_head_versions):
+    shares = {name: feature_tissue(scan) for name, scan in mean_head_versions.items()}
+    assert kept_features(shares["intact"]) == ["eyes", "nose"], shares["intact"]
+    assert kept_features(shares["mask"]) == [], shares["mask"]
+    assert kept_features(shares["below the eyes"]) == ["eyes"], shares["below the eyes"]
+    for fill in ("constant fill", "noise fill"):  # inside the head, but not tissue
+        assert kept_features(shares[fill]) == [], (fill, shares[fill])
+
+
+def test_check_anatomy_calls_a_cut_below_the_eyes_face_and_writes_the_regions(mean_head_versions, tmp_path, capsys):
+    for name, scan in mean_head_versions.items():
+        nib.save(nib.Nifti1Image(scan.data, scan.affine), tmp_path / f"{name.replace(' ', '_')}.nii.gz")
+    code = main(["check", str(tmp_path), "--anatomy", "--json", "--out", str(tmp_path / "report")])
+    document = json.loads(capsys.readouterr().out)
+    rows = {Path(row["file"]).name: row for row in document["results"]}
+    assert code == EXIT_FACE and document["anatomy"] is True
+    cut = rows["below_the_eyes.nii.gz"]
+    assert cut["verdict"] == "face" and cut["tissue_eyes"] >= TISSUE_MIN_SHARE
+    assert rows["mask.nii.gz"]["verdict"] != "face"
+    assert max(rows["mask.nii.gz"][f"tissue_{name}"] for name in ("eyes", "nose")) < TISSUE_MIN_SHARE
+    header = (tmp_path / "report" / "results.tsv").read_text().splitlines()[0].split("\t")
+    assert [f"tissue_{name}" for name in FEATURES] == [c for c in header if c.startswith("tissue_")]
+
+
+def test_on_a_real_held_out_head(held_out_bundle):
+    """A real IXI head on the detector's grid: its face, its face removed by pydeface's mask, and
+    everything below its eyes removed."""
+    bundle = held_out_bundle
+    eyes = bundle.features == 1 + FEATURES.index("eyes")
+    lowest_eye = np.nonzero(eyes)[2].min()
+    z = np.arange(bundle.face.shape[2])[None, None, :]
+    below = (z < lowest_eye - 1) & bundle.face_region.any(axis=2, keepdims=True)
+    versions = {"intact": bundle.face, "mask": np.where(bundle.face_region, 0, bundle.face),
+                "below the eyes": np.where(below, 0, bundle.face)}
+    shares = {name: feature_tissue(Scan(volume.astype(np.float32), bundle.affine)) for name, volume in versions.items()}
+    assert {"eyes", "nose"} <= set(kept_features(shares["intact"])), shares["intact"]
+    assert kept_features(shares["mask"]) == [], shares["mask"]
+    assert "eyes" in kept_features(shares["below the eyes"]) and "nose" not in kept_features(shares["below the eyes"])
+
+
+def test_an_overruled_verdict_says_why():
+    result = CheckResult("scan.nii.gz", probabilities=REMOVED_LIKELY, answer="face", overruled=True,
+                         tissue={"eyes": 0.9, "nose": 0.2, "mouth": 0.0, "chin": float("nan")})
+    assert result.status == "face"
+    assert "network saw the face removed (p(face) 0.10)" in result.note and "(eyes 0.90)" in result.note
+    assert result.record()["tissue_eyes"] == 0.9 and result.record()["tissue_chin"] is None  # NaN is not JSON
