@@ -58,7 +58,8 @@ data/members/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src/
 # the partial-removal sweep, leave-one-family-out (~55 min once the views are drawn and cached);
 # then the shipped detector on the heads from outside IXI (bench/outside_heads.py, a minute) and on
 # held-out IXI heads whose field of view stops above the neck (bench/field_of_view.py, a minute), and on
-# held-out heads defaced by other projects' tools, Quickshear and caideface (bench/other_defacers.py, 6 min).
+# held-out heads defaced by other projects' tools, Quickshear and caideface (bench/other_defacers.py, 8 min);
+# and `check --anatomy` against the network alone on every family (bench/anatomy.py, ~20 min).
 figures:
 	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE)
 	cp bench/results/detector_eval/reliability.png docs/detector_reliability.png
@@ -66,6 +67,7 @@ figures:
 	$(PY) bench/outside_heads.py
 	$(PY) bench/field_of_view.py --ixi $(IXI_SOURCE)
 	$(PY) bench/other_defacers.py --ixi $(IXI_SOURCE)
+	$(PY) bench/anatomy.py --ixi $(IXI_SOURCE)
 
 # The re-facing audit's figures in the README: k-fold over every IXI head, Pix2Pix, CycleGAN and the baselines
 # pasted into the scans, both re-identification matchers (bench/audit.py).
