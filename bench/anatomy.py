@@ -3,8 +3,8 @@
 Every defacing family is drawn afresh on the 8 held-out heads (as the shipped column of
 bench/detector_eval.py draws them: seed 1000, random field of view and pose), each volume is judged
 by ``check``'s path twice — the shipped network alone, and with the anatomy's second opinion
-(:mod:`defacegan.anatomy`: a ``removed`` verdict whose eyes, nose, mouth or chin region still
-holds tissue becomes ``face``) — and the issue's rates are printed side by side, per family too.
+(:mod:`defacegan.anatomy`: a ``removed`` verdict whose eye or nose region still holds tissue
+becomes ``face``) — and the issue's rates are printed side by side, per family too.
 Real tools' defacings are in bench/other_defacers.py, which reports both as well.
 
     python bench/anatomy.py [--ixi ../shared/data/ixi-t1-2mm] [--draws 4]

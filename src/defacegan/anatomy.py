@@ -37,9 +37,9 @@ if TYPE_CHECKING:
 
     from defacegan.io import Scan
 
-#: A feature region with at least this share inside the head is still there. On the 8 held-out IXI
-#: heads (bench/anatomy.py) intact eye regions hold 0.80-1.00 and the regions a defacing removed
-#: 0.00-0.27; half is the line between them.
+#: A feature region with at least this share inside the head is still there. On four of the held-out
+#: IXI heads, tried before the bench was written, intact eye regions held 0.80-1.00 and the regions
+#: pydeface's mask, a plane or Quickshear removed 0.00-0.27; half is the line between them.
 TISSUE_MIN_SHARE = 0.5
 #: The features whose regions overrule a ``removed`` verdict.
 OVERRULING = ("eyes", "nose")
@@ -57,34 +57,31 @@ def template_features() -> nib.Nifti1Image:
     import nibabel as nib
 
     from defacegan import deface
-    from defacegan.features import FEATURE_BOXES, head_mask, in_boxes, skin_shell
+    from defacegan.features import feature_map, head_mask, skin_shell
 
     head_image, face_mask = deface.template_masks()[:2]
     data = np.asanyarray(head_image.dataobj).astype(np.float32)
-    shell = skin_shell(head_mask(data), head_image.header.get_zooms()[:3]) & (np.asanyarray(face_mask.dataobj) < 0.5)
+    shell = skin_shell(head_mask(data), head_image.header.get_zooms()[:3])
     indices = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float32) for n in data.shape), indexing="ij"), -1)
-    labels = np.zeros(data.shape, np.float32)
-    for number, boxes in enumerate(FEATURE_BOXES.values(), start=1):
-        labels[shell & (labels == 0) & in_boxes(indices, boxes)] = number
-    return nib.Nifti1Image(labels, head_image.affine)
+    labels = feature_map(shell, indices, np.asanyarray(face_mask.dataobj) < 0.5)  # the template on itself
+    return nib.Nifti1Image(labels.astype(np.float32), head_image.affine)
 
 
 def feature_tissue(scan: Scan, seed: int = 0) -> dict[str, float]:
-    """Each feature's share of its template surface that lies inside ``scan``'s head (NaN for a
-    feature the registered template puts outside the field of view). Raises
-    :class:`~defacegan.io.ScanError` when the scan cannot be registered."""
+    """Each feature's share of its template surface that lies inside ``scan``'s head, or 0 where
+    what lies there does not look like tissue (:func:`looks_like_tissue`); NaN for a feature the
+    registered template puts outside the field of view. Raises :class:`~defacegan.io.ScanError`
+    when the scan cannot be registered."""
     from defacegan import deface
-    from defacegan.features import FEATURES, head_mask
+    from defacegan.features import FEATURES, fractions, head_mask
 
     transform = deface.register_template(scan, seed)
-    features = np.rint(deface.warp(template_features(), transform, scan.data.shape, scan.affine))
+    features = np.rint(deface.warp(template_features(), transform, scan.data.shape, scan.affine)).astype(np.uint8)
     head = head_mask(scan.data)
-    shares = {}
+    shares = fractions(features, head)
     for number, name in enumerate(FEATURES, start=1):
-        feature = features == number
-        total = int(feature.sum())
-        inside = feature & head
-        shares[name] = (float(inside.sum() / total) if looks_like_tissue(scan.data, inside) else 0.0) if total else float("nan")
+        if shares[name] == shares[name] and not looks_like_tissue(scan.data, (features == number) & head):
+            shares[name] = 0.0
     return shares
 
 

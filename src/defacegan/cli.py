@@ -128,8 +128,8 @@ def add_detector_options(parser) -> None:
     parser.add_argument("--ckpt", type=Path, help="detector checkpoint (default: the shipped one)")
     parser.add_argument("--threshold", type=float, default=0.5, help="p(face) at or above which a scan is called 'face' (default 0.5)")
     parser.add_argument("--anatomy", action="store_true",
-                        help="also register a template and look where the eyes, nose, mouth and chin should be: a "
-                        "'removed' verdict whose feature regions still hold tissue becomes 'face' (2-3 s more a scan)")
+                        help="also register a template and measure where the eyes, nose, mouth and chin should be: a "
+                        "'removed' verdict whose eye or nose region still holds tissue becomes 'face' (2-3 s more a scan)")
 
 
 def add_check(commands) -> None:

@@ -9,8 +9,8 @@ batches on the chosen device. Unreadable scans come back as predictions with an 
 instead of stopping the batch.
 
 ``anatomy=True`` adds :mod:`defacegan.anatomy`'s second opinion: each scan's feature regions are
-measured in the loader workers, and a ``removed`` verdict whose eyes, nose, mouth or chin region
-still holds tissue becomes ``face``.
+measured in the loader workers, and a ``removed`` verdict whose eye or nose region still holds
+tissue becomes ``face``.
 """
 
 from __future__ import annotations
