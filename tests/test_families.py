@@ -121,6 +121,21 @@ def test_drawn_views_are_cached_and_equal_a_fresh_draw(bundle, tmp_path):
     assert fresh.family.tolist() == ["none", "mask"] and fresh.label[0] == 0  # the scan as it is: a face
 
 
+def test_posed_draws_sit_on_the_grid_where_check_puts_a_file(bundle):
+    """A posed draw is placed again by its own head, as `check` places a file: the back, top and
+    middle of every posed head are where the contract anchors them (within the 2 mm of a voxel
+    or two), not where the pose's turn and shift of up to 12 mm left them."""
+    from defacegan.contract import InputContract
+    from defacegan.detector_training import draw_volumes
+
+    contract = InputContract()
+    volumes, facts = draw_volumes(bundle, contract, families=("none", "plane"), draws=3, seed=1000)
+    middle = (np.asarray(contract.shape) - 1) / 2 * contract.spacing
+    offsets = [np.abs(contract.centre(volume[0].numpy(), contract.grid_affine) - middle).max() for volume in volumes]
+    assert max(offsets) <= 2 * contract.spacing, offsets
+    assert volumes.dtype == torch.float32 and volumes.min() >= 0 and torch.equal(volumes, volumes.half().float())
+
+
 def test_a_second_round_adds_draws_and_keeps_the_first(bundle, tmp_path):
     """More rounds draw only the new ones: round 0 is read back from its cache file, and round 1's
     draws, numbered after round 0's, are what drawing with the next seed gives."""
