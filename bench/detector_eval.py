@@ -274,6 +274,8 @@ def markdown(report: dict) -> str:
                   f"draws of every family each; rate [Wilson 95 %], scans (subjects); ECE {ship['ece']:.3f}.", "",
                   table(["shipped detector, held-out subjects", "rate", "scans (subjects)"], headline_rows(ship["headline"])), "",
                   table(family_columns, family_rows(ship["per_family"])), ""]
+    if "headline" not in report:  # --shipped-only before any full run
+        return "\n".join(lines)
     lines += [f"k-fold: {report['subjects']} IXI subjects in {report['folds']} folds, each tested once by one network "
               f"(one member of the shipped recipe) trained without it ({report['rounds']} rounds of {report['draws']} draws per family and subject, "
               f"{report['epochs']} epochs).", "",
@@ -313,16 +315,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 while `make weights` runs beside it)")
     parser.add_argument("--shipped-only", action="store_true",
                         help="after `make weights`: redo the shipped detector's column only, keeping the k-fold and "
-                             "leave-one-family-out figures of the last full run in --out (they do not use the shipped weights)")
+                             "leave-one-family-out figures of the last full run in --out, if any (they do not use the shipped weights)")
     args = parser.parse_args()
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
     contract = InputContract()
     caches = bundle_caches(sorted(args.ixi.glob("*.nii*"))[: args.subjects], contract, args.cache)
     if args.shipped_only:
-        report = json.loads((args.out / "detector_eval.json").read_text())
+        last = args.out / "detector_eval.json"
+        report = json.loads(last.read_text()) if last.exists() else {}
         report["shipped"] = shipped(caches, contract, args.cache, args.draws, args.seed)
         report["shipped"]["seconds"] = time.perf_counter() - started
+        report.setdefault("seconds", report["shipped"]["seconds"])
         write_report(report, args.out)
         return
     bundles = [read_bundle(cache) for cache in caches]
