@@ -241,9 +241,9 @@ def table(columns: list[str], rows: list[list[str]]) -> str:
     return markdown_table([dict(zip(columns, row)) for row in rows], columns)
 
 
-def shipped(caches: list[Path], contract: InputContract, cache_dir: Path, draws: int, seed: int) -> dict:
-    """The shipped detector on the subjects it never saw (HELD_OUT), fresh draws of every family."""
-    net, shipped_contract, facts = load_network(str(SHIPPED_CHECKPOINT))
+def shipped(caches: list[Path], contract: InputContract, cache_dir: Path, draws: int, seed: int, ckpt: Path) -> dict:
+    """The shipped detector (or ``ckpt``) on the subjects it never saw (HELD_OUT), fresh draws of every family."""
+    net, shipped_contract, facts = load_network(ckpt)
     if shipped_contract != contract:
         raise ValueError(f"the shipped detector's contract {shipped_contract} is not the evaluation's {contract}")
     held = [cache for cache in caches if subject_of(cache) in HELD_OUT]
@@ -313,6 +313,8 @@ def main() -> None:
     parser.add_argument("--lofo-draws", type=int, default=1, help="draws per family and round in the leave-one-family-out fits")
     parser.add_argument("--no-lofo", action="store_true", help="skip the leave-one-family-out fits")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 while `make weights` runs beside it)")
+    parser.add_argument("--ckpt", type=Path, default=Path(str(SHIPPED_CHECKPOINT)),
+                        help="the detector of the shipped column (default: the shipped one; e.g. an earlier one, to compare on the same draws)")
     parser.add_argument("--shipped-only", action="store_true",
                         help="after `make weights`: redo the shipped detector's column only, keeping the k-fold and "
                              "leave-one-family-out figures of the last full run in --out, if any (they do not use the shipped weights)")
@@ -324,7 +326,7 @@ def main() -> None:
     if args.shipped_only:
         last = args.out / "detector_eval.json"
         report = json.loads(last.read_text()) if last.exists() else {}
-        report["shipped"] = shipped(caches, contract, args.cache, args.draws, args.seed)
+        report["shipped"] = shipped(caches, contract, args.cache, args.draws, args.seed, args.ckpt)
         report["shipped"]["seconds"] = time.perf_counter() - started
         report.setdefault("seconds", report["shipped"]["seconds"])
         write_report(report, args.out)
@@ -338,7 +340,7 @@ def main() -> None:
     sweeps = sweep(bundles, models, contract)
     sweep_png(sweeps, args.out / "sweep.png")
     report = {
-        "shipped": None if args.subjects else shipped(caches, contract, args.cache, args.draws, args.seed),
+        "shipped": None if args.subjects else shipped(caches, contract, args.cache, args.draws, args.seed, args.ckpt),
         "subjects": len(bundles), "folds": args.folds, "draws": args.draws, "rounds": args.rounds, "epochs": args.epochs,
         "contract": contract.to_dict(), "fit_seconds": seconds,
         "headline": headline(samples, probabilities),
