@@ -249,7 +249,7 @@ def shipped(caches: list[Path], contract: InputContract, cache_dir: Path, draws:
     held = [cache for cache in caches if subject_of(cache) in HELD_OUT]
     samples = draw(held, contract, cache_dir, draws=draws, seed=seed + 1000)
     probabilities = torch.softmax(logits_of(net, samples.views), 1).numpy()
-    return {"subjects": sorted(set(samples.subject)), "draws": draws, "training": facts,
+    return {"ckpt": str(ckpt), "subjects": sorted(set(samples.subject)), "draws": draws, "training": facts,
             "headline": headline(samples, probabilities), "per_family": per_family(samples, probabilities),
             "ece": expected_calibration_error(probabilities, samples.label)}
 
@@ -270,7 +270,8 @@ def markdown(report: dict) -> str:
     if report.get("shipped"):
         ship = report["shipped"]
         members = len(ship["training"].get("members", [])) or 1
-        lines += [f"The shipped detector ({members} member{'s' * (members > 1)}) on the {len(ship['subjects'])} IXI subjects it never saw, {ship['draws']} fresh "
+        name = "The shipped detector" if ship.get("ckpt", str(SHIPPED_CHECKPOINT)) == str(SHIPPED_CHECKPOINT) else f"The detector {ship['ckpt']}"
+        lines += [f"{name} ({members} member{'s' * (members > 1)}) on the {len(ship['subjects'])} IXI subjects it never saw, {ship['draws']} fresh "
                   f"draws of every family each; rate [Wilson 95 %], scans (subjects); ECE {ship['ece']:.3f}.", "",
                   table(["shipped detector, held-out subjects", "rate", "scans (subjects)"], headline_rows(ship["headline"])), "",
                   table(family_columns, family_rows(ship["per_family"])), ""]
