@@ -242,10 +242,10 @@ def table(columns: list[str], rows: list[list[str]]) -> str:
 
 
 def shipped(caches: list[Path], contract: InputContract, cache_dir: Path, draws: int, seed: int, ckpt: Path) -> dict:
-    """The shipped detector (or ``ckpt``) on the subjects it never saw (HELD_OUT), fresh draws of every family."""
-    net, shipped_contract, facts = load_network(ckpt)
-    if shipped_contract != contract:
-        raise ValueError(f"the shipped detector's contract {shipped_contract} is not the evaluation's {contract}")
+    """The detector ``ckpt`` (the shipped one by default) on the subjects it never saw (HELD_OUT), fresh draws of every family."""
+    net, ckpt_contract, facts = load_network(ckpt)
+    if ckpt_contract != contract:
+        raise ValueError(f"{ckpt}: the detector's contract {ckpt_contract} is not the evaluation's {contract}")
     held = [cache for cache in caches if subject_of(cache) in HELD_OUT]
     samples = draw(held, contract, cache_dir, draws=draws, seed=seed + 1000)
     probabilities = torch.softmax(logits_of(net, samples.views), 1).numpy()
@@ -270,7 +270,7 @@ def markdown(report: dict) -> str:
     if report.get("shipped"):
         ship = report["shipped"]
         members = len(ship["training"].get("members", [])) or 1
-        name = "The shipped detector" if ship.get("ckpt", str(SHIPPED_CHECKPOINT)) == str(SHIPPED_CHECKPOINT) else f"The detector {ship['ckpt']}"
+        name = "The shipped detector" if ship["ckpt"] == str(SHIPPED_CHECKPOINT) else f"The detector {ship['ckpt']}"
         lines += [f"{name} ({members} member{'s' * (members > 1)}) on the {len(ship['subjects'])} IXI subjects it never saw, {ship['draws']} fresh "
                   f"draws of every family each; rate [Wilson 95 %], scans (subjects); ECE {ship['ece']:.3f}.", "",
                   table(["shipped detector, held-out subjects", "rate", "scans (subjects)"], headline_rows(ship["headline"])), "",

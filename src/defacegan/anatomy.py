@@ -80,7 +80,7 @@ def feature_tissue(scan: Scan, seed: int = 0) -> dict[str, float]:
     head = head_mask(scan.data)
     shares = fractions(features, head)
     for number, name in enumerate(FEATURES, start=1):
-        if shares[name] == shares[name] and not looks_like_tissue(scan.data, (features == number) & head):
+        if not np.isnan(shares[name]) and not looks_like_tissue(scan.data, (features == number) & head):
             shares[name] = 0.0
     return shares
 
