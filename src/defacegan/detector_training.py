@@ -21,6 +21,7 @@ subject, family, draw, label and each feature's share of own and of foreign tiss
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import io
 import os
@@ -45,10 +46,11 @@ from defacegan.models.detector import DetectorNet, fit_temperature
 #: IXI subjects of the 32-head subset never used to train the shipped detector: every 4th in
 #: sorted order. The real-anatomy tests and the shipped detector's own checks use them.
 HELD_OUT = ("IXI012", "IXI213", "IXI260", "IXI338", "IXI385", "IXI452", "IXI526", "IXI575")
-#: The source of the generator, of the label rule and of this module (the draws' pose and
-#: placement): drawn views are cached under a key that holds it.
-GENERATOR_SOURCE = hashlib.sha1(b"".join(Path(source).read_bytes() for source in (
-    generate.__code__.co_filename, label_from.__code__.co_filename, __file__))).hexdigest()[:10]
+#: The code of the generator, of the label rule and of this module (the draws' pose and
+#: placement), as syntax trees (a comment or a line break does not change them): drawn views are
+#: cached under a key that holds it.
+GENERATOR_SOURCE = hashlib.sha1("".join(ast.dump(ast.parse(Path(source).read_text())) for source in (
+    generate.__code__.co_filename, label_from.__code__.co_filename, __file__)).encode()).hexdigest()[:10]
 #: The recipe of the shipped detector (``make weights``), which the evaluation repeats per fold.
 DRAWS, ROUNDS, EPOCHS, CHANNELS = 8, 2, 20, (8, 16, 32)
 POSE = {  # DeviceAugmentation options: head pose and contrast as scanners vary them
@@ -151,13 +153,20 @@ def read_bundle(cache: Path) -> FaceBundle:
     return FaceBundle(subject=str(values.pop("subject")), **values)
 
 
-def rule_label(bundle: FaceBundle, contract: InputContract, scan: Scan, removed: np.ndarray) -> tuple[str, dict[str, float]]:
+def rule_label(bundle: FaceBundle, contract: InputContract, scan: Scan, removed: np.ndarray,
+               foreign: np.ndarray | None = None) -> tuple[str, dict[str, float]]:
     """(label, each feature's share of own tissue) by the feature rule for ``scan`` (the bundle's
-    head, as stored) with ``removed`` (bool, the scan's voxels) gone: how a defacing made outside
-    the families, another tool's output, is labelled the way the training draws are."""
+    head, as stored) with ``removed`` (bool, the scan's voxels) gone and ``foreign`` (bool, the
+    voxels a re-facer filled with tissue that is not the subject's) put in: how a defacing made
+    outside the families, another tool's output, is labelled the way the training draws are."""
     centre = contract.centre(scan.data, scan.affine)  # the intact head's, as the bundle's grid
-    on_grid = contract.on_grid(removed.astype(np.float32), scan.affine, label=True, centre=centre).numpy() > 0.5
-    variant = Variant("other tool", np.where(on_grid, 0, bundle.face), on_grid, np.zeros_like(on_grid))
+
+    def on_grid(mask: np.ndarray) -> np.ndarray:
+        return contract.on_grid(mask.astype(np.float32), scan.affine, label=True, centre=centre).numpy() > 0.5
+
+    gone = on_grid(removed)
+    filled = on_grid(foreign) if foreign is not None else np.zeros_like(gone)
+    variant = Variant("other tool", np.where(gone, 0, bundle.face), gone & ~filled, filled)
     return variant.label(bundle.features), variant.shares(bundle.features)[0]
 
 
