@@ -59,7 +59,8 @@ data/members/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src/
 # then the shipped detector on the heads from outside IXI (bench/outside_heads.py, a minute) and on
 # held-out IXI heads whose field of view stops above the neck (bench/field_of_view.py, a minute), and on
 # held-out heads defaced by other projects' tools, Quickshear and caideface (bench/other_defacers.py, 7 min);
-# and `check --anatomy` against the network alone on every family (bench/anatomy.py, ~20 min).
+# and `check --anatomy` against the network alone on every family (bench/anatomy.py, ~20 min);
+# and held-out heads re-faced by a Pix2Pix that train.py trains on the others (bench/gan_refaced.py, ~30 min).
 figures:
 	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE)
 	cp bench/results/detector_eval/reliability.png docs/detector_reliability.png
@@ -68,6 +69,7 @@ figures:
 	$(PY) bench/field_of_view.py --ixi $(IXI_SOURCE)
 	$(PY) bench/other_defacers.py --ixi $(IXI_SOURCE)
 	$(PY) bench/anatomy.py --ixi $(IXI_SOURCE)
+	$(PY) bench/gan_refaced.py --ixi $(IXI_SOURCE)
 
 # The re-facing audit's figures in the README: k-fold over every IXI head, Pix2Pix, CycleGAN and the baselines
 # pasted into the scans, both re-identification matchers (bench/audit.py).
