@@ -22,9 +22,9 @@ would triple the hour this takes). Then:
 4. **Leave-one-family-out** on one subject split (fold 0): trained without a family, tested on it.
 
 Writes ``<out>/detector_eval.json``, ``detector_eval.md``, ``reliability.png``, ``sweep.png``;
-prints the tables. About 55 minutes on 2 cores once the views are drawn (4 k-fold fits of ~10 min,
+prints the tables. About 51 minutes on 2 cores once the views are drawn (4 k-fold fits of ~9 min,
 10 leave-one-family-out fits of ~1 min); the first run also registers the 32 heads (~5 min) and
-draws their views (~12 min a round on 2 cores), both cached in
+draws their views (~22 min a round on 2 cores), both cached in
 ``data/bundles`` and shared with ``make weights``; ``--no-lofo`` skips the 10 leave-one-family-out
 fits.
 
