@@ -7,7 +7,8 @@ detector's members (its draws, rounds and epochs; one network per fold, not an e
 would triple the hour this takes). Then:
 
 0. **The shipped detector** (the ensemble ``make weights`` writes) on the 8 subjects it never saw
-   (``HELD_OUT``), one round of fresh draws. ``--shipped-only`` redoes this part alone.
+   (``HELD_OUT``), one round of fresh draws, and the partial-removal sweep (3.) on them, with how
+   many subjects it calls ``face`` at each step. ``--shipped-only`` redoes this part alone.
 1. **k-fold over subjects** (``--folds``, default 4 × 8 subjects): each subject is a test subject
    once; 3 training subjects per fold calibrate the temperature. Rates on the test folds:
    real faces called ``face``; partial defacings that leave the eyes and the nose called
@@ -187,6 +188,7 @@ def sweep(bundles: list[FaceBundle], models: dict, contract: InputContract) -> d
             rule.append([v.label(bundle.features) == "face" for v in variants])
         results[mode] = {"share": SWEEP_STEPS.tolist(), "p_face_mean": np.mean(curves, 0).tolist(),
                          "p_face_min": np.min(curves, 0).tolist(), "p_face_max": np.max(curves, 0).tolist(),
+                         "called_face": np.sum(np.asarray(curves) >= 0.5, 0).tolist(),
                          "rule_face_rate": np.mean(rule, 0).tolist(), "subjects": len(bundles)}
     return results
 
@@ -249,9 +251,11 @@ def shipped(caches: list[Path], contract: InputContract, cache_dir: Path, draws:
     held = [cache for cache in caches if subject_of(cache) in HELD_OUT]
     samples = draw(held, contract, cache_dir, draws=draws, seed=seed + 1000)
     probabilities = torch.softmax(logits_of(net, samples.views), 1).numpy()
+    bundles = [read_bundle(cache) for cache in held]
     return {"ckpt": str(ckpt), "subjects": sorted(set(samples.subject)), "draws": draws, "training": facts,
             "headline": headline(samples, probabilities), "per_family": per_family(samples, probabilities),
-            "ece": expected_calibration_error(probabilities, samples.label)}
+            "ece": expected_calibration_error(probabilities, samples.label),
+            "sweep": sweep(bundles, {bundle.subject: net for bundle in bundles}, contract)}
 
 
 def headline_rows(results: dict) -> list[list[str]]:
@@ -274,7 +278,12 @@ def markdown(report: dict) -> str:
         lines += [f"{name} ({members} member{'s' * (members > 1)}) on the {len(ship['subjects'])} IXI subjects it never saw, {ship['draws']} fresh "
                   f"draws of every family each; rate [Wilson 95 %], scans (subjects); ECE {ship['ece']:.3f}.", "",
                   table(["shipped detector, held-out subjects", "rate", "scans (subjects)"], headline_rows(ship["headline"])), "",
-                  table(family_columns, family_rows(ship["per_family"])), ""]
+                  table(family_columns, family_rows(ship["per_family"])), "",
+                  "The partial-removal sweep on the same subjects: subjects called face (p(face) ≥ 0.5) / labelled face by the rule, "
+                  f"of {len(ship['subjects'])}, at each share removed:", "",
+                  table(["removed", *(f"{share:.0%}" for share in SWEEP_STEPS)],
+                        [[mode, *(f"{called} / {round(rule * r['subjects'])}" for called, rule in zip(r["called_face"], r["rule_face_rate"]))]
+                         for mode, r in ship["sweep"].items()]), ""]
     if "headline" not in report:  # --shipped-only before any full run
         return "\n".join(lines)
     lines += [f"k-fold: {report['subjects']} IXI subjects in {report['folds']} folds, each tested once by one network "
