@@ -12,7 +12,7 @@ then both files are judged by ``check``'s path (network alone, and ``--anatomy``
 The expected answer comes from the feature rule, as in training: the voxels the defacer zeroed
 are gone, the ones the re-facer filled with tissue are foreign. A re-faced head whose features
 are covered by generated tissue is ``replaced``; one where the re-facer left them air is
-``removed``. Both are defaced (not ``face``); ``replaced`` is the three-way answer.
+``removed``. Both are defaced (not ``face``), unless the defacing itself left a feature.
 
 The re-facer is narrow to fit 2 CPU cores (:data:`REFACER_OVERRIDES`: 4 mm grid, 64-px sagittal
 slices, the 15 middle planes, 16 base channels): a weaker re-facer than a GPU would train.
@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -47,7 +46,7 @@ from defacegan.reface import load_refacer, reface_file
 from held_out import ROOT, held_out_setup, write_result
 
 METHODS = ("mask", "plane")
-#: The re-facer's recipe, sized for 2 CPU cores (about 25 min).
+#: The re-facer's recipe, sized for 2 CPU cores (about 25 min of the bench's 29).
 REFACER_OVERRIDES = (
     "model=pix2pix", "data.size=64", "data.spacing=4.0", "data.shape=[64,64,64]", "data.n_slices=15",
     "data.batch_size=2", "model.generator.base_channels=16", "model.discriminator.base_channels=16",
