@@ -25,8 +25,7 @@ from rich.table import Table
 from defacegan.detector_training import bundle_caches, read_bundle
 from defacegan.families import cut_below, generate, remove_share
 from defacegan.io import Scan
-from defacegan.metrics import wilson_interval
-from held_out import held_out_setup, write_result
+from held_out import held_out_setup, right_rate, write_result
 
 #: The field of view's lower edge above the chin's lowest voxel (mm); None: as IXI stored it.
 EDGES_MM = (None, 0.0, 20.0, 35.0, 50.0)
@@ -49,11 +48,9 @@ def main(argv: list[str] | None = None) -> dict:
             scans = [Scan((variant if edge is None else cut_below(bundle, variant, edge)).volume, bundle.affine)
                      for bundle, variant in variants]
             predictions = detector.predict(scans)
-            right = [(p.verdict == "face") == (expected == "face") for p in predictions]
-            low, high = wilson_interval(sum(right), len(right))
             p_face = [p.probabilities["face"] for p in predictions]
-            rows.append({"case": case, "expected": expected, "edge_mm": edge, "right": sum(right), "n": len(right),
-                         "rate": sum(right) / len(right), "low": low, "high": high,
+            rows.append({"case": case, "expected": expected, "edge_mm": edge,
+                         **right_rate([(p.verdict == "face") == (expected == "face") for p in predictions]),
                          "p_face_mean": float(np.mean(p_face)), "p_face_min": float(np.min(p_face)),
                          "p_face_max": float(np.max(p_face))})
     table = Table(title=f"field of view stopping above the neck: {detector.checkpoint}, {len(bundles)} held-out IXI heads")

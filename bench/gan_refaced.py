@@ -37,13 +37,13 @@ from rich.console import Console
 from rich.table import Table
 
 from defacegan.cohort import build_cohort
+from defacegan.contract import VERDICTS
 from defacegan.deface import deface
 from defacegan.detector_training import HELD_OUT, bundle_caches, read_bundle, rule_label, subject_of
 from defacegan.inference import verdict_of
 from defacegan.io import head_threshold, load_scan, stem
-from defacegan.metrics import wilson_interval
 from defacegan.reface import load_refacer, reface_file
-from held_out import ROOT, held_out_setup, write_result
+from held_out import ROOT, held_out_setup, right_rate, write_result
 
 METHODS = ("mask", "plane")
 #: The re-facer's recipe, sized for 2 CPU cores (about 25 min of the bench's 29).
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
                 gone = (defacing.defaced == 0) & (scan.data != 0)
                 filled = gone & (refaced > head_threshold(scan.data))
                 for stage, file, foreign in (("defaced", defaced_path, None), ("re-faced", refaced_path, filled)):
-                    label, own = rule_label(bundle, detector.contract, scan, gone, foreign)
+                    label, _ = rule_label(bundle, detector.contract, scan, gone, foreign)
                     prediction = detector.predict([file])[0]
                     if prediction.error:
                         raise SystemExit(prediction.error)
@@ -113,11 +113,9 @@ def main(argv: list[str] | None = None) -> dict:
             group = [row for row in rows if (row["method"], row["stage"]) == (method, stage)]
             for key, answer in (("verdict", "network alone"), ("anatomy_verdict", "--anatomy")):
                 entry = {"method": method, "stage": stage, "answer": answer, "n": len(group),
-                         "expected": {label: sum(row["expected"] == label for row in group) for label in ("face", "removed", "replaced")}}
-                for name, hits in (("not_face", [row[key] != "face" for row in group]),
-                                   ("as_expected", [row[key] == row["expected"] for row in group])):
-                    low, high = wilson_interval(sum(hits), len(hits))
-                    entry[name] = {"right": sum(hits), "rate": sum(hits) / len(hits), "low": low, "high": high}
+                         "expected": {label: sum(row["expected"] == label for row in group) for label in VERDICTS},
+                         "not_face": right_rate([row[key] != "face" for row in group]),
+                         "as_expected": right_rate([row[key] == row["expected"] for row in group])}
                 summary.append(entry)
     table = Table(title=f"Held-out heads re-faced by {refacer_path}: {detector.checkpoint}")
     for column in ("head", "defacing", "stage", "share of the region filled", "expected (rule)", "verdict",
@@ -129,8 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     Console(width=200).print(table)
     for s in summary:
         print(f"held-out IXI, {s['method']} {s['stage']}, {s['answer']} (expected {s['expected']}): "
-              + "; ".join(f"{name.replace('_', ' ')} {v['right']}/{s['n']} [{v['low']:.2f}, {v['high']:.2f}]"
-                          for name in ("not_face", "as_expected") for v in [s[name]]))
+              + "; ".join(f"{name} {s[key]['right']}/{s['n']} [{s[key]['low']:.2f}, {s[key]['high']:.2f}]"
+                          for key, name in (("not_face", "not face"), ("as_expected", "as expected"))))
     return write_result(args, detector, started, refacer=str(refacer_path), refacer_recipe=list(REFACER_OVERRIDES),
                         rows=rows, summary=summary)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from defacegan.detector_training import HELD_OUT, subject_of
 from defacegan.inference import Detector
 from defacegan.io import atomic_write_text
+from defacegan.metrics import wilson_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,3 +39,10 @@ def write_result(args: argparse.Namespace, detector: Detector, started: float, *
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"written to {args.out}")
     return result
+
+
+def right_rate(hits: list[bool]) -> dict:
+    """How many of ``hits`` are right, of how many, the rate and its Wilson 95 % interval."""
+    right, n = sum(hits), len(hits)
+    low, high = wilson_interval(right, n)
+    return {"right": right, "n": n, "rate": right / n, "low": low, "high": high}

@@ -49,8 +49,7 @@ from defacegan.deface import COLIN27, to_sitk, warp
 from defacegan.detector_training import HELD_OUT, bundle_caches, read_bundle, rule_label, subject_of
 from defacegan.inference import verdict_of
 from defacegan.io import Scan, load_scan, stem
-from defacegan.metrics import wilson_interval
-from held_out import held_out_setup, write_result
+from held_out import held_out_setup, right_rate, write_result
 
 QUICKSHEAR_BUFFERS_VOXELS = (10, 5)
 #: caideface's brain-mask dilation (its ``desired_dilation_mm``): a box this many mm wide.
@@ -163,10 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     for tool, setting, _ in TOOLS:
         ixi = [row for row in rows if row["ixi"] and (row["tool"], row["setting"]) == (tool, setting)]
         for key, answer in (("right", "network alone"), ("anatomy_right", "--anatomy")):
-            right = sum(row[key] for row in ixi)
-            low, high = wilson_interval(right, len(ixi))
-            summary.append({"tool": tool, "setting": setting, "answer": answer, "right": right, "n": len(ixi),
-                            "rate": right / len(ixi), "low": low, "high": high,
+            summary.append({"tool": tool, "setting": setting, "answer": answer, **right_rate([row[key] for row in ixi]),
                             "expected_face": sum(row["expected"] == "face" for row in ixi)})
     table = Table(title=f"Heads defaced by other tools: {detector.checkpoint}")
     for column in ("head", "tool", "setting", "eyes / nose / mouth / chin left", "expected (rule)", "verdict",

@@ -82,30 +82,34 @@ def test_a_replaced_face_is_not_a_face(detector, bundles):
         assert judge(detector, bundle, variant) != "face", bundle.subject
 
 
-def quickshear_defaced(scan) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """Quickshear's output (a plane below BET's brain mask, 10 mm here) and the voxels it zeroed."""
-    brain = nib.Nifti1Image(brain_mask(scan).astype(np.uint8), scan.affine)
-    defaced = quickshear(nib.Nifti1Image(scan.data, scan.affine), brain, buff=5)
-    return defaced, (np.asanyarray(defaced.dataobj) == 0) & (scan.data != 0)
+@pytest.fixture(scope="module")
+def quickshear_cuts(bundles, held_out) -> dict[str, tuple[Scan, nib.Nifti1Image, np.ndarray]]:
+    """Per bundle's subject: its scan, Quickshear's output (a plane below BET's brain mask, 10 mm
+    here) and the voxels Quickshear zeroed."""
+    cuts = {}
+    for bundle in bundles:
+        scan = load_scan(next(path for path in held_out if subject_of(path) == bundle.subject))
+        brain = nib.Nifti1Image(brain_mask(scan).astype(np.uint8), scan.affine)
+        defaced = quickshear(nib.Nifti1Image(scan.data, scan.affine), brain, buff=5)
+        cuts[bundle.subject] = scan, defaced, (np.asanyarray(defaced.dataobj) == 0) & (scan.data != 0)
+    return cuts
 
 
-def test_another_tools_defacing_is_not_a_face(detector, bundles, held_out):
+def test_another_tools_defacing_is_not_a_face(detector, bundles, quickshear_cuts):
     """Quickshear on a held-out head, judged as the NIfTI image it returns; the feature rule
     labels it ``removed``."""
     for bundle in bundles:
-        scan = load_scan(next(path for path in held_out if subject_of(path) == bundle.subject))
-        defaced, removed = quickshear_defaced(scan)
+        scan, defaced, removed = quickshear_cuts[bundle.subject]
         label, _ = rule_label(bundle, detector.contract, scan, removed)
         assert label == "removed"
         (prediction,) = detector.predict([defaced])
         assert prediction.verdict != "face", (bundle.subject, prediction.probabilities)
 
 
-def test_tissue_a_refacer_puts_where_a_tool_cut_is_labelled_replaced(detector, bundles, held_out):
+def test_tissue_a_refacer_puts_where_a_tool_cut_is_labelled_replaced(detector, bundles, quickshear_cuts):
     """Another tool's output re-faced (as ``bench/gan_refaced.py`` labels it): the cut features
     filled with foreign tissue are ``replaced``; left as air, ``removed``."""
     bundle = bundles[0]
-    scan = load_scan(next(path for path in held_out if subject_of(path) == bundle.subject))
-    _, removed = quickshear_defaced(scan)
+    scan, _, removed = quickshear_cuts[bundle.subject]
     labels = [rule_label(bundle, detector.contract, scan, removed, foreign)[0] for foreign in (removed, None)]
     assert labels == ["replaced", "removed"]
