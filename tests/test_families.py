@@ -51,6 +51,7 @@ def test_every_feature_is_found_on_a_real_head(bundle):
     ("none", {"face"}), ("mask", {"removed"}), ("face_ears", {"removed"}), ("shell", {"removed"}),
     ("fill", {"removed"}), ("crop", {"removed"}), ("blur", {"face"}),
     ("replace_template", {"replaced"}), ("replace_shell", {"replaced"}),
+    ("replace_smooth", {"removed", "replaced"}),  # by how much of the features the mass covers
 ])
 def test_each_family_is_labelled_by_what_it_left(bundle, family, expected):
     labels = {generate(bundle, family, np.random.default_rng(seed)).label(bundle.features) for seed in range(3)}
@@ -65,6 +66,19 @@ def test_partial_defacings_that_keep_the_eyes_and_nose_are_faces(bundle):
         kept = ~variant.removed
         if (kept[bundle.features == eyes].mean() >= 0.9) and (kept[bundle.features == nose].mean() >= 0.9):
             assert variant.label(bundle.features) == "face", own
+
+
+def test_partial_defacings_include_cuts_that_take_the_nose_and_leave_the_eyes(bundle):
+    """The sweep's red zone (80 % of the face removed from below: no nose, eyes kept) is drawn for
+    training, and labelled `face`."""
+    eyes, nose = 1 + FEATURES.index("eyes"), 1 + FEATURES.index("nose")
+    noseless = []
+    for seed in range(24):
+        variant = generate(bundle, "partial", np.random.default_rng(seed))
+        kept = ~variant.removed
+        if kept[bundle.features == nose].mean() < FACE_MIN_FRACTION and kept[bundle.features == eyes].mean() >= 0.9:
+            noseless.append(variant.label(bundle.features))
+    assert len(noseless) >= 3 and set(noseless) == {"face"}
 
 
 def test_a_tight_field_of_view_through_the_nose_keeps_a_face(bundle):

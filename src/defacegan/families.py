@@ -20,13 +20,16 @@ Families (:data:`FAMILIES`):
 - ``shell``: a skin-deep layer over the face removed (mri_deface-like), 8-20 mm deep.
 - ``fill``: the face region filled with noise or a constant instead of zeros.
 - ``crop``: the face outside the field of view (everything in front of a coronal plane).
-- ``partial``: failed or partial defacings — the lowest part of the mask only, the nose or the
-  mouth and chin only, the mask shifted 15-40 mm, a plane placed too far out, or a tight field of
-  view whose edges cut the nose and chin (as Colin27's MNI box does).
+- ``partial``: failed or partial defacings — the lowest 20-90 % of the mask only (past 65 % the
+  nose goes and the eyes stay), the nose or the mouth and chin only, the whole mask but one
+  feature group, the mask shifted 15-40 mm, a plane placed too far out, or a tight field of view
+  whose edges cut the nose and chin (as Colin27's MNI box does).
 - ``blur``: the face smoothed (σ 3-8 mm); blurred faces are recognisable, so mostly ``face``.
 - ``replace_template``: the registered template's face pasted in (AFNI refacer / mri_reface-like),
   warped, rescaled and given noise at random so that it is not always the same smooth face.
 - ``replace_shell``: a generic face shell pasted in, varied the same way.
+- ``replace_smooth``: the face removed and the part of it nearest the head filled with a smooth,
+  featureless mass, as a generative re-facer trained on few heads paints it.
 """
 
 from __future__ import annotations
@@ -241,22 +244,28 @@ def crop(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
     return _outside_view(bundle, "crop", front_mm=rng.uniform(-8, 2), below_mm=below)
 
 
+def _feature_group(bundle: FaceBundle, rng: np.random.Generator) -> np.ndarray:
+    """The voxels of one feature group, chosen at random: the nose, the mouth and chin, or the eyes."""
+    chosen = [("nose",), ("mouth", "chin"), ("eyes",)][rng.integers(3)]
+    return np.isin(bundle.features, [1 + FEATURES.index(name) for name in chosen])
+
+
 def partial(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
     """Defacings that miss part of the face: most keep an identifiable feature."""
-    kind = rng.integers(5)
+    kind = rng.integers(6)
     region = bundle.face_region
-    if kind == 0:  # only the lowest part of the mask
-        region = _share_of(region, rng.uniform(0.2, 0.65), "below")
+    if kind == 0:  # only the lowest part of the mask: past ~65 % the nose goes, the eyes stay
+        region = _share_of(region, rng.uniform(0.2, 0.9), "below")
     elif kind == 1:  # one feature group only
-        chosen = [("nose",), ("mouth", "chin"), ("eyes",)][rng.integers(3)]
-        labels = [1 + FEATURES.index(name) for name in chosen]
-        region = _grow(np.isin(bundle.features, labels), int(rng.integers(1, 4)))
+        region = _grow(_feature_group(bundle, rng), int(rng.integers(1, 4)))
     elif kind == 2:  # a mis-registered mask
         direction = rng.choice([[0, 0, 1], [0, 0, -1], [0, 1, 0], [0, 1, 1]]).astype(float)
         shift = direction / np.linalg.norm(direction) * rng.uniform(15, 40) / bundle.spacing
         region = ndimage.shift(region.astype(np.float32), shift, order=0) > 0.5
     elif kind == 3:  # a plane placed too far out
         region = _plane(bundle, float(rng.uniform(22, 45)))
+    elif kind == 4:  # the whole mask but one feature group
+        region = region & ~_grow(_feature_group(bundle, rng), int(rng.integers(1, 3)))
     else:  # a tight field of view: its front edge cuts the nose and lips, its lower edge the chin
         return _outside_view(bundle, "partial", front_mm=rng.uniform(0, 25), below_mm=rng.uniform(0, 30))
     return _zeroed(bundle, region, "partial", rng)
@@ -300,6 +309,20 @@ def replace_shell(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
     return Variant("replace_shell", volume, np.zeros_like(foreign), foreign)
 
 
+def replace_smooth(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
+    """A generator's guess: within the template's head outline, the removed region filled from the
+    cut surface outwards for 3-30 mm with smooth tissue, no eyes or nose (what this project's
+    Pix2Pix re-facer paints, bench/gan_refaced.py). Filled voxels are foreign, the rest removed."""
+    region = _grow(bundle.face_region, int(rng.integers(0, 3)))
+    from_cut = ndimage.distance_transform_edt(~(bundle.head & ~region), sampling=bundle.spacing)
+    outline = ndimage.gaussian_filter((bundle.template_face > 0.15).astype(np.float32), 2 / bundle.spacing) > 0.5
+    mass = region & outline & (from_cut <= rng.uniform(3, 30))
+    smooth = ndimage.gaussian_filter(mass.astype(np.float32) * rng.uniform(0.2, 0.7), rng.uniform(2, 6) / bundle.spacing)
+    volume = np.where(region, smooth, bundle.face).astype(np.float32)
+    foreign = region & (smooth >= 0.05)
+    return Variant("replace_smooth", volume, region & ~foreign, foreign)
+
+
 FAMILIES: dict[str, Callable[[FaceBundle, np.random.Generator], Variant]] = {
     "none": none,
     "mask": mask,
@@ -312,6 +335,7 @@ FAMILIES: dict[str, Callable[[FaceBundle, np.random.Generator], Variant]] = {
     "blur": blur,
     "replace_template": replace_template,
     "replace_shell": replace_shell,
+    "replace_smooth": replace_smooth,
 }
 
 
