@@ -1,8 +1,9 @@
-"""The shipped detector on faces put back by this project's own re-facer: a replacement no training family draws.
+"""The shipped detector on faces put back by this project's own re-facer, a generator it never trained on.
 
-The families replace a removed face by the average face or a smooth generic shell
-(``replace_template``, ``replace_shell``); a generative re-facer is another kind of replacement,
-and the one this project builds. Here a Pix2Pix is trained by ``train.py model=pix2pix`` on IXI
+The families replace a removed face by the average face, a smooth generic shell, or a smooth
+featureless mass grown from the cut (``replace_template``, ``replace_shell``, ``replace_smooth``,
+the last drawn after what this bench first found the re-facer to paint); the re-facer itself is
+not in training, so this stays a test on a generator's real output. Here a Pix2Pix is trained by ``train.py model=pix2pix`` on IXI
 heads the shipped detector trained on (the subset less ``HELD_OUT``, built into a cohort with
 ``defacegan data build``), so it never saw the held-out heads either. Each of the 8 held-out heads
 is defaced (``mask`` and ``plane``), written as NIfTI and re-faced by ``defacegan reface``'s

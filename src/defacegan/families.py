@@ -22,8 +22,9 @@ Families (:data:`FAMILIES`):
 - ``crop``: the face outside the field of view (everything in front of a coronal plane).
 - ``partial``: failed or partial defacings — the lowest 20-90 % of the mask only (past 65 % the
   nose goes and the eyes stay), the nose or the mouth and chin only, the whole mask but one
-  feature group, the mask shifted 15-40 mm, a plane placed too far out, or a tight field of view
-  whose edges cut the nose and chin (as Colin27's MNI box does).
+  feature group, a cut across the head's width near eye level, the mask shifted 15-40 mm, a plane
+  placed too far out, or a tight field of view whose edges cut the nose and chin (as Colin27's MNI
+  box does).
 - ``blur``: the face smoothed (σ 3-8 mm); blurred faces are recognisable, so mostly ``face``.
 - ``replace_template``: the registered template's face pasted in (AFNI refacer / mri_reface-like),
   warped, rescaled and given noise at random so that it is not always the same smooth face.
@@ -250,9 +251,21 @@ def _feature_group(bundle: FaceBundle, rng: np.random.Generator) -> np.ndarray:
     return np.isin(bundle.features, [1 + FEATURES.index(name) for name in chosen])
 
 
+def _across(bundle: FaceBundle, above_eyes_mm: float, behind_mm: float) -> np.ndarray:
+    """Everything outside the brain below an axial plane ``above_eyes_mm`` above the eye regions'
+    lowest voxel and in front of a coronal plane ``behind_mm`` behind the rearmost feature voxel."""
+    eyes = np.nonzero(bundle.features == 1 + FEATURES.index("eyes"))[2]
+    if not eyes.size:
+        return np.zeros(bundle.face.shape, bool)
+    rearmost = _feature_voxels(bundle)[1]
+    z = np.arange(bundle.face.shape[2])[None, None, :]
+    y = np.arange(bundle.face.shape[1])[None, :, None]
+    return (z < eyes.min() + above_eyes_mm / bundle.spacing) & (y >= rearmost.min() - behind_mm / bundle.spacing) & ~bundle.brain
+
+
 def partial(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
     """Defacings that miss part of the face: most keep an identifiable feature."""
-    kind = rng.integers(6)
+    kind = rng.integers(7)
     region = bundle.face_region
     if kind == 0:  # only the lowest part of the mask: past ~65 % the nose goes, the eyes stay
         region = _share_of(region, rng.uniform(0.2, 0.9), "below")
@@ -266,6 +279,8 @@ def partial(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
         region = _plane(bundle, float(rng.uniform(22, 45)))
     elif kind == 4:  # the whole mask but one feature group
         region = region & ~_grow(_feature_group(bundle, rng), int(rng.integers(1, 3)))
+    elif kind == 5:  # a cut across the head's whole width near eye level (caideface's mask can stop there)
+        region = _across(bundle, float(rng.uniform(-5, 20)), float(rng.uniform(0, 15)))
     else:  # a tight field of view: its front edge cuts the nose and lips, its lower edge the chin
         return _outside_view(bundle, "partial", front_mm=rng.uniform(0, 25), below_mm=rng.uniform(0, 30))
     return _zeroed(bundle, region, "partial", rng)
