@@ -12,7 +12,7 @@ would triple the hour this takes). Then:
 1. **k-fold over subjects** (``--folds``, default 4 × 8 subjects): each subject is a test subject
    once; 3 training subjects per fold calibrate the temperature. Rates on the test folds:
    real faces called ``face``; partial defacings that leave the eyes and the nose called
-   ``face``; every face-labelled variant; removed faces not called ``face``; replaced faces
+   ``face``, and those that leave the eyes but not the nose; every face-labelled variant; removed faces not called ``face``; replaced faces
    called ``replaced``; one row per family. Wilson 95 % intervals, with the number of scans and
    of independent subjects behind each rate (draws of one subject are not independent: the
    subject count is the one that limits what a rate can claim).
@@ -133,10 +133,13 @@ def headline(samples: Samples, probabilities: np.ndarray, threshold: float = 0.5
     (with `--anatomy` where ``tissue`` is given)."""
     said = verdicts(probabilities, threshold, tissue)
     eyes, nose = FEATURES.index("eyes"), FEATURES.index("nose")
-    keeps_eyes_nose = (samples.own[:, eyes] >= FACE_MIN_FRACTION) & (samples.own[:, nose] >= FACE_MIN_FRACTION)
+    keeps_eyes = samples.own[:, eyes] >= FACE_MIN_FRACTION
+    keeps_eyes_nose = keeps_eyes & (samples.own[:, nose] >= FACE_MIN_FRACTION)
     groups = {
         "real faces called face": (samples.family == "none", said == FACE),
         "partial defacings leaving eyes and nose called face": ((samples.family == "partial") & keeps_eyes_nose, said == FACE),
+        "partial defacings leaving the eyes but not the nose called face":
+            ((samples.family == "partial") & keeps_eyes & (samples.own[:, nose] < FACE_MIN_FRACTION), said == FACE),
         "every face-labelled variant called face": (samples.label == FACE, said == FACE),
         "removed faces not called face": (samples.label == REMOVED, said != FACE),
         "replaced faces not called face": (samples.label == REPLACED, said != FACE),
