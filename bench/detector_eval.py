@@ -12,8 +12,8 @@ would triple the hour this takes). Then:
 1. **k-fold over subjects** (``--folds``, default 4 × 8 subjects): each subject is a test subject
    once; 3 training subjects per fold calibrate the temperature. Rates on the test folds:
    real faces called ``face``; partial defacings that leave the eyes and the nose called
-   ``face``, and those that leave the eyes but not the nose; every face-labelled variant; removed faces not called ``face``; replaced faces
-   called ``replaced``; one row per family. Wilson 95 % intervals, with the number of scans and
+   ``face``, and those that leave the eyes but not the nose; every face-labelled variant; removed
+   faces not called ``face``; replaced faces called ``replaced``; one row per family. Wilson 95 % intervals, with the number of scans and
    of independent subjects behind each rate (draws of one subject are not independent: the
    subject count is the one that limits what a rate can claim).
 2. **Calibration**: expected calibration error (15 bins, top-class confidence) before and after
@@ -133,13 +133,14 @@ def headline(samples: Samples, probabilities: np.ndarray, threshold: float = 0.5
     (with `--anatomy` where ``tissue`` is given)."""
     said = verdicts(probabilities, threshold, tissue)
     eyes, nose = FEATURES.index("eyes"), FEATURES.index("nose")
-    keeps_eyes = samples.own[:, eyes] >= FACE_MIN_FRACTION
-    keeps_eyes_nose = keeps_eyes & (samples.own[:, nose] >= FACE_MIN_FRACTION)
+    keeps_eyes, keeps_nose = (samples.own[:, feature] >= FACE_MIN_FRACTION for feature in (eyes, nose))
+    partial = samples.family == "partial"
     groups = {
         "real faces called face": (samples.family == "none", said == FACE),
-        "partial defacings leaving eyes and nose called face": ((samples.family == "partial") & keeps_eyes_nose, said == FACE),
+        "partial defacings leaving eyes and nose called face": (partial & keeps_eyes & keeps_nose, said == FACE),
+        # a nose outside the field of view (NaN share) counts in neither partial row
         "partial defacings leaving the eyes but not the nose called face":
-            ((samples.family == "partial") & keeps_eyes & (samples.own[:, nose] < FACE_MIN_FRACTION), said == FACE),
+            (partial & keeps_eyes & (samples.own[:, nose] < FACE_MIN_FRACTION), said == FACE),
         "every face-labelled variant called face": (samples.label == FACE, said == FACE),
         "removed faces not called face": (samples.label == REMOVED, said != FACE),
         "replaced faces not called face": (samples.label == REPLACED, said != FACE),
@@ -353,17 +354,25 @@ def main() -> None:
         last = args.out / "detector_eval.json"
         if not last.exists():
             raise SystemExit(f"{last}: no k-fold report to add to; run without --lofo-only first")
-        report = json.loads(last.read_text())
+        report, started = json.loads(last.read_text()), None  # its k-fold's time stays its own
+    else:
+        report = kfold_report(args, caches, contract, bundles, samples)
+        write_report(report, args.out, started)  # the k-fold's figures survive an interrupted leave-one-family-out
+    if not args.no_lofo:
         report["leave_one_family_out"] = leave_one_family_out(samples, contract, bundles, args.folds, args.epochs,
                                                               args.seed, args.draws, min(args.lofo_draws, args.draws))
-        write_report(report, args.out)
-        return
+        write_report(report, args.out, started)
+
+
+def kfold_report(args: argparse.Namespace, caches: list[Path], contract: InputContract, bundles: list[FaceBundle],
+                 samples: Samples) -> dict:
+    """The k-fold's figures (and the shipped column unless ``--subjects``), with both PNGs written."""
     probabilities, raw, models, seconds = kfold(bundles, samples, contract, args.folds, args.epochs, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     reliability_png(probabilities, samples.label, args.out / "reliability.png")
     sweeps = sweep(bundles, models, contract)
     sweep_png(sweeps, args.out / "sweep.png")
-    report = {
+    return {
         "shipped": None if args.subjects else shipped(caches, contract, args.cache, args.draws, args.seed, args.ckpt),
         "subjects": len(bundles), "folds": args.folds, "draws": args.draws, "rounds": args.rounds, "epochs": args.epochs,
         "contract": contract.to_dict(), "fit_seconds": seconds,
@@ -374,14 +383,8 @@ def main() -> None:
                         "ece_calibrated": expected_calibration_error(probabilities, samples.label),
                         "scans": len(samples.label)},
         "sweep": sweeps,
+        "leave_one_family_out": {"test_subjects": [], "families": {}},
     }
-    report["leave_one_family_out"] = {"test_subjects": [], "families": {}}
-    write_report(report, args.out, started)  # the k-fold's figures survive an interrupted leave-one-family-out
-    if not args.no_lofo:
-        report["leave_one_family_out"] = leave_one_family_out(samples, contract, bundles, args.folds, args.epochs,
-                                                              args.seed, args.draws, min(args.lofo_draws, args.draws))
-        write_report(report, args.out, started)
-
 
 def write_report(report: dict, out: Path, started: float | None = None) -> None:
     """The JSON and markdown; ``report["seconds"]`` since ``started`` (kept as it is without one)."""

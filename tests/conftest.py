@@ -55,18 +55,24 @@ def ixi_scans(ixi_dir: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def held_out_bundle(ixi_scans, tmp_path_factory):
+def held_out_head(ixi_scans) -> Path:
+    """The IXI scan of the first held-out subject: a real head the shipped detector never saw."""
+    from defacegan.detector_training import HELD_OUT, subject_of
+
+    return next(path for path in ixi_scans if subject_of(path) == HELD_OUT[0])
+
+
+@pytest.fixture(scope="session")
+def held_out_bundle(held_out_head, tmp_path_factory):
     """One real IXI head the shipped detector never saw, registered to the template once for
     the whole test run, with its features and regions on the default contract's grid."""
     from defacegan.contract import InputContract
-    from defacegan.detector_training import HELD_OUT, subject_of
+    from defacegan.detector_training import subject_of
     from defacegan.families import make_bundle
     from defacegan.io import load_scan
 
-    scan = next(path for path in ixi_scans if subject_of(path) == HELD_OUT[0])
-
     def build(path: Path) -> None:
-        path.write_bytes(pickle.dumps(make_bundle(load_scan(scan), subject_of(scan), InputContract())))
+        path.write_bytes(pickle.dumps(make_bundle(load_scan(held_out_head), subject_of(held_out_head), InputContract())))
 
     return pickle.loads(built_once(tmp_path_factory, "held-out-bundle.pickle", build).read_bytes())
 

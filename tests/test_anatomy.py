@@ -78,12 +78,10 @@ def test_feature_regions_on_the_mean_head(mean_head_versions):
         assert kept_features(shares[fill]) == [], (fill, shares[fill])
 
 
-def test_check_anatomy_calls_a_cut_below_the_eyes_face_and_writes_the_regions(ixi_scans, tmp_path, capsys):
+def test_check_anatomy_calls_a_cut_below_the_eyes_face_and_writes_the_regions(held_out_head, tmp_path, capsys):
     """On a real held-out head (not the mean head: that is the template's own face, which the
     network rightly calls `replaced`, a verdict the anatomy never overrules)."""
-    from defacegan.detector_training import HELD_OUT, subject_of
-
-    scan = load_scan(next(path for path in ixi_scans if subject_of(path) == HELD_OUT[0]))
+    scan = load_scan(held_out_head)
     transform = register_template(scan)
     for name, cut in (("below_the_eyes", below_the_eyes(scan, transform)), ("mask", face_region(scan, transform))):
         nib.save(nib.Nifti1Image(np.where(cut, 0, scan.data), scan.affine), tmp_path / f"{name}.nii.gz")

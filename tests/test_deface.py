@@ -205,27 +205,24 @@ def test_cli_defaces_good_files_reports_bad_ones_and_keeps_the_input_orientation
 
 
 @pytest.mark.slow
-def test_cli_measures_the_brain_and_verify_finds_an_undone_defacing(ixi_scans, tmp_path, capsys):
+def test_cli_measures_the_brain_and_verify_finds_an_undone_defacing(held_out_head, tmp_path, capsys):
     """On a real head the shipped detector never saw: the brain removed goes into the JSON and the
     QC figure, --verify calls the output defaced; with the defacing undone, it fires."""
-    from defacegan.detector_training import HELD_OUT, subject_of
-
-    head = next(path for path in ixi_scans if subject_of(path) == HELD_OUT[0])
     out = tmp_path / "out"
 
-    code = main(["deface", str(head), "-o", str(out), "--qc", "--verify"])
+    code = main(["deface", str(held_out_head), "-o", str(out), "--qc", "--verify"])
 
     printed = capsys.readouterr().out
     assert code == EXIT_OK, printed
-    record = json.loads((out / f"{head.name.removesuffix('.nii.gz')}_defaced.json").read_text())
+    record = json.loads((out / f"{held_out_head.name.removesuffix('.nii.gz')}_defaced.json").read_text())
     assert record["BrainML"] > 1000 and not record["BrainRemovedFlagged"]
     assert f"brain removed {record['BrainRemovedML']:.1f} mL" in printed
     assert "removed" in printed.split("verdict")[-1] and "0 with a face" in printed
     assert main(["check", str(out), "--json", "--workers", "0"]) == EXIT_OK  # check shows what deface measured
     checked = json.loads(capsys.readouterr().out)["results"]
     assert [row["brain_removed"] for row in checked] == [record["BrainRemovedPercent"]]
-    output = out / f"{head.name.removesuffix('.nii.gz')}_defaced.nii.gz"
-    shutil.copyfile(head, output)  # the defacing undone: the face is back
+    output = out / f"{held_out_head.name.removesuffix('.nii.gz')}_defaced.nii.gz"
+    shutil.copyfile(held_out_head, output)  # the defacing undone: the face is back
 
     assert verify_defaced([output]) == 1
     assert "1 with a face" in capsys.readouterr().out
