@@ -81,6 +81,19 @@ def test_partial_defacings_include_cuts_that_take_the_nose_and_leave_the_eyes(bu
     assert len(noseless) >= 3 and set(noseless) == {"face"}
 
 
+def test_partial_defacings_include_cuts_from_the_front(bundle):
+    """A plane from the front (or at an angle) cuts the nose, mouth and chin each in part, where one
+    from below takes the chin whole first: the sweep's front red zone is drawn for training too."""
+    lower = ("nose", "mouth", "chin")
+    from_front = []
+    for seed in range(40):
+        variant = generate(bundle, "partial", np.random.default_rng(seed))
+        own, _ = variant.shares(bundle.features)
+        if all(0.02 < own[name] < 0.9 for name in lower) and own["eyes"] >= 0.9:
+            from_front.append(variant.label(bundle.features))
+    assert len(from_front) >= 2 and set(from_front) == {"face"}
+
+
 def test_a_tight_field_of_view_through_the_nose_keeps_a_face(bundle):
     """A field of view whose front edge cuts the nose and lower edge the chin (as Colin27's MNI
     box does) leaves the eyes: `face`; pulled back behind every feature it is `removed`."""

@@ -343,6 +343,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--seed", type=int, default=0, help="seeds the draws, the calibration subjects and the fit")
+    parser.add_argument("--without", nargs="+", default=[], choices=list(FAMILIES), metavar="FAMILY",
+                        help="families drawn (they stay in the manifest) but not trained on")
     parser.add_argument("--ensemble", type=Path, nargs="+", metavar="MEMBER",
                         help="instead of training, write these members' checkpoints as one ensemble to --out")
     args = parser.parse_args(argv)
@@ -357,12 +359,13 @@ def main(argv: list[str] | None = None) -> Path:
     train_subjects, val_subjects = split_subjects([subject_of(p) for p in paths], val=4, seed=args.seed)
     samples = draw(caches, contract, args.cache, draws=args.draws, seed=args.seed, rounds=args.rounds)
     atomic_write_text(args.manifest, samples.manifest())
-    train = samples.where(np.isin(samples.subject, train_subjects))
-    val = samples.where(np.isin(samples.subject, val_subjects))
+    trained = [family for family in FAMILIES if family not in args.without]
+    train = samples.where(np.isin(samples.subject, train_subjects) & np.isin(samples.family, trained))
+    val = samples.where(np.isin(samples.subject, val_subjects) & np.isin(samples.family, trained))
     net = fit(train, contract, epochs=args.epochs, seed=args.seed)
     temperature = calibrate(net, val)
     facts = {"train_subjects": train_subjects, "val_subjects": val_subjects, "held_out": list(HELD_OUT),
-             "families": list(FAMILIES), "draws": args.draws, "rounds": args.rounds, "epochs": args.epochs, "temperature": temperature,
+             "families": trained, "draws": args.draws, "rounds": args.rounds, "epochs": args.epochs, "temperature": temperature,
              "seed": args.seed}
     path = save_detector(net, contract, args.out, facts)
     print(f"{path}: {len(train.label)} training views of {len(train_subjects)} subjects, T = {temperature:.2f}, "

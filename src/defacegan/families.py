@@ -20,9 +20,9 @@ Families (:data:`FAMILIES`):
 - ``shell``: a skin-deep layer over the face removed (mri_deface-like), 8-20 mm deep.
 - ``fill``: the face region filled with noise or a constant instead of zeros.
 - ``crop``: the face outside the field of view (everything in front of a coronal plane).
-- ``partial``: failed or partial defacings — the lowest 20-90 % of the mask only (past 65 % the
-  nose goes and the eyes stay), the nose or the mouth and chin only, the whole mask but one
-  feature group, a cut across the head's width near eye level, the mask shifted 15-40 mm, a plane
+- ``partial``: failed or partial defacings — 20-90 % of the mask cut by a plane from below, from
+  the front or at an angle between (past about 65 % from below the nose goes and the eyes stay),
+  the nose or the mouth and chin only, the whole mask but one feature group, a cut across the head's width near eye level, the mask shifted 15-40 mm, a plane
   placed too far out, or a tight field of view whose edges cut the nose and chin (as Colin27's MNI
   box does).
 - ``blur``: the face smoothed (σ 3-8 mm); blurred faces are recognisable, so mostly ``face``.
@@ -127,17 +127,14 @@ def make_bundle(scan: Scan, subject: str, contract: InputContract, seed: int = 0
     )
 
 
-def _share_of(region: np.ndarray, share: float, side: str) -> np.ndarray:
-    """The ``share`` of ``region``'s voxels lowest (``side`` "below") or most anterior ("front")."""
+def _share_of(region: np.ndarray, share: float, towards: tuple[float, float, float]) -> np.ndarray:
+    """The ``share`` of ``region``'s voxels that lie furthest along ``towards`` (a direction in
+    voxel axes: (0, 0, -1) the lowest, (0, 1, 0) the most anterior): a planar cut of known extent."""
     coordinates = np.nonzero(region)
     chosen = np.zeros(region.shape, bool)
     if coordinates[0].size and share > 0:
-        if side == "below":
-            values = coordinates[2]
-            keep = values <= np.quantile(values, share)
-        else:
-            values = coordinates[1]
-            keep = values >= np.quantile(values, 1 - share)
+        values = np.tensordot(np.asarray(towards, float), np.stack(coordinates).astype(float), axes=1)
+        keep = values >= np.quantile(values, 1 - share)
         chosen[tuple(c[keep] for c in coordinates)] = True
     return chosen
 
@@ -265,21 +262,23 @@ def _across(bundle: FaceBundle, above_eyes_mm: float, behind_mm: float) -> np.nd
 
 def partial(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
     """Defacings that miss part of the face: most keep an identifiable feature."""
-    kind = rng.integers(7)
+    kind = rng.integers(8)
     region = bundle.face_region
-    if kind == 0:  # only the lowest part of the mask: past ~65 % the nose goes, the eyes stay
-        region = _share_of(region, rng.uniform(0.2, 0.9), "below")
-    elif kind == 1:  # one feature group only
+    if kind <= 1:  # part of the mask, cut by a plane from below, from the front or between
+        # (past ~65 % from below or ~50 % from the front the nose goes and the eyes stay)
+        tilt = rng.uniform(0, np.pi / 2)
+        region = _share_of(region, rng.uniform(0.2, 0.9), (0.0, np.sin(tilt), -np.cos(tilt)))
+    elif kind == 2:  # one feature group only
         region = _grow(_feature_group(bundle, rng), int(rng.integers(1, 4)))
-    elif kind == 2:  # a mis-registered mask
+    elif kind == 3:  # a mis-registered mask
         direction = rng.choice([[0, 0, 1], [0, 0, -1], [0, 1, 0], [0, 1, 1]]).astype(float)
         shift = direction / np.linalg.norm(direction) * rng.uniform(15, 40) / bundle.spacing
         region = ndimage.shift(region.astype(np.float32), shift, order=0) > 0.5
-    elif kind == 3:  # a plane placed too far out
+    elif kind == 4:  # a plane placed too far out
         region = _plane(bundle, float(rng.uniform(22, 45)))
-    elif kind == 4:  # the whole mask but one feature group
+    elif kind == 5:  # the whole mask but one feature group
         region = region & ~_grow(_feature_group(bundle, rng), int(rng.integers(1, 3)))
-    elif kind == 5:  # a cut across the head's whole width near eye level (caideface's mask can stop there)
+    elif kind == 6:  # a cut across the head's whole width near eye level (caideface's mask can stop there)
         region = _across(bundle, float(rng.uniform(-5, 20)), float(rng.uniform(0, 15)))
     else:  # a tight field of view: its front edge cuts the nose and lips, its lower edge the chin
         return _outside_view(bundle, "partial", front_mm=rng.uniform(0, 25), below_mm=rng.uniform(0, 30))
@@ -364,7 +363,7 @@ def remove_share(bundle: FaceBundle, share: float, mode: str = "below") -> Varia
     if mode not in SWEEP_MODES:
         raise ValueError(f"mode {mode!r} is not one of {SWEEP_MODES}")
     region = bundle.face_region if mode != "nose" else bundle.features == 1 + FEATURES.index("nose")
-    removed = _share_of(region, share, "below" if mode == "below" else "front")
+    removed = _share_of(region, share, (0.0, 0.0, -1.0) if mode == "below" else (0.0, 1.0, 0.0))
     volume = np.where(removed, 0, bundle.face).astype(np.float32)
     return Variant(f"remove_{mode}", volume, removed, np.zeros_like(removed))
 
