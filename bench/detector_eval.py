@@ -3,8 +3,9 @@
 Every IXI head of the subset is registered once (cached bundles), every defacing family is drawn
 ``--draws`` times per head and round (``--rounds``) with a random pose and contrast, and the
 detector is fitted with :mod:`defacegan.detector_training` by the recipe of one of the shipped
-detector's members (its draws, rounds and epochs; one network per fold, not an ensemble: three
-would triple the hour this takes). Then:
+detector's members (its draws, rounds and epochs, and the families it was trained on, from its
+facts; every family is tested; one network per fold, not an ensemble: three would triple the hour
+this takes). Then:
 
 0. **The shipped detector** (the ensemble ``make weights`` writes) on the 8 subjects it never saw
    (``HELD_OUT``), one round of fresh draws, and the partial-removal sweep (3.) on them, with how
@@ -96,10 +97,13 @@ def fold_of(bundles: list[FaceBundle], folds: int, seed: int) -> dict[str, int]:
     return {subjects[i]: n % folds for n, i in enumerate(order)}
 
 
-def kfold(bundles: list[FaceBundle], samples: Samples, contract: InputContract, folds: int, epochs: int, seed: int):
+def kfold(bundles: list[FaceBundle], samples: Samples, contract: InputContract, folds: int, epochs: int, seed: int,
+          trained: list[str]):
     """Test probabilities (calibrated and raw logits) for every sample, each from the fold model
-    that did not see its subject; plus the fold models and the seconds each fit cost."""
+    that did not see its subject, fitted on the ``trained`` families; plus the fold models and the
+    seconds each fit cost."""
     fold_of_subject = fold_of(bundles, folds, seed)
+    recipe = np.isin(samples.family, trained)
     probabilities = np.zeros((len(samples.label), len(VERDICTS)), np.float32)
     raw = np.zeros_like(probabilities)
     models, seconds = {}, []
@@ -107,12 +111,12 @@ def kfold(bundles: list[FaceBundle], samples: Samples, contract: InputContract, 
         test = {s for s, f in fold_of_subject.items() if f == fold}
         train_subjects, val_subjects = split_subjects([s for s in fold_of_subject if s not in test], val=3, seed=seed + fold)
         started = time.perf_counter()
-        net = fit(samples.where(np.isin(samples.subject, train_subjects)), contract, epochs=epochs, seed=seed + fold)
+        net = fit(samples.where(recipe & np.isin(samples.subject, train_subjects)), contract, epochs=epochs, seed=seed + fold)
         seconds.append(time.perf_counter() - started)
         at_test = np.isin(samples.subject, sorted(test))
         logits = logits_of(net, samples.views[torch.as_tensor(at_test)])  # temperature 1 until calibrated
         raw[at_test] = torch.softmax(logits, 1).numpy()
-        calibrate(net, samples.where(np.isin(samples.subject, val_subjects)))
+        calibrate(net, samples.where(recipe & np.isin(samples.subject, val_subjects)))
         probabilities[at_test] = torch.softmax(logits / net.temperature, 1).numpy()
         models.update({s: net for s in test})
         print(f"fold {fold}: {len(train_subjects)} train / {len(val_subjects)} val / {len(test)} test subjects, "
@@ -214,9 +218,10 @@ def sweep_png(results: dict, path: Path) -> None:
 
 
 def leave_one_family_out(samples: Samples, contract: InputContract, bundles: list[FaceBundle], folds: int,
-                         epochs: int, seed: int, per_round: int, draws: int) -> dict:
+                         epochs: int, seed: int, per_round: int, draws: int, trained: list[str]) -> dict:
     """Fold 0's split, the first ``draws`` draws of each family in every round of ``per_round``
-    (fewer than the k-fold's, to keep ten fits affordable): trained without a family, tested on it."""
+    (fewer than the k-fold's, to keep ten fits affordable): trained on the ``trained`` families
+    without one, tested on it."""
     samples = samples.where(samples.number % per_round < draws)
     fold_of_subject = fold_of(bundles, folds, seed)
     test = sorted(s for s, f in fold_of_subject.items() if f == 0)
@@ -226,7 +231,7 @@ def leave_one_family_out(samples: Samples, contract: InputContract, bundles: lis
         if family == "none":
             continue
         started = time.perf_counter()
-        without = samples.family != family
+        without = np.isin(samples.family, trained) & (samples.family != family)
         net = fit(samples.where(without & np.isin(samples.subject, train_subjects)), contract, epochs=epochs, seed=seed)
         calibrate(net, samples.where(without & np.isin(samples.subject, val_subjects)))
         held = samples.where((samples.family == family) & np.isin(samples.subject, test))
@@ -241,6 +246,17 @@ def leave_one_family_out(samples: Samples, contract: InputContract, bundles: lis
         print(f"without {family}: {rate_text(results[family]['three_way'])} three-way on it "
               f"({results[family]['fit_seconds']:.0f} s)", flush=True)
     return {"test_subjects": test, "train_subjects": train_subjects, "draws": draws, "families": results}
+
+
+def recipe_families(ckpt: Path, without: list[str] | None) -> list[str]:
+    """The families the k-fold and leave-one-family-out fits train on: all but ``without`` when it
+    is given, else those the members of ``ckpt`` were trained on (their facts; ``make weights``
+    leaves out WEIGHT_WITHOUT), so that the fits repeat the recipe of the detector they stand beside."""
+    if without is None:
+        facts = load_network(ckpt)[2]
+        trained = {family for member in facts.get("members", [facts]) for family in member.get("families", FAMILIES)}
+        without = [family for family in FAMILIES if family not in trained]
+    return [family for family in FAMILIES if family not in without]
 
 
 def table(columns: list[str], rows: list[list[str]]) -> str:
@@ -290,9 +306,10 @@ def markdown(report: dict) -> str:
                          for mode, r in ship["sweep"].items()]), ""]
     if "headline" not in report:  # --shipped-only before any full run
         return "\n".join(lines)
+    untrained = [family for family in FAMILIES if family not in report.get("trained_families", FAMILIES)]
     lines += [f"k-fold: {report['subjects']} IXI subjects in {report['folds']} folds, each tested once by one network "
               f"(one member of the shipped recipe) trained without it ({report['rounds']} rounds of {report['draws']} draws per family and subject, "
-              f"{report['epochs']} epochs).", "",
+              f"{report['epochs']} epochs{'; not trained on ' + ', '.join(untrained) if untrained else ''}, tested on every family).", "",
               table(["k-fold test", "rate", "scans (subjects)"], headline_rows(report["headline"])), "",
               table(family_columns, family_rows(report["per_family"])), ""]
     names = list(report["headline"])
@@ -331,6 +348,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 while `make weights` runs beside it)")
     parser.add_argument("--ckpt", type=Path, default=Path(str(SHIPPED_CHECKPOINT)),
                         help="the detector of the shipped column (default: the shipped one; e.g. an earlier one, to compare on the same draws)")
+    parser.add_argument("--without", nargs="*", default=None, choices=list(FAMILIES), metavar="FAMILY",
+                        help="families the k-fold and leave-one-family-out fits do not train on (tested all the same; "
+                             "default: those the --ckpt detector was not trained on; no FAMILY: train on all)")
     parser.add_argument("--shipped-only", action="store_true",
                         help="after `make weights`: redo the shipped detector's column only, keeping the k-fold and "
                              "leave-one-family-out figures of the last full run in --out, if any (they do not use the shipped weights)")
@@ -350,24 +370,25 @@ def main() -> None:
     bundles = [read_bundle(cache) for cache in caches]
     samples = draw(caches, contract, args.cache, draws=args.draws, seed=args.seed, rounds=args.rounds)
     print(f"{len(samples.label)} scans drawn from {len(bundles)} subjects ({time.perf_counter() - started:.0f} s)", flush=True)
+    trained = recipe_families(args.ckpt, args.without)
     if args.lofo_only:
         last = args.out / "detector_eval.json"
         if not last.exists():
             raise SystemExit(f"{last}: no k-fold report to add to; run without --lofo-only first")
         report, started = json.loads(last.read_text()), None  # its k-fold's time stays its own
     else:
-        report = kfold_report(args, caches, contract, bundles, samples)
+        report = kfold_report(args, caches, contract, bundles, samples, trained)
         write_report(report, args.out, started)  # the k-fold's figures survive an interrupted leave-one-family-out
     if not args.no_lofo:
-        report["leave_one_family_out"] = leave_one_family_out(samples, contract, bundles, args.folds, args.epochs,
-                                                              args.seed, args.draws, min(args.lofo_draws, args.draws))
+        report["leave_one_family_out"] = leave_one_family_out(samples, contract, bundles, args.folds, args.epochs, args.seed,
+                                                              args.draws, min(args.lofo_draws, args.draws), trained)
         write_report(report, args.out, started)
 
 
 def kfold_report(args: argparse.Namespace, caches: list[Path], contract: InputContract, bundles: list[FaceBundle],
-                 samples: Samples) -> dict:
+                 samples: Samples, trained: list[str]) -> dict:
     """The k-fold's figures (and the shipped column unless ``--subjects``), with both PNGs written."""
-    probabilities, raw, models, seconds = kfold(bundles, samples, contract, args.folds, args.epochs, args.seed)
+    probabilities, raw, models, seconds = kfold(bundles, samples, contract, args.folds, args.epochs, args.seed, trained)
     args.out.mkdir(parents=True, exist_ok=True)
     reliability_png(probabilities, samples.label, args.out / "reliability.png")
     sweeps = sweep(bundles, models, contract)
@@ -375,6 +396,7 @@ def kfold_report(args: argparse.Namespace, caches: list[Path], contract: InputCo
     return {
         "shipped": None if args.subjects else shipped(caches, contract, args.cache, args.draws, args.seed, args.ckpt),
         "subjects": len(bundles), "folds": args.folds, "draws": args.draws, "rounds": args.rounds, "epochs": args.epochs,
+        "trained_families": trained,
         "contract": contract.to_dict(), "fit_seconds": seconds,
         "headline": headline(samples, probabilities),
         "thresholds": {str(t): headline(samples, probabilities, t) for t in THRESHOLDS},

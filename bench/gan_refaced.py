@@ -2,8 +2,9 @@
 
 The families replace a removed face by the average face, a smooth generic shell, or a smooth
 featureless mass grown from the cut (``replace_template``, ``replace_shell``, ``replace_smooth``,
-the last drawn after what this bench first found the re-facer to paint); the re-facer itself is
-not in training, so this stays a test on a generator's real output. Here a Pix2Pix is trained by
+the last drawn after what this bench first found the re-facer to paint, and left out of the
+shipped detector's training: ``WEIGHT_WITHOUT`` in the Makefile); the re-facer itself is not in
+training, so this stays a test on a generator's real output. Here a Pix2Pix is trained by
 ``train.py model=pix2pix`` on IXI heads the shipped detector trained on (the subset less
 ``HELD_OUT``, built into a cohort with ``defacegan data build``), so it never saw the held-out
 heads either. Each of the 8 held-out heads

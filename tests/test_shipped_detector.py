@@ -18,7 +18,7 @@ from quickshear import quickshear
 from defacegan.brain import brain_mask
 from defacegan.contract import InputContract
 from defacegan.detector_training import HELD_OUT, rule_label, subject_of
-from defacegan.families import generate, remove_share
+from defacegan.families import FAMILIES, generate, remove_share
 from defacegan.features import FACE_MIN_FRACTION, FEATURES
 from defacegan.inference import SHIPPED_CHECKPOINT, Detector
 from defacegan.io import Scan, load_scan
@@ -52,6 +52,15 @@ def judge(detector: Detector, bundle, variant) -> str:
 def test_the_shipped_detector_never_saw_the_held_out_subjects(detector):
     seen = set(detector.facts["train_subjects"]) | set(detector.facts["val_subjects"])
     assert not seen & set(HELD_OUT) and detector.contract.classes == ("face", "removed", "replaced")
+
+
+def test_the_shipped_detector_is_trained_on_the_makefiles_families(detector):
+    """Every member was trained on every family but the Makefile's WEIGHT_WITHOUT: the weights are
+    not older than the recipe the README and the k-fold describe."""
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    without = next(line.split("?=")[1].split() for line in makefile.splitlines() if line.startswith("WEIGHT_WITHOUT"))
+    expected = [family for family in FAMILIES if family not in without]
+    assert [member["families"] for member in detector.facts["members"]] == [expected] * len(detector.facts["members"])
 
 
 def test_real_faces_are_faces(detector, held_out):
