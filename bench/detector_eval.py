@@ -132,9 +132,11 @@ def verdicts(probabilities: np.ndarray, threshold: float = 0.5, tissue: list[dic
                      for p, t in zip(probabilities, tissue)])
 
 
-def headline(samples: Samples, probabilities: np.ndarray, threshold: float = 0.5, tissue: list[dict] | None = None) -> dict[str, dict]:
+def headline(samples: Samples, probabilities: np.ndarray, threshold: float = 0.5, tissue: list[dict] | None = None,
+             trained: list[str] | None = None) -> dict[str, dict]:
     """The issue's targets, each as a rate over test scans, at `check --threshold` ``threshold``
-    (with `--anatomy` where ``tissue`` is given)."""
+    (with `--anatomy` where ``tissue`` is given); when the detector was ``trained`` on some families
+    only, the removed and replaced rows again over those families' scans."""
     said = verdicts(probabilities, threshold, tissue)
     eyes, nose = FEATURES.index("eyes"), FEATURES.index("nose")
     keeps_eyes, keeps_nose = (samples.own[:, feature] >= FACE_MIN_FRACTION for feature in (eyes, nose))
@@ -151,6 +153,10 @@ def headline(samples: Samples, probabilities: np.ndarray, threshold: float = 0.5
         "replaced faces called replaced": (samples.label == REPLACED, said == REPLACED),
         "removed faces called removed": (samples.label == REMOVED, said == REMOVED),
     }
+    if trained is not None and set(trained) != set(FAMILIES):
+        seen = np.isin(samples.family, trained)
+        groups["removed faces of the families trained on not called face"] = (seen & (samples.label == REMOVED), said != FACE)
+        groups["replaced faces of the families trained on called replaced"] = (seen & (samples.label == REPLACED), said == REPLACED)
     return {name: rate(hit[which], samples.subject[which]) for name, (which, hit) in groups.items()}
 
 
@@ -253,10 +259,14 @@ def recipe_families(ckpt: Path, without: list[str] | None) -> list[str]:
     is given, else those the members of ``ckpt`` were trained on (their facts; ``make weights``
     leaves out WEIGHT_WITHOUT), so that the fits repeat the recipe of the detector they stand beside."""
     if without is None:
-        facts = load_network(ckpt)[2]
-        trained = {family for member in facts.get("members", [facts]) for family in member.get("families", FAMILIES)}
-        without = [family for family in FAMILIES if family not in trained]
+        return trained_families(load_network(ckpt)[2])
     return [family for family in FAMILIES if family not in without]
+
+
+def trained_families(facts: dict) -> list[str]:
+    """The families a detector's members were trained on, from its facts (all, where they do not say)."""
+    trained = {family for member in facts.get("members", [facts]) for family in member.get("families", FAMILIES)}
+    return [family for family in FAMILIES if family in trained]
 
 
 def table(columns: list[str], rows: list[list[str]]) -> str:
@@ -273,7 +283,7 @@ def shipped(caches: list[Path], contract: InputContract, cache_dir: Path, draws:
     probabilities = torch.softmax(logits_of(net, samples.views), 1).numpy()
     bundles = [read_bundle(cache) for cache in held]
     return {"ckpt": str(ckpt), "subjects": sorted(set(samples.subject)), "draws": draws, "training": facts,
-            "headline": headline(samples, probabilities), "per_family": per_family(samples, probabilities),
+            "headline": headline(samples, probabilities, trained=trained_families(facts)), "per_family": per_family(samples, probabilities),
             "ece": expected_calibration_error(probabilities, samples.label),
             "sweep": sweep(bundles, {bundle.subject: net for bundle in bundles}, contract)}
 
@@ -398,8 +408,8 @@ def kfold_report(args: argparse.Namespace, caches: list[Path], contract: InputCo
         "subjects": len(bundles), "folds": args.folds, "draws": args.draws, "rounds": args.rounds, "epochs": args.epochs,
         "trained_families": trained,
         "contract": contract.to_dict(), "fit_seconds": seconds,
-        "headline": headline(samples, probabilities),
-        "thresholds": {str(t): headline(samples, probabilities, t) for t in THRESHOLDS},
+        "headline": headline(samples, probabilities, trained=trained),
+        "thresholds": {str(t): headline(samples, probabilities, t, trained=trained) for t in THRESHOLDS},
         "per_family": per_family(samples, probabilities),
         "calibration": {"ece_raw": expected_calibration_error(raw, samples.label),
                         "ece_calibrated": expected_calibration_error(probabilities, samples.label),
