@@ -60,7 +60,7 @@ data/members/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src/
 		$(if $(WEIGHT_WITHOUT),--without $(WEIGHT_WITHOUT))
 
 # The detector's figures in the README: the shipped detector on held-out heads, k-fold, calibration,
-# the partial-removal sweep, leave-one-family-out (~35 min once the views are drawn and cached);
+# the partial-removal sweep, leave-one-family-out (~45 min once the views are drawn and cached);
 # then the shipped detector on the heads from outside IXI (bench/outside_heads.py, a minute) and on
 # held-out IXI heads whose field of view stops above the neck (bench/field_of_view.py, a minute), and on
 # held-out heads defaced by other projects' tools, Quickshear and caideface (bench/other_defacers.py, 4 min);

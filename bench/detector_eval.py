@@ -24,7 +24,7 @@ this takes). Then:
 4. **Leave-one-family-out** on one subject split (fold 0): trained without a family, tested on it.
 
 Writes ``<out>/detector_eval.json``, ``detector_eval.md``, ``reliability.png``, ``sweep.png``;
-prints the tables. About 35 minutes on 2 cores once the views are drawn (4 k-fold fits of 5-6 min,
+prints the tables. About 45 minutes on 2 cores once the views are drawn (4 k-fold fits of 5-8 min,
 11 leave-one-family-out fits of ~1 min); the first run also registers the 32 heads (under a
 minute) and draws their views (~22 min a round on 2 cores), both cached in ``data/bundles`` and
 shared with ``make weights``; ``--no-lofo`` skips the leave-one-family-out fits and
