@@ -22,9 +22,9 @@ Families (:data:`FAMILIES`):
 - ``crop``: the face outside the field of view (everything in front of a coronal plane).
 - ``partial``: failed or partial defacings — 20-90 % of the mask cut by a plane from below, from
   the front or at an angle between (past about 65 % from below the nose goes and the eyes stay),
-  the nose or the mouth and chin only, the whole mask but one feature group, a cut across the head's width near eye level, the mask shifted 15-40 mm, a plane
-  placed too far out, or a tight field of view whose edges cut the nose and chin (as Colin27's MNI
-  box does).
+  the nose or the mouth and chin only, the whole mask but one feature group, a cut across the
+  head's width near eye level, the mask shifted 15-40 mm, a plane placed too far out, or a tight
+  field of view whose edges cut the nose and chin (as Colin27's MNI box does).
 - ``blur``: the face smoothed (σ 3-8 mm); blurred faces are recognisable, so mostly ``face``.
 - ``replace_template``: the registered template's face pasted in (AFNI refacer / mri_reface-like),
   warped, rescaled and given noise at random so that it is not always the same smooth face.
