@@ -194,3 +194,13 @@ def test_a_field_of_view_that_stops_above_the_mouth_keeps_the_verdict_of_the_res
     assert not intact.removed[bundle.features == 1 + FEATURES.index("eyes")].any()
     defaced = cut_below(bundle, generate(bundle, "mask", np.random.default_rng(0)), 40.0)
     assert defaced.label(bundle.features) == "removed" and (defaced.volume[intact.removed] == 0).all()
+
+
+def test_the_draw_cache_key_follows_the_code_not_its_comments_or_docstrings(tmp_path):
+    from defacegan.detector_training import source_key
+
+    first, reworded, changed = (tmp_path / name for name in ("first.py", "reworded.py", "changed.py"))
+    first.write_text('"""Module."""\n\ndef cut(x):\n    """Why."""\n    return x + 1  # one\n')
+    reworded.write_text('"""Module, reworded\nover two lines."""\n\n\ndef cut(x):\n    """Why, said otherwise."""\n    return (x\n            + 1)\n')
+    changed.write_text('"""Module."""\n\ndef cut(x):\n    """Why."""\n    return x + 2  # one\n')
+    assert source_key(first) == source_key(reworded) != source_key(changed)

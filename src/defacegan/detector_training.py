@@ -46,11 +46,23 @@ from defacegan.models.detector import DetectorNet, fit_temperature
 #: IXI subjects of the 32-head subset never used to train the shipped detector: every 4th in
 #: sorted order. The real-anatomy tests and the shipped detector's own checks use them.
 HELD_OUT = ("IXI012", "IXI213", "IXI260", "IXI338", "IXI385", "IXI452", "IXI526", "IXI575")
+def source_key(*sources: str | os.PathLike) -> str:
+    """A key of the code in ``sources``: their syntax trees without docstrings, so that a comment,
+    a line break or a docstring leaves it as it is and a changed statement does not."""
+    def code(tree: ast.Module) -> str:
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body \
+                    and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant) \
+                    and isinstance(node.body[0].value.value, str):
+                node.body = node.body[1:]
+        return ast.dump(tree)
+
+    return hashlib.sha1("".join(code(ast.parse(Path(source).read_text())) for source in sources).encode()).hexdigest()[:10]
+
+
 #: The code of the generator, of the label rule and of this module (the draws' pose and
-#: placement), as syntax trees (a comment or a line break does not change them): drawn views are
-#: cached under a key that holds it.
-GENERATOR_SOURCE = hashlib.sha1("".join(ast.dump(ast.parse(Path(source).read_text())) for source in (
-    generate.__code__.co_filename, label_from.__code__.co_filename, __file__)).encode()).hexdigest()[:10]
+#: placement): drawn views are cached under a key that holds it.
+GENERATOR_SOURCE = source_key(generate.__code__.co_filename, label_from.__code__.co_filename, __file__)
 #: The recipe of the shipped detector (``make weights``), which the evaluation repeats per fold.
 DRAWS, ROUNDS, EPOCHS, CHANNELS = 8, 2, 20, (8, 16, 32)
 POSE = {  # DeviceAugmentation options: head pose and contrast as scanners vary them
