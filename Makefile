@@ -57,7 +57,7 @@ weights: $(MEMBERS)
 
 data/members/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src/defacegan/detector_training.py
 	$(PY) -m defacegan.detector_training --source $(IXI_SOURCE) --seed $* --out $@ --manifest data/members/seed-$*.tsv \
-		$(if $(WEIGHT_WITHOUT),--without $(WEIGHT_WITHOUT))
+		--without $(WEIGHT_WITHOUT)
 
 # The detector's figures in the README: the shipped detector on held-out heads, k-fold, calibration,
 # the partial-removal sweep, leave-one-family-out (~45 min once the views are drawn and cached);

@@ -226,7 +226,7 @@ def sweep_png(results: dict, path: Path) -> None:
 def leave_one_family_out(samples: Samples, contract: InputContract, bundles: list[FaceBundle], folds: int,
                          epochs: int, seed: int, per_round: int, draws: int, trained: list[str]) -> dict:
     """Fold 0's split, the first ``draws`` draws of each family in every round of ``per_round``
-    (fewer than the k-fold's, to keep ten fits affordable): trained on the ``trained`` families
+    (fewer than the k-fold's, to keep the fits affordable): trained on the ``trained`` families
     without one, tested on it."""
     samples = samples.where(samples.number % per_round < draws)
     fold_of_subject = fold_of(bundles, folds, seed)

@@ -33,7 +33,7 @@ from rich.table import Table
 
 from defacegan.augment import t2w_like
 from defacegan.deface import COLIN27, face_region, register_template, removed_region, template_masks, warp
-from defacegan.families import _share_of
+from defacegan.families import BELOW, _share_of
 from defacegan.inference import Detector, verdict_of
 from defacegan.io import Scan, atomic_write_text, load_scan
 
@@ -66,7 +66,7 @@ def cases(name: str, scan: Scan) -> list[tuple[str, str | None, nib.Nifti1Image]
         ("defaced: mask", "not face", image(np.where(face, 0, data))),
         ("defaced: plane", "not face", image(np.where(removed_region(scan, transform, "plane"), 0, data))),
         ("T2w-like, defaced: mask", "not face", image(np.where(face, 0, t2))),
-        ("partly defaced: lowest 40 % of the mask", intact, image(np.where(_share_of(face, 0.4, (0.0, 0.0, -1.0)), 0, data))),
+        ("partly defaced: lowest 40 % of the mask", intact, image(np.where(_share_of(face, 0.4, BELOW), 0, data))),
         ("face replaced by the template's", None if name == "mean head" else "replaced", image(np.where(face, template, data))),
     ]
 

@@ -46,6 +46,8 @@ from defacegan.models.detector import DetectorNet, fit_temperature
 #: IXI subjects of the 32-head subset never used to train the shipped detector: every 4th in
 #: sorted order. The real-anatomy tests and the shipped detector's own checks use them.
 HELD_OUT = ("IXI012", "IXI213", "IXI260", "IXI338", "IXI385", "IXI452", "IXI526", "IXI575")
+
+
 def source_key(*sources: str | os.PathLike) -> str:
     """A key of the code in ``sources``: their syntax trees without docstrings, so that a comment,
     a line break or a docstring leaves it as it is and a changed statement does not."""
@@ -355,7 +357,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--seed", type=int, default=0, help="seeds the draws, the calibration subjects and the fit")
-    parser.add_argument("--without", nargs="+", default=[], choices=list(FAMILIES), metavar="FAMILY",
+    parser.add_argument("--without", nargs="*", default=[], choices=list(FAMILIES), metavar="FAMILY",
                         help="families drawn (they stay in the manifest) but not trained on")
     parser.add_argument("--ensemble", type=Path, nargs="+", metavar="MEMBER",
                         help="instead of training, write these members' checkpoints as one ensemble to --out")
@@ -372,8 +374,9 @@ def main(argv: list[str] | None = None) -> Path:
     samples = draw(caches, contract, args.cache, draws=args.draws, seed=args.seed, rounds=args.rounds)
     atomic_write_text(args.manifest, samples.manifest())
     trained = [family for family in FAMILIES if family not in args.without]
-    train = samples.where(np.isin(samples.subject, train_subjects) & np.isin(samples.family, trained))
-    val = samples.where(np.isin(samples.subject, val_subjects) & np.isin(samples.family, trained))
+    recipe = np.isin(samples.family, trained)
+    train = samples.where(recipe & np.isin(samples.subject, train_subjects))
+    val = samples.where(recipe & np.isin(samples.subject, val_subjects))
     net = fit(train, contract, epochs=args.epochs, seed=args.seed)
     temperature = calibrate(net, val)
     facts = {"train_subjects": train_subjects, "val_subjects": val_subjects, "held_out": list(HELD_OUT),

@@ -127,9 +127,13 @@ def make_bundle(scan: Scan, subject: str, contract: InputContract, seed: int = 0
     )
 
 
+#: Directions in the grid's voxel axes (x, y anterior, z superior) for :func:`_share_of`.
+BELOW, FRONT = (0.0, 0.0, -1.0), (0.0, 1.0, 0.0)
+
+
 def _share_of(region: np.ndarray, share: float, towards: tuple[float, float, float]) -> np.ndarray:
     """The ``share`` of ``region``'s voxels that lie furthest along ``towards`` (a direction in
-    voxel axes: (0, 0, -1) the lowest, (0, 1, 0) the most anterior): a planar cut of known extent."""
+    voxel axes: BELOW the lowest, FRONT the most anterior): a planar cut of known extent."""
     coordinates = np.nonzero(region)
     chosen = np.zeros(region.shape, bool)
     if coordinates[0].size and share > 0:
@@ -363,7 +367,7 @@ def remove_share(bundle: FaceBundle, share: float, mode: str = "below") -> Varia
     if mode not in SWEEP_MODES:
         raise ValueError(f"mode {mode!r} is not one of {SWEEP_MODES}")
     region = bundle.face_region if mode != "nose" else bundle.features == 1 + FEATURES.index("nose")
-    removed = _share_of(region, share, (0.0, 0.0, -1.0) if mode == "below" else (0.0, 1.0, 0.0))
+    removed = _share_of(region, share, BELOW if mode == "below" else FRONT)
     volume = np.where(removed, 0, bundle.face).astype(np.float32)
     return Variant(f"remove_{mode}", volume, removed, np.zeros_like(removed))
 
