@@ -20,8 +20,8 @@ Families (:data:`FAMILIES`):
 - ``shell``: a skin-deep layer over the face removed (mri_deface-like), 8-20 mm deep.
 - ``fill``: the face region filled with noise or a constant instead of zeros.
 - ``crop``: the face outside the field of view (everything in front of a coronal plane).
-- ``partial``: failed or partial defacings — 20-90 % of the mask cut by a plane from below, from
-  the front or at an angle between (past about 65 % from below the nose goes and the eyes stay),
+- ``partial``: failed or partial defacings — 20-90 % of the mask cut by a plane from below, or
+  tilted from there up to the front (past about 65 % from below the nose goes and the eyes stay),
   the nose or the mouth and chin only, the whole mask but one feature group, a cut across the
   head's width near eye level, the mask shifted 15-40 mm, a plane placed too far out, or a tight
   field of view whose edges cut the nose and chin (as Colin27's MNI box does).
@@ -268,9 +268,9 @@ def partial(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
     """Defacings that miss part of the face: most keep an identifiable feature."""
     kind = rng.integers(8)
     region = bundle.face_region
-    if kind <= 1:  # part of the mask, cut by a plane from below, from the front or between
+    if kind <= 1:  # part of the mask, cut by a plane from below (kind 0), or tilted towards the front
         # (past ~65 % from below or ~50 % from the front the nose goes and the eyes stay)
-        tilt = rng.uniform(0, np.pi / 2)
+        tilt = 0.0 if kind == 0 else rng.uniform(0, np.pi / 2)
         region = _share_of(region, rng.uniform(0.2, 0.9), (0.0, np.sin(tilt), -np.cos(tilt)))
     elif kind == 2:  # one feature group only
         region = _grow(_feature_group(bundle, rng), int(rng.integers(1, 4)))
