@@ -10,13 +10,14 @@ IXI_SOURCE ?= ../shared/data/ixi-t1-2mm
 .PHONY: install test test-all train demo weights figures audit audit-native assets bench clean
 
 # caideface is installed for its face mask and MNI152 template only (bench/other_defacers.py): its own
-# steps need HD-BET's weights and 3D Slicer, and it pins numpy<2, so it comes without its dependencies.
+# steps need HD-BET's weights and 3D Slicer, and it pins numpy<2, so it comes without its dependencies;
+# deepdefacer for its saved network only (it needs Keras 2; bench/deepdefacer.py runs it with PyTorch).
 install:
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e '.[dev]'
-	$(PIP) install -q --no-deps caideface==0.4.0
+	$(PIP) install -q --no-deps caideface==0.4.0 deepdefacer==2.1.2
 	@if [ ! -f /usr/share/mricron/templates/ch2.nii.gz ] && command -v apt-get >/dev/null; then \
 		echo "installing Debian's mricron-data (Colin27 head)"; \
 		(apt-get update -qq && apt-get install -y -qq mricron-data) || echo "warning: mricron-data not installed; demo uses pydeface's head only"; \

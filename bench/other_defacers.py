@@ -1,4 +1,4 @@
-"""The shipped detector on the output of defacing tools that are not this project's: Quickshear and caideface.
+"""The shipped detector on the output of defacing tools that are not this project's: Quickshear, caideface and deepdefacer.
 
 Every training family imitates another tool; this runs real ones. Heads: the 8 IXI subjects the
 shipped detector never saw (``HELD_OUT``) and Colin27 when installed. Each defaced scan is written
@@ -22,6 +22,9 @@ as ``deface`` measures the brain with).
   3D Slicer's BRAINSFit/BRAINSResample; and the brain, not the dilated brain, is registered
   (:func:`caideface_defaced` says why). Only its data is needed: ``pip install --no-deps
   caideface`` (``make install`` does it).
+- deepdefacer (Khazane et al., MIT licence, ``pip install --no-deps deepdefacer``): a 3D U-Net
+  that predicts the voxels to keep, trained by its authors on their own heads; its saved network
+  runs here under PyTorch (``bench/deepdefacer.py`` says how, and how it was checked against Keras).
 
     python bench/other_defacers.py [--ixi ../shared/data/ixi-t1-2mm] [--ckpt CKPT]
 
@@ -49,6 +52,7 @@ from defacegan.deface import COLIN27, to_sitk, warp
 from defacegan.detector_training import HELD_OUT, bundle_caches, read_bundle, rule_label, subject_of
 from defacegan.inference import verdict_of
 from defacegan.io import Scan, load_scan, stem
+from deepdefacer import deepdefacer_defaced
 from held_out import held_out_setup, right_rate, write_result
 
 QUICKSHEAR_BUFFERS_VOXELS = (10, 5)
@@ -125,10 +129,16 @@ def caideface_defaced(scan: Scan, brain: np.ndarray, seed: int = 0) -> np.ndarra
     return np.where((face_mask > 0) | dilated, scan.data, 0).astype(np.float32)
 
 
+def deepdefacer_output(scan: Scan, brain: np.ndarray) -> np.ndarray:
+    """deepdefacer on the head in RAS+ voxel order; it finds the face without a brain mask."""
+    return deepdefacer_defaced(scan.data)
+
+
 #: (tool, setting, how to deface a scan given its brain mask).
 TOOLS = [
     *(("quickshear", f"buffer {buffer} voxels", partial(quickshear_defaced, buffer=buffer)) for buffer in QUICKSHEAR_BUFFERS_VOXELS),
     ("caideface", "default (14 mm dilation)", caideface_defaced),
+    ("deepdefacer", "2.1.2, RAS+ order", deepdefacer_output),
 ]
 
 
