@@ -136,7 +136,7 @@ def keras_keep_probability(volume: np.ndarray) -> np.ndarray:
             outputs[name] = keras.layers.UpSampling3D(config["size"])(inputs[0])
         elif kind == "Concatenate":
             outputs[name] = keras.layers.Concatenate(axis=-1)(inputs)
-        else:
+        else:  # Dropout (the port has refused any other layer before this runs)
             outputs[name] = inputs[0]
     model = keras.Model(entry, outputs[layers[-1]["name"]])
     return model.predict(volume[None, ..., None], verbose=0)[0, ..., 0]
