@@ -13,11 +13,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from defacegan.anatomy import TISSUE_MIN_SHARE, feature_tissue, kept_features
+from defacegan.anatomy import TISSUE_MIN_SHARE, feature_regions, feature_tissue, kept_features
 from defacegan.check import CheckResult
 from defacegan.cli import EXIT_FACE, main
 from defacegan.deface import face_region, register_template, template_masks
-from defacegan.features import FEATURE_BOXES, FEATURES, template_voxels
+from defacegan.features import FEATURE_BOXES, FEATURES, in_boxes, template_voxels
 from defacegan.inference import verdict_of
 from defacegan.io import Scan, load_scan
 
@@ -67,6 +67,18 @@ def test_a_removed_verdict_is_overruled_only_where_a_feature_region_holds_tissue
     assert verdict_of(REMOVED_LIKELY, 0.5, gone) == "removed"
     assert verdict_of(REMOVED_LIKELY, 0.5) == "removed"
     assert verdict_of(REPLACED_LIKELY, 0.5, kept) == "replaced"  # a pasted face holds tissue by design
+
+
+def test_each_carried_feature_region_lies_in_its_own_template_boxes(mean_head):
+    """Carried onto a moved and turned head, a voxel labelled as a feature maps back into that
+    feature's boxes on the template (a voxel of slack for the resampling), not into a neighbour's."""
+    transform = register_template(mean_head)
+    regions = feature_regions(mean_head, transform)
+    voxels = template_voxels(mean_head.data.shape, mean_head.affine, transform, template_masks().head.affine)
+    for number, name in enumerate(FEATURES, start=1):
+        grown = [tuple((low - 1, high + 1) for low, high in box) for box in FEATURE_BOXES[name]]
+        labelled = regions == number
+        assert labelled.sum() > 100 and in_boxes(voxels[labelled], grown).all(), name
 
 
 def test_feature_regions_on_the_mean_head(mean_head_versions):

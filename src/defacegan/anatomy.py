@@ -75,14 +75,22 @@ def feature_tissue(scan: Scan, seed: int = 0) -> dict[str, float]:
     from defacegan import deface
     from defacegan.features import FEATURES, fractions, head_mask
 
-    transform = deface.register_template(scan, seed)
-    features = np.rint(deface.warp(template_features(), transform, scan.data.shape, scan.affine)).astype(np.uint8)
+    features = feature_regions(scan, deface.register_template(scan, seed))
     head = head_mask(scan.data)
     shares = fractions(features, head)
     for number, name in enumerate(FEATURES, start=1):
         if not np.isnan(shares[name]) and not looks_like_tissue(scan.data, (features == number) & head):
             shares[name] = 0.0
     return shares
+
+
+def feature_regions(scan: Scan, transform) -> np.ndarray:
+    """The template's feature surfaces on ``scan``'s grid (uint8, 1 + index in FEATURES), carried by
+    ``transform`` nearest-neighbour: interpolating the labels would invent an eye (1) on the edge
+    of every nose (2) or mouth (3) region."""
+    from defacegan import deface
+
+    return deface.warp(template_features(), transform, scan.data.shape, scan.affine, linear=False).astype(np.uint8)
 
 
 def looks_like_tissue(data: np.ndarray, region: np.ndarray) -> bool:
