@@ -34,6 +34,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     import nibabel as nib
+    import SimpleITK as sitk
 
     from defacegan.io import Scan
 
@@ -86,7 +87,7 @@ def feature_tissue(scan: Scan, seed: int = 0) -> dict[str, float]:
     return shares
 
 
-def feature_regions(scan: Scan, transform) -> np.ndarray:
+def feature_regions(scan: Scan, transform: sitk.Transform) -> np.ndarray:
     """The template's feature surfaces on ``scan``'s grid (uint8, 1 + index in FEATURES), carried by
     ``transform`` nearest-neighbour: interpolating the labels would invent an eye (1) on the edge
     of every nose (2) or mouth (3) region."""
