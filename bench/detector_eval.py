@@ -63,7 +63,7 @@ from defacegan.detector_training import (
     split_subjects,
     subject_of,
 )
-from defacegan.families import FAMILIES, SWEEP_MODES, FaceBundle, remove_share
+from defacegan.families import FAMILIES, SWEEP_MODES, FaceBundle, families_but, remove_share
 from defacegan.features import FACE_MIN_FRACTION, FEATURES
 from defacegan.inference import SHIPPED_CHECKPOINT, load_network, verdict_of
 from defacegan.io import atomic_write_text
@@ -260,7 +260,7 @@ def recipe_families(ckpt: Path, without: list[str] | None) -> list[str]:
     leaves out WEIGHT_WITHOUT), so that the fits repeat the recipe of the detector they stand beside."""
     if without is None:
         return trained_families(load_network(ckpt)[2])
-    return [family for family in FAMILIES if family not in without]
+    return families_but(without)
 
 
 def trained_families(facts: dict) -> list[str]:

@@ -94,6 +94,19 @@ def test_partial_defacings_include_cuts_from_the_front(bundle):
     assert len(from_front) >= 2 and set(from_front) == {"face"}
 
 
+def test_eye_level_cuts_fall_on_both_sides_of_the_eyes(bundle):
+    """A learned defacer's cut near the eyes: some draws take the nose and leave the eyes (`face`),
+    others take the eyes too (`removed`), and the label follows the eyes, not the family."""
+    seen = set()
+    for seed in range(16):
+        variant = generate(bundle, "eye_level", np.random.default_rng(seed))
+        own, _ = variant.shares(bundle.features)
+        assert variant.label(bundle.features) == ("face" if own["eyes"] >= FACE_MIN_FRACTION or own["nose"] >= FACE_MIN_FRACTION else "removed")
+        assert own["mouth"] < 0.1 and own["chin"] < 0.1, own
+        seen.add((variant.label(bundle.features), own["eyes"] >= FACE_MIN_FRACTION, own["nose"] >= FACE_MIN_FRACTION))
+    assert {("face", True, False), ("removed", False, False)} <= seen, seen
+
+
 def test_a_tight_field_of_view_through_the_nose_keeps_a_face(bundle):
     """A field of view whose front edge cuts the nose and lower edge the chin (as Colin27's MNI
     box does) leaves the eyes: `face`; pulled back behind every feature it is `removed`."""

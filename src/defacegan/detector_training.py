@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from defacegan.contract import VERDICTS, InputContract
-from defacegan.families import FAMILIES, FaceBundle, Variant, cut_below, generate, make_bundle
+from defacegan.families import FAMILIES, FaceBundle, Variant, cut_below, families_but, generate, make_bundle
 from defacegan.features import FEATURES, label_from
 from defacegan.io import Scan, atomic_write_bytes, atomic_write_text, load_scan, stem
 from defacegan.models.detector import DetectorNet, fit_temperature
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> Path:
     train_subjects, val_subjects = split_subjects([subject_of(p) for p in paths], val=4, seed=args.seed)
     samples = draw(caches, contract, args.cache, draws=args.draws, seed=args.seed, rounds=args.rounds)
     atomic_write_text(args.manifest, samples.manifest())
-    trained = [family for family in FAMILIES if family not in args.without]
+    trained = families_but(args.without)
     recipe = np.isin(samples.family, trained)
     train = samples.where(recipe & np.isin(samples.subject, train_subjects))
     val = samples.where(recipe & np.isin(samples.subject, val_subjects))

@@ -25,6 +25,10 @@ Families (:data:`FAMILIES`):
   the nose or the mouth and chin only, the whole mask but one feature group, a cut across the
   head's width near eye level, the mask shifted 15-40 mm, a plane placed too far out, or a tight
   field of view whose edges cut the nose and chin (as Colin27's MNI box does).
+- ``eye_level``: a learned defacer's cut (deepdefacer-like): the face mask below a smooth, undulating,
+  tilted surface placed from a little under the eye regions to a little over them, soft-edged as a
+  predicted mask resampled back to the scan; whether the eyes stay decides the label, so the family
+  draws both sides of the line between "nose gone, eyes kept" (``face``) and ``removed``.
 - ``blur``: the face smoothed (σ 3-8 mm); blurred faces are recognisable, so mostly ``face``.
 - ``replace_template``: the registered template's face pasted in (AFNI refacer / mri_reface-like),
   warped, rescaled and given noise at random so that it is not always the same smooth face.
@@ -35,7 +39,7 @@ Families (:data:`FAMILIES`):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -289,6 +293,25 @@ def partial(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
     return _zeroed(bundle, region, "partial", rng)
 
 
+def eye_level(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
+    """The mask below a surface at 25 % under to 25 % over the eye regions' height, undulating by
+    up to 4 mm and rising towards the front by up to 57° (so that it takes the nose before the
+    eyes, as a learned defacer often does) or falling by up to 11°, with a 0-4 mm soft edge."""
+    region = _grow(bundle.face_region, int(rng.integers(0, 3)))
+    eyes = np.nonzero(bundle.features == 1 + FEATURES.index("eyes"))
+    if not eyes[2].size:
+        return _zeroed(bundle, region, "eye_level", rng)
+    low, high = eyes[2].min(), eyes[2].max()
+    shape = bundle.face.shape
+    bumps = ndimage.gaussian_filter(rng.normal(size=shape[:2]), 10 / bundle.spacing)
+    bumps *= rng.uniform(0, 4) / bundle.spacing / max(float(bumps.std()), 1e-6)
+    tilt = np.tan(rng.uniform(-0.2, 1.0)) * (np.arange(shape[1]) - eyes[1].mean())
+    surface = low + rng.uniform(-0.25, 1.25) * (high - low) + bumps + tilt[None, :]
+    below = np.arange(shape[2])[None, None, :] < surface[..., None]
+    volume, lost = _paste(bundle, region & below, 0.0, float(rng.uniform(0, 4)))
+    return Variant("eye_level", volume, lost, np.zeros_like(lost))
+
+
 def blur(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
     region = _grow(bundle.face_region, 2)
     smooth = ndimage.gaussian_filter(bundle.face, rng.uniform(3, 8) / bundle.spacing)
@@ -350,6 +373,7 @@ FAMILIES: dict[str, Callable[[FaceBundle, np.random.Generator], Variant]] = {
     "fill": fill,
     "crop": crop,
     "partial": partial,
+    "eye_level": eye_level,
     "blur": blur,
     "replace_template": replace_template,
     "replace_shell": replace_shell,
@@ -370,6 +394,11 @@ def remove_share(bundle: FaceBundle, share: float, mode: str = "below") -> Varia
     removed = _share_of(region, share, BELOW if mode == "below" else FRONT)
     volume = np.where(removed, 0, bundle.face).astype(np.float32)
     return Variant(f"remove_{mode}", volume, removed, np.zeros_like(removed))
+
+
+def families_but(without: Sequence[str] = ()) -> list[str]:
+    """Every family's name, in FAMILIES' order, but those in ``without``: what a recipe trains on."""
+    return [family for family in FAMILIES if family not in without]
 
 
 def generate(bundle: FaceBundle, family: str, rng: np.random.Generator) -> Variant:
