@@ -13,7 +13,8 @@ this takes). Then:
 1. **k-fold over subjects** (``--folds``, default 4 × 8 subjects): each subject is a test subject
    once; 3 training subjects per fold calibrate the temperature. Rates on the test folds:
    real faces called ``face``; partial defacings that leave the eyes and the nose called
-   ``face``, and those that leave the eyes but not the nose; every face-labelled variant; removed
+   ``face``, and those that leave the eyes but not the nose (of the ``partial`` family, and of
+   ``eye_level``, the learned defacer's cut); every face-labelled variant; removed
    faces not called ``face``; replaced faces called ``replaced``; one row per family. Wilson 95 % intervals, with the number of scans and
    of independent subjects behind each rate (draws of one subject are not independent: the
    subject count is the one that limits what a rate can claim).
@@ -147,6 +148,8 @@ def headline(samples: Samples, probabilities: np.ndarray, threshold: float = 0.5
         # a nose outside the field of view (NaN share) counts in neither partial row
         "partial defacings leaving the eyes but not the nose called face":
             (partial & keeps_eyes & (samples.own[:, nose] < FACE_MIN_FRACTION), said == FACE),
+        "eye-level cuts leaving the eyes but not the nose called face":
+            ((samples.family == "eye_level") & keeps_eyes & (samples.own[:, nose] < FACE_MIN_FRACTION), said == FACE),
         "every face-labelled variant called face": (samples.label == FACE, said == FACE),
         "removed faces not called face": (samples.label == REMOVED, said != FACE),
         "replaced faces not called face": (samples.label == REPLACED, said != FACE),
