@@ -161,6 +161,18 @@ def test_drawn_views_are_cached_and_equal_a_fresh_draw(bundle, tmp_path):
     assert fresh.family.tolist() == ["none", "mask"] and fresh.label[0] == 0  # the scan as it is: a face
 
 
+def test_drawing_runs_as_many_processes_as_the_memory_holds(monkeypatch):
+    """One drawing process peaks above 12 GB: two of them ran a 24 GB machine out of memory, so
+    the default is one there and two from 26 GB up, and never none."""
+    from defacegan import detector_training
+
+    for gigabytes, expected in ((8, 1), (24, 1), (26, 2), (256, 2)):
+        pages = gigabytes * 2**30 // 4096
+        monkeypatch.setattr(detector_training.os, "sysconf", lambda name, pages=pages: 4096 if name == "SC_PAGE_SIZE" else pages)
+        assert detector_training.draw_workers() == expected
+    assert detector_training.draw_workers(limit=1) == 1
+
+
 def test_posed_draws_sit_on_the_grid_where_check_puts_a_file(bundle):
     """A posed draw is placed again by its own head, as `check` places a file: the back, top and
     middle of every posed head are where the contract anchors them (within the 2 mm of a voxel

@@ -120,6 +120,20 @@ def subject_of(path: Path) -> str:
     return stem(path).split("-")[0]
 
 
+#: One drawing process's peak memory: a head's 13 families × 8 draws, posed and turned into views
+#: (the kernel stopped one at 12.4 GB on a 24 GB machine while a second held 11.7 GB).
+DRAW_PROCESS_BYTES = 13 * 2**30
+
+
+def draw_workers(limit: int = 2) -> int:
+    """How many drawing processes this machine's physical memory holds (1 to ``limit``)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): stay safe
+        return 1
+    return max(1, min(limit, memory // DRAW_PROCESS_BYTES))
+
+
 def _in_processes(job, jobs: list[tuple], workers: int, what: str) -> None:
     """Run ``job`` on each of ``jobs`` (each writes its own cache file), in ``workers`` spawned
     processes (in this one when ``workers`` is 1), naming each as it finishes."""
@@ -248,14 +262,15 @@ def _draw_job(args: tuple) -> str:
 
 def draw(bundle_caches: Sequence[Path], contract: InputContract, cache_dir: Path, families: Sequence[str] = tuple(FAMILIES),
          draws: int = DRAWS, seed: int = 0, pose: dict | None = POSE, field_of_view: dict | None = FIELD_OF_VIEW,
-         workers: int = 2, rounds: int = 1) -> Samples:
+         workers: int | None = None, rounds: int = 1) -> Samples:
     """:func:`draw_bundle` for every cached bundle, in ``workers`` processes, each head's views
     cached under ``cache_dir`` (keyed by the recipe and the generator's source, so a change to
     the families or the label rule draws again).
 
     ``rounds`` of ``draws`` each: round ``r`` draws with seed ``seed + r`` into its own cache
     files, so adding a round keeps the rounds already drawn; its draws are numbered after the
-    previous rounds' (``number // draws`` is the round).
+    previous rounds' (``number // draws`` is the round). ``workers``: drawing processes
+    (default :func:`draw_workers`).
     """
     values, families = contract.to_dict(), list(families)
     targets, jobs = [], []
@@ -267,7 +282,7 @@ def draw(bundle_caches: Sequence[Path], contract: InputContract, cache_dir: Path
             targets.append((round_seed - seed, target))
             if not target.exists():
                 jobs.append((str(path), values, families, draws, round_seed, pose, field_of_view, str(target)))
-    _in_processes(_draw_job, jobs, workers, f"drawing (cached in {cache_dir})")
+    _in_processes(_draw_job, jobs, workers or draw_workers(), f"drawing (cached in {cache_dir})")
     parts = []
     for round_index, target in targets:
         with np.load(target) as stored:
@@ -357,6 +372,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--seed", type=int, default=0, help="seeds the draws, the calibration subjects and the fit")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="drawing processes (default: as many as the memory holds at 13 GB each, at most 2)")
     parser.add_argument("--without", nargs="*", default=[], choices=list(FAMILIES), metavar="FAMILY",
                         help="families drawn (they stay in the manifest) but not trained on")
     parser.add_argument("--ensemble", type=Path, nargs="+", metavar="MEMBER",
@@ -371,7 +388,7 @@ def main(argv: list[str] | None = None) -> Path:
     paths = sorted(p for p in args.source.glob("*.nii*") if subject_of(p) not in HELD_OUT)
     caches = bundle_caches(paths, contract, args.cache)
     train_subjects, val_subjects = split_subjects([subject_of(p) for p in paths], val=4, seed=args.seed)
-    samples = draw(caches, contract, args.cache, draws=args.draws, seed=args.seed, rounds=args.rounds)
+    samples = draw(caches, contract, args.cache, draws=args.draws, seed=args.seed, rounds=args.rounds, workers=args.workers)
     atomic_write_text(args.manifest, samples.manifest())
     trained = families_but(args.without)
     recipe = np.isin(samples.family, trained)
