@@ -141,15 +141,14 @@ def headline(samples: Samples, probabilities: np.ndarray, threshold: float = 0.5
     said = verdicts(probabilities, threshold, tissue)
     eyes, nose = FEATURES.index("eyes"), FEATURES.index("nose")
     keeps_eyes, keeps_nose = (samples.own[:, feature] >= FACE_MIN_FRACTION for feature in (eyes, nose))
+    # a nose outside the field of view (NaN share) counts in neither keeps_nose nor eyes_only
+    eyes_only = keeps_eyes & (samples.own[:, nose] < FACE_MIN_FRACTION)
     partial = samples.family == "partial"
     groups = {
         "real faces called face": (samples.family == "none", said == FACE),
         "partial defacings leaving eyes and nose called face": (partial & keeps_eyes & keeps_nose, said == FACE),
-        # a nose outside the field of view (NaN share) counts in neither partial row
-        "partial defacings leaving the eyes but not the nose called face":
-            (partial & keeps_eyes & (samples.own[:, nose] < FACE_MIN_FRACTION), said == FACE),
-        "eye-level cuts leaving the eyes but not the nose called face":
-            ((samples.family == "eye_level") & keeps_eyes & (samples.own[:, nose] < FACE_MIN_FRACTION), said == FACE),
+        "partial defacings leaving the eyes but not the nose called face": (partial & eyes_only, said == FACE),
+        "eye-level cuts leaving the eyes but not the nose called face": ((samples.family == "eye_level") & eyes_only, said == FACE),
         "every face-labelled variant called face": (samples.label == FACE, said == FACE),
         "removed faces not called face": (samples.label == REMOVED, said != FACE),
         "replaced faces not called face": (samples.label == REPLACED, said != FACE),
