@@ -2,10 +2,13 @@
 
 Every defacing family is drawn afresh on the 8 held-out heads (as the shipped column of
 bench/detector_eval.py draws them: seed 1000, random field of view and pose), each volume is judged
-by ``check``'s path twice — the shipped network alone, and with the anatomy's second opinion
-(:mod:`defacegan.anatomy`: a ``removed`` verdict whose eye or nose region still holds tissue
-becomes ``face``) — and the issue's rates are printed side by side, per family too.
-Real tools' defacings are in bench/other_defacers.py, which reports both as well.
+by ``check``'s path — the shipped network alone, and with the anatomy's second opinion
+(:mod:`defacegan.anatomy`: a ``removed`` verdict the network is unsure of whose eye or nose region
+still holds tissue becomes ``face``) measured on every scan (``--anatomy``, so that every scan's
+shares are in the JSON) — and the issue's rates are printed side by side, per family too. Then
+``check``'s default, which measures the anatomy only where it could overrule, judges the same
+volumes again: it must give the same verdicts, and its time per scan and the share of scans it
+registered are printed. Real tools' defacings are in bench/other_defacers.py, which reports both as well.
 
     python bench/anatomy.py [--ixi ../shared/data/ixi-t1-2mm] [--draws 4]
 
@@ -34,17 +37,26 @@ SEED = 1000  # the shipped column's draws (bench/detector_eval.py)
 def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     args, detector, paths = held_out_setup(__doc__, "anatomy.json", argv, extra=[("--draws", int, 4)])
-    detector.anatomy, detector.workers = True, 2
+    detector.anatomy, detector.workers = "always", 2
     parts, probabilities, tissue, seconds = [], [], [], 0.0
+    default_seconds, registered, same = 0.0, 0, True
     for cache in bundle_caches(paths, detector.contract, args.cache):
         bundle = read_bundle(cache)
         batch, facts = draw_volumes(bundle, detector.contract, draws=args.draws, seed=SEED)
+        scans = [Scan(volume[0].numpy(), bundle.affine) for volume in batch]
         clock = time.perf_counter()
-        predictions = detector.predict([Scan(volume[0].numpy(), bundle.affine) for volume in batch])
+        predictions = detector.predict(scans)
         seconds += time.perf_counter() - clock
-        failed = [p.error for p in predictions if p.error]
+        detector.anatomy = "unsure"  # check's default
+        clock = time.perf_counter()
+        defaults = detector.predict(scans)
+        default_seconds += time.perf_counter() - clock
+        detector.anatomy = "always"
+        failed = [p.error for p in predictions + defaults if p.error]
         if failed:
             raise SystemExit(failed[0])
+        registered += sum(p.tissue is not None for p in defaults)
+        same &= [p.verdict for p in predictions] == [p.verdict for p in defaults]
         parts.append(Samples(torch.zeros(len(batch), 0), **facts))
         probabilities += [[p.probabilities[v] for v in VERDICTS] for p in predictions]
         tissue += [p.tissue for p in predictions]
@@ -71,15 +83,22 @@ def main(argv: list[str] | None = None) -> dict:
     console = Console(width=160)
     console.print(table)
     console.print(per_family)
-    per_scan = seconds / len(samples.label)
+    per_scan, default_per_scan = seconds / len(samples.label), default_seconds / len(samples.label)
     print(f"check --anatomy: {per_scan:.2f} s a scan ({detector.workers} loader workers)")
+    print(f"check (default): {default_per_scan:.2f} s a scan, {registered} of {len(samples.label)} scans registered; "
+          f"verdicts {'the same as' if same else 'NOT the same as'} --anatomy's")
     rows = [{"subject": str(s), "family": str(f), "draw": int(n), "label": VERDICTS[label],
              **{f"p_{v}": float(p) for v, p in zip(VERDICTS, probability)}, "tissue": t,
              "network": VERDICTS[a], "anatomy": VERDICTS[b]}
             for s, f, n, label, probability, t, a, b in zip(samples.subject, samples.family, samples.number, samples.label,
                                                             probabilities, tissue, said["network"], said["anatomy"])]
-    return write_result(args, detector, started, subjects=n_subjects, draws=args.draws, seed=SEED,
-                        seconds_per_scan=round(per_scan, 2), network=alone, anatomy=checked, per_family=families, rows=rows)
+    result = write_result(args, detector, started, subjects=n_subjects, draws=args.draws, seed=SEED,
+                          seconds_per_scan=round(per_scan, 2), default_seconds_per_scan=round(default_per_scan, 2),
+                          default_registered=registered, default_same_verdicts=same, network=alone, anatomy=checked,
+                          per_family=families, rows=rows)
+    if not same:
+        raise SystemExit("check's default and --anatomy disagree on a verdict (see the JSON)")
+    return result
 
 
 if __name__ == "__main__":

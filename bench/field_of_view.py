@@ -3,8 +3,9 @@
 IXI's field of view holds the neck; many protocols stop at the mouth, the nose or the cerebellum,
 and a defaced scan from one of them must still read as defaced, a partly defaced one as a face.
 Each of the 8 held-out heads (``HELD_OUT``) is judged by ``check``'s own path (the Detector on the
-head's grid volume) intact, defaced by the pydeface mask, and partly defaced (the lowest 40 % of
-the face region: eyes and nose remain, so ``face`` by the feature rule), first as IXI stored it,
+head's grid volume, with its default: the anatomy's second opinion where the network is unsure)
+intact, defaced by the pydeface mask, and partly defaced (the lowest 40 % of the face region: eyes
+and nose remain, so ``face`` by the feature rule), first as IXI stored it,
 then with the field of view's lower edge raised to 0, 20, 35 and 50 mm above the chin
 (:func:`defacegan.families.cut_below`). Rates of the expected answer with Wilson 95 % intervals:
 one scan per head and case, so the 8 subjects are the trials.

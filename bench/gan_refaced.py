@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     args, detector, paths = held_out_setup(__doc__, "gan_refaced.json", argv,
                                            extra=[("--refacer", Path, None), ("--work", Path, Path("data/refacer"))])
-    detector.anatomy = True
+    detector.anatomy = "always"
     refacer_path = args.refacer or train_refacer(args.ixi, args.work)
     refacer = load_refacer(refacer_path, device="cpu")
     bundles = [read_bundle(cache) for cache in bundle_caches(paths, detector.contract, args.cache)]

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     built = [(head, case, expected, image) for head, scan in heads().items() for case, expected, image in cases(head, scan)]
     rows, console = [], Console()
     for ckpt in args.ckpt:
-        detector = Detector(ckpt, anatomy=True)
+        detector = Detector(ckpt, anatomy="always")
         predictions = detector.predict([image for *_, image in built])
         table = Table(title=f"outside IXI: {detector.checkpoint}")
         for column in ("head", "case", "expected", "verdict", "p_face", "p_removed", "p_replaced", "right",

@@ -1,4 +1,4 @@
-"""The anatomy's second opinion (`check --anatomy`): feature regions that still hold tissue overrule `removed`.
+"""The anatomy's second opinion: feature regions that still hold tissue overrule an unsure `removed`.
 
 Heads: pydeface's mean head (installs with the project; a real average of heads) in a grid of its
 own, and a real IXI head the shipped detector never saw, where ../shared has them.
@@ -13,12 +13,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from defacegan.anatomy import TISSUE_MIN_SHARE, feature_regions, feature_tissue, kept_features
+from defacegan.anatomy import NETWORK_UNSURE, TISSUE_MIN_SHARE, feature_regions, feature_tissue, kept_features
 from defacegan.check import CheckResult
 from defacegan.cli import EXIT_FACE, main
 from defacegan.deface import face_region, register_template, template_masks
 from defacegan.features import FEATURE_BOXES, FEATURES, in_boxes, template_voxels
-from defacegan.inference import verdict_of
+from defacegan.inference import needs_anatomy, verdict_of
 from defacegan.io import Scan, load_scan
 
 REMOVED_LIKELY = {"face": 0.1, "removed": 0.6, "replaced": 0.3}
@@ -59,7 +59,7 @@ def mean_head_versions(mean_head) -> dict[str, Scan]:
     }
 
 
-def test_a_removed_verdict_is_overruled_only_where_a_feature_region_holds_tissue():
+def test_a_removed_verdict_is_overruled_only_where_a_feature_region_holds_tissue_and_the_network_is_unsure():
     kept = {"eyes": 0.9, "nose": 0.1, "mouth": 0.0, "chin": float("nan")}
     gone = {"eyes": 0.2, "nose": 0.0, "mouth": 0.0, "chin": 1.0}  # the chin region lies next to the neck: no vote
     assert kept_features(kept) == ["eyes"] and kept_features(gone) == []
@@ -67,6 +67,8 @@ def test_a_removed_verdict_is_overruled_only_where_a_feature_region_holds_tissue
     assert verdict_of(REMOVED_LIKELY, 0.5, gone) == "removed"
     assert verdict_of(REMOVED_LIKELY, 0.5) == "removed"
     assert verdict_of(REPLACED_LIKELY, 0.5, kept) == "replaced"  # a pasted face holds tissue by design
+    sure = {"face": NETWORK_UNSURE / 2, "removed": 0.9, "replaced": 1 - 0.9 - NETWORK_UNSURE / 2}
+    assert verdict_of(sure, 0.5, kept) == "removed"  # a fill can look like tissue; the network was sure
 
 
 def test_each_carried_feature_region_lies_in_its_own_template_boxes(mean_head):
@@ -100,13 +102,29 @@ def test_check_anatomy_calls_a_cut_below_the_eyes_face_and_writes_the_regions(he
     code = main(["check", str(tmp_path), "--anatomy", "--json", "--out", str(tmp_path / "report")])
     document = json.loads(capsys.readouterr().out)
     rows = {Path(row["file"]).name: row for row in document["results"]}
-    assert code == EXIT_FACE and document["anatomy"] is True
+    assert code == EXIT_FACE and document["anatomy"] == "always"
     cut = rows["below_the_eyes.nii.gz"]
     assert cut["verdict"] == "face" and cut["tissue_eyes"] >= TISSUE_MIN_SHARE
     assert rows["mask.nii.gz"]["verdict"] != "face"
     assert max(rows["mask.nii.gz"][f"tissue_{name}"] for name in ("eyes", "nose")) < TISSUE_MIN_SHARE
     header = (tmp_path / "report" / "results.tsv").read_text().splitlines()[0].split("\t")
     assert [f"tissue_{name}" for name in FEATURES] == [c for c in header if c.startswith("tissue_")]
+
+    # check's default measures the anatomy only where it could overrule, with the same verdicts;
+    # `--anatomy never` gives the network's own
+    for mode in ("unsure", "never"):
+        main(["check", str(tmp_path), "--json", *(["--anatomy", mode] if mode == "never" else [])])
+        document = json.loads(capsys.readouterr().out)
+        assert document["anatomy"] == mode
+        for row in document["results"]:
+            always = rows[Path(row["file"]).name]
+            probabilities = {verdict: always[f"p_{verdict}"] for verdict in ("face", "removed", "replaced")}
+            measured = row.get("tissue_eyes") is not None
+            if mode == "unsure":
+                assert row["verdict"] == always["verdict"]
+                assert measured == needs_anatomy(probabilities, 0.5), row
+            else:
+                assert row["verdict"] == verdict_of(probabilities, 0.5) and not measured
 
 
 def test_on_a_real_held_out_head(held_out_bundle):

@@ -11,9 +11,11 @@ The detector was trained on T1w scans: a scan whose contrast is known to be anot
 BIDS suffix, or the series description of its DICOM series or sidecar JSON) gets a note beside its
 verdict (:attr:`CheckResult.note`).
 
-With ``--anatomy`` (:mod:`defacegan.anatomy`) each scan also gets the share of each facial feature's
-region that still holds tissue (``tissue_eyes``... columns); a ``removed`` verdict those regions
-contradict becomes ``face``, with a note saying so.
+The anatomy's second opinion (:mod:`defacegan.anatomy`) gives a scan the share of each facial
+feature's region that still holds tissue (``tissue_eyes``... columns); a ``removed`` verdict the
+network is unsure of and those regions contradict becomes ``face``, with a note saying so. It is
+measured on those scans only by default, on every scan with ``--anatomy``, on none with
+``--anatomy never``.
 
 The PNGs show faces wherever a face is still present: they are written only to the folder the
 caller chooses.
@@ -111,7 +113,7 @@ class CheckResult:
     views: np.ndarray | None = None
     views_png: str | None = None  # path of the views PNG, relative to the report folder
     brain_removed: float | None = None  # % of the brain in the removed region, when deface recorded it
-    tissue: dict[str, float] | None = None  # each feature region's share inside the head (--anatomy)
+    tissue: dict[str, float] | None = None  # each feature region's share holding tissue, where measured
     overruled: bool = False  # the network said removed; the anatomy found a feature region still there
 
     @classmethod

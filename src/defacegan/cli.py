@@ -127,9 +127,14 @@ def add_detector_options(parser) -> None:
     """The options `check` and `serve` share: which detector, its threshold, the anatomy's second opinion."""
     parser.add_argument("--ckpt", type=Path, help="detector checkpoint (default: the shipped one)")
     parser.add_argument("--threshold", type=float, default=0.5, help="p(face) at or above which a scan is called 'face' (default 0.5)")
-    parser.add_argument("--anatomy", action="store_true",
-                        help="also register a template and measure where the eyes, nose, mouth and chin should be: a "
-                        "'removed' verdict whose eye or nose region still holds tissue becomes 'face' (2-3 s more a scan)")
+    from defacegan.anatomy import NETWORK_UNSURE
+
+    parser.add_argument("--anatomy", nargs="?", const="always", default="unsure", choices=("unsure", "always", "never"),
+                        help="the anatomy's second opinion: register a template and measure where the eyes, nose, mouth "
+                        f"and chin should be; a 'removed' verdict the network is unsure of (p(face) >= {NETWORK_UNSURE}) whose "
+                        "eye or nose region still holds tissue becomes 'face'. 'unsure' (default): measured on those scans only "
+                        "(2-3 s more each); 'always' (or --anatomy alone): on every scan, its shares reported for all; "
+                        "'never': the network alone")
 
 
 def add_check(commands) -> None:

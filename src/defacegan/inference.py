@@ -8,9 +8,12 @@ grid in loader workers (decoding gzip dominates the cost), then their views are 
 batches on the chosen device. Unreadable scans come back as predictions with an ``error``
 instead of stopping the batch.
 
-``anatomy=True`` adds :mod:`defacegan.anatomy`'s second opinion: each scan's feature regions are
-measured in the loader workers, and a ``removed`` verdict whose eye or nose region still holds
-tissue becomes ``face``.
+:mod:`defacegan.anatomy` gives a second opinion: a ``removed`` verdict the network is unsure of
+whose eye or nose region still holds tissue becomes ``face``. ``anatomy`` says on which scans it is
+measured (:data:`ANATOMY_MODES`): by default only on those it could overrule (called ``removed`` at
+p(face) ≥ :data:`~defacegan.anatomy.NETWORK_UNSURE`), after the network; ``"always"`` on every scan,
+in the loader workers (its shares reported for all); ``"never"``: the network alone. The first two
+give the same verdicts.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from defacegan.anatomy import feature_tissue, overrules
+from defacegan.anatomy import NETWORK_UNSURE, feature_tissue, overrules
 from defacegan.contract import InputContract
 from defacegan.io import Scan, ScanError, load_scan, require_head_extent, validate_volume
 from defacegan.models.detector import DetectorEnsemble, DetectorNet
@@ -34,6 +37,9 @@ from defacegan.models.detector import DetectorEnsemble, DetectorNet
 SHIPPED_CHECKPOINT = files("defacegan") / "assets" / "detector.pt"
 
 ScanInput = str | os.PathLike | Scan | nib.Nifti1Image | np.ndarray
+#: Where the anatomy's second opinion is measured: on the scans it could overrule (the default, a
+#: registration of 2-3 s for each), on every scan, or on none.
+ANATOMY_MODES = ("unsure", "always", "never")
 
 
 @dataclass
@@ -49,14 +55,21 @@ class Prediction:
     overruled: bool = False  # the network said removed; the anatomy found the eyes or nose still there
 
 
+def needs_anatomy(probabilities: dict[str, float], threshold: float) -> bool:
+    """Whether the anatomy could overrule the network's verdict (:func:`defacegan.anatomy.overrules`)."""
+    verdict = verdict_of(probabilities, threshold)
+    return verdict == "removed" and probabilities["face"] >= NETWORK_UNSURE
+
+
 def verdict_of(probabilities: dict[str, float], threshold: float, tissue: dict[str, float] | None = None) -> str:
     """``face`` when p(face) ≥ ``threshold``; otherwise the likelier of ``removed`` and ``replaced``,
-    unless that is ``removed`` and ``tissue`` (:func:`defacegan.anatomy.feature_tissue`) shows a
-    feature region still there: then ``face``."""
+    unless that is ``removed``, p(face) is not negligible and ``tissue``
+    (:func:`defacegan.anatomy.feature_tissue`) shows a feature region still there: then ``face``
+    (:func:`defacegan.anatomy.overrules`)."""
     if probabilities["face"] >= threshold:
         return "face"
     verdict = max(("removed", "replaced"), key=probabilities.__getitem__)
-    return "face" if overrules(verdict, tissue) else verdict
+    return "face" if overrules(verdict, probabilities["face"], tissue) else verdict
 
 
 def as_scan(item: ScanInput) -> Scan:
@@ -129,7 +142,7 @@ class Detector:
         threshold: float = 0.5,
         batch_size: int = 8,
         workers: int = 0,
-        anatomy: bool = False,
+        anatomy: str = "unsure",
     ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         path = Path(ckpt) if ckpt is not None else Path(str(SHIPPED_CHECKPOINT))
@@ -140,6 +153,8 @@ class Detector:
         self.threshold = threshold
         self.batch_size = batch_size
         self.workers = workers
+        if anatomy not in ANATOMY_MODES:
+            raise ValueError(f"anatomy={anatomy!r}: one of {', '.join(ANATOMY_MODES)}")
         self.anatomy = anatomy
 
     @property
@@ -147,7 +162,7 @@ class Detector:
         return self.contract.view_names
 
     def loader(self, items: Sequence[ScanInput]) -> DataLoader:
-        dataset = GridDataset(items, self.contract, self.anatomy)
+        dataset = GridDataset(items, self.contract, anatomy=self.anatomy == "always")
         return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.workers, collate_fn=collate)
 
     @torch.inference_mode()
@@ -164,8 +179,15 @@ class Detector:
             probabilities = torch.softmax(self.net(views).float(), dim=1).cpu().numpy()
             for b, p, v in zip(good, probabilities, views.cpu().numpy()):
                 named = {name: float(value) for name, value in zip(self.contract.classes, p)}
-                verdict = verdict_of(named, self.threshold, b["tissue"])
-                predictions[b["index"]] = Prediction(b["source"], named, verdict, views=v if keep_views else None, tissue=b["tissue"],
+                tissue = b["tissue"]
+                if self.anatomy == "unsure" and needs_anatomy(named, self.threshold):
+                    try:
+                        tissue = feature_tissue(as_scan(items[b["index"]]))
+                    except ScanError as error:
+                        predictions[b["index"]] = Prediction(b["source"], error=str(error))
+                        continue
+                verdict = verdict_of(named, self.threshold, tissue)
+                predictions[b["index"]] = Prediction(b["source"], named, verdict, views=v if keep_views else None, tissue=tissue,
                                                      overruled=verdict != verdict_of(named, self.threshold))
         return predictions
 
