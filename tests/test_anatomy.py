@@ -18,8 +18,9 @@ from defacegan.check import CheckResult
 from defacegan.cli import EXIT_FACE, main
 from defacegan.deface import face_region, register_template, template_masks
 from defacegan.features import FEATURE_BOXES, FEATURES, in_boxes, template_voxels
-from defacegan.inference import needs_anatomy, verdict_of
-from defacegan.io import Scan, load_scan
+from defacegan import inference
+from defacegan.inference import Detector, needs_anatomy, verdict_of
+from defacegan.io import Scan, ScanError, load_scan
 
 REMOVED_LIKELY = {"face": 0.1, "removed": 0.6, "replaced": 0.3}
 REPLACED_LIKELY = {"face": 0.1, "removed": 0.3, "replaced": 0.6}
@@ -125,6 +126,27 @@ def test_check_anatomy_calls_a_cut_below_the_eyes_face_and_writes_the_regions(he
                 assert measured == needs_anatomy(probabilities, 0.5), row
             else:
                 assert row["verdict"] == verdict_of(probabilities, 0.5) and not measured
+
+
+def test_a_scan_whose_second_opinion_fails_is_an_error_naming_it_and_the_others_are_answered(held_out_head, tmp_path, monkeypatch):
+    """check's default registers only the unsure `removed` scans; when that registration fails the
+    scan is an error (exit 2 in `check`), not a silent network verdict, and the batch carries on."""
+    scan = load_scan(held_out_head)
+    cut = tmp_path / "below_the_eyes.nii.gz"
+    nib.save(nib.Nifti1Image(np.where(below_the_eyes(scan, register_template(scan)), 0, scan.data), scan.affine), cut)
+    network = Detector(threshold=1.0, anatomy="never").predict([cut, held_out_head])  # no scan is `face` at 1.0
+    assert needs_anatomy(network[0].probabilities, 1.0), network[0].probabilities
+
+    def unregistrable(scan, seed=0):
+        raise ScanError(scan.path, "registration failed (stand-in for a head the template cannot be fitted to)")
+
+    monkeypatch.setattr(inference, "feature_tissue", unregistrable)
+    failed, other = Detector(threshold=1.0).predict([cut, held_out_head])
+    assert failed.verdict is None and failed.error.startswith(f"{cut}: registration failed")
+    if needs_anatomy(network[1].probabilities, 1.0):
+        assert other.error
+    else:
+        assert other.error is None and other.verdict == network[1].verdict and other.tissue is None
 
 
 def test_on_a_real_held_out_head(held_out_bundle):
