@@ -62,9 +62,15 @@ def source_key(*sources: str | os.PathLike) -> str:
     return hashlib.sha1("".join(code(ast.parse(Path(source).read_text())) for source in sources).encode()).hexdigest()[:10]
 
 
-#: The code of the generator, of the label rule and of this module (the draws' pose and
-#: placement): drawn views are cached under a key that holds it.
-GENERATOR_SOURCE = source_key(generate.__code__.co_filename, label_from.__code__.co_filename, __file__)
+#: The code that makes a bundle: the registration (deface.py), the feature regions (features.py)
+#: and :func:`~defacegan.families.make_bundle`.
+BUNDLE_SOURCE = source_key(make_bundle.__code__.co_filename, label_from.__code__.co_filename,
+                           Path(__file__).with_name("deface.py"))
+#: The code of the generator, of the label rule, of this module (the draws' pose and placement), of
+#: the pose itself (augment.py, imported only when drawing) and of the contract's grid and views:
+#: drawn views are cached under a key that holds it, so a change to any of them draws again.
+GENERATOR_SOURCE = source_key(generate.__code__.co_filename, label_from.__code__.co_filename, __file__,
+                              Path(__file__).with_name("augment.py"), InputContract.views.__code__.co_filename)
 #: The recipe of the shipped detector (``make weights``), which the evaluation repeats per fold.
 DRAWS, ROUNDS, EPOCHS, CHANNELS = 8, 2, 20, (8, 16, 32)
 POSE = {  # DeviceAugmentation options: head pose and contrast as scanners vary them
@@ -165,10 +171,11 @@ def _bundle_job(args: tuple[str, dict, str]) -> str:
 
 def bundle_caches(paths: Sequence[Path], contract: InputContract, cache_dir: Path, workers: int = 2) -> list[Path]:
     """A bundle per scan, made once (a registration each, ~5 s) and cached under ``cache_dir``
-    under a key of the grid (a change of views does not register again); returns the cache files."""
+    under a key of the grid and of :data:`BUNDLE_SOURCE` (a change of views does not register
+    again, a change of the feature regions does); returns the cache files."""
     values = contract.to_dict()
     grid = {name: values[name] for name in ("spacing", "shape", "anchor")}
-    key = hashlib.sha1(repr(grid).encode()).hexdigest()[:10]
+    key = hashlib.sha1(repr((grid, BUNDLE_SOURCE)).encode()).hexdigest()[:10]
     caches = [cache_dir / f"{stem(p)}-{key}.npz" for p in paths]
     jobs = [(str(p), contract.to_dict(), str(c)) for p, c in zip(paths, caches) if not c.exists()]
     _in_processes(_bundle_job, jobs, workers, f"registering (cached in {cache_dir})")
