@@ -162,6 +162,26 @@ def headline(samples: Samples, probabilities: np.ndarray, threshold: float = 0.5
     return {name: rate(hit[which], samples.subject[which]) for name, (which, hit) in groups.items()}
 
 
+#: Edges of the largest share of its own tissue that any feature of a scan keeps: the rule's line
+#: (FACE_MIN_FRACTION) splits the removed or replaced scans below it from the faces above it.
+MARGINS = (0.0, 0.1, FACE_MIN_FRACTION, 0.6, 0.99, 1.0)
+
+
+def by_margin(samples: Samples, probabilities: np.ndarray, trained: list[str] | None = None) -> dict[str, dict]:
+    """Face or not, right, by how far a scan lies from the rule's line: the largest share of its
+    own tissue any feature keeps, in the bins of :data:`MARGINS` (the last one closed: intact
+    features). Families not ``trained`` on are left out (their rows in :func:`per_family` show them)."""
+    said = verdicts(probabilities)
+    kept = np.nan_to_num(samples.own, nan=0.0).max(axis=1)  # NaN: a feature outside the field of view
+    seen = np.isin(samples.family, trained) if trained is not None else np.ones(len(kept), bool)
+    table = {}
+    for low, high in zip(MARGINS[:-1], MARGINS[1:]):
+        which = seen & (kept >= low) & ((kept < high) if high < MARGINS[-1] else (kept <= high))
+        if which.any():
+            table[f"{low:.2f}-{high:.2f}"] = rate((said[which] == FACE) == (samples.label[which] == FACE), samples.subject[which])
+    return table
+
+
 def per_family(samples: Samples, probabilities: np.ndarray) -> dict[str, dict]:
     said = verdicts(probabilities)
     table = {}
@@ -286,6 +306,7 @@ def shipped(caches: list[Path], contract: InputContract, cache_dir: Path, draws:
     bundles = [read_bundle(cache) for cache in held]
     return {"ckpt": str(ckpt), "subjects": sorted(set(samples.subject)), "draws": draws, "training": facts,
             "headline": headline(samples, probabilities, trained=trained_families(facts)), "per_family": per_family(samples, probabilities),
+            "margins": by_margin(samples, probabilities, trained_families(facts)),
             "ece": expected_calibration_error(probabilities, samples.label),
             "sweep": sweep(bundles, {bundle.subject: net for bundle in bundles}, contract)}
 
@@ -300,6 +321,15 @@ def family_rows(results: dict) -> list[list[str]]:
             for family, r in results.items()]
 
 
+def margin_lines(results: dict) -> list[str]:
+    """The table of :func:`by_margin` (none for a report written before it existed)."""
+    if "margins" not in results:
+        return []
+    return [f"Face or not, right, by the largest share of its own tissue a feature keeps (the rule's line: "
+            f"{FACE_MIN_FRACTION}; the families trained on):", "",
+            table(["kept", "right", "scans (subjects)"], [[k, rate_text(r), f"{r['n']} ({r['subjects']})"] for k, r in results["margins"].items()]), ""]
+
+
 def markdown(report: dict) -> str:
     family_columns = ["family", "labels f/r/r", "three-way", "face or not", "scans (subjects)"]
     lines = []
@@ -311,6 +341,7 @@ def markdown(report: dict) -> str:
                   f"draws of every family each; rate [Wilson 95 %], scans (subjects); ECE {ship['ece']:.3f}.", "",
                   table(["shipped detector, held-out subjects", "rate", "scans (subjects)"], headline_rows(ship["headline"])), "",
                   table(family_columns, family_rows(ship["per_family"])), "",
+                  *margin_lines(ship),
                   "The partial-removal sweep on the same subjects: subjects called face (p(face) ≥ 0.5) / labelled face by the rule, "
                   f"of {len(ship['subjects'])}, at each share removed:", "",
                   table(["removed", *(f"{share:.0%}" for share in SWEEP_STEPS)],
@@ -323,7 +354,7 @@ def markdown(report: dict) -> str:
               f"(one member of the shipped recipe) trained without it ({report['rounds']} rounds of {report['draws']} draws per family and subject, "
               f"{report['epochs']} epochs{'; not trained on ' + ', '.join(untrained) if untrained else ''}, tested on every family).", "",
               table(["k-fold test", "rate", "scans (subjects)"], headline_rows(report["headline"])), "",
-              table(family_columns, family_rows(report["per_family"])), ""]
+              table(family_columns, family_rows(report["per_family"])), "", *margin_lines(report)]
     names = list(report["headline"])
     rows = [[name, *(rate_text(report["thresholds"][str(t)][name]) for t in THRESHOLDS)] for name in names]
     lines += ["k-fold rates at other `check --threshold` values (a scan is `face` when p(face) ≥ threshold):", "",
@@ -413,6 +444,7 @@ def kfold_report(args: argparse.Namespace, caches: list[Path], contract: InputCo
         "headline": headline(samples, probabilities, trained=trained),
         "thresholds": {str(t): headline(samples, probabilities, t, trained=trained) for t in THRESHOLDS},
         "per_family": per_family(samples, probabilities),
+        "margins": by_margin(samples, probabilities, trained),
         "calibration": {"ece_raw": expected_calibration_error(raw, samples.label),
                         "ece_calibrated": expected_calibration_error(probabilities, samples.label),
                         "scans": len(samples.label)},
