@@ -23,9 +23,9 @@ Only the eyes and the nose overrule (:data:`OVERRULING`): they identify most and
 of the registered template's face, where a few mm of misregistration matter least; the chin region,
 next to the neck, held neck tissue on some heads whose face had been removed.
 
-It costs one registration, 2-3 s a scan on one core, so ``check --anatomy`` asks for it; the
-registration stack (SimpleITK, the template) is imported when it is first used, so that ``check``
-without it starts as fast as before.
+It costs one registration, 2-3 s a scan on one core, so ``check`` measures it only on the scans
+it could overrule (``--anatomy``: on every scan); the registration stack (SimpleITK, the template)
+is imported when it is first used, so that a ``check`` that needs none starts as fast as before.
 """
 
 from __future__ import annotations
