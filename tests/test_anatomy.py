@@ -104,6 +104,8 @@ def test_check_anatomy_calls_a_cut_below_the_eyes_face_and_writes_the_regions(he
     document = json.loads(capsys.readouterr().out)
     rows = {Path(row["file"]).name: row for row in document["results"]}
     assert code == EXIT_FACE and document["anatomy"] == "always"
+    overruled = [row for row in document["results"] if "network saw the face removed" in (row["note"] or "")]
+    assert document["summary"]["overruled"] == len(overruled)
     cut = rows["below_the_eyes.nii.gz"]
     assert cut["verdict"] == "face" and cut["tissue_eyes"] >= TISSUE_MIN_SHARE
     assert rows["mask.nii.gz"]["verdict"] != "face"

@@ -112,7 +112,8 @@ def test_all_defaced_exits_0_and_json_lists_every_scan(tmp_path, capsys, detecto
     code, out, err = run_cli(capsys, tmp_path, "--ckpt", detector_ckpt, "--json")
     document = json.loads(out)
     assert code == EXIT_OK
-    assert document["summary"] | {"seconds": 0} == {"scanned": 3, "faces": 0, "unreadable": 0, "near": 0, "seconds": 0}
+    assert document["summary"] | {"seconds": 0} == {"scanned": 3, "faces": 0, "unreadable": 0, "near": 0, "seconds": 0,
+                                                    "overruled": 0}
     assert [r["verdict"] for r in document["results"]] == ["removed", "removed", "replaced"]
     assert all({"p_face", "p_removed", "p_replaced"} <= set(r) for r in document["results"])
     assert document["view_names"] == list(Detector(detector_ckpt).view_names)

@@ -185,25 +185,30 @@ class CheckResult:
 
 @dataclass(frozen=True)
 class Summary:
-    """What a run found: scans checked, those with a face, those unreadable, those called defaced
-    near the line (:data:`LOOK_FLOOR`); and its wall-clock seconds."""
+    """What a run found: scans checked, those with a face (``overruled``: of them, those the network
+    called removed and the anatomy's second opinion found a face in), those unreadable, those
+    called defaced near the line (:data:`LOOK_FLOOR`); and its wall-clock seconds."""
 
     scanned: int
     faces: int
     unreadable: int
     near: int
     seconds: float
+    overruled: int = 0
 
     @classmethod
     def of(cls, results: Sequence[CheckResult], seconds: float) -> Summary:
         statuses = [result.status for result in results]
         near = sum(result.near_the_line for result in results)
-        return cls(len(results), statuses.count("face"), statuses.count("error"), near, seconds)
+        overruled = sum(result.overruled for result in results)
+        return cls(len(results), statuses.count("face"), statuses.count("error"), near, seconds, overruled)
 
     @property
     def line(self) -> str:
+        by_anatomy = f" ({self.overruled} found by the anatomy's second opinion)" if self.overruled else ""
         near = f", {self.near} more near the line (p(face) ≥ {LOOK_FLOOR:g}: look at them)" if self.near else ""
-        return f"{self.scanned} scanned, {self.faces} with a face{near}, {self.unreadable} unreadable, {self.seconds:.1f} s"
+        return (f"{self.scanned} scanned, {self.faces} with a face{by_anatomy}{near}, {self.unreadable} unreadable, "
+                f"{self.seconds:.1f} s")
 
     @property
     def headline(self) -> str:
