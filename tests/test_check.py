@@ -98,10 +98,11 @@ def test_verdicts_on_unseen_heads_in_other_grids_and_orientations(tmp_path, dete
 
 
 def test_the_threshold_applies_to_p_face(tmp_path, detector_ckpt):
-    """A scan is `face` when p(face) reaches the threshold, else the likelier of removed/replaced."""
+    """A scan is `face` when p(face) reaches the threshold, else the likelier of removed/replaced
+    (the network's rule: without the anatomy's second opinion, which test_anatomy.py tests)."""
     scans = [ScanFile(write_head(tmp_path / "face.nii.gz", "face", 11))]
-    (strict,) = check_scans(scans, Detector(detector_ckpt, threshold=0.0))
-    (lenient,) = check_scans(scans, Detector(detector_ckpt, threshold=1.01))
+    (strict,) = check_scans(scans, Detector(detector_ckpt, threshold=0.0, anatomy="never"))
+    (lenient,) = check_scans(scans, Detector(detector_ckpt, threshold=1.01, anatomy="never"))
     assert strict.status == "face"
     assert lenient.status == max(("removed", "replaced"), key=lenient.probabilities.__getitem__)
 
