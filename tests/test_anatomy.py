@@ -114,9 +114,9 @@ def test_check_anatomy_calls_a_cut_below_the_eyes_face_and_writes_the_regions(he
     assert [f"tissue_{name}" for name in FEATURES] == [c for c in header if c.startswith("tissue_")]
 
     # check's default measures the anatomy only where it could overrule, with the same verdicts;
-    # `--anatomy never` gives the network's own
+    # `--no-anatomy` gives the network's own
     for mode in ("unsure", "never"):
-        main(["check", str(tmp_path), "--json", *(["--anatomy", mode] if mode == "never" else [])])
+        main(["check", str(tmp_path), "--json", *(["--no-anatomy"] if mode == "never" else [])])
         document = json.loads(capsys.readouterr().out)
         assert document["anatomy"] == mode
         for row in document["results"]:

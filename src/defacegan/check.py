@@ -15,7 +15,7 @@ The anatomy's second opinion (:mod:`defacegan.anatomy`) gives a scan the share o
 feature's region that still holds tissue (``tissue_eyes``... columns); a ``removed`` verdict the
 network is unsure of and those regions contradict becomes ``face``, with a note saying so. It is
 measured on those scans only by default, on every scan with ``--anatomy``, on none with
-``--anatomy never``.
+``--no-anatomy``.
 
 The PNGs show faces wherever a face is still present: they are written only to the folder the
 caller chooses.

@@ -129,12 +129,13 @@ def add_detector_options(parser) -> None:
     parser.add_argument("--threshold", type=float, default=0.5, help="p(face) at or above which a scan is called 'face' (default 0.5)")
     from defacegan.anatomy import NETWORK_UNSURE
 
-    parser.add_argument("--anatomy", nargs="?", const="always", default="unsure", choices=("unsure", "always", "never"),
-                        help="the anatomy's second opinion: register a template and measure where the eyes, nose, mouth "
-                        f"and chin should be; a 'removed' verdict the network is unsure of (p(face) >= {NETWORK_UNSURE}) whose "
-                        "eye or nose region still holds tissue becomes 'face'. 'unsure' (default): measured on those scans only "
-                        "(2-3 s more each); 'always' (or --anatomy alone): on every scan, its shares reported for all; "
-                        "'never': the network alone")
+    parser.add_argument("--anatomy", dest="anatomy", action="store_const", const="always", default="unsure",
+                        help="the anatomy's second opinion on every scan, its shares reported for all (by default it is "
+                        "measured only where it can change the answer: a 'removed' verdict the network is unsure of, "
+                        f"p(face) >= {NETWORK_UNSURE}, becomes 'face' when the eye or nose region still holds tissue; "
+                        "a template registration, 2-3 s a scan)")
+    parser.add_argument("--no-anatomy", dest="anatomy", action="store_const", const="never",
+                        help="the network alone: no registration, no second opinion")
 
 
 def add_check(commands) -> None:
