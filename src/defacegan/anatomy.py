@@ -126,7 +126,13 @@ def kept_features(shares: dict[str, float]) -> list[str]:
     return [name for name in OVERRULING if shares.get(name, float("nan")) >= TISSUE_MIN_SHARE]
 
 
+def may_overrule(verdict: str, p_face: float) -> bool:
+    """Whether the anatomy has a say: a ``removed`` verdict the network is unsure of (p(face) ≥
+    :data:`NETWORK_UNSURE`)."""
+    return verdict == "removed" and p_face >= NETWORK_UNSURE
+
+
 def overrules(verdict: str, p_face: float, shares: dict[str, float] | None) -> bool:
-    """True when the anatomy contradicts a ``removed`` verdict the network is unsure of (p(face) ≥
-    :data:`NETWORK_UNSURE`): the eye or nose region still holds tissue."""
-    return verdict == "removed" and p_face >= NETWORK_UNSURE and shares is not None and bool(kept_features(shares))
+    """True when the anatomy contradicts a verdict it may overrule (:func:`may_overrule`): the eye
+    or nose region still holds tissue."""
+    return may_overrule(verdict, p_face) and shares is not None and bool(kept_features(shares))

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from defacegan.anatomy import NETWORK_UNSURE, feature_tissue, overrules
+from defacegan.anatomy import feature_tissue, may_overrule, overrules
 from defacegan.contract import InputContract
 from defacegan.io import Scan, ScanError, load_scan, require_head_extent, validate_volume
 from defacegan.models.detector import DetectorEnsemble, DetectorNet
@@ -56,9 +56,8 @@ class Prediction:
 
 
 def needs_anatomy(probabilities: dict[str, float], threshold: float) -> bool:
-    """Whether the anatomy could overrule the network's verdict (:func:`defacegan.anatomy.overrules`)."""
-    verdict = verdict_of(probabilities, threshold)
-    return verdict == "removed" and probabilities["face"] >= NETWORK_UNSURE
+    """Whether the anatomy may overrule the network's verdict at ``threshold`` (:func:`defacegan.anatomy.may_overrule`)."""
+    return may_overrule(verdict_of(probabilities, threshold), probabilities["face"])
 
 
 def verdict_of(probabilities: dict[str, float], threshold: float, tissue: dict[str, float] | None = None) -> str:
