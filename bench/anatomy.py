@@ -12,18 +12,24 @@ registered are printed. Real tools' defacings are in bench/other_defacers.py, wh
 
     python bench/anatomy.py [--ixi ../shared/data/ixi-t1-2mm] [--draws 4]
 
-Prints tables and writes JSON (default bench/results/anatomy.json).
+Prints tables and writes JSON (default bench/results/anatomy.json), with what the floor
+(:data:`~defacegan.anatomy.NETWORK_UNSURE`) changed on the run: the anatomy's false alarms and the
+faces it recovered, had every ``removed`` verdict been open to it. ``--rows RUN.json`` prints that
+for a stored run (e.g. an earlier detector's: ``--ckpt PREVIOUS --out RUN.json``) without drawing.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 
+from defacegan.anatomy import NETWORK_UNSURE, kept_features
 from defacegan.contract import VERDICTS
 from defacegan.detector_training import Samples, bundle_caches, draw_volumes, read_bundle
 from defacegan.families import FAMILIES
@@ -34,9 +40,40 @@ from held_out import held_out_setup, write_result
 SEED = 1000  # the shipped column's draws (bench/detector_eval.py)
 
 
+def floor_report(rows: list[dict]) -> dict:
+    """What the floor changed on a run's rows: the anatomy's verdicts had it been asked about every
+    ``removed`` verdict (as before the floor) against the network's; its false alarms and the faces
+    it recovered, how many of each lie below the floor, and the two rates without it."""
+    def unfloored(row: dict) -> str:
+        return "face" if row["network"] == "removed" and kept_features(row["tissue"] or {}) else row["network"]
+
+    flipped = [row for row in rows if row["network"] != "face" and unfloored(row) == "face"]
+    alarms = [row["p_face"] for row in flipped if row["label"] != "face"]
+    recovered = [row["p_face"] for row in flipped if row["label"] == "face"]
+    removed, faces = [row for row in rows if row["label"] == "removed"], [row for row in rows if row["label"] == "face"]
+    return {"floor": NETWORK_UNSURE, "false_alarms": len(alarms), "false_alarms_below_floor": sum(p < NETWORK_UNSURE for p in alarms),
+            "recovered": len(recovered), "recovered_below_floor": sum(p < NETWORK_UNSURE for p in recovered),
+            "lowest_recovered_p_face": min(recovered, default=None),
+            "without_floor": {"removed faces not called face": [sum(unfloored(r) != "face" for r in removed), len(removed)],
+                              "every face-labelled variant called face": [sum(unfloored(r) == "face" for r in faces), len(faces)]}}
+
+
+def print_floor_report(report: dict) -> None:
+    lowest = "" if report["lowest_recovered_p_face"] is None else f", the lowest at p(face) {report['lowest_recovered_p_face']:.2f}"
+    print(f"without the floor (p(face) >= {report['floor']}): the anatomy's false alarms {report['false_alarms']}, "
+          f"{report['false_alarms_below_floor']} of them below the floor; faces it recovered {report['recovered']}, "
+          f"{report['recovered_below_floor']} below the floor{lowest}; "
+          + "; ".join(f"{name} {k}/{n}" for name, (k, n) in report["without_floor"].items()))
+
+
 def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
-    args, detector, paths = held_out_setup(__doc__, "anatomy.json", argv, extra=[("--draws", int, 4)])
+    args, detector, paths = held_out_setup(__doc__, "anatomy.json", argv, extra=[("--draws", int, 4), ("--rows", Path, None)])
+    if args.rows:
+        report = floor_report(json.loads(args.rows.read_text())["rows"])
+        print(f"{args.rows}:")
+        print_floor_report(report)
+        return report
     detector.anatomy, detector.workers = "always", 2
     parts, probabilities, tissue, seconds = [], [], [], 0.0
     default_seconds, registered, same = 0.0, 0, True
@@ -95,7 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = write_result(args, detector, started, subjects=n_subjects, draws=args.draws, seed=SEED,
                           seconds_per_scan=round(per_scan, 2), default_seconds_per_scan=round(default_per_scan, 2),
                           default_registered=registered, default_same_verdicts=same, network=alone, anatomy=checked,
-                          per_family=families, rows=rows)
+                          per_family=families, floor=floor_report(rows), rows=rows)
+    print_floor_report(result["floor"])
     if not same:
         raise SystemExit("check's default and --anatomy disagree on a verdict (see the JSON)")
     return result
