@@ -63,7 +63,9 @@ data/members/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src/
 # The detector's figures in the README: the shipped detector on held-out heads, k-fold, calibration,
 # the partial-removal sweep, leave-one-family-out (~45 min once the views are drawn and cached);
 # then the shipped detector on the heads from outside IXI (bench/outside_heads.py, a minute) and on
-# held-out IXI heads whose field of view stops above the neck (bench/field_of_view.py, a minute), and on
+# held-out IXI heads whose field of view stops above the neck or below the top of the head (bench/field_of_view.py,
+# a minute), as other scanners would acquire them: thick slices, noise, bias, ghosts, motion (bench/acquisition.py,
+# 2 min), and on
 # held-out heads defaced by other projects' tools, Quickshear, caideface and deepdefacer (bench/other_defacers.py, 5 min);
 # and the anatomy's second opinion against the network alone on every family (bench/anatomy.py, ~16 min);
 # and held-out heads re-faced by a Pix2Pix that train.py trains on the others (bench/gan_refaced.py, ~3 min).
@@ -73,6 +75,7 @@ figures:
 	cp bench/results/detector_eval/sweep.png docs/detector_sweep.png
 	$(PY) bench/outside_heads.py
 	$(PY) bench/field_of_view.py --ixi $(IXI_SOURCE)
+	$(PY) bench/acquisition.py --ixi $(IXI_SOURCE)
 	$(PY) bench/other_defacers.py --ixi $(IXI_SOURCE)
 	$(PY) bench/anatomy.py --ixi $(IXI_SOURCE)
 	$(PY) bench/gan_refaced.py --ixi $(IXI_SOURCE)

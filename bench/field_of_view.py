@@ -7,7 +7,8 @@ head's grid volume, with its default: the anatomy's second opinion where the net
 intact, defaced by the pydeface mask, and partly defaced (the lowest 40 % of the face region: eyes
 and nose remain, so ``face`` by the feature rule), first as IXI stored it,
 then with the field of view's lower edge raised to 0, 20, 35 and 50 mm above the chin
-(:func:`defacegan.families.cut_below`). Rates of the expected answer with Wilson 95 % intervals:
+(:func:`defacegan.families.cut_below`), and with its upper edge 20 and 40 mm below the top of
+the head (the grid is placed by the head's top, back and middle: such a scan misplaces it). Rates of the expected answer with Wilson 95 % intervals:
 one scan per head and case, so the 8 subjects are the trials.
 
     python bench/field_of_view.py [--ixi ../shared/data/ixi-t1-2mm] [--ckpt CKPT]
@@ -20,48 +21,42 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from rich.console import Console
-from rich.table import Table
 
 from defacegan.detector_training import bundle_caches, read_bundle
-from defacegan.families import cut_below, generate, remove_share
+from defacegan.families import cut_below
 from defacegan.io import Scan
-from held_out import held_out_setup, right_rate, write_result
+from held_out import held_out_setup, judge_conditions, print_conditions, write_result
 
 #: The field of view's lower edge above the chin's lowest voxel (mm); None: as IXI stored it.
 EDGES_MM = (None, 0.0, 20.0, 35.0, 50.0)
-#: Case → (how to make it from a head's bundle, the expected answer: "face" or "not face").
-CASES = {
-    "intact": (lambda bundle: generate(bundle, "none", np.random.default_rng(0)), "face"),
-    "defaced: mask": (lambda bundle: generate(bundle, "mask", np.random.default_rng(0)), "not face"),
-    "partly defaced: lowest 40 %": (lambda bundle: remove_share(bundle, 0.4, "below"), "face"),
-}
+#: The field of view's upper edge below the top of the head (mm): the grid is placed by the head's
+#: top, which such a scan does not show.
+TOP_CUTS_MM = (20.0, 40.0)
+
+
+def lower_edge(mm: float | None):
+    """The acquisition whose field of view's lower edge lies ``mm`` above the chin (None: IXI's, with the neck)."""
+    return lambda bundle, variant: Scan((variant if mm is None else cut_below(bundle, variant, mm)).volume, bundle.affine)
+
+
+def upper_edge(mm: float):
+    """The acquisition whose field of view's upper edge lies ``mm`` below the top of the head."""
+    def acquire(bundle, variant) -> Scan:
+        top = np.flatnonzero(bundle.head.any(axis=(0, 1))).max()
+        volume = variant.volume.copy()
+        volume[:, :, int(round(top + 1 - mm / bundle.spacing)):] = 0
+        return Scan(volume, bundle.affine)
+    return acquire
 
 
 def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     args, detector, held = held_out_setup(__doc__, "field_of_view.json", argv)
     bundles = [read_bundle(cache) for cache in bundle_caches(held, detector.contract, args.cache)]
-    rows = []
-    for case, (make, expected) in CASES.items():
-        variants = [(bundle, make(bundle)) for bundle in bundles]
-        for edge in EDGES_MM:
-            scans = [Scan((variant if edge is None else cut_below(bundle, variant, edge)).volume, bundle.affine)
-                     for bundle, variant in variants]
-            predictions = detector.predict(scans)
-            p_face = [p.probabilities["face"] for p in predictions]
-            rows.append({"case": case, "expected": expected, "edge_mm": edge,
-                         **right_rate([(p.verdict == "face") == (expected == "face") for p in predictions]),
-                         "p_face_mean": float(np.mean(p_face)), "p_face_min": float(np.min(p_face)),
-                         "p_face_max": float(np.max(p_face))})
-    table = Table(title=f"field of view stopping above the neck: {detector.checkpoint}, {len(bundles)} held-out IXI heads")
-    for column in ("case", "expected", "lower edge", "right [Wilson 95 %]", "p(face) mean (min-max)"):
-        table.add_column(column)
-    for row in rows:
-        edge = "as stored (neck)" if row["edge_mm"] is None else f"{row['edge_mm']:.0f} mm above the chin"
-        table.add_row(row["case"], row["expected"], edge, f"{row['right']}/{row['n']} [{row['low']:.2f}, {row['high']:.2f}]",
-                      f"{row['p_face_mean']:.2f} ({row['p_face_min']:.2f}-{row['p_face_max']:.2f})")
-    Console().print(table)
+    conditions = {"as stored (neck)" if mm is None else f"{mm:.0f} mm above the chin": lower_edge(mm) for mm in EDGES_MM}
+    conditions |= {f"top of the head: {mm:.0f} mm cut off": upper_edge(mm) for mm in TOP_CUTS_MM}
+    rows = judge_conditions(detector, bundles, conditions)
+    print_conditions(f"field of view stopping above the neck: {detector.checkpoint}, {len(bundles)} held-out IXI heads", rows)
     return write_result(args, detector, started, subjects=[b.subject for b in bundles], rows=rows)
 
 

@@ -1,19 +1,33 @@
 """What the bench scripts that put the shipped detector to held-out IXI heads share: their options,
-the detector, and the heads it never saw (``HELD_OUT``)."""
+the detector, the heads it never saw (``HELD_OUT``), and the cases and table of the scripts that
+acquire those heads in other ways (field of view, slices, noise)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
 from defacegan.detector_training import HELD_OUT, subject_of
+from defacegan.families import FaceBundle, Variant, generate, remove_share
 from defacegan.inference import Detector
-from defacegan.io import atomic_write_text
+from defacegan.io import Scan, atomic_write_text
 from defacegan.metrics import wilson_interval
 
 ROOT = Path(__file__).resolve().parents[1]
+#: What every head is put to under each acquisition condition: case → (how to make it from the head's
+#: bundle, the expected answer: "face" or "not face"). The partial case keeps eyes and nose.
+CASES = {
+    "intact": (lambda bundle: generate(bundle, "none", np.random.default_rng(0)), "face"),
+    "defaced: mask": (lambda bundle: generate(bundle, "mask", np.random.default_rng(0)), "not face"),
+    "partly defaced: lowest 40 %": (lambda bundle: remove_share(bundle, 0.4, "below"), "face"),
+}
 
 
 def held_out_setup(doc: str, result: str, argv: list[str] | None,
@@ -46,3 +60,33 @@ def right_rate(hits: list[bool]) -> dict:
     right, n = sum(hits), len(hits)
     low, high = wilson_interval(right, n)
     return {"right": right, "n": n, "rate": right / n, "low": low, "high": high}
+
+
+def judge_conditions(detector: Detector, bundles: list[FaceBundle],
+                     conditions: dict[str, Callable[[FaceBundle, Variant], Scan]]) -> list[dict]:
+    """Every case of :data:`CASES` of every head, acquired as each of ``conditions`` says (the head's
+    bundle and the case's volume → the scan ``check`` gets), judged by ``check``'s path: a row per case
+    and condition, one scan per head, so the heads are the trials."""
+    rows = []
+    for case, (make, expected) in CASES.items():
+        variants = [(bundle, make(bundle)) for bundle in bundles]
+        for condition, acquire in conditions.items():
+            predictions = detector.predict([acquire(bundle, variant) for bundle, variant in variants])
+            p_face = [p.probabilities["face"] for p in predictions]
+            rows.append({"case": case, "expected": expected, "condition": condition,
+                         **right_rate([(p.verdict == "face") == (expected == "face") for p in predictions]),
+                         "p_face_mean": float(np.mean(p_face)), "p_face_min": float(np.min(p_face)),
+                         "p_face_max": float(np.max(p_face))})
+    return rows
+
+
+def print_conditions(title: str, rows: list[dict]) -> None:
+    """``judge_conditions``' rows as a table: right answers [Wilson 95 %] and p(face) per case and condition."""
+    table = Table(title=title)
+    for column in ("case", "expected", "condition", "right [Wilson 95 %]", "p(face) mean (min-max)"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["case"], row["expected"], row["condition"],
+                      f"{row['right']}/{row['n']} [{row['low']:.2f}, {row['high']:.2f}]",
+                      f"{row['p_face_mean']:.2f} ({row['p_face_min']:.2f}-{row['p_face_max']:.2f})")
+    Console().print(table)
