@@ -7,7 +7,8 @@ moved. Each of the 8 held-out heads (``HELD_OUT``), intact, defaced by the pydef
 defaced (the lowest 40 % of the face region: eyes and nose remain, so ``face``), is acquired as each
 condition below says and judged by ``check``'s own path (the anatomy's second opinion where the
 network is unsure). None of the conditions but "as stored" is a training augmentation: this measures
-how far the detector carries, it does not tune it. One scan per head, case and condition, with its
+how far the detector carries, it does not tune it. Two rows put the noise in the air only and in the
+head only, to tell which of the two moves a verdict. One scan per head, case and condition, with its
 own random draw (seeded by the subject): the 8 subjects are the trials (Wilson 95 % intervals).
 
     python bench/acquisition.py [--ixi ../shared/data/ixi-t1-2mm] [--ckpt CKPT]
@@ -32,12 +33,11 @@ from held_out import held_out_setup, judge_conditions, print_conditions, write_r
 
 #: Slices of clinical 2D protocols: 5 mm and a 1 mm gap, acquired as 6 mm.
 SLICE_MM = 6.0
-#: Rician noise of these shares of the head's 99th percentile (the bundles' scale is 1): about SNR
-#: 14 and 7 in white matter, a fast or a low-field scan. IXI's air is 0: the detector never saw noisy air.
+#: Rician noise of these shares of the head's 99th percentile (the bundles' scale is 1): a fast or a
+#: low-field scan. IXI's air is 0: the detector never saw noisy air.
 NOISE = (0.05, 0.10)
-#: TorchIO ghosting strengths: 0.3 leaves ghosts whose 99th percentile in the air is 5 % of the head's
-#: (measured on training heads, not the bench's); 0.5-1 is TorchIO's default, 9 % and more.
-GHOSTS = {"visible": (0.3, 0.3), "strong": (0.5, 1.0)}
+#: TorchIO ghosting strengths (share of the k-space's maximum): faint, and TorchIO's default.
+GHOSTS = {"faint": (0.3, 0.3), "strong": (0.5, 1.0)}
 
 def _seed(bundle: FaceBundle) -> int:
     return zlib.crc32(bundle.subject.encode())

@@ -38,7 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from defacegan.check import CheckResult, result_png
-from defacegan.contract import InputContract
+from defacegan.contract import InputContract, without_air
 from defacegan.detector_training import save_detector
 from defacegan.inference import SHIPPED_CHECKPOINT, Detector, load_network, verdict_of
 from defacegan.io import load_scan
@@ -131,7 +131,8 @@ def stage_profile(detector: Detector, paths: list[Path]) -> dict[str, float]:
     """
     contract = detector.contract
     stages = dict.fromkeys(
-        ["load_scan: read, gunzip, validate (as stored)", "  gunzip alone (zlib)", "contract grid: head anchor (centre)", "contract grid (on_grid)",
+        ["load_scan: read, gunzip, validate (as stored)", "  gunzip alone (zlib)", "contract grid: head anchor and air level (placement)", "contract grid (on_grid)",
+         "contract air to 0",
          "contract intensities", "views", "model", "views PNG (--out)"], 0.0)
     load_scan(paths[0])
     for path in paths:
@@ -147,9 +148,11 @@ def stage_profile(detector: Detector, paths: list[Path]) -> dict[str, float]:
         lap()
         zlib.decompress(path.read_bytes(), wbits=31)
         lap()
-        centre = contract.centre(scan.data, scan.affine)
+        centre, air = contract.placement(scan.data, scan.affine)
         lap()
         grid = contract.on_grid(scan.data, scan.affine, centre=centre)
+        lap()
+        grid = without_air(grid, air)
         lap()
         volumes = torch.stack([contract.intensities(grid[None])]).to(detector.device)  # as Detector.predict batches them
         lap()

@@ -85,6 +85,28 @@ def test_training_and_check_see_the_same_tensor_for_the_same_scan(held_out_bundl
     assert trained.label.tolist() == [0]
 
 
+def test_noisy_air_is_set_to_zero_and_zero_air_is_left_alone(ixi_scans):
+    """A real head whose air is 0 (IXI's) has air level 0 and its model input is untouched; with
+    Rayleigh noise in the air, the grid's air is 0 again and the head is placed where it was."""
+    contract = InputContract()
+    scans = {subject_of(path): load_scan(path) for path in ixi_scans}
+    noisy_air = [subject for subject, scan in scans.items() if contract.air_level(scan.data, scan.affine) > 0]
+    assert noisy_air == ["IXI527"]  # IXI's air was masked to 0, but for one head's
+    scan = scans["IXI012"]
+    clean = contract.volume(scan.data, scan.affine)
+    air = scan.data == 0
+    rng = np.random.default_rng(0)
+    sigma = 0.03 * np.percentile(scan.data[~air], 99)
+    noisy = np.where(air, np.hypot(rng.normal(0, sigma, scan.data.shape), rng.normal(0, sigma, scan.data.shape)), scan.data)
+    level = contract.air_level(noisy, scan.affine)
+    assert 3 * sigma < level < 6 * sigma  # 4 x the Rayleigh median, 1.18 sigma
+    assert np.allclose(contract.centre(noisy, scan.affine), contract.centre(scan.data, scan.affine), atol=2.0)
+    model_input = contract.volume(noisy, scan.affine)
+    outside = clean[0] == 0
+    assert (model_input[0][outside] == 0).float().mean() > 0.99
+    assert (model_input - clean).abs().mean() < 0.01
+
+
 def ixi_like(affine: np.ndarray, shape=(75, 128, 128), seed: int = 0) -> np.ndarray:
     """A smooth head-sized blob with noise in int16 steps, x-fastest like load_scan's arrays."""
     rng = np.random.default_rng(seed)

@@ -11,10 +11,14 @@ scan the same way:
    (``anchor="head"``): the back and the top of the head and its left-right middle, which no
    defacing touches, sit at the same grid position in every scan, so a middle slice cuts the
    same anatomy whether the scanner's field of view held the neck or stopped below the nose.
-2. **intensities**: negative values (resampling overshoot, signed data) clamped to 0, divided by
+2. **air**: a magnitude image's air holds Rayleigh noise, where IXI's (the training scans') is 0;
+   on the grid, what lies below the scan's air level (:func:`head_and_air_levels`) is set to 0, so
+   that a noisy scan's air does not look like the noise some defacers fill the face with. A scan
+   whose air is 0 has air level 0: this step leaves it as it is;
+3. **intensities**: negative values (resampling overshoot, signed data) clamped to 0, divided by
    the volume's robust scale (99.5th percentile of the nonzero voxels), stored as float16 —
    what the training cache holds, so check and training see the same numbers;
-3. **views**: :func:`defacegan.views.compute_views` at ``view_size`` pixels, ``view_mode`` views.
+4. **views**: :func:`defacegan.views.compute_views` at ``view_size`` pixels, ``view_mode`` views.
 """
 
 from __future__ import annotations
@@ -34,8 +38,12 @@ from defacegan.views import VIEW_MODES, VIEW_NAMES, compute_views, robust_scale
 #: a constant, cropped); the face was replaced by tissue that is not the subject's.
 VERDICTS = ("face", "removed", "replaced")
 ANCHORS = ("head", "fov")
-#: Head voxels exceed this share of the 99.5th percentile of a scan's positive voxels.
+#: Head voxels exceed this share of the 99.5th percentile of a scan's positive voxels ...
 HEAD_FLOOR = 0.15
+#: ... and the air's level: this many times the median of the voxels below that floor, most of which
+#: are air. Air in a magnitude image is Rayleigh noise, whose median is 1.18 σ: 4 × 1.18 σ leaves
+#: one air voxel in 10^5 above it. A scan whose air was masked to 0 (IXI's) has air level 0.
+AIR_NOISE_FACTOR = 4.0
 #: With ``anchor="head"`` the grid's centre lies this far (mm) in front of the back of the head
 #: and below its top: the median of the 32 IXI heads relative to their field of view's centre,
 #: so the grid holds the whole head with the face and some neck.
@@ -80,28 +88,37 @@ class InputContract:
         return np.diag([self.spacing] * 3 + [1.0])
 
     def centre(self, data: np.ndarray | torch.Tensor, affine: np.ndarray) -> np.ndarray:
-        """Where the grid's centre goes, in the scan's world mm: the field of view's centre, or
-        (``anchor="head"``) :data:`HEAD_ANCHOR_MM` from the head's back, top and left-right middle.
+        """Where the grid's centre goes, in the scan's world mm (:meth:`placement`)."""
+        return self.placement(data, affine)[0]
 
-        The head is what exceeds :data:`HEAD_FLOOR` of the 99.5th percentile of the positive
-        voxels, read at about the grid's spacing; its extent along each voxel axis runs between the
-        0.5th and 99.5th percentiles of its voxels' positions (so stray bright voxels in the air do
-        not move it), found from the three axis profiles, not from every voxel's position. A scan
-        with no head to speak of keeps the field of view's centre.
+    def air_level(self, data: np.ndarray | torch.Tensor, affine: np.ndarray) -> float:
+        """The scan's air level (:meth:`placement`)."""
+        return self.placement(data, affine)[1]
+
+    def placement(self, data: np.ndarray | torch.Tensor, affine: np.ndarray) -> tuple[np.ndarray, float]:
+        """(where the grid's centre goes, in the scan's world mm; the scan's air level), from one
+        read of the scan at about the grid's spacing.
+
+        The centre is the field of view's, or (``anchor="head"``) :data:`HEAD_ANCHOR_MM` from the
+        head's back, top and left-right middle. The head is what exceeds :func:`head_and_air_levels`'
+        head level; its extent along each voxel axis runs between the 0.5th and 99.5th percentiles of
+        its voxels' positions (so stray bright voxels in the air do not move it), found from the
+        three axis profiles, not from every voxel's position. A scan with no head to speak of keeps
+        the field of view's centre and air level 0.
         """
         data = data.numpy() if torch.is_tensor(data) else np.asarray(data)
         affine = np.asarray(affine, dtype=np.float64)
-        if self.anchor == "fov":
-            return fov_centre(data.shape, affine)
         steps = [max(1, round(self.spacing / s)) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))]
         sample = data[tuple(slice(None, None, step) for step in steps)]
-        coarse = sample[::2, ::2, ::2]  # enough voxels for the percentile
-        positive = coarse[coarse > 0]
-        if positive.size < 100:
-            return fov_centre(data.shape, affine)
-        head = sample > HEAD_FLOOR * np.percentile(positive, 99.5)
+        levels = head_and_air_levels(sample)
+        if levels is None:
+            return fov_centre(data.shape, affine), 0.0
+        head_level, air = levels
+        if self.anchor == "fov":
+            return fov_centre(data.shape, affine), air
+        head = sample > head_level
         if np.count_nonzero(head) < 1000:
-            return fov_centre(data.shape, affine)
+            return fov_centre(data.shape, affine), air
         extent = []
         for axis in range(3):
             profile = np.cumsum(head.sum(axis=tuple(a for a in range(3) if a != axis)))
@@ -110,7 +127,7 @@ class InputContract:
         middle = [(x0 + x1) / 2, (y0 + y1) / 2, (z0 + z1) / 2]
         back, top = HEAD_ANCHOR_MM
         world = [affine @ np.append(point, 1.0) for point in (middle, [middle[0], y0, middle[2]], [middle[0], middle[1], z1])]
-        return np.array([world[0][0], world[1][1] + back, world[2][2] - top])
+        return np.array([world[0][0], world[1][1] + back, world[2][2] - top]), air
 
     def on_grid(self, data: np.ndarray | torch.Tensor, affine: np.ndarray, *, label: bool = False,
                 separable: bool = True, centre: np.ndarray | None = None) -> torch.Tensor:
@@ -166,15 +183,41 @@ class InputContract:
         scale = robust_scale(volumes).reshape(-1, *[1] * (volumes.dim() - 1))
         return (volumes / scale).half().float()
 
-    def volume(self, data: np.ndarray | torch.Tensor, affine: np.ndarray, centre: np.ndarray | None = None) -> torch.Tensor:
+    def volume(self, data: np.ndarray | torch.Tensor, affine: np.ndarray, centre: np.ndarray | None = None,
+               zero_air: bool = True) -> torch.Tensor:
         """A scan as the model's 3D input: (1, X, Y, Z) float32 on the grid (centred at ``centre``,
-        by default where :meth:`centre` puts it), scaled."""
-        centre = self.centre(data, affine) if centre is None else centre
-        return self.intensities(self.on_grid(data, affine, centre=centre)[None])
+        by default where :meth:`centre` puts it), its air set to 0, scaled. ``zero_air=False``
+        keeps the air: for material that is not a scan, such as the template face a generator pastes."""
+        if centre is None:
+            centre, air = self.placement(data, affine)
+        else:
+            air = self.air_level(data, affine) if zero_air else 0.0
+        return self.intensities(without_air(self.on_grid(data, affine, centre=centre), air if zero_air else 0.0)[None])
 
     def views(self, volumes: torch.Tensor) -> torch.Tensor:
         """(B, 1, X, Y, Z) grid volumes → (B, V, S, S) views in [0, 1]."""
         return compute_views(volumes, self.view_size, self.view_mode)
+
+
+def without_air(grid: torch.Tensor, air: float) -> torch.Tensor:
+    """``grid`` with what lies below the air level ``air`` set to 0 (none when ``air`` is 0)."""
+    return grid.masked_fill(grid < air, 0.0) if air > 0 else grid
+
+
+def head_and_air_levels(sample: np.ndarray) -> tuple[float, float] | None:
+    """(head, air) intensity levels of a scan read at about the grid's spacing, or None when it has
+    no head to speak of. Voxels above ``head`` are head: :data:`HEAD_FLOOR` of the 99.5th percentile
+    of the positive voxels, or the air level where that is higher (a noisy air's brightest voxels
+    would otherwise pass for scattered head and widen its extent). Voxels below ``air`` are air:
+    :data:`AIR_NOISE_FACTOR` × the median of the voxels below the floor, 0 when most of those are 0."""
+    coarse = sample[::2, ::2, ::2]  # enough voxels for the percentile and the median
+    positive = coarse[coarse > 0]
+    if positive.size < 100:
+        return None
+    floor = HEAD_FLOOR * float(np.percentile(positive, 99.5))
+    below = coarse[coarse <= floor]
+    air = AIR_NOISE_FACTOR * float(np.median(below)) if below.size else 0.0
+    return max(floor, air), air
 
 
 def fov_centre(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:

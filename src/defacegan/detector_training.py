@@ -62,10 +62,10 @@ def source_key(*sources: str | os.PathLike) -> str:
     return hashlib.sha1("".join(code(ast.parse(Path(source).read_text())) for source in sources).encode()).hexdigest()[:10]
 
 
-#: The code that makes a bundle: the registration (deface.py), the feature regions (features.py)
-#: and :func:`~defacegan.families.make_bundle`.
+#: The code that makes a bundle: the registration (deface.py), the feature regions (features.py),
+#: :func:`~defacegan.families.make_bundle` and the contract that puts the head on the grid.
 BUNDLE_SOURCE = source_key(make_bundle.__code__.co_filename, label_from.__code__.co_filename,
-                           Path(__file__).with_name("deface.py"))
+                           Path(__file__).with_name("deface.py"), InputContract.views.__code__.co_filename)
 #: The code of the generator, of the label rule, of this module (the draws' pose and placement), of
 #: the pose itself (augment.py, imported only when drawing) and of the contract's grid and views:
 #: drawn views are cached under a key that holds it, so a change to any of them draws again.
