@@ -379,6 +379,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--seed", type=int, default=0, help="seeds the draws, the calibration subjects and the fit")
+    parser.add_argument("--pose-degrees", type=float, default=POSE["affine"]["degrees"],
+                        help="largest rotation of a drawn head about each axis (the recipe's by default)")
     parser.add_argument("--workers", type=int, default=None,
                         help="drawing processes (default: as many as the memory holds at 13 GB each, at most 2)")
     parser.add_argument("--without", nargs="*", default=[], choices=list(FAMILIES), metavar="FAMILY",
@@ -395,7 +397,9 @@ def main(argv: list[str] | None = None) -> Path:
     paths = sorted(p for p in args.source.glob("*.nii*") if subject_of(p) not in HELD_OUT)
     caches = bundle_caches(paths, contract, args.cache)
     train_subjects, val_subjects = split_subjects([subject_of(p) for p in paths], val=4, seed=args.seed)
-    samples = draw(caches, contract, args.cache, draws=args.draws, seed=args.seed, rounds=args.rounds, workers=args.workers)
+    pose = {**POSE, "affine": {**POSE["affine"], "degrees": args.pose_degrees}}
+    samples = draw(caches, contract, args.cache, draws=args.draws, seed=args.seed, pose=pose, rounds=args.rounds,
+                   workers=args.workers)
     atomic_write_text(args.manifest, samples.manifest())
     trained = families_but(args.without)
     recipe = np.isin(samples.family, trained)
@@ -405,7 +409,7 @@ def main(argv: list[str] | None = None) -> Path:
     temperature = calibrate(net, val)
     facts = {"train_subjects": train_subjects, "val_subjects": val_subjects, "held_out": list(HELD_OUT),
              "families": trained, "draws": args.draws, "rounds": args.rounds, "epochs": args.epochs, "temperature": temperature,
-             "seed": args.seed}
+             "seed": args.seed, "pose_degrees": args.pose_degrees}
     path = save_detector(net, contract, args.out, facts)
     print(f"{path}: {len(train.label)} training views of {len(train_subjects)} subjects, T = {temperature:.2f}, "
           f"{time.perf_counter() - started:.0f} s")
