@@ -188,11 +188,9 @@ class InputContract:
         """A scan as the model's 3D input: (1, X, Y, Z) float32 on the grid (centred at ``centre``,
         by default where :meth:`centre` puts it), its air set to 0, scaled. ``zero_air=False``
         keeps the air: for material that is not a scan, such as the template face a generator pastes."""
-        if centre is None:
-            centre, air = self.placement(data, affine)
-        else:
-            air = self.air_level(data, affine) if zero_air else 0.0
-        return self.intensities(without_air(self.on_grid(data, affine, centre=centre), air if zero_air else 0.0)[None])
+        placed, air = self.placement(data, affine)
+        grid = self.on_grid(data, affine, centre=placed if centre is None else centre)
+        return self.intensities(without_air(grid, air if zero_air else 0.0)[None])
 
     def views(self, volumes: torch.Tensor) -> torch.Tensor:
         """(B, 1, X, Y, Z) grid volumes → (B, V, S, S) views in [0, 1]."""
