@@ -8,9 +8,9 @@ intact, defaced by the pydeface mask and partly defaced (the lowest 40 % of the 
 and nose remain, so ``face``), is acquired as each condition below says and judged by ``check``'s
 own path (the anatomy's second opinion where the network is unsure). No condition but "as stored"
 is within the training augmentation (its poses stop at 15 degrees): this measures how far the
-detector carries, it does not tune it. Two rows put the noise in the air only and in the head only, to tell
-which of the two moves a verdict. One scan per head, case and condition, with its
-own random draw (seeded by the subject): the 8 subjects are the trials (Wilson 95 % intervals).
+detector carries, it does not tune it. Two rows put the noise in the air only and in the head
+only, to tell which of the two moves a verdict. One scan per head, case and condition, with its own
+random draw (seeded by the subject): the 8 subjects are the trials (Wilson 95 % intervals).
 
     python bench/acquisition.py [--ixi ../shared/data/ixi-t1-2mm] [--ckpt CKPT]
 
@@ -40,6 +40,7 @@ NOISE = (0.05, 0.10)
 #: TorchIO ghosting strengths (share of the k-space's maximum): faint, and TorchIO's default.
 GHOSTS = {"faint": (0.3, 0.3), "strong": (0.5, 1.0)}
 
+
 def _seed(bundle: FaceBundle) -> int:
     return zlib.crc32(bundle.subject.encode())
 
@@ -48,23 +49,14 @@ def as_stored(bundle: FaceBundle, variant: Variant) -> Scan:
     return Scan(variant.volume, bundle.affine)
 
 
-def resampled(spacing: tuple[float, float, float]):
-    """Acquired at ``spacing`` mm along the grid's axes (R, A, S), each voxel the average over its
-    extent (TorchIO's anti-aliased resampling): thick slices in one direction, or coarse voxels."""
-    resample = tio.Resample(spacing, antialias=True)
-
-    def acquire(bundle: FaceBundle, variant: Variant) -> Scan:
-        image = resample(tio.ScalarImage(tensor=torch.from_numpy(variant.volume[None].copy()), affine=bundle.affine))
-        return Scan(image.data[0].numpy(), image.affine)
-    return acquire
-
-
-def torchio(transform: tio.Transform):
-    """Acquired through a random TorchIO artefact, drawn once per subject."""
+def through(transform: tio.Transform):
+    """Acquired through a TorchIO transform, a random one drawn once per subject: an artefact, a
+    pose, or a resampling (``tio.Resample(..., antialias=True)``: each voxel the average over its
+    extent, for thick slices or coarse voxels; the scan keeps the grid the transform gives it)."""
     def acquire(bundle: FaceBundle, variant: Variant) -> Scan:
         torch.manual_seed(_seed(bundle))
         image = transform(tio.ScalarImage(tensor=torch.from_numpy(variant.volume[None].copy()), affine=bundle.affine))
-        return Scan(image.data[0].numpy(), bundle.affine)
+        return Scan(image.data[0].numpy(), image.affine)
     return acquire
 
 
@@ -84,17 +76,17 @@ def rician(std: float, where: str = "everywhere"):
 
 CONDITIONS = {
     "as stored (2 mm)": as_stored,
-    f"{SLICE_MM:g} mm axial slices": resampled((2.0, 2.0, SLICE_MM)),
-    f"{SLICE_MM:g} mm coronal slices": resampled((2.0, SLICE_MM, 2.0)),
-    f"{SLICE_MM:g} mm sagittal slices": resampled((SLICE_MM, 2.0, 2.0)),
-    "4 mm voxels": resampled((4.0, 4.0, 4.0)),
+    f"{SLICE_MM:g} mm axial slices": through(tio.Resample((2.0, 2.0, SLICE_MM), antialias=True)),
+    f"{SLICE_MM:g} mm coronal slices": through(tio.Resample((2.0, SLICE_MM, 2.0), antialias=True)),
+    f"{SLICE_MM:g} mm sagittal slices": through(tio.Resample((SLICE_MM, 2.0, 2.0), antialias=True)),
+    "4 mm voxels": through(tio.Resample((4.0, 4.0, 4.0), antialias=True)),
     **{f"Rician noise, {std:.0%} of the 99th percentile": rician(std) for std in NOISE},
     **{f"Rician noise, {NOISE[0]:.0%}, in the {where} only": rician(NOISE[0], where) for where in ("air", "head")},
-    "bias field (TorchIO, coefficients up to 0.5)": torchio(tio.RandomBiasField(coefficients=0.5)),
-    **{f"{name} ghosts along A-P (TorchIO, intensity {low:g}-{high:g})": torchio(tio.RandomGhosting(axes=(1,), intensity=(low, high)))
-       for name, (low, high) in GHOSTS.items()},
-    "motion (TorchIO, 2 moves up to 10 degrees and 10 mm)": torchio(tio.RandomMotion()),
-    **{f"head {what} {abs(max(degrees, key=abs))} degrees": torchio(tio.Affine(scales=1, degrees=degrees, translation=0))
+    "bias field (TorchIO, coefficients up to 0.5)": through(tio.RandomBiasField(coefficients=0.5)),
+    **{f"{name} ghosts along A-P (TorchIO, intensity {low:g}-{high:g})":
+       through(tio.RandomGhosting(axes=(1,), intensity=(low, high))) for name, (low, high) in GHOSTS.items()},
+    "motion (TorchIO, 2 moves up to 10 degrees and 10 mm)": through(tio.RandomMotion()),
+    **{f"head {what} {abs(max(degrees, key=abs))} degrees": through(tio.Affine(scales=1, degrees=degrees, translation=0))
        for what, degrees in (("tilted nose up", (20, 0, 0)), ("tilted nose down", (-20, 0, 0)),
                              ("tilted nose up", (30, 0, 0)), ("tilted nose down", (-30, 0, 0)),
                              ("turned", (0, 0, 30)), ("rolled", (0, 30, 0)))},

@@ -8,8 +8,9 @@ intact, defaced by the pydeface mask, and partly defaced (the lowest 40 % of the
 and nose remain, so ``face`` by the feature rule), first as IXI stored it,
 then with the field of view's lower edge raised to 0, 20, 35 and 50 mm above the chin
 (:func:`defacegan.families.cut_below`), and with its upper edge 20 and 40 mm below the top of
-the head (the grid is placed by the head's top, back and middle: such a scan misplaces it). Rates of the expected answer with Wilson 95 % intervals:
-one scan per head and case, so the 8 subjects are the trials.
+the head (the grid is placed by the head's top, back and middle: such a scan misplaces it). Rates
+of the expected answer with Wilson 95 % intervals: one scan per head and case, so the 8 subjects
+are the trials.
 
     python bench/field_of_view.py [--ixi ../shared/data/ixi-t1-2mm] [--ckpt CKPT]
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     conditions = {"as stored (neck)" if mm is None else f"{mm:.0f} mm above the chin": lower_edge(mm) for mm in EDGES_MM}
     conditions |= {f"top of the head: {mm:.0f} mm cut off": upper_edge(mm) for mm in TOP_CUTS_MM}
     rows = judge_conditions(detector, bundles, conditions)
-    print_conditions(f"field of view stopping above the neck: {detector.checkpoint}, {len(bundles)} held-out IXI heads", rows)
+    print_conditions(f"field of view stopping above the neck or below the top of the head: {detector.checkpoint}, {len(bundles)} held-out IXI heads", rows)
     return write_result(args, detector, started, subjects=[b.subject for b in bundles], rows=rows)
 
 

@@ -126,7 +126,7 @@ def make_bundle(scan: Scan, subject: str, contract: InputContract, seed: int = 0
         features=grid(features, label=True).astype(np.uint8),
         face_region=grid(deface.face_region(scan, transform).astype(np.float32), label=True) > 0.5,
         brain=grid(deface.brain_region(scan, transform).astype(np.float32), label=True) > 0.5,
-        # pasted as it is: the faces it made are those the shipped detector was trained on
+        # material pasted into a head, not a scan: its air is kept, as the shipped detector's draws had it
         template_face=contract.volume(template, scan.affine, centre, zero_air=False)[0].numpy(),
         affine=contract.grid_affine,
     )
