@@ -131,7 +131,7 @@ def stage_profile(detector: Detector, paths: list[Path]) -> dict[str, float]:
     """
     contract = detector.contract
     stages = dict.fromkeys(
-        ["load_scan: read, gunzip, validate (as stored)", "  gunzip alone (zlib)", "contract grid: head anchor and air level (placement)", "contract grid (on_grid)",
+        ["load_scan: read, gunzip, validate (as stored)", "  gunzip alone (zlib)", "contract grid: head anchor, air level, pose (place)", "contract grid (on_grid)",
          "contract air to 0",
          "contract intensities", "views", "model", "views PNG (--out)"], 0.0)
     load_scan(paths[0])
@@ -148,11 +148,11 @@ def stage_profile(detector: Detector, paths: list[Path]) -> dict[str, float]:
         lap()
         zlib.decompress(path.read_bytes(), wbits=31)
         lap()
-        centre, air = contract.placement(scan.data, scan.affine)
+        placed = contract.place(scan.data, scan.affine)
         lap()
-        grid = contract.on_grid(scan.data, scan.affine, centre=centre)
+        grid = contract.on_grid(scan.data, scan.affine, placed=placed)
         lap()
-        grid = without_air(grid, air)
+        grid = without_air(grid, placed.air)
         lap()
         volumes = torch.stack([contract.intensities(grid[None])]).to(detector.device)  # as Detector.predict batches them
         lap()

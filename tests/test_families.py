@@ -183,7 +183,7 @@ def test_posed_draws_sit_on_the_grid_where_check_puts_a_file(bundle):
     contract = InputContract()
     volumes, _ = draw_volumes(bundle, contract, families=("none", "plane"), draws=3, seed=1000)
     middle = (np.asarray(contract.shape) - 1) / 2 * contract.spacing
-    offsets = [np.abs(contract.centre(volume[0].numpy(), contract.grid_affine) - middle).max() for volume in volumes]
+    offsets = [np.abs(contract.place(volume[0].numpy(), contract.grid_affine).centre - middle).max() for volume in volumes]
     assert max(offsets) <= 2 * contract.spacing, offsets
     assert volumes.dtype == torch.float32 and volumes.min() >= 0 and torch.equal(volumes, volumes.half().float())
 

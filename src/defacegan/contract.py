@@ -11,6 +11,9 @@ scan the same way:
    (``anchor="head"``): the back and the top of the head and its left-right middle, which no
    defacing touches, sit at the same grid position in every scan, so a middle slice cuts the
    same anatomy whether the scanner's field of view held the neck or stopped below the nose.
+   A head turned or rolled in the coil further than the training poses reach
+   (``straighten_beyond`` degrees from its mirror-symmetric pose, :func:`mirror_angle`) is
+   straightened: the grid's axes turn with it, so its mid-sagittal plane is the grid's;
 2. **air**: a magnitude image's air holds Rayleigh noise, where IXI's (the training scans') is 0;
    on the grid, what lies below the scan's air level (:func:`head_and_air_levels`) is set to 0, so
    that a noisy scan's air does not look like the noise some defacers fill the face with. A scan
@@ -26,11 +29,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from defacegan.views import VIEW_MODES, VIEW_NAMES, compute_views, robust_scale
 
@@ -48,6 +52,26 @@ AIR_NOISE_FACTOR = 4.0
 #: and below its top: the median of the 32 IXI heads relative to their field of view's centre,
 #: so the grid holds the whole head with the face and some neck.
 HEAD_ANCHOR_MM = (101.0, 92.0)
+#: The head's pose is judged on a grid this coarse (mm): enough for a mirror plane, a few ms.
+POSE_GRID_MM = 4.0
+#: The mirror plane is looked for this far (degrees) either side of the grid's, in these steps.
+POSE_SEARCH_DEGREES = (45.0, 3.0)
+#: Times the mirror plane is read again on the grid straightened by the previous reading.
+STRAIGHTENING_ROUNDS = 2
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a scan's grid goes: its centre (world mm), its axes (the columns of ``rotation``: the
+    identity unless the head was straightened) and the scan's air level."""
+
+    centre: np.ndarray
+    air: float = 0.0
+    rotation: np.ndarray = field(default_factory=lambda: np.eye(3))
+
+    @property
+    def straightened(self) -> bool:
+        return not np.array_equal(self.rotation, np.eye(3))
 
 
 @dataclass(frozen=True)
@@ -60,6 +84,11 @@ class InputContract:
     view_mode: str = "all_face"
     classes: tuple[str, ...] = VERDICTS
     anchor: str = "head"  # "head": the grid placed by head landmarks; "fov": on the field of view's centre
+    #: With ``anchor="head"``: a head turned or rolled more than this (degrees) is straightened. The
+    #: training poses stop at 15 degrees from IXI's heads, which lie within 4 degrees of symmetric
+    #: (turned -3.8 to 3.2, rolled -2.6 to 2.5); 10 leaves room for a turn and a roll together,
+    #: each of whose projections reads less than the turn or the roll alone.
+    straighten_beyond: float = 10.0
 
     def __post_init__(self):
         object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
@@ -87,24 +116,17 @@ class InputContract:
         """Voxel → world of the grid, up to the translation that centres it on each scan."""
         return np.diag([self.spacing] * 3 + [1.0])
 
-    def centre(self, data: np.ndarray | torch.Tensor, affine: np.ndarray) -> np.ndarray:
-        """Where the grid's centre goes, in the scan's world mm (:meth:`placement`)."""
-        return self.placement(data, affine)[0]
-
-    def air_level(self, data: np.ndarray | torch.Tensor, affine: np.ndarray) -> float:
-        """The scan's air level (:meth:`placement`)."""
-        return self.placement(data, affine)[1]
-
-    def placement(self, data: np.ndarray | torch.Tensor, affine: np.ndarray) -> tuple[np.ndarray, float]:
-        """(where the grid's centre goes, in the scan's world mm; the scan's air level), from one
-        read of the scan at about the grid's spacing.
+    def place(self, data: np.ndarray | torch.Tensor, affine: np.ndarray) -> Placement:
+        """Where the grid goes (:class:`Placement`), from one read of the scan at about the grid's
+        spacing.
 
         The centre is the field of view's, or (``anchor="head"``) :data:`HEAD_ANCHOR_MM` from the
         head's back, top and left-right middle. The head is what exceeds :func:`head_and_air_levels`'
         head level; its extent along each voxel axis runs between the 0.5th and 99.5th percentiles of
-        its voxels' positions (so stray bright voxels in the air do not move it), found from the
-        three axis profiles, not from every voxel's position. A scan with no head to speak of keeps
-        the field of view's centre and air level 0.
+        its voxels' positions (so stray bright voxels in the air do not move it). A scan with no head
+        to speak of keeps the field of view's centre and air level 0. A head turned or rolled more
+        than ``straighten_beyond`` degrees (:meth:`straightening`) gets axes along its own and is
+        anchored on them.
         """
         data = data.numpy() if torch.is_tensor(data) else np.asarray(data)
         affine = np.asarray(affine, dtype=np.float64)
@@ -112,27 +134,66 @@ class InputContract:
         sample = data[tuple(slice(None, None, step) for step in steps)]
         levels = head_and_air_levels(sample)
         if levels is None:
-            return fov_centre(data.shape, affine), 0.0
+            return Placement(fov_centre(data.shape, affine))
         head_level, air = levels
         if self.anchor == "fov":
-            return fov_centre(data.shape, affine), air
+            return Placement(fov_centre(data.shape, affine), air)
         head = sample > head_level
         if np.count_nonzero(head) < 1000:
-            return fov_centre(data.shape, affine), air
-        extent = []
-        for axis in range(3):
-            profile = np.cumsum(head.sum(axis=tuple(a for a in range(3) if a != axis)))
-            extent.append(np.searchsorted(profile, [0.005 * profile[-1], 0.995 * profile[-1]]) * steps[axis])
-        (x0, x1), (y0, y1), (z0, z1) = extent
+            return Placement(fov_centre(data.shape, affine), air)
+        (x0, x1), (y0, y1), (z0, z1) = (np.asarray(span) * step for span, step in zip(head_extent(head), steps))
         middle = [(x0 + x1) / 2, (y0 + y1) / 2, (z0 + z1) / 2]
         back, top = HEAD_ANCHOR_MM
         world = [affine @ np.append(point, 1.0) for point in (middle, [middle[0], y0, middle[2]], [middle[0], middle[1], z1])]
-        return np.array([world[0][0], world[1][1] + back, world[2][2] - top]), air
+        placed = Placement(np.array([world[0][0], world[1][1] + back, world[2][2] - top]), air)
+        rotation = self.straightening(sample, affine @ np.diag([*steps, 1.0]), placed)
+        if rotation is None:
+            return placed
+        # Anchored again, on the straightened head's own axes.
+        coarse = self.pose_grid()
+        turned = Placement(placed.centre, air, rotation)
+        look = coarse.on_grid(sample, affine @ np.diag([*steps, 1.0]), placed=turned).numpy() > head_level
+        (x0, x1), (y0, y1), (z0, z1) = (np.asarray(span) * coarse.spacing for span in head_extent(look))
+        local = np.array([(x0 + x1) / 2, y0 + back, z1 - top]) - coarse.spacing * (np.asarray(coarse.shape) - 1) / 2
+        return Placement(placed.centre + rotation @ local, air, rotation)
+
+    def pose_grid(self) -> InputContract:
+        """The same grid at :data:`POSE_GRID_MM`: where the head's pose is judged."""
+        return replace(self, spacing=POSE_GRID_MM, shape=tuple(round(n * self.spacing / POSE_GRID_MM) for n in self.shape))
+
+    def straightening(self, sample: np.ndarray, affine: np.ndarray, placed: Placement) -> np.ndarray | None:
+        """The rotation that straightens a head placed at ``placed`` (``sample``: the scan read at
+        about the grid's spacing, ``affine`` its voxels' world mm), or None when it is turned (about
+        the vertical axis) and rolled (about the front-back axis) by no more than
+        ``straighten_beyond`` degrees.
+
+        The head's mirror plane is read from two mean projections (:func:`mirror_angle`): from above
+        (the turn) and from the front (the roll); its normal is (1, tan turn, tan roll) on the grid's
+        axes. The straightening is the smallest rotation that takes the grid's left-right axis onto
+        that normal, so it leaves the head's nodding (which no mirror shows) as it was. A roll
+        shears the view from above and a turn the view from the front, so the plane is read again
+        on the grid turned so far (:data:`STRAIGHTENING_ROUNDS`)."""
+        coarse = self.pose_grid()
+
+        def normal(rotation: np.ndarray) -> tuple[np.ndarray, float]:
+            """The mirror plane's normal in world axes, read on the grid turned by ``rotation``, and
+            the larger of the turn and the roll it was read as."""
+            look = without_air(coarse.on_grid(sample, affine, placed=replace(placed, rotation=rotation)), placed.air).numpy()
+            turn, roll = mirror_angle(look.mean(axis=2)), mirror_angle(look.mean(axis=1))
+            local = np.array([1.0, math.tan(math.radians(turn)), math.tan(math.radians(roll))])
+            return rotation @ (local / np.linalg.norm(local)), max(abs(turn), abs(roll))
+
+        plane, degrees = normal(np.eye(3))
+        if degrees <= self.straighten_beyond:
+            return None
+        for _ in range(STRAIGHTENING_ROUNDS):
+            plane, _ = normal(rotation_onto(plane))
+        return rotation_onto(plane)
 
     def on_grid(self, data: np.ndarray | torch.Tensor, affine: np.ndarray, *, label: bool = False,
-                separable: bool = True, centre: np.ndarray | None = None) -> torch.Tensor:
-        """A RAS+ (or any-orientation) volume resampled onto the grid centred at ``centre`` (world
-        mm; default: the field of view's centre): (X, Y, Z) float32.
+                separable: bool = True, placed: Placement | None = None) -> torch.Tensor:
+        """A RAS+ (or any-orientation) volume resampled onto the grid where ``placed`` puts it
+        (default: on the field of view's centre, along the world's axes): (X, Y, Z) float32.
 
         ``label``: nearest neighbour and no smoothing (masks, label maps). ``data`` may be of any
         number type and memory layout (a RAS+ view of a file's stored voxels, as
@@ -142,14 +203,18 @@ class InputContract:
         strided views in that layout and the trilinear interpolation is done one axis at a time
         with ``grid_sample``'s own coordinates and weights: the same values up to float32
         rounding, several times faster. ``separable=False`` always takes the general
-        ``grid_sample`` path, the reference the tests compare with.
+        ``grid_sample`` path, the reference the tests compare with; a straightened grid always does.
         """
         data = data.numpy() if torch.is_tensor(data) else np.asarray(data)
         affine = np.asarray(affine, dtype=np.float64)
-        centre = fov_centre(data.shape, affine) if centre is None else np.asarray(centre, dtype=np.float64)
+        placed = Placement(fov_centre(data.shape, affine)) if placed is None else placed
         out = np.asarray(self.shape, dtype=np.float64)
         grid_to_world = self.grid_affine.copy()
-        grid_to_world[:3, 3] = centre - self.spacing * (out - 1) / 2
+        if placed.straightened:
+            grid_to_world[:3, :3] = placed.rotation * self.spacing
+            grid_to_world[:3, 3] = placed.centre - placed.rotation @ (self.spacing * (out - 1) / 2)
+        else:
+            grid_to_world[:3, 3] = np.asarray(placed.centre, dtype=np.float64) - self.spacing * (out - 1) / 2
         voxel_spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
         factors = [1 if label else max(1, math.floor(self.spacing / s + 1e-6)) for s in voxel_spacing]
         aligned = separable and np.count_nonzero(affine[:3, :3] - np.diag(np.diag(affine[:3, :3]))) == 0
@@ -183,14 +248,14 @@ class InputContract:
         scale = robust_scale(volumes).reshape(-1, *[1] * (volumes.dim() - 1))
         return (volumes / scale).half().float()
 
-    def volume(self, data: np.ndarray | torch.Tensor, affine: np.ndarray, centre: np.ndarray | None = None,
+    def volume(self, data: np.ndarray | torch.Tensor, affine: np.ndarray, placed: Placement | None = None,
                zero_air: bool = True) -> torch.Tensor:
-        """A scan as the model's 3D input: (1, X, Y, Z) float32 on the grid (centred at ``centre``,
-        by default where :meth:`centre` puts it), its air set to 0, scaled. ``zero_air=False``
-        keeps the air: for material that is not a scan, such as the template face a generator pastes."""
-        placed, air = self.placement(data, affine)
-        grid = self.on_grid(data, affine, centre=placed if centre is None else centre)
-        return self.intensities(without_air(grid, air if zero_air else 0.0)[None])
+        """A scan as the model's 3D input: (1, X, Y, Z) float32 on the grid (where ``placed`` puts it,
+        by default where :meth:`place` does), its air set to 0, scaled. ``zero_air=False`` keeps the
+        air: for material that is not a scan, such as the template face a generator pastes."""
+        placed = self.place(data, affine) if placed is None else placed
+        grid = self.on_grid(data, affine, placed=placed)
+        return self.intensities(without_air(grid, placed.air if zero_air else 0.0)[None])
 
     def views(self, volumes: torch.Tensor) -> torch.Tensor:
         """(B, 1, X, Y, Z) grid volumes → (B, V, S, S) views in [0, 1]."""
@@ -216,6 +281,63 @@ def head_and_air_levels(sample: np.ndarray) -> tuple[float, float] | None:
     below = coarse[coarse <= floor]
     air = AIR_NOISE_FACTOR * float(np.median(below)) if below.size else 0.0
     return max(floor, air), air
+
+
+def head_extent(head: np.ndarray) -> list[tuple[int, int]]:
+    """Per voxel axis, the 0.5th and 99.5th percentiles of the positions of a mask's voxels, from the
+    three axis profiles (not from every voxel's position)."""
+    extent = []
+    for axis in range(3):
+        profile = np.cumsum(head.sum(axis=tuple(a for a in range(3) if a != axis)))
+        extent.append(tuple(np.searchsorted(profile, [0.005 * profile[-1], 0.995 * profile[-1]])))
+    return extent
+
+
+def plane_rotation(a: int, b: int, degrees: float) -> np.ndarray:
+    """The 3D rotation by ``degrees`` in the plane of axes ``a`` and ``b`` (from ``a`` towards ``b``)."""
+    rotation = np.eye(3)
+    cos, sin = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    rotation[[a, a, b, b], [a, b, a, b]] = cos, -sin, sin, cos
+    return rotation
+
+
+def rotation_onto(normal: np.ndarray) -> np.ndarray:
+    """The smallest rotation taking the left-right axis (1, 0, 0) onto the unit vector ``normal``."""
+    axis = np.cross([1.0, 0.0, 0.0], normal)
+    sin, cos = np.linalg.norm(axis), normal[0]
+    if sin < 1e-12:
+        return np.eye(3)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]]) / sin
+    return np.eye(3) + sin * k + (1 - cos) * k @ k
+
+
+def mirror_angle(image: np.ndarray) -> float:
+    """The angle (degrees) from the image's second axis to the line through its centre of mass about
+    which it is most nearly mirror-symmetric: a head's mid-sagittal line in a projection from above
+    or from the front, which no defacing moves (the face is cut or filled symmetrically, and what
+    remains of the head is most of it). The correlation of the image with its reflection is taken
+    every :data:`POSE_SEARCH_DEGREES` step, and the best step refined by a parabola through its
+    neighbours' scores. A grid sampled at ``plane_rotation(a, b, angle)`` has the line on axis ``b``."""
+    weights = image / image.sum()
+    centre = np.array([(weights.sum(axis=1) * np.arange(image.shape[0])).sum(),
+                       (weights.sum(axis=0) * np.arange(image.shape[1])).sum()])
+    reach, step = POSE_SEARCH_DEGREES
+    angles = np.arange(-reach, reach + step / 2, step)
+    scores = []
+    flat = image - image.mean()
+    for angle in angles:
+        turn = plane_rotation(0, 1, angle)[:2, :2]
+        reflection = turn @ np.diag([-1.0, 1.0]) @ turn.T
+        mirrored = ndimage.affine_transform(image, reflection, offset=centre - reflection @ centre, order=1)
+        mirrored -= mirrored.mean()
+        scores.append(float((flat * mirrored).sum() / (np.sqrt((flat ** 2).sum() * (mirrored ** 2).sum()) + 1e-12)))
+    best = int(np.argmax(scores))
+    if 0 < best < len(angles) - 1:
+        left, middle, right = scores[best - 1:best + 2]
+        curvature = left - 2 * middle + right
+        if curvature < 0:
+            return float(angles[best] + step * (left - right) / (2 * curvature))
+    return float(angles[best])
 
 
 def fov_centre(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:

@@ -174,7 +174,7 @@ def bundle_caches(paths: Sequence[Path], contract: InputContract, cache_dir: Pat
     under a key of the grid and of :data:`BUNDLE_SOURCE` (a change of views does not register
     again, a change of the feature regions does); returns the cache files."""
     values = contract.to_dict()
-    grid = {name: values[name] for name in ("spacing", "shape", "anchor")}
+    grid = {name: values[name] for name in ("spacing", "shape", "anchor", "straighten_beyond")}
     key = hashlib.sha1(repr((grid, BUNDLE_SOURCE)).encode()).hexdigest()[:10]
     caches = [cache_dir / f"{stem(p)}-{key}.npz" for p in paths]
     jobs = [(str(p), contract.to_dict(), str(c)) for p, c in zip(paths, caches) if not c.exists()]
@@ -194,10 +194,10 @@ def rule_label(bundle: FaceBundle, contract: InputContract, scan: Scan, removed:
     head, as stored) with ``removed`` (bool, the scan's voxels) gone and ``foreign`` (bool, the
     voxels a re-facer filled with tissue that is not the subject's) put in: how a defacing made
     outside the families, another tool's output, is labelled the way the training draws are."""
-    centre = contract.centre(scan.data, scan.affine)  # the intact head's, as the bundle's grid
+    placed = contract.place(scan.data, scan.affine)  # the intact head's, as the bundle's grid
 
     def on_grid(mask: np.ndarray) -> np.ndarray:
-        return contract.on_grid(mask.astype(np.float32), scan.affine, label=True, centre=centre).numpy() > 0.5
+        return contract.on_grid(mask.astype(np.float32), scan.affine, label=True, placed=placed).numpy() > 0.5
 
     gone = on_grid(removed)
     filled = on_grid(foreign) if foreign is not None else np.zeros_like(gone)

@@ -112,22 +112,22 @@ def make_bundle(scan: Scan, subject: str, contract: InputContract, seed: int = 0
     features[(features == 0) & shell & in_boxes(voxels, EAR_BOXES)] = EARS
     template = deface.warp(head_image, transform, scan.data.shape, scan.affine)
 
-    centre = contract.centre(scan.data, scan.affine)  # the intact head's: every variant shares it
+    placed = contract.place(scan.data, scan.affine)  # the intact head's: every variant shares it
 
     def grid(data, label=False):
-        return contract.on_grid(data, scan.affine, label=label, centre=centre).numpy()
+        return contract.on_grid(data, scan.affine, label=label, placed=placed).numpy()
 
     head_on_grid = grid(head.astype(np.float32), label=True) > 0.5
     return FaceBundle(
         subject=subject,
-        face=contract.volume(scan.data, scan.affine, centre)[0].numpy(),
+        face=contract.volume(scan.data, scan.affine, placed)[0].numpy(),
         head=head_on_grid,
         depth=ndimage.distance_transform_edt(head_on_grid, sampling=contract.spacing).astype(np.float32),
         features=grid(features, label=True).astype(np.uint8),
         face_region=grid(deface.face_region(scan, transform).astype(np.float32), label=True) > 0.5,
         brain=grid(deface.brain_region(scan, transform).astype(np.float32), label=True) > 0.5,
         # material pasted into a head, not a scan: its air is kept, as the shipped detector's draws had it
-        template_face=contract.volume(template, scan.affine, centre, zero_air=False)[0].numpy(),
+        template_face=contract.volume(template, scan.affine, placed, zero_air=False)[0].numpy(),
         affine=contract.grid_affine,
     )
 
