@@ -56,6 +56,8 @@ HEAD_ANCHOR_MM = (101.0, 92.0)
 POSE_GRID_MM = 4.0
 #: The mirror plane is looked for this far (degrees) either side of the grid's, in these steps.
 POSE_SEARCH_DEGREES = (45.0, 3.0)
+#: A head's mirror is looked for in its projections' detail: what a Gaussian of this σ (mm) does not keep.
+MIRROR_DETAIL_MM = 12.0
 #: Times the mirror plane is read again on the grid straightened by the previous reading.
 STRAIGHTENING_ROUNDS = 2
 
@@ -311,24 +313,28 @@ def rotation_onto(normal: np.ndarray) -> np.ndarray:
     return np.eye(3) + sin * k + (1 - cos) * k @ k
 
 
-def mirror_angle(image: np.ndarray) -> float:
+def mirror_angle(image: np.ndarray, spacing: float = POSE_GRID_MM) -> float:
     """The angle (degrees) from the image's second axis to the line through its centre of mass about
     which it is most nearly mirror-symmetric: a head's mid-sagittal line in a projection from above
     or from the front, which no defacing moves (the face is cut or filled symmetrically, and what
-    remains of the head is most of it). The correlation of the image with its reflection is taken
-    every :data:`POSE_SEARCH_DEGREES` step, and the best step refined by a parabola through its
-    neighbours' scores. A grid sampled at ``plane_rotation(a, b, angle)`` has the line on axis ``b``."""
+    remains of the head is most of it). Only the image's detail is compared (what a Gaussian of
+    :data:`MIRROR_DETAIL_MM` does not keep): a head's outline is a near-ellipse that matches its own
+    reflection at any angle, and a bias field is smooth. The correlation of the detail with its
+    reflection is taken every :data:`POSE_SEARCH_DEGREES` step, the best step refined by a parabola
+    through its neighbours' scores. A grid sampled at ``plane_rotation(a, b, angle)`` has the line
+    on axis ``b``."""
     weights = image / image.sum()
     centre = np.array([(weights.sum(axis=1) * np.arange(image.shape[0])).sum(),
                        (weights.sum(axis=0) * np.arange(image.shape[1])).sum()])
+    detail = image - ndimage.gaussian_filter(image, MIRROR_DETAIL_MM / spacing)
     reach, step = POSE_SEARCH_DEGREES
     angles = np.arange(-reach, reach + step / 2, step)
     scores = []
-    flat = image - image.mean()
+    flat = detail - detail.mean()
     for angle in angles:
         turn = plane_rotation(0, 1, angle)[:2, :2]
         reflection = turn @ np.diag([-1.0, 1.0]) @ turn.T
-        mirrored = ndimage.affine_transform(image, reflection, offset=centre - reflection @ centre, order=1)
+        mirrored = ndimage.affine_transform(detail, reflection, offset=centre - reflection @ centre, order=1)
         mirrored -= mirrored.mean()
         scores.append(float((flat * mirrored).sum() / (np.sqrt((flat ** 2).sum() * (mirrored ** 2).sum()) + 1e-12)))
     best = int(np.argmax(scores))
