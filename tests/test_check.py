@@ -193,7 +193,8 @@ def test_terminal_table_colours_the_verdicts(tmp_path, detector):
 
 def test_a_defaced_verdict_near_the_line_is_noted_and_counted():
     """Called removed with p(face) 0.45: noted and counted, but not a face (the exit code stays
-    the threshold's); well below the floor, nothing is said; a T2w gets both notes."""
+    the threshold's); well below the floor, nothing is said; a T2w gets both notes; a head judged
+    straightened says so."""
     def result(p_face: float, contrast: str | None = None) -> CheckResult:
         rest = (1 - p_face) / 2
         return CheckResult("scan.nii.gz", contrast=contrast, answer="removed",
@@ -202,6 +203,9 @@ def test_a_defaced_verdict_near_the_line_is_noted_and_counted():
     near, far = result(0.45), result(LOOK_FLOOR / 2)
     assert near.note == "p(face) 0.45, near the line: look at it" and far.note is None
     assert result(0.45, "T2w").note == "p(face) 0.45, near the line: look at it; T2w: detector validated on T1w only"
+    turned = CheckResult("scan.nii.gz", answer="face", probabilities={"face": 0.9, "removed": 0.05, "replaced": 0.05},
+                         straightened=29.6)
+    assert turned.note == "the head lay turned 30° in the coil, beyond the training poses: judged on a grid turned with it"
     summary = Summary.of([near, far, result(0.3)], seconds=1.0)
     assert (summary.faces, summary.near) == (0, 2)
     assert "2 more near the line" in summary.line and summary.headline == "0 of 3 scans still show a face; 2 more are near the line"

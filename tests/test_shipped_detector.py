@@ -122,6 +122,9 @@ def test_a_head_turned_in_the_coil_is_judged_as_the_straight_one(detector, bundl
                                   (generate(bundle, "mask", np.random.default_rng(0)), "removed")):
             (prediction,) = detector.predict([Scan(variant.volume, turn @ bundle.affine)])
             assert prediction.verdict == expected, (bundle.subject, expected, prediction.probabilities)
+            assert abs(prediction.straightened - 30) < 3
+    (straight,) = detector.predict([Scan(bundle.face, bundle.affine)])
+    assert straight.straightened is None
 
 
 @pytest.fixture(scope="module")

@@ -115,6 +115,7 @@ class CheckResult:
     brain_removed: float | None = None  # % of the brain in the removed region, when deface recorded it
     tissue: dict[str, float] | None = None  # each feature region's share holding tissue, where measured
     overruled: bool = False  # the network said removed; the anatomy found a feature region still there
+    straightened: float | None = None  # degrees the head lay turned or rolled, when judged straightened
 
     @classmethod
     def from_prediction(cls, prediction: Prediction, scan: ScanFile) -> CheckResult:
@@ -122,7 +123,7 @@ class CheckResult:
         error = prediction.error and prediction.error.removeprefix(f"{prediction.source}: ")
         fields = (prediction.probabilities, prediction.verdict, error, prediction.views)
         return cls(str(scan.path), scan.subject, scan.session, scan.contrast, *fields,
-                   tissue=prediction.tissue, overruled=prediction.overruled)
+                   tissue=prediction.tissue, overruled=prediction.overruled, straightened=prediction.straightened)
 
     @property
     def status(self) -> str:
@@ -142,7 +143,8 @@ class CheckResult:
     @property
     def note(self) -> str | None:
         """Why the verdict deserves less trust: the anatomy overruled the network, p(face) close to
-        the line, or a contrast the detector was not validated on."""
+        the line, a head lying beyond the training poses, or a contrast the detector was not
+        validated on."""
         notes = []
         if self.overruled:
             regions = ", ".join(f"{name} {self.tissue[name]:.2f}" for name in kept_features(self.tissue))
@@ -150,6 +152,9 @@ class CheckResult:
                          f"but feature regions still hold tissue ({regions}): look at it")
         if self.near_the_line:
             notes.append(f"p(face) {self.probability('face'):.2f}, near the line: look at it")
+        if self.straightened is not None:
+            notes.append(f"the head lay turned {self.straightened:.0f}° in the coil, beyond the training poses: "
+                         "judged on a grid turned with it")
         if self.contrast and self.contrast != VALIDATED_CONTRAST:
             notes.append(f"{self.contrast}: detector validated on {VALIDATED_CONTRAST} only")
         return "; ".join(notes) or None

@@ -75,6 +75,11 @@ class Placement:
     def straightened(self) -> bool:
         return not np.array_equal(self.rotation, np.eye(3))
 
+    @property
+    def degrees(self) -> float:
+        """How far (degrees) the grid's left-right axis is turned from the world's."""
+        return math.degrees(math.acos(min(1.0, max(-1.0, float(self.rotation[0, 0])))))
+
 
 @dataclass(frozen=True)
 class InputContract:

@@ -53,6 +53,7 @@ class Prediction:
     views: np.ndarray | None = None  # (V, S, S) in [0, 1]: what the model saw
     tissue: dict[str, float] | None = None  # each feature region's share holding tissue (anatomy=True)
     overruled: bool = False  # the network said removed; the anatomy found the eyes or nose still there
+    straightened: float | None = None  # degrees the head lay turned or rolled, when the grid was turned with it
 
 
 def needs_anatomy(probabilities: dict[str, float], threshold: float) -> bool:
@@ -103,10 +104,11 @@ class GridDataset(Dataset):
             scan = as_scan(item)
             require_head_extent(scan, "classify")
             tissue = feature_tissue(scan) if self.anatomy else None
-            return {"index": index, "source": source, "volume": self.contract.volume(scan.data, scan.affine),
-                    "tissue": tissue, "error": ""}
+            placed = self.contract.place(scan.data, scan.affine)
+            return {"index": index, "source": source, "volume": self.contract.volume(scan.data, scan.affine, placed),
+                    "tissue": tissue, "straightened": placed.degrees if placed.straightened else None, "error": ""}
         except ScanError as error:
-            return {"index": index, "source": source, "volume": None, "tissue": None, "error": str(error)}
+            return {"index": index, "source": source, "volume": None, "tissue": None, "straightened": None, "error": str(error)}
 
 
 def collate(items: list[dict]) -> list[dict]:
@@ -187,7 +189,8 @@ class Detector:
                         continue
                 verdict = verdict_of(named, self.threshold, tissue)
                 predictions[b["index"]] = Prediction(b["source"], named, verdict, views=v if keep_views else None, tissue=tissue,
-                                                     overruled=verdict != verdict_of(named, self.threshold))
+                                                     overruled=verdict != verdict_of(named, self.threshold),
+                                                     straightened=b["straightened"])
         return predictions
 
 
