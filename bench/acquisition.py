@@ -8,7 +8,8 @@ intact, defaced by the pydeface mask and partly defaced (the lowest 40 % of the 
 and nose remain, so ``face``), is acquired as each condition below says and judged by ``check``'s
 own path (the anatomy's second opinion where the network is unsure). No condition but "as stored"
 is within the training augmentation (its poses stop at 15 degrees): this measures how far the
-detector carries, it does not tune it. Two rows put the noise in the air only and in the head
+detector carries, it does not tune it. Heads turned or rolled past 10 degrees meet the contract's
+straightening (``InputContract.place``); a nod has no mirror and stays as it is. Two rows put the noise in the air only and in the head
 only, to tell which of the two moves a verdict. One scan per head, case and condition, with its own
 random draw (seeded by the subject): the 8 subjects are the trials (Wilson 95 % intervals).
 
@@ -90,6 +91,7 @@ CONDITIONS = {
        for what, degrees in (("tilted nose up", (20, 0, 0)), ("tilted nose down", (-20, 0, 0)),
                              ("tilted nose up", (30, 0, 0)), ("tilted nose down", (-30, 0, 0)),
                              ("turned", (0, 0, 30)), ("rolled", (0, 30, 0)))},
+    "head turned 25, rolled 20 and tilted nose up 10 degrees": through(tio.Affine(scales=1, degrees=(10, 20, 25), translation=0)),
 }
 
 

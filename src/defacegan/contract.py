@@ -93,7 +93,7 @@ class InputContract:
     anchor: str = "head"  # "head": the grid placed by head landmarks; "fov": on the field of view's centre
     #: With ``anchor="head"``: a head turned or rolled more than this (degrees) is straightened. The
     #: training poses stop at 15 degrees from IXI's heads, which lie within 4 degrees of symmetric
-    #: (turned -3.8 to 3.2, rolled -2.6 to 2.5); 10 leaves room for a turn and a roll together,
+    #: (turned -3.5 to 2.2, rolled -2.2 to 1.0); 10 leaves room for a turn and a roll together,
     #: each of whose projections reads less than the turn or the roll alone.
     straighten_beyond: float = 10.0
 
@@ -153,13 +153,13 @@ class InputContract:
         back, top = HEAD_ANCHOR_MM
         world = [affine @ np.append(point, 1.0) for point in (middle, [middle[0], y0, middle[2]], [middle[0], middle[1], z1])]
         placed = Placement(np.array([world[0][0], world[1][1] + back, world[2][2] - top]), air)
-        rotation = self.straightening(sample, affine @ np.diag([*steps, 1.0]), placed)
+        sample_affine = affine @ np.diag([*steps, 1.0])
+        rotation = self.straightening(sample, sample_affine, placed)
         if rotation is None:
             return placed
         # Anchored again, on the straightened head's own axes.
         coarse = self.pose_grid()
-        turned = Placement(placed.centre, air, rotation)
-        look = coarse.on_grid(sample, affine @ np.diag([*steps, 1.0]), placed=turned).numpy() > head_level
+        look = coarse.on_grid(sample, sample_affine, placed=replace(placed, rotation=rotation)).numpy() > head_level
         (x0, x1), (y0, y1), (z0, z1) = (np.asarray(span) * coarse.spacing for span in head_extent(look))
         local = np.array([(x0 + x1) / 2, y0 + back, z1 - top]) - coarse.spacing * (np.asarray(coarse.shape) - 1) / 2
         return Placement(placed.centre + rotation @ local, air, rotation)
@@ -170,32 +170,36 @@ class InputContract:
 
     def straightening(self, sample: np.ndarray, affine: np.ndarray, placed: Placement) -> np.ndarray | None:
         """The rotation that straightens a head placed at ``placed`` (``sample``: the scan read at
-        about the grid's spacing, ``affine`` its voxels' world mm), or None when it is turned (about
-        the vertical axis) and rolled (about the front-back axis) by no more than
-        ``straighten_beyond`` degrees.
+        about the grid's spacing, ``affine`` its voxels' world mm), or None when its mirror plane is
+        turned (about the vertical axis) and rolled (about the front-back axis) by no more than
+        ``straighten_beyond`` degrees together.
 
         The head's mirror plane is read from two mean projections (:func:`mirror_angle`): from above
         (the turn) and from the front (the roll); its normal is (1, tan turn, tan roll) on the grid's
         axes. The straightening is the smallest rotation that takes the grid's left-right axis onto
         that normal, so it leaves the head's nodding (which no mirror shows) as it was. A roll
-        shears the view from above and a turn the view from the front, so the plane is read again
-        on the grid turned so far (:data:`STRAIGHTENING_ROUNDS`)."""
+        shears the view from above and a turn the view from the front (a turn and a roll together
+        can cancel in one reading), so unless the first reading is within half of
+        ``straighten_beyond``, the plane is read again on the grid turned so far
+        (:data:`STRAIGHTENING_ROUNDS`) and that reading decides."""
         coarse = self.pose_grid()
 
-        def normal(rotation: np.ndarray) -> tuple[np.ndarray, float]:
-            """The mirror plane's normal in world axes, read on the grid turned by ``rotation``, and
-            the larger of the turn and the roll it was read as."""
+        def normal(rotation: np.ndarray) -> np.ndarray:
+            """The mirror plane's normal in world axes, read on the grid turned by ``rotation``."""
             look = without_air(coarse.on_grid(sample, affine, placed=replace(placed, rotation=rotation)), placed.air).numpy()
             turn, roll = mirror_angle(look.mean(axis=2)), mirror_angle(look.mean(axis=1))
             local = np.array([1.0, math.tan(math.radians(turn)), math.tan(math.radians(roll))])
-            return rotation @ (local / np.linalg.norm(local)), max(abs(turn), abs(roll))
+            return rotation @ (local / np.linalg.norm(local))
 
-        plane, degrees = normal(np.eye(3))
-        if degrees <= self.straighten_beyond:
+        def tilt(normal: np.ndarray) -> float:
+            return math.degrees(math.acos(min(1.0, float(normal[0]))))
+
+        plane = normal(np.eye(3))
+        if tilt(plane) <= self.straighten_beyond / 2:  # plainly straight: the one reading is enough
             return None
         for _ in range(STRAIGHTENING_ROUNDS):
-            plane, _ = normal(rotation_onto(plane))
-        return rotation_onto(plane)
+            plane = normal(rotation_onto(plane))
+        return rotation_onto(plane) if tilt(plane) > self.straighten_beyond else None
 
     def on_grid(self, data: np.ndarray | torch.Tensor, affine: np.ndarray, *, label: bool = False,
                 separable: bool = True, placed: Placement | None = None) -> torch.Tensor:
@@ -216,12 +220,9 @@ class InputContract:
         affine = np.asarray(affine, dtype=np.float64)
         placed = Placement(fov_centre(data.shape, affine)) if placed is None else placed
         out = np.asarray(self.shape, dtype=np.float64)
-        grid_to_world = self.grid_affine.copy()
-        if placed.straightened:
-            grid_to_world[:3, :3] = placed.rotation * self.spacing
-            grid_to_world[:3, 3] = placed.centre - placed.rotation @ (self.spacing * (out - 1) / 2)
-        else:
-            grid_to_world[:3, 3] = np.asarray(placed.centre, dtype=np.float64) - self.spacing * (out - 1) / 2
+        grid_to_world = np.eye(4)
+        grid_to_world[:3, :3] = placed.rotation * self.spacing
+        grid_to_world[:3, 3] = placed.centre - placed.rotation @ (self.spacing * (out - 1) / 2)
         voxel_spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
         factors = [1 if label else max(1, math.floor(self.spacing / s + 1e-6)) for s in voxel_spacing]
         aligned = separable and np.count_nonzero(affine[:3, :3] - np.diag(np.diag(affine[:3, :3]))) == 0
@@ -326,8 +327,8 @@ def mirror_angle(image: np.ndarray, spacing: float = POSE_GRID_MM) -> float:
     :data:`MIRROR_DETAIL_MM` does not keep): a head's outline is a near-ellipse that matches its own
     reflection at any angle, and a bias field is smooth. The correlation of the detail with its
     reflection is taken every :data:`POSE_SEARCH_DEGREES` step, the best step refined by a parabola
-    through its neighbours' scores. A grid sampled at ``plane_rotation(a, b, angle)`` has the line
-    on axis ``b``."""
+    through its neighbours' scores. ``spacing``: the image's pixel size (mm). A grid sampled at
+    ``plane_rotation(a, b, angle)`` has the line on axis ``b``."""
     weights = image / image.sum()
     centre = np.array([(weights.sum(axis=1) * np.arange(image.shape[0])).sum(),
                        (weights.sum(axis=0) * np.arange(image.shape[1])).sum()])
