@@ -34,7 +34,6 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from defacegan.views import VIEW_MODES, VIEW_NAMES, compute_views, robust_scale
 
@@ -329,6 +328,8 @@ def mirror_angle(image: np.ndarray, spacing: float = POSE_GRID_MM) -> float:
     reflection is taken every :data:`POSE_SEARCH_DEGREES` step, the best step refined by a parabola
     through its neighbours' scores. ``spacing``: the image's pixel size (mm). A grid sampled at
     ``plane_rotation(a, b, angle)`` has the line on axis ``b``."""
+    from scipy import ndimage  # here, not at the top: `check` starts without it (bench/startup.py)
+
     weights = image / image.sum()
     centre = np.array([(weights.sum(axis=1) * np.arange(image.shape[0])).sum(),
                        (weights.sum(axis=0) * np.arange(image.shape[1])).sum()])
