@@ -58,7 +58,9 @@ def test_contrast_from_the_series_description(description, contrast):
 def test_check_a_series(series, capsys, detector_ckpt):
     assert main(["check", str(series), "--ckpt", str(detector_ckpt), "--workers", "0", "--json"]) in (EXIT_OK, EXIT_FACE)
     (result,) = json.loads(capsys.readouterr().out)["results"]
-    assert result["file"] == str(series) and result["verdict"] in VERDICTS and result["note"] is None
+    assert result["file"] == str(series) and result["verdict"] in VERDICTS
+    # a T1w series: no contrast note (the generated head lies turned about 9° and may be straightened)
+    assert "validated on" not in (result["note"] or "")
 
 
 def test_other_contrasts_get_the_t1w_only_note(head, tmp_path, capsys, detector_ckpt):
