@@ -206,6 +206,7 @@ def test_a_defaced_verdict_near_the_line_is_noted_and_counted():
     turned = CheckResult("scan.nii.gz", answer="face", probabilities={"face": 0.9, "removed": 0.05, "replaced": 0.05},
                          straightened=29.6)
     assert turned.note == "the head lay turned 30° in the coil, beyond the training poses: judged on a grid turned with it"
+    assert turned.record()["straightened"] == 29.6 and "straightened" not in near.record()
     summary = Summary.of([near, far, result(0.3)], seconds=1.0)
     assert (summary.faces, summary.near) == (0, 2)
     assert "2 more near the line" in summary.line and summary.headline == "0 of 3 scans still show a face; 2 more are near the line"

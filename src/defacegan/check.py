@@ -172,7 +172,8 @@ class CheckResult:
         return MISSING if value is None else f"{value:.3f}"
 
     def record(self) -> dict:
-        """The JSON/TSV row (no arrays); ``brain_removed`` only where deface recorded it."""
+        """The JSON/TSV row (no arrays); ``brain_removed`` only where deface recorded it,
+        ``straightened`` (degrees) only where the head was judged straightened."""
         return {
             "subject": self.subject,
             "session": self.session,
@@ -183,6 +184,7 @@ class CheckResult:
             "note": self.note,
             "error": self.error,
             **({"brain_removed": self.brain_removed} if self.brain_removed is not None else {}),
+            **({"straightened": self.straightened} if self.straightened is not None else {}),
             **{f"tissue_{name}": share if share == share else None for name, share in (self.tissue or {}).items()},
             "views_png": self.views_png,
         }
@@ -372,9 +374,10 @@ def write_report(results: Sequence[CheckResult], summary: Summary, detector: Det
             result.views_png = f"views/{name}"
     records = [result.record() for result in results]
     with_brain = any(result.brain_removed is not None for result in results)
+    straightened = ["straightened"] if any(result.straightened is not None for result in results) else []
     tissue = list(dict.fromkeys(f"tissue_{name}" for result in results for name in result.tissue or {}))
     columns = ["subject", "session", "contrast", "file", *(f"p_{verdict}" for verdict in VERDICTS), "verdict",
-               "note", *(["brain_removed"] if with_brain else []), *tissue, "views_png"]
+               "note", *(["brain_removed"] if with_brain else []), *straightened, *tissue, "views_png"]
     atomic_write_text(out / "results.tsv", tsv_text(records, columns))
     atomic_write_text(out / "results.json", json.dumps(results_document(results, summary, detector), indent=2) + "\n")
     ordered = report_order(results)
