@@ -90,7 +90,8 @@ CONDITIONS = {
     **{f"head {what} {abs(max(degrees, key=abs))} degrees": through(tio.Affine(scales=1, degrees=degrees, translation=0))
        for what, degrees in (("tilted nose up", (20, 0, 0)), ("tilted nose down", (-20, 0, 0)),
                              ("tilted nose up", (30, 0, 0)), ("tilted nose down", (-30, 0, 0)),
-                             ("turned", (0, 0, 30)), ("rolled", (0, 30, 0)))},
+                             ("turned", (0, 0, 30)), ("rolled", (0, 30, 0)),
+                             ("turned", (0, 0, 45)), ("turned", (0, 0, 60)))},
     "head turned 25, rolled 20 and tilted nose up 10 degrees": through(tio.Affine(scales=1, degrees=(10, 20, 25), translation=0)),
 }
 
