@@ -373,11 +373,11 @@ def write_report(results: Sequence[CheckResult], summary: Summary, detector: Det
             atomic_write_bytes(out / "views" / name, result_png(result, detector.view_names))
             result.views_png = f"views/{name}"
     records = [result.record() for result in results]
-    with_brain = any(result.brain_removed is not None for result in results)
-    straightened = ["straightened"] if any(result.straightened is not None for result in results) else []
+    optional = [name for name in ("brain_removed", "straightened") if any(name in record for record in records)]
+    with_brain = "brain_removed" in optional
     tissue = list(dict.fromkeys(f"tissue_{name}" for result in results for name in result.tissue or {}))
     columns = ["subject", "session", "contrast", "file", *(f"p_{verdict}" for verdict in VERDICTS), "verdict",
-               "note", *(["brain_removed"] if with_brain else []), *straightened, *tissue, "views_png"]
+               "note", *optional, *tissue, "views_png"]
     atomic_write_text(out / "results.tsv", tsv_text(records, columns))
     atomic_write_text(out / "results.json", json.dumps(results_document(results, summary, detector), indent=2) + "\n")
     ordered = report_order(results)
