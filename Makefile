@@ -68,7 +68,8 @@ data/members/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src/
 # 4 min), and on
 # held-out heads defaced by other projects' tools, Quickshear, caideface and deepdefacer (bench/other_defacers.py, 5 min);
 # and the anatomy's second opinion against the network alone on every family (bench/anatomy.py, ~16 min);
-# and held-out heads re-faced by a Pix2Pix that train.py trains on the others (bench/gan_refaced.py, ~3 min).
+# and held-out heads re-faced by a Pix2Pix that train.py trains on the others (bench/gan_refaced.py, ~3 min);
+# last, all of their trust figures in one table beside the detector's targets (bench/trust.py, which only reads them).
 figures:
 	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE)
 	cp bench/results/detector_eval/reliability.png docs/detector_reliability.png
@@ -79,6 +80,7 @@ figures:
 	$(PY) bench/other_defacers.py --ixi $(IXI_SOURCE)
 	$(PY) bench/anatomy.py --ixi $(IXI_SOURCE)
 	$(PY) bench/gan_refaced.py --ixi $(IXI_SOURCE)
+	$(PY) bench/trust.py
 
 # The re-facing audit's figures in the README: k-fold over every IXI head, Pix2Pix, CycleGAN and the baselines
 # pasted into the scans, both re-identification matchers (bench/audit.py).

@@ -1,0 +1,169 @@
+"""Where the check stands: every trust figure the README states, read from the benches' results and
+set beside the targets the detector is held to, in one table (markdown, as the README shows it) and one JSON.
+
+    python bench/trust.py [--results bench/results] [--out bench/results/trust.json]
+
+It measures nothing itself: each row names the bench whose JSON it reads (``make figures`` writes
+them all), so a row is as fresh as that bench's last run. "met" is "yes" when the interval's lower
+end reaches the target, "point only" when the rate does and the interval does not, else "no".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from defacegan.io import atomic_write_text
+from defacegan.metrics import wilson_interval
+
+#: The targets the detector is held to: headline row of bench/detector_eval.py → the rate it must reach.
+TARGETS = {
+    "real faces called face": 0.98,
+    "partial defacings leaving eyes and nose called face": 0.95,
+    "removed faces not called face": 0.98,
+    "replaced faces called replaced": 0.90,
+}
+#: Rows worth stating without a target of their own: the unsafe errors' neighbours.
+WATCHED = ["partial defacings leaving the eyes but not the nose called face", "every face-labelled variant called face"]
+ECE_TARGET, LOFO_TARGET = 0.05, 0.90
+
+
+def counted(k: int, n: int, subjects: int, unit: str = "scans") -> dict:
+    """A rate of ``k`` in ``n``; its Wilson interval only where the ``n`` are scans (conditions or
+    families put to the same heads are not independent trials)."""
+    low, high = wilson_interval(k, n) if unit == "scans" else (float("nan"), float("nan"))
+    return {"rate": k / n if n else float("nan"), "low": low, "high": high, "k": k, "n": n, "subjects": subjects, "unit": unit}
+
+
+def row(section: str, what: str, figure: dict, target: float | None, source: str, note: str = "") -> dict:
+    met = None
+    if target is not None:  # a count of conditions or families has no interval: its rate is all there is
+        sure = figure.get("unit", "scans") != "scans" or figure["low"] >= target
+        met = "no" if figure["rate"] < target else "yes" if sure else "point only"
+    return {"section": section, "what": what, **figure, "target": target, "met": met, "source": source, "note": note}
+
+
+def detector_rows(report: dict) -> list[dict]:
+    """The shipped detector on its held-out subjects, the k-fold and leave-one-family-out (network alone)."""
+    shipped, source = report["shipped"], "bench/detector_eval.py"
+    rows = []
+    for name in [*TARGETS, *WATCHED]:
+        rows.append(row("shipped detector, held-out subjects", name, shipped["headline"][name], TARGETS.get(name), source))
+        if name in report.get("headline", {}):
+            rows.append(row("k-fold, one network per fold, every subject tested once", name, report["headline"][name],
+                            TARGETS.get(name), source))
+    ece = shipped["ece"]
+    rows.append({"section": "shipped detector, held-out subjects", "what": "expected calibration error", "value": ece,
+                 "n": sum(r["three_way"]["n"] for r in shipped["per_family"].values()), "target": ECE_TARGET,
+                 "met": "yes" if ece <= ECE_TARGET else "no", "source": source, "note": "lower is better"})
+    if "calibration" in report:
+        ece = report["calibration"]["ece_calibrated"]
+        rows.append({"section": "k-fold, one network per fold, every subject tested once",
+                     "what": "expected calibration error, temperature-scaled", "value": ece, "n": report["calibration"]["scans"],
+                     "target": ECE_TARGET, "met": "yes" if ece <= ECE_TARGET else "no", "source": source, "note": "lower is better"})
+    lofo = report.get("leave_one_family_out", {}).get("families", {})
+    if lofo:
+        right = [family for family, r in lofo.items() if r["face_or_not"]["rate"] >= LOFO_TARGET]
+        subjects = len(report["leave_one_family_out"]["test_subjects"])
+        rows.append(row("leave-one-family-out, one fold's subjects", "held-out families answered face-or-not right in ≥ 0.90",
+                        counted(len(right), len(lofo), subjects, "families"), 1.0, source,
+                        "met by: " + (", ".join(right) or "none") + "; each family's rate: " +
+                        ", ".join(f"{f} {r['face_or_not']['rate']:.2f}" for f, r in lofo.items())))
+    return rows
+
+
+def anatomy_rows(report: dict) -> list[dict]:
+    """What ``check`` answers by default: the network, and the anatomy where the network is unsure."""
+    return [row("check's default answer (with the anatomy), held-out subjects", name, report["anatomy"][name],
+                TARGETS.get(name), "bench/anatomy.py") for name in [*TARGETS, *WATCHED] if name in report["anatomy"]]
+
+
+def tool_rows(other_defacers: dict | None, gan_refaced: dict | None) -> list[dict]:
+    """Other projects' defacing tools and this project's Pix2Pix re-facer, as ``check`` answers by default."""
+    rows = []
+    for r in (other_defacers or {}).get("summary", []):
+        if r["answer"] == "--anatomy":  # the default's verdicts: the anatomy is asked where the network is unsure
+            rows.append(row("other defacing tools, held-out subjects (right answer per scan)", f"{r['tool']}, {r['setting']}",
+                            counted(r["right"], r["n"], r["n"]), None, "bench/other_defacers.py",
+                            f"{r['expected_face']} of {r['n']} labelled face by the rule"))
+    for r in (gan_refaced or {}).get("summary", []):
+        if r["answer"] == "--anatomy" and r["stage"] == "re-faced":
+            rows.append(row("re-faced by this project's Pix2Pix, held-out subjects", f"{r['method']}-defaced, re-faced: not called face",
+                            counted(r["not_face"]["right"], r["not_face"]["n"], r["n"]), TARGETS["removed faces not called face"],
+                            "bench/gan_refaced.py"))
+    return rows
+
+
+def outside_rows(outside: dict | None) -> list[dict]:
+    if not outside:
+        return []
+    scored = [r for r in outside["rows"] if r.get("expected") is not None]
+    heads = len({r["head"] for r in scored})
+    wrong = "; ".join(f"{r['head']} {r['case']}: {r['anatomy_verdict']}" for r in scored if not r["anatomy_right"])
+    return [row("heads from outside IXI", "cases answered right (check's default)",
+                counted(sum(bool(r["anatomy_right"]) for r in scored), len(scored), heads), None, "bench/outside_heads.py",
+                "wrong: " + wrong if wrong else "")]
+
+
+def condition_rows(report: dict | None, section: str, source: str) -> list[dict]:
+    """Per case, how many acquisition conditions every head got right, and the ones that fell short."""
+    rows = []
+    for case in dict.fromkeys(r["case"] for r in (report or {}).get("rows", [])):
+        conditions = [r for r in report["rows"] if r["case"] == case]
+        short = [r for r in conditions if r["right"] < r["n"]]
+        subjects = len(report["subjects"])
+        expected = conditions[0]["expected"]
+        rows.append(row(section, f"{case}: conditions with every head `{expected}`",
+                        counted(len(conditions) - len(short), len(conditions), subjects, "conditions"), None, source,
+                        "short: " + "; ".join(f"{r['condition']} {r['right']}/{r['n']}" for r in short) if short else ""))
+    return rows
+
+
+def load(folder: Path, name: str) -> dict | None:
+    path = folder / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def figure_text(r: dict) -> str:
+    if "value" in r:
+        return f"{r['value']:.3f}" + (f" ({r['n']} scans)" if r.get("n") else "")
+    if r["n"] == 0:
+        return "n/a"
+    if r.get("unit", "scans") != "scans":
+        return f"{r['k']} of {r['n']} {r['unit']} ({r['subjects']} subjects each)"
+    return f"{r['rate']:.3f} [{r['low']:.2f}, {r['high']:.2f}], {r['k']} of {r['n']} scans ({r['subjects']} subjects)"
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| where | what | rate [Wilson 95 %], count (independent subjects) | target | met | from |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        target = "" if r["target"] is None else (f"≤ {r['target']}" if "value" in r else f"≥ {r['target']}")
+        met = {"no": "**no**", None: ""}.get(r["met"], r["met"])
+        what = r["what"] + (f" ({r['note']})" if r["note"] else "")
+        lines.append(f"| {r['section']} | {what} | {figure_text(r)} | {target} | {met} | `{r['source']}` |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=Path("bench/results"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/trust.json"))
+    args = parser.parse_args(argv)
+    report = load(args.results / "detector_eval", "detector_eval.json")
+    if report is None:
+        raise SystemExit(f"{args.results / 'detector_eval' / 'detector_eval.json'}: missing; run bench/detector_eval.py first")
+    anatomy = load(args.results, "anatomy.json")
+    rows = [*detector_rows(report), *(anatomy_rows(anatomy) if anatomy else []),
+            *tool_rows(load(args.results, "other_defacers.json"), load(args.results, "gan_refaced.json")),
+            *outside_rows(load(args.results, "outside_heads.json")),
+            *condition_rows(load(args.results, "field_of_view.json"), "field of view cut, held-out subjects", "bench/field_of_view.py"),
+            *condition_rows(load(args.results, "acquisition.json"), "other acquisitions, held-out subjects", "bench/acquisition.py")]
+    print(markdown(rows))
+    atomic_write_text(args.out, json.dumps({"rows": rows}, indent=1, allow_nan=True) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
