@@ -49,24 +49,24 @@ def detector_rows(report: dict) -> list[dict]:
     shipped, source = report["shipped"], "bench/detector_eval.py"
     rows = []
     for name in [*TARGETS, *WATCHED]:
-        rows.append(row("shipped detector, held-out subjects", name, shipped["headline"][name], TARGETS.get(name), source))
+        rows.append(row("shipped, 8 held-out subjects", name, shipped["headline"][name], TARGETS.get(name), source))
         if name in report.get("headline", {}):
-            rows.append(row("k-fold, one network per fold, every subject tested once", name, report["headline"][name],
+            rows.append(row("k-fold, one network a fold", name, report["headline"][name],
                             TARGETS.get(name), source))
     ece = shipped["ece"]
-    rows.append({"section": "shipped detector, held-out subjects", "what": "expected calibration error", "value": ece,
+    rows.append({"section": "shipped, 8 held-out subjects", "what": "expected calibration error", "value": ece,
                  "n": sum(r["three_way"]["n"] for r in shipped["per_family"].values()), "target": ECE_TARGET,
                  "met": "yes" if ece <= ECE_TARGET else "no", "source": source, "note": "lower is better"})
     if "calibration" in report:
         ece = report["calibration"]["ece_calibrated"]
-        rows.append({"section": "k-fold, one network per fold, every subject tested once",
+        rows.append({"section": "k-fold, one network a fold",
                      "what": "expected calibration error, temperature-scaled", "value": ece, "n": report["calibration"]["scans"],
                      "target": ECE_TARGET, "met": "yes" if ece <= ECE_TARGET else "no", "source": source, "note": "lower is better"})
     lofo = report.get("leave_one_family_out", {}).get("families", {})
     if lofo:
         right = [family for family, r in lofo.items() if r["face_or_not"]["rate"] >= LOFO_TARGET]
         subjects = len(report["leave_one_family_out"]["test_subjects"])
-        rows.append(row("leave-one-family-out, one fold's subjects", "held-out families answered face-or-not right in ≥ 0.90",
+        rows.append(row("leave-one-family-out", "held-out families answered face-or-not right in ≥ 0.90",
                         counted(len(right), len(lofo), subjects, "families"), 1.0, source,
                         "met by: " + (", ".join(right) or "none") + "; each family's rate: " +
                         ", ".join(f"{f} {r['face_or_not']['rate']:.2f}" for f, r in lofo.items())))
@@ -75,7 +75,7 @@ def detector_rows(report: dict) -> list[dict]:
 
 def anatomy_rows(report: dict) -> list[dict]:
     """What ``check`` answers by default: the network, and the anatomy where the network is unsure."""
-    return [row("check's default answer (with the anatomy), held-out subjects", name, report["anatomy"][name],
+    return [row("`check` (with the anatomy), held-out", name, report["anatomy"][name],
                 TARGETS.get(name), "bench/anatomy.py") for name in [*TARGETS, *WATCHED] if name in report["anatomy"]]
 
 
@@ -84,12 +84,12 @@ def tool_rows(other_defacers: dict | None, gan_refaced: dict | None) -> list[dic
     rows = []
     for r in (other_defacers or {}).get("summary", []):
         if r["answer"] == "--anatomy":  # the default's verdicts: the anatomy is asked where the network is unsure
-            rows.append(row("other defacing tools, held-out subjects (right answer per scan)", f"{r['tool']}, {r['setting']}",
+            rows.append(row("other tools, held-out", f"{r['tool']} ({r['setting']}): scans answered right",
                             counted(r["right"], r["n"], r["n"]), None, "bench/other_defacers.py",
                             f"{r['expected_face']} of {r['n']} labelled face by the rule"))
     for r in (gan_refaced or {}).get("summary", []):
         if r["answer"] == "--anatomy" and r["stage"] == "re-faced":
-            rows.append(row("re-faced by this project's Pix2Pix, held-out subjects", f"{r['method']}-defaced, re-faced: not called face",
+            rows.append(row("Pix2Pix re-faced, held-out", f"{r['method']}-defaced, re-faced: not called face",
                             counted(r["not_face"]["right"], r["not_face"]["n"], r["n"]), TARGETS["removed faces not called face"],
                             "bench/gan_refaced.py"))
     return rows
@@ -139,7 +139,8 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| where | what | rate [Wilson 95 %], count (independent subjects) | target | met | from |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        target = "" if r["target"] is None else (f"≤ {r['target']}" if "value" in r else f"≥ {r['target']}")
+        target = "" if r["target"] is None else "every family" if r.get("unit") == "families" else \
+            f"≤ {r['target']:.2f}" if "value" in r else f"≥ {r['target']:.2f}"
         met = {"no": "**no**", None: ""}.get(r["met"], r["met"])
         what = r["what"] + (f" ({r['note']})" if r["note"] else "")
         lines.append(f"| {r['section']} | {what} | {figure_text(r)} | {target} | {met} | `{r['source']}` |")
@@ -158,8 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = [*detector_rows(report), *(anatomy_rows(anatomy) if anatomy else []),
             *tool_rows(load(args.results, "other_defacers.json"), load(args.results, "gan_refaced.json")),
             *outside_rows(load(args.results, "outside_heads.json")),
-            *condition_rows(load(args.results, "field_of_view.json"), "field of view cut, held-out subjects", "bench/field_of_view.py"),
-            *condition_rows(load(args.results, "acquisition.json"), "other acquisitions, held-out subjects", "bench/acquisition.py")]
+            *condition_rows(load(args.results, "field_of_view.json"), "field of view, held-out", "bench/field_of_view.py"),
+            *condition_rows(load(args.results, "acquisition.json"), "acquisitions, held-out", "bench/acquisition.py")]
     print(markdown(rows))
     atomic_write_text(args.out, json.dumps({"rows": rows}, indent=1, allow_nan=True) + "\n")
     print(f"wrote {args.out}")
