@@ -7,7 +7,10 @@ twice, not that the place is right):
   (``mask``) or the plane cut (``plane``) moved by the same known transform — the template
   registered onto a warped copy of itself;
 - with ``--data``: ``--scans`` real heads moved by a random affine, against the unmoved head's
-  registration composed with the known transform (both registrations' errors count).
+  registration composed with the known transform (both registrations' errors count);
+- and the same heads turned in the coil (about the head's long axis) or rolled (about the
+  front-back axis) by each of ``--turns`` degrees, beyond the random affines' ±10: the start of
+  the registration's search (:func:`defacegan.deface.head_axes`) is what these measure.
 
 Brain removed (an accuracy measure against something the defacer did not make): on every head of
 ``--data`` (or the first ``--brain-scans``), the brain found by BET on the face-intact head
@@ -36,7 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from defacegan.brain import FLAG_PERCENT, brain_mask, brain_removed
-from defacegan.deface import Defaced, deface, register_template, removed_region, template_masks, warp
+from defacegan.deface import LPS, Defaced, deface, register_template, removed_region, template_masks, warp
 from defacegan.io import Scan, atomic_write_text, load_scan
 from defacegan.manifest import METHODS
 from defacegan.metrics import wilson_interval
@@ -93,6 +96,24 @@ def data_trials(paths: list[Path], trials: int, rng: np.random.Generator) -> lis
             transform = random_affine(rng, centre_mm(source.data.shape, source.affine))
             scan = Scan(warp(source.image, transform, source.data.shape, source.affine), source.affine)
             rows += score(scan, truths(scan, sitk.CompositeTransform([reference, transform])), f"{path.parent.name} (consistency)")
+    return rows
+
+
+def turned_trials(paths: list[Path], degrees: list[float]) -> list[dict]:
+    """Each head turned, then rolled, by each of ``degrees``, scored as :func:`data_trials` scores."""
+    rows = []
+    for path in paths:
+        source = load_scan(path)
+        reference = register_template(source)
+        centre = LPS @ centre_mm(source.data.shape, source.affine)
+        for angle in degrees:
+            for motion, axis in (("turned", 2), ("rolled", 1)):  # LPS: about the S-I and the A-P axis
+                angles = [0.0, 0.0, 0.0]
+                angles[axis] = np.deg2rad(angle)
+                transform = sitk.Euler3DTransform(centre.tolist(), *angles)
+                scan = Scan(warp(source.image, transform, source.data.shape, source.affine), source.affine)
+                rows += score(scan, truths(scan, sitk.CompositeTransform([reference, transform])),
+                              f"{path.parent.name}, {motion} {angle:g} degrees")
     return rows
 
 
@@ -184,6 +205,8 @@ def main() -> None:
     parser.add_argument("--spacing", type=float, default=1.0, help="template trials' grid in mm (default 1)")
     parser.add_argument("--data", type=Path, help="folder of real heads for consistency and brain trials (e.g. IXI)")
     parser.add_argument("--scans", type=int, default=4, help="how many heads of --data for consistency (default 4)")
+    parser.add_argument("--turns", type=float, nargs="*", default=[30.0, 45.0, 60.0],
+                        help="degrees the --scans heads are turned and rolled by (default 30 45 60)")
     parser.add_argument("--brain-scans", type=int, help="how many heads of --data for brain removed (default all; 0: none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=Path("bench/results/deface.json"))
@@ -196,6 +219,7 @@ def main() -> None:
     rows = template_trials(args.trials, args.spacing, rng)
     heads = sorted(args.data.glob("*.nii*")) if args.data else []
     rows += data_trials(heads[: args.scans], args.trials, rng)
+    rows += turned_trials(heads[: args.scans], args.turns)
     summary = summarise(rows)
     brain_rows = brain_trials(heads[: args.brain_scans], rng)
     brain_summary = summarise_brain(brain_rows)

@@ -93,6 +93,18 @@ def test_feature_regions_on_the_mean_head(mean_head_versions):
         assert kept_features(shares[fill]) == [], (fill, shares[fill])
 
 
+def test_feature_regions_on_a_head_turned_45_degrees(mean_head_versions):
+    """The same scans turned a further 45 degrees in the world (their affine, no resampling): read from
+    a registration started straight, the defaced head's eye region held tissue (a false alarm)."""
+    turn = np.deg2rad(45)
+    rotation = np.eye(4)
+    rotation[:2, :2] = [[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]]  # about the S-I axis
+    for name, kept in (("intact", ["eyes", "nose"]), ("mask", [])):
+        scan = mean_head_versions[name]
+        shares = feature_tissue(Scan(scan.data, rotation @ scan.affine))
+        assert kept_features(shares) == kept, (name, shares)
+
+
 def test_check_anatomy_calls_a_cut_below_the_eyes_face_and_writes_the_regions(held_out_head, tmp_path, capsys):
     """On a real held-out head (not the mean head: that is the template's own face, which the
     network rightly calls `replaced`, a verdict the anatomy never overrules)."""
