@@ -1,8 +1,8 @@
 """Deface head scans without FSL: pydeface's face mask or a quickshear-style plane cut.
 
 Both methods rest on ONE 12-dof affine registration of pydeface's mean head onto the scan
-(SimpleITK, Mattes mutual information on ~8 and ~4 mm copies, starts at three head pitches,
-seeded sampling; about a second). The metric only samples the scanned head (a dilated head
+(SimpleITK, Mattes mutual information on ~8 and ~4 mm copies, starts at three head pitches
+about the head's own axes, seeded sampling; about a second). The metric only samples the scanned head (a dilated head
 mask of the scan), so zero padding and faces cut off by the field of view cannot pull the
 template away.
 
