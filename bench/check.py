@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from defacegan.check import CheckResult, result_png
-from defacegan.contract import InputContract, plane_rotation, without_air
+from defacegan.contract import InputContract, plane_rotation, turned, without_air
 from defacegan.detector_training import save_detector
 from defacegan.inference import SHIPPED_CHECKPOINT, Detector, load_network, verdict_of
 from defacegan.io import Scan, load_scan
@@ -50,8 +50,7 @@ IXI_SPACING = (0.9375, 0.9375, 1.2)
 #: Voxel axes of the stored scans in RAS world directions: posterior, superior, right (PSR).
 PSR_DIRECTIONS = np.array([[0, 0, 1], [-1, 0, 0], [0, 1, 0]], float)
 #: The scans' heads turned 30° about the vertical axis, as a patient lying turned in the coil.
-TURNED = np.eye(4)
-TURNED[:3, :3] = plane_rotation(0, 1, 30)
+TURNED = plane_rotation(0, 1, 30)
 
 
 def write_scans(folder: Path, count: int, seed: int = 0) -> list[Path]:
@@ -128,9 +127,9 @@ def nibabel_seconds_per_scan(paths: list[Path], repeats: int) -> float:
     return float(np.median(times)) / len(paths)
 
 
-def stage_profile(detector: Detector, paths: list[Path], turn: np.ndarray = np.eye(4)) -> dict[str, float]:
+def stage_profile(detector: Detector, paths: list[Path], turn: np.ndarray = np.eye(3)) -> dict[str, float]:
     """Mean CPU seconds per scan of each stage of the Detector's work (one thread), one after the other,
-    on the scans as written or, with ``turn`` (4×4), as a head lying turned that way would give them.
+    on the scans as written or, with ``turn`` (3×3), as a head lying turned that way would give them.
 
     "gunzip alone" is zlib inflating the file, for scale: load_scan inflates with ISA-L.
     """
@@ -150,7 +149,7 @@ def stage_profile(detector: Detector, paths: list[Path], turn: np.ndarray = np.e
             clock = now
 
         scan = load_scan(path, copy=False)  # as Detector.predict reads it
-        scan = Scan(scan.data, turn @ scan.affine)
+        scan = Scan(scan.data, turned(scan.affine, turn))
         lap()
         zlib.decompress(path.read_bytes(), wbits=31)
         lap()

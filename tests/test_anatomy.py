@@ -15,6 +15,7 @@ import pytest
 
 from defacegan.anatomy import NETWORK_UNSURE, TISSUE_MIN_SHARE, feature_regions, feature_tissue, kept_features
 from defacegan.check import CheckResult
+from defacegan.contract import plane_rotation, turned
 from defacegan.cli import EXIT_FACE, main
 from defacegan.deface import face_region, register_template, template_masks
 from defacegan.features import FEATURE_BOXES, FEATURES, in_boxes, template_voxels
@@ -38,11 +39,9 @@ def below_the_eyes(scan: Scan, transform) -> np.ndarray:
 def mean_head() -> Scan:
     """pydeface's mean head, moved 6 mm and turned 8° so that the registration has work to do."""
     image = template_masks().head
-    turn = np.deg2rad(8)
-    rotation = np.eye(4)
-    rotation[1:3, 1:3] = [[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]]
-    rotation[:3, 3] = [0, 6, -4]
-    return Scan(np.asanyarray(image.dataobj).astype(np.float32), rotation @ image.affine)
+    affine = turned(image.affine, plane_rotation(1, 2, 8))  # about the L-R axis
+    affine[:3, 3] += [0, 6, -4]
+    return Scan(np.asanyarray(image.dataobj).astype(np.float32), affine)
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +95,9 @@ def test_feature_regions_on_the_mean_head(mean_head_versions):
 def test_feature_regions_on_a_head_turned_45_degrees(mean_head_versions):
     """The same scans turned a further 45 degrees in the world (their affine, no resampling): read from
     a registration started straight, the defaced head's eye region held tissue (a false alarm)."""
-    turn = np.deg2rad(45)
-    rotation = np.eye(4)
-    rotation[:2, :2] = [[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]]  # about the S-I axis
     for name, kept in (("intact", ["eyes", "nose"]), ("mask", [])):
         scan = mean_head_versions[name]
-        shares = feature_tissue(Scan(scan.data, rotation @ scan.affine))
+        shares = feature_tissue(Scan(scan.data, turned(scan.affine, plane_rotation(0, 1, 45))))  # about S-I
         assert kept_features(shares) == kept, (name, shares)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from defacegan.contract import InputContract, Placement, plane_rotation
+from defacegan.contract import InputContract, Placement, plane_rotation, turned
 from defacegan.detector_training import draw_bundle, subject_of
 from defacegan.inference import GridDataset
 from defacegan.io import load_scan
@@ -79,12 +79,6 @@ def test_a_straightened_grid_puts_every_value_at_its_world_position():
     assert torch.allclose(ours[inside], expected[inside], atol=0.5)
 
 
-def turned_in_the_coil(affine: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-    """A scan's affine with its head turned by ``rotation`` about the world's origin: the same voxels,
-    so the only difference between the two scans is the pose."""
-    return np.block([[rotation, np.zeros((3, 1))], [np.zeros((1, 3)), np.ones((1, 1))]]) @ affine
-
-
 @pytest.mark.parametrize("rotation", [plane_rotation(0, 1, 30), plane_rotation(0, 2, -30),
                                       plane_rotation(0, 1, -20) @ plane_rotation(0, 2, 20)],
                          ids=["turned", "rolled", "turned-and-rolled"])
@@ -98,10 +92,10 @@ def test_a_head_turned_beyond_the_training_poses_is_straightened(ixi_scans, rota
     scan = load_scan(ixi_scans[0])
     straight = contract.place(scan.data, scan.affine)
     assert not straight.straightened
-    turned = contract.place(scan.data, turned_in_the_coil(scan.affine, rotation))
-    assert turned.straightened
-    assert np.degrees(np.arccos(np.clip(turned.rotation[:, 0] @ rotation[:, 0], -1, 1))) < 3
-    ours = contract.volume(scan.data, turned_in_the_coil(scan.affine, rotation), turned)[0].flatten().numpy()
+    placed = contract.place(scan.data, turned(scan.affine, rotation))
+    assert placed.straightened
+    assert np.degrees(np.arccos(np.clip(placed.rotation[:, 0] @ rotation[:, 0], -1, 1))) < 3
+    ours = contract.volume(scan.data, turned(scan.affine, rotation), placed)[0].flatten().numpy()
     assert np.corrcoef(ours, contract.volume(scan.data, scan.affine)[0].flatten().numpy())[0, 1] > 0.92
 
 
@@ -112,7 +106,7 @@ def test_heads_within_the_training_poses_are_left_as_they_lie(ixi_scans):
     for path in ixi_scans:
         scan = load_scan(path)
         assert not contract.place(scan.data, scan.affine).straightened, path.name
-    assert not contract.place(scan.data, turned_in_the_coil(scan.affine, plane_rotation(0, 1, 5))).straightened
+    assert not contract.place(scan.data, turned(scan.affine, plane_rotation(0, 1, 5))).straightened
 
 
 def test_the_contract_round_trips_through_a_plain_dict():

@@ -16,7 +16,7 @@ import pytest
 from quickshear import quickshear
 
 from defacegan.brain import brain_mask
-from defacegan.contract import InputContract, plane_rotation
+from defacegan.contract import InputContract, plane_rotation, turned
 from defacegan.detector_training import HELD_OUT, rule_label, subject_of
 from defacegan.families import families_but, generate, remove_share
 from defacegan.features import FACE_MIN_FRACTION, FEATURES
@@ -115,12 +115,11 @@ def test_noisy_air_does_not_turn_a_face_into_a_removed_one(detector, bundles):
 def test_a_head_turned_in_the_coil_is_judged_as_the_straight_one(detector, bundles):
     """Turned 30 degrees, beyond the training poses (bench/acquisition.py): the network alone called
     every mask-defaced held-out head turned so `face`; the contract now straightens it first."""
-    turn = np.eye(4)
-    turn[:3, :3] = plane_rotation(0, 1, 30)
+    turn = plane_rotation(0, 1, 30)
     for bundle in bundles:
         for variant, expected in ((generate(bundle, "none", np.random.default_rng(0)), "face"),
                                   (generate(bundle, "mask", np.random.default_rng(0)), "removed")):
-            (prediction,) = detector.predict([Scan(variant.volume, turn @ bundle.affine)])
+            (prediction,) = detector.predict([Scan(variant.volume, turned(bundle.affine, turn))])
             assert prediction.verdict == expected, (bundle.subject, expected, prediction.probabilities)
             assert abs(prediction.straightened - 30) < 3
     (straight,) = detector.predict([Scan(bundle.face, bundle.affine)])

@@ -61,10 +61,11 @@ MIRROR_DETAIL_MM = 12.0
 STRAIGHTENING_ROUNDS = 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Placement:
     """Where a scan's grid goes: its centre (world mm), its axes (the columns of ``rotation``: the
-    identity unless the head was straightened) and the scan's air level."""
+    identity unless the head was straightened) and the scan's air level. Not comparable with ``==``:
+    its arrays have no one truth value."""
 
     centre: np.ndarray
     air: float = 0.0
@@ -77,7 +78,7 @@ class Placement:
     @property
     def degrees(self) -> float:
         """How far (degrees) the grid's left-right axis is turned from the world's."""
-        return math.degrees(math.acos(min(1.0, max(-1.0, float(self.rotation[0, 0])))))
+        return tilt(self.rotation[:, 0])
 
 
 @dataclass(frozen=True)
@@ -189,9 +190,6 @@ class InputContract:
             turn, roll = mirror_angle(look.mean(axis=2)), mirror_angle(look.mean(axis=1))
             local = np.array([1.0, math.tan(math.radians(turn)), math.tan(math.radians(roll))])
             return rotation @ (local / np.linalg.norm(local))
-
-        def tilt(normal: np.ndarray) -> float:
-            return math.degrees(math.acos(min(1.0, float(normal[0]))))
 
         plane = normal(np.eye(3))
         if tilt(plane) <= self.straighten_beyond / 2:  # plainly straight: the one reading is enough
@@ -306,6 +304,19 @@ def plane_rotation(a: int, b: int, degrees: float) -> np.ndarray:
     cos, sin = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
     rotation[[a, a, b, b], [a, b, a, b]] = cos, -sin, sin, cos
     return rotation
+
+
+def turned(affine: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    """A scan's affine with its head turned by ``rotation`` about the world's origin: the same
+    voxels in another pose, as a head lying turned in the coil (benches and tests)."""
+    turn = np.eye(4)
+    turn[:3, :3] = rotation
+    return turn @ affine
+
+
+def tilt(axis: np.ndarray) -> float:
+    """How far (degrees) the unit vector ``axis`` is turned from the world's left-right axis."""
+    return math.degrees(math.acos(min(1.0, max(-1.0, float(axis[0])))))
 
 
 def rotation_onto(normal: np.ndarray) -> np.ndarray:

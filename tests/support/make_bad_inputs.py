@@ -27,6 +27,8 @@ import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
 from nibabel.processing import resample_to_output
 
+from defacegan.contract import plane_rotation, turned
+
 TEMPLATE = files("pydeface") / "data" / "mean_reg2mean.nii.gz"
 
 
@@ -57,16 +59,6 @@ def _stored_as(head: nib.Nifti1Image, axcodes: str) -> tuple[np.ndarray, np.ndar
     data = np.asanyarray(head.dataobj)
     to_disk = ornt_transform(axcodes2ornt("RAS"), axcodes2ornt(tuple(axcodes)))
     return apply_orientation(data, to_disk), head.affine @ inv_ornt_aff(to_disk, data.shape)
-
-
-def _rotation(degrees_x: float, degrees_z: float) -> np.ndarray:
-    """A 4x4 world rotation: pitch about the L-R axis, then yaw about the I-S axis."""
-    ax, az = np.deg2rad([degrees_x, degrees_z])
-    pitch = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    yaw = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    rotation = np.eye(4)
-    rotation[:3, :3] = yaw @ pitch
-    return rotation
 
 
 def _huge_header(path: Path, affine: np.ndarray) -> Path:
@@ -124,7 +116,7 @@ def make_bad_inputs(folder: str | Path) -> dict[str, Case]:
     valid("uint16", _save(folder / "uint16.nii.gz", np.rint(data / data.max() * 4000).astype(np.uint16), affine))
     valid("float64", _save(folder / "float64.nii.gz", data.astype(np.float64), affine))
     valid("lps", _save(folder / "lps.nii", *_stored_as(plain, "LPS")))
-    valid("oblique", _save(folder / "oblique.nii.gz", data, _rotation(12.0, 6.0) @ affine))
+    valid("oblique", _save(folder / "oblique.nii.gz", data, turned(affine, plane_rotation(0, 1, 6.0) @ plane_rotation(1, 2, 12.0))))
     valid("gzip_bomb", _gzip_bomb(folder / "gzip_bomb.nii.gz", plain))
     anisotropic = template_head((0.9, 0.9, 3.0))
     valid("anisotropic", _save(folder / "anisotropic.nii.gz", np.asanyarray(anisotropic.dataobj), anisotropic.affine))
