@@ -8,9 +8,10 @@ twice, not that the place is right):
   registered onto a warped copy of itself;
 - with ``--data``: ``--scans`` real heads moved by a random affine, against the unmoved head's
   registration composed with the known transform (both registrations' errors count);
-- and the same heads turned in the coil (about the head's long axis) or rolled (about the
-  front-back axis) by each of ``--turns`` degrees, beyond the random affines' ±10: the start of
-  the registration's search (:func:`defacegan.deface.head_axes`) is what these measure.
+- and the same heads turned in the coil (about the head's long axis), rolled (about the
+  front-back axis) or nodded (nose up or down) by each of ``--turns`` degrees, beyond the random
+  affines' ±10: the starts of the registration's search (its nods, and the head's own axes from
+  :func:`defacegan.deface.head_axes`) are what these measure.
 
 Brain removed (an accuracy measure against something the defacer did not make): on every head of
 ``--data`` (or the first ``--brain-scans``), the brain found by BET on the face-intact head
@@ -99,17 +100,22 @@ def data_trials(paths: list[Path], trials: int, rng: np.random.Generator) -> lis
     return rows
 
 
+#: Each motion of a head in the coil: (axis of the rotation in SimpleITK's LPS world, sign); the
+#: image turns by the inverse of the resampling transform, so +x lifts the nose.
+MOTIONS = {"turned": (2, 1.0), "rolled": (1, 1.0), "nodded nose up": (0, 1.0), "nodded nose down": (0, -1.0)}
+
+
 def turned_trials(paths: list[Path], degrees: list[float]) -> list[dict]:
-    """Each head turned, then rolled, by each of ``degrees``, scored as :func:`data_trials` scores."""
+    """Each head in each of :data:`MOTIONS` by each of ``degrees``, scored as :func:`data_trials` scores."""
     rows = []
     for path in paths:
         source = load_scan(path)
         reference = register_template(source)
         centre = LPS @ centre_mm(source.data.shape, source.affine)
         for angle in degrees:
-            for motion, axis in (("turned", 2), ("rolled", 1)):  # LPS: about the S-I and the A-P axis
+            for motion, (axis, sign) in MOTIONS.items():
                 angles = [0.0, 0.0, 0.0]
-                angles[axis] = np.deg2rad(angle)
+                angles[axis] = sign * np.deg2rad(angle)
                 transform = sitk.Euler3DTransform(centre.tolist(), *angles)
                 scan = Scan(warp(source.image, transform, source.data.shape, source.affine), source.affine)
                 rows += score(scan, truths(scan, sitk.CompositeTransform([reference, transform])),
@@ -206,7 +212,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="folder of real heads for consistency and brain trials (e.g. IXI)")
     parser.add_argument("--scans", type=int, default=4, help="how many heads of --data for consistency (default 4)")
     parser.add_argument("--turns", type=float, nargs="*", default=[30.0, 45.0, 60.0],
-                        help="degrees the --scans heads are turned and rolled by (default 30 45 60)")
+                        help="degrees the --scans heads are turned, rolled and nodded by (default 30 45 60)")
     parser.add_argument("--brain-scans", type=int, help="how many heads of --data for brain removed (default all; 0: none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=Path("bench/results/deface.json"))
