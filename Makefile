@@ -80,6 +80,7 @@ figures:
 	$(PY) bench/other_defacers.py --ixi $(IXI_SOURCE)
 	$(PY) bench/anatomy.py --ixi $(IXI_SOURCE)
 	$(PY) bench/gan_refaced.py --ixi $(IXI_SOURCE)
+	$(PY) bench/deface.py --trials 5 --data $(IXI_SOURCE) --scans 8 --brain-scans 0
 	$(PY) bench/trust.py
 
 # The re-facing audit's figures in the README: k-fold over every IXI head, Pix2Pix, CycleGAN and the baselines

@@ -122,6 +122,29 @@ def condition_rows(report: dict | None, section: str, source: str) -> list[dict]
     return rows
 
 
+#: A posed head's removed region agrees with its registration as stored at least this much (Dice).
+DEFACER_DICE = 0.9
+
+
+def defacer_rows(report: dict | None) -> list[dict]:
+    """The defacer on heads turned, rolled or nodded in the coil (bench/deface.py): per method, how
+    many poses every head came through (its removed region matching its own straight registration
+    carried along, Dice ≥ :data:`DEFACER_DICE`), and the ones that fell short."""
+    trials = [t for t in (report or {}).get("consistency", {}).get("trials", []) if " degrees" in t["data"]]
+    rows = []
+    for method in dict.fromkeys(t["method"] for t in trials):
+        poses = {}
+        for t in trials:
+            if t["method"] == method:
+                poses.setdefault(t["data"].split(", ", 1)[1], []).append(t["dice"] >= DEFACER_DICE)
+        short = {pose: hits for pose, hits in poses.items() if not all(hits)}
+        heads = max(len(hits) for hits in poses.values())
+        rows.append(row("defacer, posed heads", f"`{method}`: poses with every head's removed region in place (Dice ≥ {DEFACER_DICE:g})",
+                        counted(len(poses) - len(short), len(poses), heads, "poses"), None, "bench/deface.py",
+                        "short: " + "; ".join(f"{pose} {sum(hits)}/{len(hits)}" for pose, hits in short.items()) if short else ""))
+    return rows
+
+
 def load(folder: Path, name: str) -> dict | None:
     path = folder / name
     return json.loads(path.read_text()) if path.exists() else None
@@ -162,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
             *tool_rows(load(args.results, "other_defacers.json"), load(args.results, "gan_refaced.json")),
             *outside_rows(load(args.results, "outside_heads.json")),
             *condition_rows(load(args.results, "field_of_view.json"), "field of view, held-out", "bench/field_of_view.py"),
-            *condition_rows(load(args.results, "acquisition.json"), "acquisitions, held-out", "bench/acquisition.py")]
+            *condition_rows(load(args.results, "acquisition.json"), "acquisitions, held-out", "bench/acquisition.py"),
+            *defacer_rows(load(args.results, "deface.json"))]
     print(markdown(rows))
     atomic_write_text(args.out, json.dumps({"rows": rows}, indent=1, allow_nan=True) + "\n")
     print(f"wrote {args.out}")
