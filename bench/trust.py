@@ -139,9 +139,10 @@ def defacer_rows(report: dict | None) -> list[dict]:
                 poses.setdefault(t["data"].split(", ", 1)[1], []).append(t["dice"] >= DEFACER_DICE)
         short = {pose: hits for pose, hits in poses.items() if not all(hits)}
         heads = max(len(hits) for hits in poses.values())
-        rows.append(row("defacer, posed heads", f"`{method}`: poses with every head's removed region in place (Dice ≥ {DEFACER_DICE:g})",
-                        counted(len(poses) - len(short), len(poses), heads, "poses"), None, "bench/deface.py",
-                        "short: " + "; ".join(f"{pose} {sum(hits)}/{len(hits)}" for pose, hits in short.items()) if short else ""))
+        what = f"`{method}`: poses with every head's removed region in place (Dice ≥ {DEFACER_DICE:g})"
+        note = "; ".join(f"{pose} {sum(hits)}/{len(hits)}" for pose, hits in short.items())
+        rows.append(row("defacer, posed heads", what, counted(len(poses) - len(short), len(poses), heads, "poses"), None,
+                        "bench/deface.py", f"short: {note}" if short else ""))
     return rows
 
 

@@ -15,8 +15,8 @@ import pytest
 
 from defacegan.anatomy import NETWORK_UNSURE, TISSUE_MIN_SHARE, feature_regions, feature_tissue, kept_features
 from defacegan.check import CheckResult
-from defacegan.contract import plane_rotation, turned
 from defacegan.cli import EXIT_FACE, main
+from defacegan.contract import plane_rotation, turned
 from defacegan.deface import face_region, register_template, template_masks
 from defacegan.features import FEATURE_BOXES, FEATURES, in_boxes, template_voxels
 from defacegan import inference

@@ -2,9 +2,9 @@
 
 Both methods rest on ONE 12-dof affine registration of pydeface's mean head onto the scan
 (SimpleITK, Mattes mutual information on ~8 and ~4 mm copies, starts at three head pitches
-about the head's own axes, seeded sampling; about a second). The metric only samples the scanned head (a dilated head
-mask of the scan), so zero padding and faces cut off by the field of view cannot pull the
-template away.
+about the head's own axes, seeded sampling; about a second). The metric only samples the
+scanned head (a dilated head mask of the scan), so zero padding and faces cut off by the field
+of view cannot pull the template away.
 
 - ``mask``: pydeface's method. Its face mask (0 on the face) is moved onto the scan with that
   transform (trilinear, threshold 0.5). Voxels outside the template's field of view keep mask 1,
