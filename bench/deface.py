@@ -57,13 +57,15 @@ def truths(scan: Scan, transform: sitk.Transform) -> dict[str, np.ndarray]:
     return {method: removed_region(scan, transform, method) for method in METHODS}
 
 
-def score(scan: Scan, truth: dict[str, np.ndarray], label: str) -> list[dict]:
+def score(scan: Scan, truth: dict[str, np.ndarray], label: str, checks=None) -> list[dict]:
+    """One row per method: seconds and Dice against ``truth``, and what ``checks(result)`` says of the output."""
     rows = []
     for method in METHODS:
         started = time.perf_counter()
         result: Defaced = deface(scan, (method,))[method]
         seconds = time.perf_counter() - started
-        rows.append({"data": label, "method": method, "seconds": seconds, "dice": dice(result.removed, truth[method])})
+        rows.append({"data": label, "method": method, "seconds": seconds, "dice": dice(result.removed, truth[method]),
+                     **(checks(result) if checks else {})})
     return rows
 
 
@@ -106,7 +108,12 @@ MOTIONS = {"turned": (2, 1.0), "rolled": (1, 1.0), "nodded nose up": (0, 1.0), "
 
 
 def turned_trials(paths: list[Path], degrees: list[float]) -> list[dict]:
-    """Each head in each of :data:`MOTIONS` by each of ``degrees``, scored as :func:`data_trials` scores."""
+    """Each head in each of :data:`MOTIONS` by each of ``degrees``, scored as :func:`data_trials` scores,
+    with the two safety nets ``deface`` offers a user: its brain check (BET on the posed head) and
+    ``--verify`` (the shipped detector, as ``check`` answers, on the output)."""
+    from defacegan.inference import Detector
+
+    detector = Detector(None, device="cpu")
     rows = []
     for path in paths:
         source = load_scan(path)
@@ -118,8 +125,14 @@ def turned_trials(paths: list[Path], degrees: list[float]) -> list[dict]:
                 angles[axis] = sign * np.deg2rad(angle)
                 transform = sitk.Euler3DTransform(centre.tolist(), *angles)
                 scan = Scan(warp(source.image, transform, source.data.shape, source.affine), source.affine)
+                brain = brain_mask(scan)
+
+                def safety_nets(result: Defaced) -> dict:
+                    verdict = detector.predict([Scan(result.defaced, scan.affine)])[0].verdict
+                    return {"brain_flagged": brain_removed(scan, result.removed, brain).flagged, "verify_face": verdict == "face"}
+
                 rows += score(scan, truths(scan, sitk.CompositeTransform([reference, transform])),
-                              f"{path.parent.name}, {motion} {angle:g} degrees")
+                              f"{path.parent.name}, {motion} {angle:g} degrees", safety_nets)
     return rows
 
 
@@ -200,6 +213,8 @@ def summarise(rows: list[dict]) -> list[dict]:
             "seconds_max": float(np.max([r["seconds"] for r in group])),
             "dice_mean": float(np.mean([r["dice"] for r in group])),
             "dice_min": float(np.min([r["dice"] for r in group])),
+            **({"brain_flagged": sum(r["brain_flagged"] for r in group), "verify_face": sum(r["verify_face"] for r in group)}
+               if "brain_flagged" in group[0] else {}),
         }
         for (data, method), group in groups.items()
     ]
@@ -232,11 +247,13 @@ def main() -> None:
 
     console = Console(width=200)
     table = Table(title="defacing: seconds per scan and registration consistency (Dice of removed regions)")
-    for column in ("data", "method", "trials", "s/scan mean", "s/scan max", "Dice mean", "Dice min"):
+    for column in ("data", "method", "trials", "s/scan mean", "s/scan max", "Dice mean", "Dice min",
+                   "brain flagged", "--verify: face"):
         table.add_column(column, justify="left" if column in ("data", "method") else "right")
     for row in summary:
         table.add_row(row["data"], row["method"], str(row["trials"]), f"{row['seconds_mean']:.2f}",
-                      f"{row['seconds_max']:.2f}", f"{row['dice_mean']:.3f}", f"{row['dice_min']:.3f}")
+                      f"{row['seconds_max']:.2f}", f"{row['dice_mean']:.3f}", f"{row['dice_min']:.3f}",
+                      str(row.get("brain_flagged", "")), str(row.get("verify_face", "")))
     console.print(table)
     if brain_rows:
         print_brain(brain_rows, brain_summary, console)

@@ -129,18 +129,28 @@ DEFACER_DICE = 0.9
 def defacer_rows(report: dict | None) -> list[dict]:
     """The defacer on heads turned, rolled or nodded in the coil (bench/deface.py): per method, how
     many poses every head came through (its removed region matching its own straight registration
-    carried along, Dice ≥ :data:`DEFACER_DICE`), and the ones that fell short."""
+    carried along, Dice ≥ :data:`DEFACER_DICE`), and the ones that fell short, with how many of their
+    misses a user would have been warned of (the brain check or ``--verify``)."""
     trials = [t for t in (report or {}).get("consistency", {}).get("trials", []) if " degrees" in t["data"]]
     rows = []
     for method in dict.fromkeys(t["method"] for t in trials):
         poses = {}
         for t in trials:
             if t["method"] == method:
-                poses.setdefault(t["data"].split(", ", 1)[1], []).append(t["dice"] >= DEFACER_DICE)
-        short = {pose: hits for pose, hits in poses.items() if not all(hits)}
-        heads = max(len(hits) for hits in poses.values())
+                poses.setdefault(t["data"].split(", ", 1)[1], []).append(t)
+        short = {pose: [t for t in group if t["dice"] < DEFACER_DICE] for pose, group in poses.items()}
+        short = {pose: misses for pose, misses in short.items() if misses}
+        heads = max(len(group) for group in poses.values())
         what = f"`{method}`: poses with every head's removed region in place (Dice ≥ {DEFACER_DICE:g})"
-        note = "; ".join(f"{pose} {sum(hits)}/{len(hits)}" for pose, hits in short.items())
+
+        def warned(misses: list[dict]) -> str:
+            if "brain_flagged" not in misses[0]:
+                return ""
+            return f", {sum(t['brain_flagged'] or t['verify_face'] for t in misses)} warned"
+        note = "; ".join(f"{pose} {len(poses[pose]) - len(misses)}/{len(poses[pose])}{warned(misses)}"
+                         for pose, misses in short.items())
+        if short and "brain_flagged" in trials[0]:
+            note += " (warned: of the misses, flagged by the brain check or called `face` by `--verify`)"
         rows.append(row("defacer, posed heads", what, counted(len(poses) - len(short), len(poses), heads, "poses"), None,
                         "bench/deface.py", f"short: {note}" if short else ""))
     return rows
