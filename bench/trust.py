@@ -132,24 +132,24 @@ def defacer_rows(report: dict | None) -> list[dict]:
     carried along, Dice ≥ :data:`DEFACER_DICE`), and the ones that fell short, with how many of their
     misses a user would have been warned of (the brain check or ``--verify``)."""
     trials = [t for t in (report or {}).get("consistency", {}).get("trials", []) if " degrees" in t["data"]]
+    nets = bool(trials) and "brain_flagged" in trials[0]  # runs before the safety nets were recorded: none
+
+    def shortfall(pose: str, group: list[dict], misses: list[dict]) -> str:
+        warned = f", {sum(t['brain_flagged'] or t['verify_face'] for t in misses)} warned" if nets else ""
+        return f"{pose} {len(group) - len(misses)}/{len(group)}{warned}"
+
     rows = []
     for method in dict.fromkeys(t["method"] for t in trials):
         poses = {}
         for t in trials:
             if t["method"] == method:
                 poses.setdefault(t["data"].split(", ", 1)[1], []).append(t)
-        short = {pose: [t for t in group if t["dice"] < DEFACER_DICE] for pose, group in poses.items()}
-        short = {pose: misses for pose, misses in short.items() if misses}
+        misses = {pose: [t for t in group if t["dice"] < DEFACER_DICE] for pose, group in poses.items()}
+        short = {pose: missed for pose, missed in misses.items() if missed}
         heads = max(len(group) for group in poses.values())
         what = f"`{method}`: poses with every head's removed region in place (Dice ≥ {DEFACER_DICE:g})"
-
-        def warned(misses: list[dict]) -> str:
-            if "brain_flagged" not in misses[0]:
-                return ""
-            return f", {sum(t['brain_flagged'] or t['verify_face'] for t in misses)} warned"
-        note = "; ".join(f"{pose} {len(poses[pose]) - len(misses)}/{len(poses[pose])}{warned(misses)}"
-                         for pose, misses in short.items())
-        if short and "brain_flagged" in trials[0]:
+        note = "; ".join(shortfall(pose, poses[pose], missed) for pose, missed in short.items())
+        if short and nets:
             note += " (warned: of the misses, flagged by the brain check or called `face` by `--verify`)"
         rows.append(row("defacer, posed heads", what, counted(len(poses) - len(short), len(poses), heads, "poses"), None,
                         "bench/deface.py", f"short: {note}" if short else ""))
