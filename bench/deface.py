@@ -131,8 +131,9 @@ def turned_trials(paths: list[Path], degrees: list[float]) -> list[dict]:
                     verdict = detector.predict([Scan(result.defaced, scan.affine)])[0].verdict
                     return {"brain_flagged": brain_removed(scan, result.removed, brain).flagged, "verify_face": verdict == "face"}
 
-                rows += score(scan, truths(scan, sitk.CompositeTransform([reference, transform])),
-                              f"{path.parent.name}, {motion} {angle:g} degrees", safety_nets)
+                rows += [{**row, "head": path.name} for row in score(
+                    scan, truths(scan, sitk.CompositeTransform([reference, transform])),
+                    f"{path.parent.name}, {motion} {angle:g} degrees", safety_nets)]
     return rows
 
 

@@ -2,7 +2,7 @@
 
 Both methods rest on ONE 12-dof affine registration of pydeface's mean head onto the scan
 (SimpleITK, Mattes mutual information on ~8 and ~4 mm copies, starts at three head pitches
-about the head's own axes, seeded sampling; about a second). The metric only samples the
+about the head's own axes, more where the head nods further, seeded sampling; about a second). The metric only samples the
 scanned head (a dilated head mask of the scan), so zero padding and faces cut off by the field
 of view cannot pull the template away.
 
@@ -41,6 +41,7 @@ COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 REGISTRATION_SPACING_MM = 4.0  # both images are block-averaged to about this before registering
 SAMPLING_FRACTION = 0.3  # of the ~4 mm voxels in the final level, drawn at random (seeded)
 PITCH_STARTS_DEG = (-20.0, 0.0, 20.0)  # heads nod in scanners; one optimisation from each
+PITCH_STEP_DEG, PITCH_REACH_DEG = 20.0, 60.0  # more starts, a step apart, up to the reach (register_template)
 PLANE_MARGIN_MM = 10.0  # quickshear's default buffer (10 voxels at 1 mm)
 LPS = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS world coordinates
 
@@ -185,7 +186,11 @@ def register_template(scan: Scan, seed: int = 0) -> sitk.AffineTransform:
     random with ``seed`` (reproducible). The metric only looks inside the scan's dilated head.
     A head turned or rolled in the coil starts from its own axes (:func:`head_axes`): started
     straight, heads turned 45 degrees were registered within 9 degrees of straight, the face
-    region put beside the face.
+    region put beside the face. A nod shows in the search itself: where the outermost start's
+    optimisation ends beyond it, the head lies further that way, and one more start PITCH_STEP_DEG
+    out is tried, up to PITCH_REACH_DEG (on IXI heads nodded 45 degrees nose up, the 20-degree
+    start got stuck near 30 and the face mask missed the face; on the 32 straight IXI heads
+    no start ends beyond itself, so they are registered as with the three starts alone).
     Raises :class:`ScanError` for volumes too small to hold a head or when the registration
     fails or gives an implausible scaling.
     """
@@ -200,14 +205,21 @@ def register_template(scan: Scan, seed: int = 0) -> sitk.AffineTransform:
             sitk.CenteredTransformInitializerFilter.MOMENTS,
         )
         axes = LPS @ head_axes(scan) @ LPS  # scan → head axes, in SimpleITK's LPS world
-        starts = []
-        for pitch in PITCH_STARTS_DEG:
+
+        def optimised(pitch: float) -> tuple[float, sitk.AffineTransform]:
             start = sitk.Euler3DTransform(centred)
             start.SetRotation(np.deg2rad(pitch), 0.0, 0.0)  # about the L-R axis
             matrix = np.reshape(start.GetMatrix(), (3, 3)) @ axes.T
-            starts.append(sitk.AffineTransform(matrix.ravel().tolist(), start.GetTranslation(), start.GetCenter()))
-        coarse = [_optimise(fixed, fixed_mask, start, 2, 1.0, seed) for start in starts]
-        transform = starts[int(np.argmin(coarse))]
+            transform = sitk.AffineTransform(matrix.ravel().tolist(), start.GetTranslation(), start.GetCenter())
+            return _optimise(fixed, fixed_mask, transform, 2, 1.0, seed), transform
+
+        coarse = {pitch: optimised(pitch) for pitch in PITCH_STARTS_DEG}
+        for side in (-1.0, 1.0):
+            outward = side * max(PITCH_STARTS_DEG)
+            while abs(outward) < PITCH_REACH_DEG and side * _pitch(coarse[outward][1], axes) > abs(outward):
+                outward += side * PITCH_STEP_DEG
+                coarse[outward] = optimised(outward)
+        transform = min(coarse.values(), key=lambda fit: fit[0])[1]
         _optimise(fixed, fixed_mask, transform, 1, SAMPLING_FRACTION, seed)
     except RuntimeError as error:
         raise ScanError(scan.path, f"registration failed ({str(error).strip().splitlines()[-1]})") from None
@@ -215,6 +227,14 @@ def register_template(scan: Scan, seed: int = 0) -> sitk.AffineTransform:
     if scales.min() < 0.6 or scales.max() > 1.6:
         raise ScanError(scan.path, f"registration failed (implausible scaling {scales.round(2).tolist()})")
     return transform
+
+
+def _pitch(transform: sitk.AffineTransform, axes: np.ndarray) -> float:
+    """Degrees ``transform`` nods the head about its own L-R axis (``axes``: scan → head axes, LPS),
+    read from the rotation nearest its matrix, in the sign of ``Euler3DTransform.SetRotation``."""
+    u, _, vt = np.linalg.svd(np.reshape(transform.GetMatrix(), (3, 3)) @ axes)
+    rotation = u @ vt
+    return float(np.rad2deg(np.arctan2(rotation[2, 1], rotation[1, 1])))
 
 
 def head_axes(scan: Scan) -> np.ndarray:
