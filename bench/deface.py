@@ -107,6 +107,16 @@ def data_trials(paths: list[Path], trials: int, rng: np.random.Generator) -> lis
 MOTIONS = {"turned": (2, 1.0), "rolled": (1, 1.0), "nodded nose up": (0, 1.0), "nodded nose down": (0, -1.0)}
 
 
+def posed(source: Scan, motion: str, degrees: float) -> tuple[Scan, sitk.Euler3DTransform]:
+    """``source`` moved in the coil by ``motion`` (one of :data:`MOTIONS`) by ``degrees`` about its
+    grid's centre, and the resampling transform that did it."""
+    axis, sign = MOTIONS[motion]
+    angles = [0.0, 0.0, 0.0]
+    angles[axis] = sign * np.deg2rad(degrees)
+    transform = sitk.Euler3DTransform((LPS @ centre_mm(source.data.shape, source.affine)).tolist(), *angles)
+    return Scan(warp(source.image, transform, source.data.shape, source.affine), source.affine), transform
+
+
 def turned_trials(paths: list[Path], degrees: list[float]) -> list[dict]:
     """Each head in each of :data:`MOTIONS` by each of ``degrees``, scored as :func:`data_trials` scores,
     with the two safety nets ``deface`` offers a user: its brain check (BET on the posed head) and
@@ -118,13 +128,9 @@ def turned_trials(paths: list[Path], degrees: list[float]) -> list[dict]:
     for path in paths:
         source = load_scan(path)
         reference = register_template(source)
-        centre = LPS @ centre_mm(source.data.shape, source.affine)
         for angle in degrees:
-            for motion, (axis, sign) in MOTIONS.items():
-                angles = [0.0, 0.0, 0.0]
-                angles[axis] = sign * np.deg2rad(angle)
-                transform = sitk.Euler3DTransform(centre.tolist(), *angles)
-                scan = Scan(warp(source.image, transform, source.data.shape, source.affine), source.affine)
+            for motion in MOTIONS:
+                scan, transform = posed(source, motion, angle)
                 brain = brain_mask(scan)
 
                 def safety_nets(result: Defaced) -> dict:

@@ -196,31 +196,9 @@ def register_template(scan: Scan, seed: int = 0) -> sitk.AffineTransform:
     """
     require_head_extent(scan, "register")
     try:
-        fixed = _low_resolution(to_sitk(scan.data, scan.affine))
-        fixed_mask = _metric_mask(fixed)
-        centred = sitk.CenteredTransformInitializer(
-            sitk.Cast(fixed_mask, sitk.sitkFloat32),
-            sitk.Cast(_template()["head_mask"], sitk.sitkFloat32),
-            sitk.Euler3DTransform(),
-            sitk.CenteredTransformInitializerFilter.MOMENTS,
-        )
-        axes = LPS @ head_axes(scan) @ LPS  # scan → head axes, in SimpleITK's LPS world
-
-        def optimised(pitch: float) -> tuple[float, sitk.AffineTransform]:
-            start = sitk.Euler3DTransform(centred)
-            start.SetRotation(np.deg2rad(pitch), 0.0, 0.0)  # about the L-R axis
-            matrix = np.reshape(start.GetMatrix(), (3, 3)) @ axes.T
-            transform = sitk.AffineTransform(matrix.ravel().tolist(), start.GetTranslation(), start.GetCenter())
-            return _optimise(fixed, fixed_mask, transform, 2, 1.0, seed), transform
-
-        coarse = {pitch: optimised(pitch) for pitch in PITCH_STARTS_DEG}
-        for side in (-1.0, 1.0):
-            outward = side * max(PITCH_STARTS_DEG)
-            while abs(outward) < PITCH_REACH_DEG and side * _pitch(coarse[outward][1], axes) > abs(outward):
-                outward += side * PITCH_STEP_DEG
-                coarse[outward] = optimised(outward)
-        transform = min(coarse.values(), key=lambda fit: fit[0])[1]
-        _optimise(fixed, fixed_mask, transform, 1, SAMPLING_FRACTION, seed)
+        search = pitch_search(scan, seed)
+        transform = min(search.fits.values(), key=lambda fit: fit[0])[1]
+        _optimise(search.fixed, search.fixed_mask, transform, 1, SAMPLING_FRACTION, seed)
     except RuntimeError as error:
         raise ScanError(scan.path, f"registration failed ({str(error).strip().splitlines()[-1]})") from None
     scales = np.linalg.svd(np.reshape(transform.GetMatrix(), (3, 3)), compute_uv=False)
@@ -229,12 +207,54 @@ def register_template(scan: Scan, seed: int = 0) -> sitk.AffineTransform:
     return transform
 
 
-def _pitch(transform: sitk.AffineTransform, axes: np.ndarray) -> float:
-    """Degrees ``transform`` nods the head about its own L-R axis (``axes``: scan → head axes, LPS),
-    read from the rotation nearest its matrix, in the sign of ``Euler3DTransform.SetRotation``."""
-    u, _, vt = np.linalg.svd(np.reshape(transform.GetMatrix(), (3, 3)) @ axes)
-    rotation = u @ vt
-    return float(np.rad2deg(np.arctan2(rotation[2, 1], rotation[1, 1])))
+class PitchSearch(NamedTuple):
+    """:func:`register_template`'s coarse search: the ~4 mm scan and its metric mask, the head's
+    axes (scan → head axes, in SimpleITK's LPS world) and, per start pitch tried (degrees),
+    (Mattes MI at ~8 mm, lower is better; the transform optimised from it)."""
+
+    fixed: sitk.Image
+    fixed_mask: sitk.Image
+    axes: np.ndarray
+    fits: dict[float, tuple[float, sitk.AffineTransform]]
+
+    def ended(self, start: float) -> float:
+        """Degrees the head is nodded by where the optimisation from ``start`` ended, about the
+        head's own L-R axis (the rotation nearest the matrix; the sign of ``SetRotation``)."""
+        u, _, vt = np.linalg.svd(np.reshape(self.fits[start][1].GetMatrix(), (3, 3)) @ self.axes)
+        rotation = u @ vt
+        return float(np.rad2deg(np.arctan2(rotation[2, 1], rotation[1, 1])))
+
+
+def pitch_search(scan: Scan, seed: int = 0) -> PitchSearch:
+    """One optimisation at ~8 mm on every voxel from each start pitch about the head's own axes:
+    PITCH_STARTS_DEG, then outward by PITCH_STEP_DEG (up to PITCH_REACH_DEG) while the outermost
+    start's optimisation ends beyond it (see :func:`register_template`). Raises RuntimeError
+    where SimpleITK fails."""
+    fixed = _low_resolution(to_sitk(scan.data, scan.affine))
+    fixed_mask = _metric_mask(fixed)
+    centred = sitk.CenteredTransformInitializer(
+        sitk.Cast(fixed_mask, sitk.sitkFloat32),
+        sitk.Cast(_template()["head_mask"], sitk.sitkFloat32),
+        sitk.Euler3DTransform(),
+        sitk.CenteredTransformInitializerFilter.MOMENTS,
+    )
+    search = PitchSearch(fixed, fixed_mask, LPS @ head_axes(scan) @ LPS, {})
+
+    def optimise_from(pitch: float) -> None:
+        start = sitk.Euler3DTransform(centred)
+        start.SetRotation(np.deg2rad(pitch), 0.0, 0.0)  # about the L-R axis
+        matrix = np.reshape(start.GetMatrix(), (3, 3)) @ search.axes.T
+        transform = sitk.AffineTransform(matrix.ravel().tolist(), start.GetTranslation(), start.GetCenter())
+        search.fits[pitch] = _optimise(fixed, fixed_mask, transform, 2, 1.0, seed), transform
+
+    for pitch in PITCH_STARTS_DEG:
+        optimise_from(pitch)
+    for side in (-1.0, 1.0):
+        outward = side * max(PITCH_STARTS_DEG)
+        while abs(outward) < PITCH_REACH_DEG and side * search.ended(outward) > abs(outward):
+            outward += side * PITCH_STEP_DEG
+            optimise_from(outward)
+    return search
 
 
 def head_axes(scan: Scan) -> np.ndarray:
