@@ -69,6 +69,7 @@ data/members/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src/
 # held-out heads defaced by other projects' tools, Quickshear, caideface and deepdefacer (bench/other_defacers.py, 5 min);
 # and the anatomy's second opinion against the network alone on every family (bench/anatomy.py, ~16 min);
 # and held-out heads re-faced by a Pix2Pix that train.py trains on the others (bench/gan_refaced.py, ~3 min);
+# the defacer on moved and posed heads (bench/deface.py, ~25 min) and its registration's pitch search (bench/pitch_search.py, 3 min);
 # last, all of their trust figures in one table beside the detector's targets (bench/trust.py, which only reads them).
 figures:
 	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE)
@@ -81,6 +82,7 @@ figures:
 	$(PY) bench/anatomy.py --ixi $(IXI_SOURCE)
 	$(PY) bench/gan_refaced.py --ixi $(IXI_SOURCE)
 	$(PY) bench/deface.py --trials 5 --data $(IXI_SOURCE) --scans 8 --brain-scans 0
+	$(PY) bench/pitch_search.py --data $(IXI_SOURCE)
 	$(PY) bench/trust.py
 
 # The re-facing audit's figures in the README: k-fold over every IXI head, Pix2Pix, CycleGAN and the baselines
