@@ -15,7 +15,8 @@ from scipy.ndimage import distance_transform_edt
 
 from defacegan.cli import EXIT_OK, EXIT_UNREADABLE, main, verify_defaced
 from defacegan.brain import FLAG_PERCENT, brain_mask, brain_removed
-from defacegan.deface import LPS, deface, plane_cut, register_template, removed_region, template_masks, warp
+from defacegan.deface import (LPS, PITCH_STARTS_DEG, PitchSearch, deface, pitch_search, plane_cut, register_template,
+                              removed_region, template_masks, warp)
 from defacegan.io import Scan, ScanError, head_threshold, load_scan
 from defacegan.manifest import METHODS
 from support.geometry import dice, misregistered, random_affine
@@ -87,6 +88,31 @@ def test_a_real_head_nodded_nose_up_loses_its_own_face(held_out_head):
     true_face = removed_region(scan, sitk.CompositeTransform([register_template(source), nod]), "mask")
 
     assert dice(deface(scan, ("mask",))["mask"].removed, true_face) >= 0.9
+
+
+
+def test_the_search_reads_the_nod_a_fit_ended_at():
+    """``PitchSearch.ended`` reads the nod about the head's own L-R axis from a 12-dof matrix: the
+    rotation nearest it, whatever the scaling, in ``SetRotation``'s sign."""
+    turn = sitk.Euler3DTransform()
+    turn.SetRotation(0.0, 0.0, np.deg2rad(30.0))
+    axes = np.reshape(turn.GetMatrix(), (3, 3)).T  # scan → head axes: the head lies turned 30°
+    nod = sitk.Euler3DTransform()
+    nod.SetRotation(np.deg2rad(25.0), 0.0, 0.0)
+    fit = sitk.AffineTransform(3)
+    fit.SetMatrix((np.reshape(nod.GetMatrix(), (3, 3)) @ np.diag([1.1, 0.9, 1.05]) @ axes.T).ravel().tolist())
+    search = PitchSearch(None, None, axes, {20.0: (-0.5, fit)})
+
+    assert search.ended(20.0) == pytest.approx(25.0, abs=0.5)
+
+
+def test_a_real_head_as_scanned_is_searched_from_the_three_starts_alone(held_out_head):
+    """The search grows only where a start ends beyond itself: a head as scanned is registered as
+    with the three starts (bench/pitch_search.py: none of the 32 IXI heads and Colin27 grew)."""
+    search = pitch_search(load_scan(held_out_head))
+
+    assert list(search.fits) == list(PITCH_STARTS_DEG)
+    assert all(abs(search.ended(start)) < max(PITCH_STARTS_DEG) for start in search.fits)
 
 
 def test_plane_cut_spares_the_brain_and_keeps_the_margin():
