@@ -2,9 +2,9 @@
 
 Both methods rest on ONE 12-dof affine registration of pydeface's mean head onto the scan
 (SimpleITK, Mattes mutual information on ~8 and ~4 mm copies, starts at three head pitches
-about the head's own axes, more where the head nods further, seeded sampling; about a second). The metric only samples the
-scanned head (a dilated head mask of the scan), so zero padding and faces cut off by the field
-of view cannot pull the template away.
+about the head's own axes and more where the head nods further, seeded sampling; about a
+second). The metric only samples the scanned head (a dilated head mask of the scan), so zero
+padding and faces cut off by the field of view cannot pull the template away.
 
 - ``mask``: pydeface's method. Its face mask (0 on the face) is moved onto the scan with that
   transform (trilinear, threshold 0.5). Voxels outside the template's field of view keep mask 1,
@@ -189,8 +189,9 @@ def register_template(scan: Scan, seed: int = 0) -> sitk.AffineTransform:
     region put beside the face. A nod shows in the search itself: where the outermost start's
     optimisation ends beyond it, the head lies further that way, and one more start PITCH_STEP_DEG
     out is tried, up to PITCH_REACH_DEG (on IXI heads nodded 45 degrees nose up, the 20-degree
-    start got stuck near 30 and the face mask missed the face; on the 32 straight IXI heads
-    no start ends beyond itself, so they are registered as with the three starts alone).
+    start got stuck near 30 and the face mask missed the face; on the 32 IXI heads as scanned
+    and Colin27 no start ends beyond itself, so they are registered as with the three starts
+    alone: bench/pitch_search.py).
     Raises :class:`ScanError` for volumes too small to hold a head or when the registration
     fails or gives an implausible scaling.
     """
