@@ -35,9 +35,8 @@ def searched(scan: Scan, head: str, pose: str) -> dict:
     """One row: each start tried with its final Mattes MI and the nod it ended at, and the winner."""
     search = pitch_search(scan)
     starts = {f"{start:g}": {"mi": mi, "ended": search.ended(start)} for start, (mi, _) in search.fits.items()}
-    best = min(search.fits, key=lambda start: search.fits[start][0])
     return {"head": head, "pose": pose, "starts": starts, "grew": len(search.fits) > len(PITCH_STARTS_DEG),
-            "best_start": best, "best_ended": search.ended(best)}
+            "best_start": search.best, "best_ended": search.ended(search.best)}
 
 
 def summarise(rows: list[dict]) -> list[dict]:

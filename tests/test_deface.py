@@ -90,7 +90,6 @@ def test_a_real_head_nodded_nose_up_loses_its_own_face(held_out_head):
     assert dice(deface(scan, ("mask",))["mask"].removed, true_face) >= 0.9
 
 
-
 def test_the_search_reads_the_nod_a_fit_ended_at():
     """``PitchSearch.ended`` reads the nod about the head's own L-R axis from a 12-dof matrix: the
     rotation nearest it, whatever the scaling, in ``SetRotation``'s sign."""

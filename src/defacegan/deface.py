@@ -198,7 +198,7 @@ def register_template(scan: Scan, seed: int = 0) -> sitk.AffineTransform:
     require_head_extent(scan, "register")
     try:
         search = pitch_search(scan, seed)
-        transform = min(search.fits.values(), key=lambda fit: fit[0])[1]
+        transform = search.fits[search.best][1]
         _optimise(search.fixed, search.fixed_mask, transform, 1, SAMPLING_FRACTION, seed)
     except RuntimeError as error:
         raise ScanError(scan.path, f"registration failed ({str(error).strip().splitlines()[-1]})") from None
@@ -217,6 +217,11 @@ class PitchSearch(NamedTuple):
     fixed_mask: sitk.Image
     axes: np.ndarray
     fits: dict[float, tuple[float, sitk.AffineTransform]]
+
+    @property
+    def best(self) -> float:
+        """The start whose fit has the lowest MI (the first tried, on a tie)."""
+        return min(self.fits, key=lambda start: self.fits[start][0])
 
     def ended(self, start: float) -> float:
         """Degrees the head is nodded by where the optimisation from ``start`` ended, about the
