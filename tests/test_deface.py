@@ -19,7 +19,7 @@ from defacegan.deface import (LPS, PITCH_STARTS_DEG, PitchSearch, deface, pitch_
                               removed_region, template_masks, warp)
 from defacegan.io import Scan, ScanError, head_threshold, load_scan
 from defacegan.manifest import METHODS
-from support.geometry import dice, misregistered, random_affine
+from support.geometry import dice, misregistered, nodded, random_affine
 
 
 def world(affine: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -82,9 +82,7 @@ def test_a_real_head_nodded_nose_up_loses_its_own_face(held_out_head):
     goes further out where a start ends beyond itself. The truth is the straight head's own
     registration carried along by the nod."""
     source = load_scan(held_out_head)
-    lps_centre = LPS @ centre((source.data.shape, source.affine))
-    nod = sitk.Euler3DTransform(lps_centre.tolist(), np.deg2rad(45.0), 0.0, 0.0)  # LPS +x: nose up
-    scan = Scan(warp(source.image, nod, source.data.shape, source.affine), source.affine)
+    scan, nod = nodded(source, 45.0)
     true_face = removed_region(scan, sitk.CompositeTransform([register_template(source), nod]), "mask")
 
     assert dice(deface(scan, ("mask",))["mask"].removed, true_face) >= 0.9

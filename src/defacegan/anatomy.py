@@ -23,15 +23,23 @@ Only the eyes and the nose overrule (:data:`OVERRULING`): they identify most and
 of the registered template's face, where a few mm of misregistration matter least; the chin region,
 next to the neck, held neck tissue on some heads whose face had been removed.
 
+The same registration reads how far the head lies nodded (:func:`defacegan.deface.head_nod`),
+which the detector's grid cannot: the mirror plane that straightens a turned or rolled head shows
+no nod. The network was trained on heads posed up to 15 degrees from IXI's; nodded further, a face
+drew p(face) 0.4 and a defaced head 0.5-0.9 (bench/acquisition.py). Where the network is unsure
+(p(face) between :data:`NETWORK_UNSURE` and :data:`NETWORK_SURE`) and the head, lying straight
+in its mirror, nods beyond the training poses (:data:`NOD_BEYOND`), the scan is judged again on a
+grid turned to take the nod off (:func:`nod_to_undo`).
+
 It costs one registration, 2-3 s a scan on one core, so ``check`` measures it only on the scans
-it could overrule (``--anatomy``: on every scan); the registration stack (SimpleITK, the template)
+it could change (``--anatomy``: on every scan); the registration stack (SimpleITK, the template)
 is imported when it is first used, so that a ``check`` that needs none starts as fast as before.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -57,6 +65,18 @@ OVERRULING = ("eyes", "nose")
 #: 8) had p(face) ≥ 0.18, while 12 of its 18 false alarms and 13 of 20 (noise and constant fills,
 #: skin-deep shells) had p(face) ≤ 0.05. The current detector's run is the check of the choice.
 NETWORK_UNSURE = 0.1
+#: ... and below this a ``face`` verdict is unsure enough to be judged again on a nodded head.
+NETWORK_SURE = 1 - NETWORK_UNSURE
+#: How IXI's heads lie against the template (degrees, nose up): the median nod of the 24 heads the
+#: shipped detector was trained on, the middle of the training poses (the 32 IXI heads and Colin27
+#: read -8.7 to +18.9; bench/pitch_search.py prints it).
+TYPICAL_NOD = 7.7
+#: A head nodded further than this from :data:`TYPICAL_NOD` lies beyond the training poses (15
+#: degrees from each training head's own pose); the registration reads a nod within a few degrees
+#: (8 held-out heads, intact, mask-defaced and partly defaced, nodded ±20 and ±30 degrees: the nod
+#: read moved by the nod made to within 3 degrees on 93 of 96 scans; one head nodded 20 nose up read
+#: 14 short, on all three).
+NOD_BEYOND = 15.0
 #: Tissue: neighbouring voxels correlate at least this much (a real face's skin, fat and muscle
 #: 0.6-0.8 on the held-out heads at 2 mm; white noise about 0) ...
 MIN_NEIGHBOUR_CORRELATION = 0.3
@@ -81,15 +101,31 @@ def template_features() -> nib.Nifti1Image:
     return nib.Nifti1Image(labels.astype(np.float32), head_image.affine)
 
 
-def feature_tissue(scan: Scan, seed: int = 0) -> dict[str, float]:
-    """Each feature's share of its template surface that lies inside ``scan``'s head, or 0 where
-    what lies there does not look like tissue (:func:`looks_like_tissue`); NaN for a feature the
-    registered template puts outside the field of view. Raises :class:`~defacegan.io.ScanError`
-    when the scan cannot be registered."""
+class Reading(NamedTuple):
+    """What one registration of the template onto a scan tells: each feature region's share holding
+    tissue (:func:`feature_tissue`) and the head's nod (degrees, :func:`defacegan.deface.head_nod`)."""
+
+    tissue: dict[str, float]
+    nod: float
+
+
+def read(scan: Scan, seed: int = 0) -> Reading:
+    """The template registered onto ``scan`` once, read for tissue and nod. Raises
+    :class:`~defacegan.io.ScanError` when the scan cannot be registered."""
     from defacegan import deface
+
+    transform = deface.register_template(scan, seed)
+    return Reading(feature_tissue(scan, transform), deface.head_nod(scan, transform))
+
+
+def feature_tissue(scan: Scan, transform: sitk.Transform) -> dict[str, float]:
+    """Each feature's share of its template surface that lies inside ``scan``'s head (the template
+    registered onto it by ``transform``), or 0 where what lies there does not look like tissue
+    (:func:`looks_like_tissue`); NaN for a feature the registered template puts outside the field
+    of view."""
     from defacegan.features import FEATURES, fractions, head_mask
 
-    features = feature_regions(scan, deface.register_template(scan, seed))
+    features = feature_regions(scan, transform)
     head = head_mask(scan.data)
     shares = fractions(features, head)
     for number, name in enumerate(FEATURES, start=1):
@@ -126,6 +162,24 @@ def looks_like_tissue(data: np.ndarray, region: np.ndarray) -> bool:
 def kept_features(shares: dict[str, float]) -> list[str]:
     """The overruling features whose regions still hold tissue (NaN: outside the field of view, not kept)."""
     return [name for name in OVERRULING if shares.get(name, float("nan")) >= TISSUE_MIN_SHARE]
+
+
+def nod_to_undo(p_face: float, nod: float, straightened: bool) -> float | None:
+    """The degrees to turn the grid by (:meth:`defacegan.contract.InputContract.place`'s ``nod``)
+    so that the network judges the head as IXI's lie, when it was unsure and the head nods beyond
+    the training poses; None otherwise, and for a head the grid was ``straightened`` for: the nod
+    is read about the head's own axes, and where those had to be found (turned or rolled beyond 10
+    degrees) it was misread by 26 and 45 degrees on 2 of 8 held-out heads turned 25, rolled 20 and
+    nodded 10 degrees, which turned one face `replaced` (bench/acquisition.py's combined pose)."""
+    if not straightened and NETWORK_UNSURE <= p_face < NETWORK_SURE and abs(nod - TYPICAL_NOD) > NOD_BEYOND:
+        return nod - TYPICAL_NOD
+    return None
+
+
+def needs_reading(verdict: str, p_face: float, straightened: bool) -> bool:
+    """Whether a registration could change the network's answer: it is unsure of a head lying
+    straight (a nod may be taken off, :func:`nod_to_undo`), or the anatomy may overrule it."""
+    return (not straightened and NETWORK_UNSURE <= p_face < NETWORK_SURE) or may_overrule(verdict, p_face)
 
 
 def may_overrule(verdict: str, p_face: float) -> bool:

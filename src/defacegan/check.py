@@ -13,9 +13,10 @@ verdict (:attr:`CheckResult.note`).
 
 The anatomy's second opinion (:mod:`defacegan.anatomy`) gives a scan the share of each facial
 feature's region that still holds tissue (``tissue_eyes``... columns); a ``removed`` verdict the
-network is unsure of and those regions contradict becomes ``face``, with a note saying so. It is
-measured on those scans only by default, on every scan with ``--anatomy``, on none with
-``--no-anatomy``.
+network is unsure of and those regions contradict becomes ``face``, with a note saying so. The same
+registration reads a nod: a head nodded beyond the training poses that the network was unsure of is
+judged again on a grid turned to take the nod off (``nodded`` column, noted). It is measured on the
+scans it could change by default, on every scan with ``--anatomy``, on none with ``--no-anatomy``.
 
 The PNGs show faces wherever a face is still present: they are written only to the folder the
 caller chooses.
@@ -39,7 +40,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from defacegan.anatomy import kept_features
+from defacegan.anatomy import TYPICAL_NOD, kept_features
 from defacegan.contract import VERDICTS
 from defacegan.dicom import contrast_of
 from defacegan.inference import Detector, Prediction
@@ -116,6 +117,7 @@ class CheckResult:
     tissue: dict[str, float] | None = None  # each feature region's share holding tissue, where measured
     overruled: bool = False  # the network said removed; the anatomy found a feature region still there
     straightened: float | None = None  # degrees the head lay turned or rolled, when judged straightened
+    nodded: float | None = None  # degrees the head lay nodded from IXI's pose (nose up +), when judged with it taken off
 
     @classmethod
     def from_prediction(cls, prediction: Prediction, scan: ScanFile) -> CheckResult:
@@ -123,7 +125,8 @@ class CheckResult:
         error = prediction.error and prediction.error.removeprefix(f"{prediction.source}: ")
         fields = (prediction.probabilities, prediction.verdict, error, prediction.views)
         return cls(str(scan.path), scan.subject, scan.session, scan.contrast, *fields,
-                   tissue=prediction.tissue, overruled=prediction.overruled, straightened=prediction.straightened)
+                   tissue=prediction.tissue, overruled=prediction.overruled, straightened=prediction.straightened,
+                   nodded=prediction.nod - TYPICAL_NOD if prediction.unnodded else None)
 
     @property
     def status(self) -> str:
@@ -155,6 +158,9 @@ class CheckResult:
         if self.straightened is not None:
             notes.append(f"the head lay turned {self.straightened:.0f}° in the coil, beyond the training poses: "
                          "judged on a grid turned with it")
+        if self.nodded is not None:
+            notes.append(f"the head lay nodded {abs(self.nodded):.0f}° nose {'up' if self.nodded > 0 else 'down'}, beyond the "
+                         "training poses, and the network was unsure: judged again on a grid turned with it")
         if self.contrast and self.contrast != VALIDATED_CONTRAST:
             notes.append(f"{self.contrast}: detector validated on {VALIDATED_CONTRAST} only")
         return "; ".join(notes) or None
@@ -173,7 +179,7 @@ class CheckResult:
 
     def record(self) -> dict:
         """The JSON/TSV row (no arrays); ``brain_removed`` only where deface recorded it,
-        ``straightened`` (degrees) only where the head was judged straightened."""
+        ``straightened`` and ``nodded`` (degrees) only where the head was judged turned with them."""
         return {
             "subject": self.subject,
             "session": self.session,
@@ -185,6 +191,7 @@ class CheckResult:
             "error": self.error,
             **({"brain_removed": self.brain_removed} if self.brain_removed is not None else {}),
             **({"straightened": self.straightened} if self.straightened is not None else {}),
+            **({"nodded": self.nodded} if self.nodded is not None else {}),
             **{f"tissue_{name}": share if share == share else None for name, share in (self.tissue or {}).items()},
             "views_png": self.views_png,
         }
@@ -373,7 +380,7 @@ def write_report(results: Sequence[CheckResult], summary: Summary, detector: Det
             atomic_write_bytes(out / "views" / name, result_png(result, detector.view_names))
             result.views_png = f"views/{name}"
     records = [result.record() for result in results]
-    optional = [name for name in ("brain_removed", "straightened") if any(name in record for record in records)]
+    optional = [name for name in ("brain_removed", "straightened", "nodded") if any(name in record for record in records)]
     with_brain = "brain_removed" in optional
     tissue = list(dict.fromkeys(f"tissue_{name}" for result in results for name in result.tissue or {}))
     columns = ["subject", "session", "contrast", "file", *(f"p_{verdict}" for verdict in VERDICTS), "verdict",

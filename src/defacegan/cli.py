@@ -127,12 +127,14 @@ def add_detector_options(parser) -> None:
     """The options `check` and `serve` share: which detector, its threshold, the anatomy's second opinion."""
     parser.add_argument("--ckpt", type=Path, help="detector checkpoint (default: the shipped one)")
     parser.add_argument("--threshold", type=float, default=0.5, help="p(face) at or above which a scan is called 'face' (default 0.5)")
-    from defacegan.anatomy import NETWORK_UNSURE
+    from defacegan.anatomy import NETWORK_SURE, NETWORK_UNSURE, NOD_BEYOND
 
     parser.add_argument("--anatomy", dest="anatomy", action="store_const", const="always", default="unsure",
                         help="the anatomy's second opinion on every scan, its shares reported for all (by default it is "
-                        "measured only where it can change the answer: a 'removed' verdict the network is unsure of, "
-                        f"p(face) >= {NETWORK_UNSURE}, becomes 'face' when the eye or nose region still holds tissue; "
+                        "measured only where it can change the answer: a scan the network is unsure of, "
+                        f"{NETWORK_UNSURE} <= p(face) < {NETWORK_SURE}, whose head is nodded more than {NOD_BEYOND:g} degrees "
+                        "from the training heads' pose is judged again with the nod taken off; a 'removed' verdict at "
+                        f"p(face) >= {NETWORK_UNSURE} becomes 'face' when the eye or nose region still holds tissue; "
                         "a template registration, 2-3 s a scan)")
     parser.add_argument("--no-anatomy", dest="anatomy", action="store_const", const="never",
                         help="the network alone: no registration, no second opinion")

@@ -123,7 +123,7 @@ class InputContract:
         """Voxel → world of the grid, up to the translation that centres it on each scan."""
         return np.diag([self.spacing] * 3 + [1.0])
 
-    def place(self, data: np.ndarray | torch.Tensor, affine: np.ndarray) -> Placement:
+    def place(self, data: np.ndarray | torch.Tensor, affine: np.ndarray, nod: float = 0.0) -> Placement:
         """Where the grid goes (:class:`Placement`), from one read of the scan at about the grid's
         spacing.
 
@@ -133,7 +133,9 @@ class InputContract:
         its voxels' positions (so stray bright voxels in the air do not move it). A scan with no head
         to speak of keeps the field of view's centre and air level 0. A head turned or rolled more
         than ``straighten_beyond`` degrees (:meth:`straightening`) gets axes along its own and is
-        anchored on them.
+        anchored on them. ``nod`` (degrees, positive nose up) turns the grid about the head's own
+        left-right axis by as much, so that a head nodded by it is judged as one that is not: the
+        mirror plane cannot show a nod, a registration can (:mod:`defacegan.anatomy`).
         """
         data = data.numpy() if torch.is_tensor(data) else np.asarray(data)
         affine = np.asarray(affine, dtype=np.float64)
@@ -155,9 +157,11 @@ class InputContract:
         placed = Placement(np.array([world[0][0], world[1][1] + back, world[2][2] - top]), air)
         sample_affine = affine @ np.diag([*steps, 1.0])
         rotation = self.straightening(sample, sample_affine, placed)
+        if nod:
+            rotation = (np.eye(3) if rotation is None else rotation) @ plane_rotation(1, 2, nod)
         if rotation is None:
             return placed
-        # Anchored again, on the straightened head's own axes.
+        # Anchored again, on the head's own axes.
         coarse = self.pose_grid()
         look = coarse.on_grid(sample, sample_affine, placed=replace(placed, rotation=rotation)).numpy() > head_level
         (x0, x1), (y0, y1), (z0, z1) = (np.asarray(span) * coarse.spacing for span in head_extent(look))

@@ -224,11 +224,23 @@ class PitchSearch(NamedTuple):
         return min(self.fits, key=lambda start: self.fits[start][0])
 
     def ended(self, start: float) -> float:
-        """Degrees the head is nodded by where the optimisation from ``start`` ended, about the
-        head's own L-R axis (the rotation nearest the matrix; the sign of ``SetRotation``)."""
-        u, _, vt = np.linalg.svd(np.reshape(self.fits[start][1].GetMatrix(), (3, 3)) @ self.axes)
-        rotation = u @ vt
-        return float(np.rad2deg(np.arctan2(rotation[2, 1], rotation[1, 1])))
+        """Degrees the head is nodded by where the optimisation from ``start`` ended (:func:`nod_degrees`)."""
+        return nod_degrees(self.fits[start][1], self.axes)
+
+
+def nod_degrees(transform: sitk.AffineTransform, axes: np.ndarray) -> float:
+    """Degrees ``transform`` (scan → template) nods the head about its own L-R axis (``axes``: scan →
+    head axes, in SimpleITK's LPS world), from the rotation nearest its matrix; the sign of
+    ``SetRotation``'s first angle, positive when the head lies nose up against the template."""
+    u, _, vt = np.linalg.svd(np.reshape(transform.GetMatrix(), (3, 3)) @ axes)
+    rotation = u @ vt
+    return float(np.rad2deg(np.arctan2(rotation[2, 1], rotation[1, 1])))
+
+
+def head_nod(scan: Scan, transform: sitk.AffineTransform) -> float:
+    """Degrees the registered head lies nodded against the template, about its own L-R axis
+    (:func:`head_axes`): what the mirror plane cannot show (:func:`nod_degrees`)."""
+    return nod_degrees(transform, LPS @ head_axes(scan) @ LPS)
 
 
 def pitch_search(scan: Scan, seed: int = 0) -> PitchSearch:

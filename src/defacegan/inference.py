@@ -8,12 +8,13 @@ grid in loader workers (decoding gzip dominates the cost), then their views are 
 batches on the chosen device. Unreadable scans come back as predictions with an ``error``
 instead of stopping the batch.
 
-:mod:`defacegan.anatomy` gives a second opinion: a ``removed`` verdict the network is unsure of
-whose eye or nose region still holds tissue becomes ``face``. ``anatomy`` says on which scans it is
-measured (:data:`ANATOMY_MODES`): by default only on those it could overrule (called ``removed`` at
-p(face) ≥ :data:`~defacegan.anatomy.NETWORK_UNSURE`), after the network; ``"always"`` on every scan,
-in the loader workers (its shares reported for all); ``"never"``: the network alone. The first two
-give the same verdicts.
+:mod:`defacegan.anatomy` gives a second opinion from a registration of the template: a head
+nodded beyond the training poses, of which the network was unsure, is judged again on a grid turned
+to take the nod off; then a ``removed`` verdict the network is unsure of whose eye or nose region
+still holds tissue becomes ``face``. ``anatomy`` says on which scans it is measured
+(:data:`ANATOMY_MODES`): by default only on those it could change (:func:`~defacegan.anatomy.needs_reading`),
+after the network; ``"always"`` on every scan, in the loader workers (its shares reported for all);
+``"never"``: the network alone. The first two give the same verdicts.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from defacegan.anatomy import feature_tissue, may_overrule, overrules
+from defacegan import anatomy as second_opinion
+from defacegan.anatomy import needs_reading, nod_to_undo, overrules
 from defacegan.contract import InputContract
 from defacegan.io import Scan, ScanError, load_scan, require_head_extent, validate_volume
 from defacegan.models.detector import DetectorEnsemble, DetectorNet
@@ -37,7 +39,7 @@ from defacegan.models.detector import DetectorEnsemble, DetectorNet
 SHIPPED_CHECKPOINT = files("defacegan") / "assets" / "detector.pt"
 
 ScanInput = str | os.PathLike | Scan | nib.Nifti1Image | np.ndarray
-#: Where the anatomy's second opinion is measured: on the scans it could overrule (the default, a
+#: Where the anatomy's second opinion is measured: on the scans it could change (the default, a
 #: registration of 2-3 s for each), on every scan, or on none.
 ANATOMY_MODES = ("unsure", "always", "never")
 
@@ -51,14 +53,17 @@ class Prediction:
     verdict: str | None = None
     error: str | None = None
     views: np.ndarray | None = None  # (V, S, S) in [0, 1]: what the model saw
-    tissue: dict[str, float] | None = None  # each feature region's share holding tissue (anatomy=True)
+    tissue: dict[str, float] | None = None  # each feature region's share holding tissue, where measured
+    nod: float | None = None  # degrees the head lies nodded against the template (nose up +), where measured
+    unnodded: bool = False  # judged again on a grid turned to take a nod beyond the training poses off
     overruled: bool = False  # the network said removed; the anatomy found the eyes or nose still there
     straightened: float | None = None  # degrees the head lay turned or rolled, when the grid was turned with it
 
 
-def needs_anatomy(probabilities: dict[str, float], threshold: float) -> bool:
-    """Whether the anatomy may overrule the network's verdict at ``threshold`` (:func:`defacegan.anatomy.may_overrule`)."""
-    return may_overrule(verdict_of(probabilities, threshold), probabilities["face"])
+def needs_anatomy(probabilities: dict[str, float], threshold: float, straightened: bool = False) -> bool:
+    """Whether a registration could change the network's verdict at ``threshold`` on a head whose grid
+    was (not) ``straightened`` (:func:`defacegan.anatomy.needs_reading`)."""
+    return needs_reading(verdict_of(probabilities, threshold), probabilities["face"], straightened)
 
 
 def verdict_of(probabilities: dict[str, float], threshold: float, tissue: dict[str, float] | None = None) -> str:
@@ -86,8 +91,8 @@ def as_scan(item: ScanInput) -> Scan:
 
 
 class GridDataset(Dataset):
-    """Scans as the contract's 3D input (and their feature regions' tissue, with ``anatomy``);
-    failures are returned, not raised."""
+    """Scans as the contract's 3D input (and the anatomy's reading, :func:`defacegan.anatomy.read`,
+    with ``anatomy``); failures are returned, not raised."""
 
     def __init__(self, items: Sequence[ScanInput], contract: InputContract, anatomy: bool = False):
         self.items = list(items)
@@ -103,12 +108,12 @@ class GridDataset(Dataset):
         try:
             scan = as_scan(item)
             require_head_extent(scan, "classify")
-            tissue = feature_tissue(scan) if self.anatomy else None
+            reading = second_opinion.read(scan) if self.anatomy else None
             placed = self.contract.place(scan.data, scan.affine)
             return {"index": index, "source": source, "volume": self.contract.volume(scan.data, scan.affine, placed),
-                    "tissue": tissue, "straightened": placed.degrees if placed.straightened else None, "error": ""}
+                    "reading": reading, "straightened": placed.degrees if placed.straightened else None, "error": ""}
         except ScanError as error:
-            return {"index": index, "source": source, "volume": None, "tissue": None, "straightened": None, "error": str(error)}
+            return {"index": index, "source": source, "volume": None, "reading": None, "straightened": None, "error": str(error)}
 
 
 def collate(items: list[dict]) -> list[dict]:
@@ -177,21 +182,37 @@ class Detector:
             if not good:
                 continue
             views = self.contract.views(torch.stack([b["volume"] for b in good]).to(self.device))
-            probabilities = torch.softmax(self.net(views).float(), dim=1).cpu().numpy()
-            for b, p, v in zip(good, probabilities, views.cpu().numpy()):
-                named = {name: float(value) for name, value in zip(self.contract.classes, p)}
-                tissue = b["tissue"]
-                if self.anatomy == "unsure" and needs_anatomy(named, self.threshold):
-                    try:
-                        tissue = feature_tissue(as_scan(items[b["index"]]))
-                    except ScanError as error:
-                        predictions[b["index"]] = Prediction(b["source"], error=str(error))
-                        continue
+            for b, named, v in zip(good, self.judge(views), views.cpu().numpy()):
+                reading, unnodded = b["reading"], False
+                try:
+                    straightened = b["straightened"] is not None
+                    if self.anatomy == "unsure" and needs_anatomy(named, self.threshold, straightened):
+                        reading = second_opinion.read(as_scan(items[b["index"]]))
+                    undo = reading and nod_to_undo(named["face"], reading.nod, straightened)
+                    if undo is not None:
+                        named, v = self.judge_unnodded(as_scan(items[b["index"]]), undo)
+                        unnodded = True
+                except ScanError as error:
+                    predictions[b["index"]] = Prediction(b["source"], error=str(error))
+                    continue
+                tissue, nod = (reading.tissue, reading.nod) if reading is not None else (None, None)
                 verdict = verdict_of(named, self.threshold, tissue)
                 predictions[b["index"]] = Prediction(b["source"], named, verdict, views=v if keep_views else None, tissue=tissue,
+                                                     nod=nod, unnodded=unnodded,
                                                      overruled=verdict != verdict_of(named, self.threshold),
                                                      straightened=b["straightened"])
         return predictions
+
+    def judge_unnodded(self, scan: Scan, nod: float) -> tuple[dict[str, float], np.ndarray]:
+        """The network's probabilities and the views for ``scan`` on a grid turned by ``nod`` degrees."""
+        volume = self.contract.volume(scan.data, scan.affine, self.contract.place(scan.data, scan.affine, nod))
+        views = self.contract.views(volume[None].to(self.device))
+        return self.judge(views)[0], views.cpu().numpy()[0]
+
+    def judge(self, views: torch.Tensor) -> list[dict[str, float]]:
+        """The network's probabilities per verdict for each scan's ``views``."""
+        probabilities = torch.softmax(self.net(views).float(), dim=1).cpu().numpy()
+        return [{name: float(value) for name, value in zip(self.contract.classes, p)} for p in probabilities]
 
 
 def predict(items: Iterable[ScanInput], ckpt: str | os.PathLike | None = None, **options) -> list[Prediction]:

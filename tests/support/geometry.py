@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from defacegan.deface import LPS
+from defacegan.deface import LPS, warp
+from defacegan.io import Scan
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -44,3 +45,11 @@ def misregistered(
     angle = np.deg2rad(rng.uniform(*angle_deg))
     towards_brain = LPS @ np.array([0.0, -np.cos(angle), np.sin(angle)])  # RAS posterior-superior
     return sitk.CompositeTransform([transform, sitk.TranslationTransform(3, (-distance * towards_brain).tolist())])
+
+
+def nodded(source: Scan, degrees: float) -> tuple[Scan, sitk.Euler3DTransform]:
+    """``source`` nodded by ``degrees`` (positive: nose up) about its field of view's centre, and
+    the resampling transform that did it."""
+    centre = source.affine[:3, :3] @ ((np.asarray(source.data.shape) - 1) / 2) + source.affine[:3, 3]
+    nod = sitk.Euler3DTransform((LPS @ centre).tolist(), np.deg2rad(degrees), 0.0, 0.0)  # LPS +x: nose up
+    return Scan(warp(source.image, nod, source.data.shape, source.affine), source.affine), nod
