@@ -2,15 +2,21 @@
 
 Every defacing family is drawn afresh on the 8 held-out heads (as the shipped column of
 bench/detector_eval.py draws them: seed 1000, random field of view and pose), each volume is judged
-by ``check``'s path — the shipped network alone, and with the anatomy's second opinion
-(:mod:`defacegan.anatomy`: a ``removed`` verdict the network is unsure of whose eye or nose region
-still holds tissue becomes ``face``) measured on every scan (``--anatomy``, so that every scan's
-shares are in the JSON) — and the issue's rates are printed side by side, per family too. Then
+by ``check``'s path — the shipped network alone (``--no-anatomy``), and with the anatomy's second
+opinion (:mod:`defacegan.anatomy`: a head nodded beyond the training poses that the network is unsure
+of is judged again with the nod taken off; a ``removed`` verdict the network is unsure of whose eye
+or nose region still holds tissue becomes ``face``) measured on every scan (``--anatomy``, so that
+every scan's shares and nod are in the JSON) — and the issue's rates are printed side by side, per
+family too, with the scans judged again and how. Then
 ``check``'s default, which measures the anatomy only where it could overrule, judges the same
 volumes again: it must give the same verdicts, and its time per scan and the share of scans it
 registered are printed. Real tools' defacings are in bench/other_defacers.py, which reports both as well.
 
     python bench/anatomy.py [--ixi ../shared/data/ixi-t1-2mm] [--draws 4]
+    python bench/anatomy.py --subjects training --draws 1 --seed 2000 --out bench/results/anatomy-training.json
+
+The second draws on the 24 heads the detector was trained on instead: where the anatomy's lines
+are looked at without touching the held-out heads.
 
 Prints tables and writes JSON (default bench/results/anatomy.json), with what the floor
 (:data:`~defacegan.anatomy.NETWORK_UNSURE`) changed on the run: the anatomy's false alarms and the
@@ -31,7 +37,7 @@ from rich.table import Table
 
 from defacegan.anatomy import NETWORK_UNSURE, kept_features
 from defacegan.contract import VERDICTS
-from defacegan.detector_training import Samples, bundle_caches, draw_volumes, read_bundle
+from defacegan.detector_training import HELD_OUT, Samples, subject_of, bundle_caches, draw_volumes, read_bundle
 from defacegan.families import FAMILIES
 from defacegan.io import Scan
 from detector_eval import headline, rate, rate_text, verdicts
@@ -68,18 +74,21 @@ def print_floor_report(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
-    args, detector, paths = held_out_setup(__doc__, "anatomy.json", argv, extra=[("--draws", int, 4), ("--rows", Path, None)])
+    args, detector, paths = held_out_setup(__doc__, "anatomy.json", argv, extra=[("--draws", int, 4), ("--rows", Path, None),
+                                                                                            ("--seed", int, SEED), ("--subjects", str, "held-out")])
+    if args.subjects == "training":  # where the anatomy's lines are chosen: heads the network was trained on
+        paths = [path for path in sorted(args.ixi.glob("*.nii*")) if subject_of(path) not in HELD_OUT]
     if args.rows:
         report = floor_report(json.loads(args.rows.read_text())["rows"])
         print(f"{args.rows}:")
         print_floor_report(report)
         return report
     detector.anatomy, detector.workers = "always", 2
-    parts, probabilities, tissue, seconds = [], [], [], 0.0
+    parts, alone_probabilities, probabilities, tissue, nods, seconds = [], [], [], [], [], 0.0
     default_seconds, registered, same = 0.0, 0, True
     for cache in bundle_caches(paths, detector.contract, args.cache):
         bundle = read_bundle(cache)
-        batch, facts = draw_volumes(bundle, detector.contract, draws=args.draws, seed=SEED)
+        batch, facts = draw_volumes(bundle, detector.contract, draws=args.draws, seed=args.seed)
         scans = [Scan(volume[0].numpy(), bundle.affine) for volume in batch]
         clock = time.perf_counter()
         predictions = detector.predict(scans)
@@ -88,26 +97,30 @@ def main(argv: list[str] | None = None) -> dict:
         clock = time.perf_counter()
         defaults = detector.predict(scans)
         default_seconds += time.perf_counter() - clock
+        detector.anatomy = "never"  # the network alone
+        alone = detector.predict(scans)
         detector.anatomy = "always"
-        failed = [p.error for p in predictions + defaults if p.error]
+        failed = [p.error for p in predictions + defaults + alone if p.error]
         if failed:
             raise SystemExit(failed[0])
         registered += sum(p.tissue is not None for p in defaults)
         same &= [p.verdict for p in predictions] == [p.verdict for p in defaults]
         parts.append(Samples(torch.zeros(len(batch), 0), **facts))
+        alone_probabilities += [[p.probabilities[v] for v in VERDICTS] for p in alone]
         probabilities += [[p.probabilities[v] for v in VERDICTS] for p in predictions]
         tissue += [p.tissue for p in predictions]
+        nods += [(p.nod, p.unnodded) for p in predictions]
         print(f"{bundle.subject}: {len(batch)} volumes", flush=True)
-    samples, probabilities = Samples.join(parts), np.array(probabilities)
-    alone, checked = headline(samples, probabilities), headline(samples, probabilities, tissue=tissue)
-    said = {"network": verdicts(probabilities), "anatomy": verdicts(probabilities, tissue=tissue)}
+    samples, probabilities, alone_probabilities = Samples.join(parts), np.array(probabilities), np.array(alone_probabilities)
+    alone, checked = headline(samples, alone_probabilities), headline(samples, probabilities, tissue=tissue)
+    said = {"network": verdicts(alone_probabilities), "anatomy": verdicts(probabilities, tissue=tissue)}
     face = VERDICTS.index("face")
     families = {family: {name: rate((said[name][which] == face) == (samples.label[which] == face), samples.subject[which])
                          for name in said}
                 for family in FAMILIES if (which := samples.family == family).any()}
 
     n_subjects = len(set(samples.subject))
-    table = Table(title=f"Held-out IXI ({n_subjects} subjects, {args.draws} draws per family): network alone vs --anatomy")
+    table = Table(title=f"{args.subjects.capitalize()} IXI ({n_subjects} subjects, {args.draws} draws per family): network alone vs --anatomy")
     for column in ("rate", "network alone", "--anatomy", "scans (subjects)"):
         table.add_column(column)
     for name in alone:
@@ -125,11 +138,17 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"check (default): {default_per_scan:.2f} s a scan, {registered} of {len(samples.label)} scans registered; "
           f"verdicts {'the same as' if same else 'NOT the same as'} --anatomy's")
     rows = [{"subject": str(s), "family": str(f), "draw": int(n), "label": VERDICTS[label],
-             **{f"p_{v}": float(p) for v, p in zip(VERDICTS, probability)}, "tissue": t,
+             **{f"p_{v}": float(p) for v, p in zip(VERDICTS, probability)}, "tissue": t, "nod": nod, "unnodded": unnodded,
+             "p_face_unnodded": float(checked_probability[0]) if unnodded else None,
              "network": VERDICTS[a], "anatomy": VERDICTS[b]}
-            for s, f, n, label, probability, t, a, b in zip(samples.subject, samples.family, samples.number, samples.label,
-                                                            probabilities, tissue, said["network"], said["anatomy"])]
-    result = write_result(args, detector, started, subjects=n_subjects, draws=args.draws, seed=SEED,
+            for s, f, n, label, probability, checked_probability, t, (nod, unnodded), a, b
+            in zip(samples.subject, samples.family, samples.number, samples.label, alone_probabilities, probabilities, tissue,
+                   nods, said["network"], said["anatomy"])]
+    unnodded = [row for row in rows if row["unnodded"]]
+    print(f"judged again with the nod taken off: {len(unnodded)} of {len(rows)} scans: "
+          + ", ".join(f"{row['family']} {row['subject']} (nod {row['nod']:.0f}: p(face) {row['p_face']:.2f} -> "
+                      f"{row['p_face_unnodded']:.2f})" for row in unnodded))
+    result = write_result(args, detector, started, subjects=n_subjects, draws=args.draws, seed=args.seed, subjects_drawn=args.subjects,
                           seconds_per_scan=round(per_scan, 2), default_seconds_per_scan=round(default_per_scan, 2),
                           default_registered=registered, default_same_verdicts=same, network=alone, anatomy=checked,
                           per_family=families, floor=floor_report(rows), rows=rows)
