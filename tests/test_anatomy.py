@@ -21,7 +21,7 @@ from defacegan.contract import plane_rotation, turned
 from defacegan.deface import face_region, register_template, template_masks
 from defacegan.features import FEATURE_BOXES, FEATURES, in_boxes, template_voxels
 from defacegan.inference import Detector, needs_anatomy, verdict_of
-from defacegan.io import Scan, ScanError, load_scan
+from defacegan.io import Scan, ScanError, ScanFile, load_scan
 from support.geometry import nodded
 
 REMOVED_LIKELY = {"face": 0.1, "removed": 0.6, "replaced": 0.3}
@@ -209,3 +209,5 @@ def test_a_real_head_nodded_beyond_the_training_poses_is_judged_again_with_the_n
     assert NETWORK_UNSURE <= alone.probabilities["face"] < NETWORK_SURE, alone.probabilities
     assert checked.unnodded and checked.verdict == "face", checked.probabilities
     assert checked.probabilities["face"] > alone.probabilities["face"]
+    result = CheckResult.from_prediction(checked, ScanFile(Path("nodded.nii.gz")))
+    assert result.record()["nodded"] == pytest.approx(checked.nod - TYPICAL_NOD) and "nodded" in result.note
