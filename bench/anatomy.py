@@ -139,12 +139,12 @@ def main(argv: list[str] | None = None) -> dict:
           f"verdicts {'the same as' if same else 'NOT the same as'} --anatomy's")
     rows = [{"subject": str(s), "family": str(f), "draw": int(n), "label": VERDICTS[label],
              **{f"p_{v}": float(p) for v, p in zip(VERDICTS, probability)}, "tissue": t, "nod": nod, "unnodded": unnodded,
-             "p_face_unnodded": float(checked_probability[0]) if unnodded else None,
+             "p_face_unnodded": float(checked_probability[0]) if unnodded is not None else None,
              "network": VERDICTS[a], "anatomy": VERDICTS[b]}
             for s, f, n, label, probability, checked_probability, t, (nod, unnodded), a, b
             in zip(samples.subject, samples.family, samples.number, samples.label, alone_probabilities, probabilities, tissue,
                    nods, said["network"], said["anatomy"])]
-    unnodded = [row for row in rows if row["unnodded"]]
+    unnodded = [row for row in rows if row["unnodded"] is not None]
     print(f"judged again with the nod taken off: {len(unnodded)} of {len(rows)} scans: "
           + ", ".join(f"{row['family']} {row['subject']} (nod {row['nod']:.0f}: p(face) {row['p_face']:.2f} -> "
                       f"{row['p_face_unnodded']:.2f})" for row in unnodded))

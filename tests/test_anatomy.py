@@ -207,7 +207,7 @@ def test_a_real_head_nodded_beyond_the_training_poses_is_judged_again_with_the_n
     assert read(scan).nod - read(source).nod == pytest.approx(30.0, abs=5.0)
     alone, checked = Detector(anatomy="never").predict([scan])[0], Detector().predict([scan])[0]
     assert NETWORK_UNSURE <= alone.probabilities["face"] < NETWORK_SURE, alone.probabilities
-    assert checked.unnodded and checked.verdict == "face", checked.probabilities
+    assert checked.unnodded is not None and checked.verdict == "face", checked.probabilities
     assert checked.probabilities["face"] > alone.probabilities["face"]
     result = CheckResult.from_prediction(checked, ScanFile(Path("nodded.nii.gz")))
     assert result.record()["nodded"] == pytest.approx(checked.nod - TYPICAL_NOD) and "nodded" in result.note

@@ -171,15 +171,21 @@ def nod_to_undo(p_face: float, nod: float, straightened: bool) -> float | None:
     is read about the head's own axes, and where those had to be found (turned or rolled beyond 10
     degrees) it was misread by 26 and 45 degrees on 2 of 8 held-out heads turned 25, rolled 20 and
     nodded 10 degrees, which turned one face `replaced` (bench/acquisition.py's combined pose)."""
-    if not straightened and NETWORK_UNSURE <= p_face < NETWORK_SURE and abs(nod - TYPICAL_NOD) > NOD_BEYOND:
+    if may_take_a_nod_off(p_face, straightened) and abs(nod - TYPICAL_NOD) > NOD_BEYOND:
         return nod - TYPICAL_NOD
     return None
+
+
+def may_take_a_nod_off(p_face: float, straightened: bool) -> bool:
+    """Whether a nod may be taken off (:func:`nod_to_undo`), whatever it is: the network is unsure
+    of a head whose grid was not straightened."""
+    return not straightened and NETWORK_UNSURE <= p_face < NETWORK_SURE
 
 
 def needs_reading(verdict: str, p_face: float, straightened: bool) -> bool:
     """Whether a registration could change the network's answer: it is unsure of a head lying
     straight (a nod may be taken off, :func:`nod_to_undo`), or the anatomy may overrule it."""
-    return (not straightened and NETWORK_UNSURE <= p_face < NETWORK_SURE) or may_overrule(verdict, p_face)
+    return may_take_a_nod_off(p_face, straightened) or may_overrule(verdict, p_face)
 
 
 def may_overrule(verdict: str, p_face: float) -> bool:

@@ -40,7 +40,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from defacegan.anatomy import TYPICAL_NOD, kept_features
+from defacegan.anatomy import kept_features
 from defacegan.contract import VERDICTS
 from defacegan.dicom import contrast_of
 from defacegan.inference import Detector, Prediction
@@ -126,7 +126,7 @@ class CheckResult:
         fields = (prediction.probabilities, prediction.verdict, error, prediction.views)
         return cls(str(scan.path), scan.subject, scan.session, scan.contrast, *fields,
                    tissue=prediction.tissue, overruled=prediction.overruled, straightened=prediction.straightened,
-                   nodded=prediction.nod - TYPICAL_NOD if prediction.unnodded else None)
+                   nodded=prediction.unnodded)
 
     @property
     def status(self) -> str:

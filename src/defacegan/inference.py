@@ -55,7 +55,7 @@ class Prediction:
     views: np.ndarray | None = None  # (V, S, S) in [0, 1]: what the model saw
     tissue: dict[str, float] | None = None  # each feature region's share holding tissue, where measured
     nod: float | None = None  # degrees the head lies nodded against the template (nose up +), where measured
-    unnodded: bool = False  # judged again on a grid turned to take a nod beyond the training poses off
+    unnodded: float | None = None  # degrees the grid was turned by to take a nod beyond the training poses off
     overruled: bool = False  # the network said removed; the anatomy found the eyes or nose still there
     straightened: float | None = None  # degrees the head lay turned or rolled, when the grid was turned with it
 
@@ -183,15 +183,15 @@ class Detector:
                 continue
             views = self.contract.views(torch.stack([b["volume"] for b in good]).to(self.device))
             for b, named, v in zip(good, self.judge(views), views.cpu().numpy()):
-                reading, unnodded = b["reading"], False
+                reading, unnodded, item = b["reading"], None, items[b["index"]]
                 try:
                     straightened = b["straightened"] is not None
                     if self.anatomy == "unsure" and needs_anatomy(named, self.threshold, straightened):
-                        reading = second_opinion.read(as_scan(items[b["index"]]))
-                    undo = reading and nod_to_undo(named["face"], reading.nod, straightened)
-                    if undo is not None:
-                        named, v = self.judge_unnodded(as_scan(items[b["index"]]), undo)
-                        unnodded = True
+                        item = as_scan(item)  # read once, for the registration and a second judgement alike
+                        reading = second_opinion.read(item)
+                    unnodded = nod_to_undo(named["face"], reading.nod, straightened) if reading is not None else None
+                    if unnodded is not None:
+                        named, v = self.judge_unnodded(as_scan(item), unnodded)
                 except ScanError as error:
                     predictions[b["index"]] = Prediction(b["source"], error=str(error))
                     continue
