@@ -35,7 +35,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from defacegan.anatomy import NETWORK_UNSURE, kept_features
+from defacegan.anatomy import NETWORK_UNSURE, overrules
 from defacegan.contract import VERDICTS
 from defacegan.detector_training import HELD_OUT, Samples, subject_of, bundle_caches, draw_volumes, read_bundle
 from defacegan.families import FAMILIES
@@ -48,10 +48,11 @@ SEED = 1000  # the shipped column's draws (bench/detector_eval.py)
 
 def floor_report(rows: list[dict]) -> dict:
     """What the floor changed on a run's rows: the anatomy's verdicts had it been asked about every
-    ``removed`` verdict (as before the floor) against the network's; its false alarms and the faces
+    ``removed`` or ``replaced`` verdict (as before the floor) against the network's; its false alarms and the faces
     it recovered, how many of each lie below the floor, and the two rates without it."""
     def unfloored(row: dict) -> str:
-        return "face" if row["network"] == "removed" and kept_features(row["tissue"] or {}) else row["network"]
+        return "face" if overrules(row["network"], max(row["p_face"], NETWORK_UNSURE), row["tissue"], row.get("texture")) \
+            else row["network"]
 
     flipped = [row for row in rows if row["network"] != "face" and unfloored(row) == "face"]
     alarms = [row["p_face"] for row in flipped if row["label"] != "face"]
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         print_floor_report(report)
         return report
     detector.anatomy, detector.workers = "always", 2
-    parts, alone_probabilities, probabilities, tissue, nods, seconds = [], [], [], [], [], 0.0
+    parts, alone_probabilities, probabilities, tissue, texture, nods, seconds = [], [], [], [], [], [], 0.0
     default_seconds, registered, same = 0.0, 0, True
     for cache in bundle_caches(paths, detector.contract, args.cache):
         bundle = read_bundle(cache)
@@ -109,11 +110,12 @@ def main(argv: list[str] | None = None) -> dict:
         alone_probabilities += [[p.probabilities[v] for v in VERDICTS] for p in alone]
         probabilities += [[p.probabilities[v] for v in VERDICTS] for p in predictions]
         tissue += [p.tissue for p in predictions]
+        texture += [p.texture for p in predictions]
         nods += [(p.nod, p.unnodded) for p in predictions]
         print(f"{bundle.subject}: {len(batch)} volumes", flush=True)
     samples, probabilities, alone_probabilities = Samples.join(parts), np.array(probabilities), np.array(alone_probabilities)
-    alone, checked = headline(samples, alone_probabilities), headline(samples, probabilities, tissue=tissue)
-    said = {"network": verdicts(alone_probabilities), "anatomy": verdicts(probabilities, tissue=tissue)}
+    alone, checked = headline(samples, alone_probabilities), headline(samples, probabilities, tissue=tissue, texture=texture)
+    said = {"network": verdicts(alone_probabilities), "anatomy": verdicts(probabilities, tissue=tissue, texture=texture)}
     face = VERDICTS.index("face")
     families = {family: {name: rate((said[name][which] == face) == (samples.label[which] == face), samples.subject[which])
                          for name in said}
@@ -138,12 +140,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"check (default): {default_per_scan:.2f} s a scan, {registered} of {len(samples.label)} scans registered; "
           f"verdicts {'the same as' if same else 'NOT the same as'} --anatomy's")
     rows = [{"subject": str(s), "family": str(f), "draw": int(n), "label": VERDICTS[label],
-             **{f"p_{v}": float(p) for v, p in zip(VERDICTS, probability)}, "tissue": t, "nod": nod, "unnodded": unnodded,
+             **{f"p_{v}": float(p) for v, p in zip(VERDICTS, probability)}, "tissue": t, "texture": x, "nod": nod, "unnodded": unnodded,
              "p_face_unnodded": float(checked_probability[0]) if unnodded is not None else None,
              "network": VERDICTS[a], "anatomy": VERDICTS[b]}
-            for s, f, n, label, probability, checked_probability, t, (nod, unnodded), a, b
+            for s, f, n, label, probability, checked_probability, t, x, (nod, unnodded), a, b
             in zip(samples.subject, samples.family, samples.number, samples.label, alone_probabilities, probabilities, tissue,
-                   nods, said["network"], said["anatomy"])]
+                   texture, nods, said["network"], said["anatomy"])]
     unnodded = [row for row in rows if row["unnodded"] is not None]
     print(f"judged again with the nod taken off: {len(unnodded)} of {len(rows)} scans: "
           + ", ".join(f"{row['family']} {row['subject']} (nod {row['nod']:.0f}: p(face) {row['p_face']:.2f} -> "

@@ -125,20 +125,23 @@ def kfold(bundles: list[FaceBundle], samples: Samples, contract: InputContract, 
     return probabilities, raw, models, seconds
 
 
-def verdicts(probabilities: np.ndarray, threshold: float = 0.5, tissue: list[dict] | None = None) -> np.ndarray:
+def verdicts(probabilities: np.ndarray, threshold: float = 0.5, tissue: list[dict] | None = None,
+             texture: list[float] | None = None) -> np.ndarray:
     """Each scan's verdict index by `check`'s rule (:func:`defacegan.inference.verdict_of`), with
-    the anatomy's second opinion where ``tissue`` gives each scan's feature regions (`check --anatomy`)."""
+    the anatomy's second opinion where ``tissue`` gives each scan's feature regions and ``texture``
+    its face's texture (`check --anatomy`)."""
     tissue = tissue or [None] * len(probabilities)
-    return np.array([VERDICTS.index(verdict_of(dict(zip(VERDICTS, map(float, p))), threshold, t))
-                     for p, t in zip(probabilities, tissue)])
+    texture = texture or [None] * len(probabilities)
+    return np.array([VERDICTS.index(verdict_of(dict(zip(VERDICTS, map(float, p))), threshold, t, x))
+                     for p, t, x in zip(probabilities, tissue, texture)])
 
 
 def headline(samples: Samples, probabilities: np.ndarray, threshold: float = 0.5, tissue: list[dict] | None = None,
-             trained: list[str] | None = None) -> dict[str, dict]:
+             trained: list[str] | None = None, texture: list[float] | None = None) -> dict[str, dict]:
     """The issue's targets, each as a rate over test scans, at `check --threshold` ``threshold``
-    (with `--anatomy` where ``tissue`` is given); when the detector was ``trained`` on some families
-    only, the removed and replaced rows again over those families' scans."""
-    said = verdicts(probabilities, threshold, tissue)
+    (with `--anatomy` where ``tissue`` and ``texture`` are given); when the detector was ``trained``
+    on some families only, the removed and replaced rows again over those families' scans."""
+    said = verdicts(probabilities, threshold, tissue, texture)
     eyes, nose = FEATURES.index("eyes"), FEATURES.index("nose")
     keeps_eyes, keeps_nose = (samples.own[:, feature] >= FACE_MIN_FRACTION for feature in (eyes, nose))
     # a nose outside the field of view (NaN share) counts in neither keeps_nose nor eyes_only

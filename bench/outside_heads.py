@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         predictions = detector.predict([image for *_, image in built])
         table = Table(title=f"outside IXI: {detector.checkpoint}")
         for column in ("head", "case", "expected", "verdict", "p_face", "p_removed", "p_replaced", "right",
-                       "--anatomy: eyes / nose / mouth / chin", "verdict", "right"):
+                       "--anatomy: eyes / nose / mouth / chin", "face texture", "verdict", "right"):
             table.add_column(column)
         for (head, case, expected, _), prediction in zip(built, predictions):
             p = prediction.probabilities
@@ -107,10 +107,11 @@ def main(argv: list[str] | None = None) -> dict:
             right, right_anatomy = met(expected, network), met(expected, prediction.verdict)
             rows.append({"ckpt": str(detector.checkpoint), "head": head, "case": case, "expected": expected,
                          "verdict": network, **{f"p_{k}": round(v, 4) for k, v in p.items()}, "right": right,
-                         "tissue": prediction.tissue, "anatomy_verdict": prediction.verdict, "anatomy_right": right_anatomy})
+                         "tissue": prediction.tissue, "texture": prediction.texture, "anatomy_verdict": prediction.verdict, "anatomy_right": right_anatomy})
             mark = {True: "yes", False: "[red]NO[/red]", None: ""}
             table.add_row(head, case, expected or "(none)", network, *(f"{v:.3f}" for v in p.values()), mark[right],
-                          " / ".join(f"{v:.2f}" for v in prediction.tissue.values()), prediction.verdict, mark[right_anatomy])
+                          " / ".join(f"{v:.2f}" for v in prediction.tissue.values()), f"{prediction.texture:.2f}", prediction.verdict,
+                          mark[right_anatomy])
         console.print(table)
     result = {"rows": rows, "seconds": round(time.perf_counter() - started, 1)}
     for key, label in (("right", "network alone"), ("anatomy_right", "--anatomy")):

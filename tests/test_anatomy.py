@@ -1,4 +1,5 @@
-"""The anatomy's second opinion: feature regions that still hold tissue overrule an unsure `removed`.
+"""The anatomy's second opinion: feature regions that still hold tissue overrule an unsure `removed`,
+and an unsure `replaced` where the face also has the rest of the head's texture.
 
 Heads: pydeface's mean head (installs with the project; a real average of heads) in a grid of its
 own, and a real IXI head the shipped detector never saw, where ../shared has them.
@@ -12,13 +13,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from defacegan.anatomy import (NETWORK_SURE, NETWORK_UNSURE, NOD_BEYOND, TISSUE_MIN_SHARE, TYPICAL_NOD, feature_regions,
-                               kept_features, nod_to_undo, read)
+from defacegan.anatomy import (NETWORK_SURE, NETWORK_UNSURE, NOD_BEYOND, OWN_TEXTURE, TISSUE_MIN_SHARE, TYPICAL_NOD,
+                               face_texture, feature_regions, kept_features, nod_to_undo, read)
 from defacegan.check import CheckResult
 from defacegan.cli import EXIT_FACE, main
 from defacegan.contract import plane_rotation, turned
-from defacegan.deface import face_region, register_template, template_masks
+from defacegan.deface import face_region, register_template, template_masks, warp
 from defacegan.features import FEATURE_BOXES, FEATURES, in_boxes, template_voxels
 from defacegan.inference import Detector, needs_anatomy, verdict_of
 from defacegan.io import Scan, ScanError, ScanFile, load_scan
@@ -72,6 +74,36 @@ def test_a_removed_verdict_is_overruled_only_where_a_feature_region_holds_tissue
     assert verdict_of(sure, 0.5, kept) == "removed"  # a fill can look like tissue; the network was sure
 
 
+def test_a_replaced_verdict_is_overruled_only_where_the_face_also_has_the_heads_own_texture():
+    kept = {"eyes": 0.9, "nose": 0.8, "mouth": 0.9, "chin": 0.9}
+    gone = {"eyes": 0.2, "nose": 0.0, "mouth": 0.0, "chin": 1.0}
+    assert verdict_of(REPLACED_LIKELY, 0.5, kept, OWN_TEXTURE) == "face"
+    assert verdict_of(REPLACED_LIKELY, 0.5, kept, OWN_TEXTURE - 0.05) == "replaced"  # smoother than the head: pasted
+    assert verdict_of(REPLACED_LIKELY, 0.5, kept, float("nan")) == "replaced"
+    assert verdict_of(REPLACED_LIKELY, 0.5, gone, 1.0) == "replaced"
+    sure = {"face": NETWORK_UNSURE / 2, "removed": 0.05, "replaced": 1 - 0.05 - NETWORK_UNSURE / 2}
+    assert verdict_of(sure, 0.5, kept, 1.0) == "replaced"
+
+
+def test_a_real_face_has_the_heads_own_texture_however_smooth_the_scan_and_a_pasted_face_does_not(held_out_head):
+    """On a real held-out head: its face, the whole scan smoothed (as an average of many scans, like
+    Colin27, or a denoising reconstruction gives it) and with noise added all over, against the
+    template's face pasted in (an AFNI- or mri_reface-like re-facing)."""
+    scan = load_scan(held_out_head)
+    transform = register_template(scan)
+    face = face_region(scan, transform)
+    data = scan.data.astype(np.float32)
+    template = warp(template_masks().head, transform, data.shape, scan.affine)
+    template *= np.percentile(data[face & (data > 0)], 75) / np.percentile(template[face & (template > 0)], 75)
+    level = float(np.percentile(data[data > 0], 75))
+    versions = {"intact": data, "smoothed all over": ndimage.gaussian_filter(data, 1.0),
+                "noisier all over": np.abs(data + np.random.default_rng(0).normal(0, level / 20, data.shape)),
+                "template's face": np.where(face, template, data)}
+    textures = {name: face_texture(Scan(volume.astype(np.float32), scan.affine), transform) for name, volume in versions.items()}
+    assert min(textures[name] for name in ("intact", "smoothed all over", "noisier all over")) >= OWN_TEXTURE, textures
+    assert textures["template's face"] < OWN_TEXTURE - 0.2, textures
+
+
 def test_each_carried_feature_region_lies_in_its_own_template_boxes(mean_head):
     """Carried onto a moved and turned head, a voxel labelled as a feature maps back into that
     feature's boxes on the template (a voxel of slack for the resampling), not into a neighbour's."""
@@ -113,7 +145,7 @@ def test_check_anatomy_calls_a_cut_below_the_eyes_face_and_writes_the_regions(he
     document = json.loads(capsys.readouterr().out)
     rows = {Path(row["file"]).name: row for row in document["results"]}
     assert code == EXIT_FACE and document["anatomy"] == "always"
-    overruled = [row for row in document["results"] if "network saw the face removed" in (row["note"] or "")]
+    overruled = [row for row in document["results"] if "network saw the face" in (row["note"] or "")]
     assert document["summary"]["overruled"] == len(overruled)
     cut = rows["below_the_eyes.nii.gz"]
     assert cut["verdict"] == "face" and cut["tissue_eyes"] >= TISSUE_MIN_SHARE
@@ -185,6 +217,10 @@ def test_an_overruled_verdict_says_why():
     assert result.status == "face"
     assert "network saw the face removed (p(face) 0.10)" in result.note and "(eyes 0.90)" in result.note
     assert result.record()["tissue_eyes"] == 0.9 and result.record()["tissue_chin"] is None  # NaN is not JSON
+    result = CheckResult("scan.nii.gz", probabilities=REPLACED_LIKELY, answer="face", overruled=True, texture=1.02,
+                         tissue={"eyes": 0.9, "nose": 0.8, "mouth": 0.0, "chin": 0.0})
+    assert "network saw the face replaced (p(face) 0.10)" in result.note and "head's own texture (1.02)" in result.note
+    assert result.record()["face_texture"] == 1.02
 
 
 def test_a_nod_is_taken_off_only_beyond_the_training_poses_where_the_network_is_unsure_of_a_straight_head():

@@ -12,8 +12,10 @@ BIDS suffix, or the series description of its DICOM series or sidecar JSON) gets
 verdict (:attr:`CheckResult.note`).
 
 The anatomy's second opinion (:mod:`defacegan.anatomy`) gives a scan the share of each facial
-feature's region that still holds tissue (``tissue_eyes``... columns); a ``removed`` verdict the
-network is unsure of and those regions contradict becomes ``face``, with a note saying so. The same
+feature's region that still holds tissue (``tissue_eyes``... columns) and the face's fine texture
+against the rest of the head's (``face_texture``); a ``removed`` verdict the network is unsure of and
+those regions contradict becomes ``face``, with a note saying so, and so does a ``replaced`` one
+whose face also has the head's own texture. The same
 registration reads a nod: a head nodded beyond the training poses that the network was unsure of is
 judged again on a grid turned to take the nod off (``nodded`` column, noted). It is measured on the
 scans it could change by default, on every scan with ``--anatomy``, on none with ``--no-anatomy``.
@@ -115,7 +117,8 @@ class CheckResult:
     views_png: str | None = None  # path of the views PNG, relative to the report folder
     brain_removed: float | None = None  # % of the brain in the removed region, when deface recorded it
     tissue: dict[str, float] | None = None  # each feature region's share holding tissue, where measured
-    overruled: bool = False  # the network said removed; the anatomy found a feature region still there
+    texture: float | None = None  # the face's fine texture as a share of the head's, where measured
+    overruled: bool = False  # the network said removed or replaced; the anatomy found the head's own face
     straightened: float | None = None  # degrees the head lay turned or rolled, when judged straightened
     nodded: float | None = None  # degrees the head lay nodded from IXI's pose (nose up +), when judged with it taken off
 
@@ -125,7 +128,7 @@ class CheckResult:
         error = prediction.error and prediction.error.removeprefix(f"{prediction.source}: ")
         fields = (prediction.probabilities, prediction.verdict, error, prediction.views)
         return cls(str(scan.path), scan.subject, scan.session, scan.contrast, *fields,
-                   tissue=prediction.tissue, overruled=prediction.overruled, straightened=prediction.straightened,
+                   tissue=prediction.tissue, texture=prediction.texture, overruled=prediction.overruled, straightened=prediction.straightened,
                    nodded=prediction.unnodded)
 
     @property
@@ -151,8 +154,10 @@ class CheckResult:
         notes = []
         if self.overruled:
             regions = ", ".join(f"{name} {self.tissue[name]:.2f}" for name in kept_features(self.tissue))
-            notes.append(f"the network saw the face removed (p(face) {self.probability('face'):.2f}), "
-                         f"but feature regions still hold tissue ({regions}): look at it")
+            said = max(("removed", "replaced"), key=self.probabilities.__getitem__)
+            own = f" with the head's own texture ({self.texture:.2f})" if said == "replaced" else ""
+            notes.append(f"the network saw the face {said} (p(face) {self.probability('face'):.2f}), "
+                         f"but feature regions still hold tissue ({regions}){own}: look at it")
         if self.near_the_line:
             notes.append(f"p(face) {self.probability('face'):.2f}, near the line: look at it")
         if self.straightened is not None:
@@ -193,6 +198,7 @@ class CheckResult:
             **({"straightened": self.straightened} if self.straightened is not None else {}),
             **({"nodded": self.nodded} if self.nodded is not None else {}),
             **{f"tissue_{name}": share if share == share else None for name, share in (self.tissue or {}).items()},
+            **({"face_texture": self.texture if self.texture == self.texture else None} if self.texture is not None else {}),
             "views_png": self.views_png,
         }
 
@@ -384,7 +390,7 @@ def write_report(results: Sequence[CheckResult], summary: Summary, detector: Det
     with_brain = "brain_removed" in optional
     tissue = list(dict.fromkeys(f"tissue_{name}" for result in results for name in result.tissue or {}))
     columns = ["subject", "session", "contrast", "file", *(f"p_{verdict}" for verdict in VERDICTS), "verdict",
-               "note", *optional, *tissue, "views_png"]
+               "note", *optional, *tissue, *(["face_texture"] if any("face_texture" in r for r in records) else []), "views_png"]
     atomic_write_text(out / "results.tsv", tsv_text(records, columns))
     atomic_write_text(out / "results.json", json.dumps(results_document(results, summary, detector), indent=2) + "\n")
     ordered = report_order(results)

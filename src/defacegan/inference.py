@@ -11,7 +11,8 @@ instead of stopping the batch.
 :mod:`defacegan.anatomy` gives a second opinion from a registration of the template: a head
 nodded beyond the training poses, of which the network was unsure, is judged again on a grid turned
 to take the nod off; then a ``removed`` verdict the network is unsure of whose eye or nose region
-still holds tissue becomes ``face``. ``anatomy`` says on which scans it is measured
+still holds tissue becomes ``face``, and so does a ``replaced`` one whose face also has the fine
+texture of the rest of the head. ``anatomy`` says on which scans it is measured
 (:data:`ANATOMY_MODES`): by default only on those it could change (:func:`~defacegan.anatomy.needs_reading`),
 after the network; ``"always"`` on every scan, in the loader workers (its shares reported for all);
 ``"never"``: the network alone. The first two give the same verdicts.
@@ -56,7 +57,8 @@ class Prediction:
     tissue: dict[str, float] | None = None  # each feature region's share holding tissue, where measured
     nod: float | None = None  # degrees the head lies nodded against the template (nose up +), where measured
     unnodded: float | None = None  # degrees the grid was turned by to take a nod beyond the training poses off
-    overruled: bool = False  # the network said removed; the anatomy found the eyes or nose still there
+    texture: float | None = None  # the face's fine texture as a share of the head's, where measured
+    overruled: bool = False  # the network said removed or replaced; the anatomy found the head's own face
     straightened: float | None = None  # degrees the head lay turned or rolled, when the grid was turned with it
 
 
@@ -66,15 +68,17 @@ def needs_anatomy(probabilities: dict[str, float], threshold: float, straightene
     return needs_reading(verdict_of(probabilities, threshold), probabilities["face"], straightened)
 
 
-def verdict_of(probabilities: dict[str, float], threshold: float, tissue: dict[str, float] | None = None) -> str:
+def verdict_of(probabilities: dict[str, float], threshold: float, tissue: dict[str, float] | None = None,
+               texture: float | None = None) -> str:
     """``face`` when p(face) ≥ ``threshold``; otherwise the likelier of ``removed`` and ``replaced``,
-    unless that is ``removed``, p(face) is not negligible and ``tissue``
-    (:func:`defacegan.anatomy.feature_tissue`) shows a feature region still there: then ``face``
+    unless p(face) is not negligible, ``tissue`` (:func:`defacegan.anatomy.feature_tissue`) shows a
+    feature region still there and, against ``replaced``, the face's ``texture``
+    (:func:`defacegan.anatomy.face_texture`) is the head's own: then ``face``
     (:func:`defacegan.anatomy.overrules`)."""
     if probabilities["face"] >= threshold:
         return "face"
     verdict = max(("removed", "replaced"), key=probabilities.__getitem__)
-    return "face" if overrules(verdict, probabilities["face"], tissue) else verdict
+    return "face" if overrules(verdict, probabilities["face"], tissue, texture) else verdict
 
 
 def as_scan(item: ScanInput) -> Scan:
@@ -195,10 +199,10 @@ class Detector:
                 except ScanError as error:
                     predictions[b["index"]] = Prediction(b["source"], error=str(error))
                     continue
-                tissue, nod = (reading.tissue, reading.nod) if reading is not None else (None, None)
-                verdict = verdict_of(named, self.threshold, tissue)
+                tissue, nod, texture = reading if reading is not None else (None, None, None)
+                verdict = verdict_of(named, self.threshold, tissue, texture)
                 predictions[b["index"]] = Prediction(b["source"], named, verdict, views=v if keep_views else None, tissue=tissue,
-                                                     nod=nod, unnodded=unnodded,
+                                                     nod=nod, texture=texture, unnodded=unnodded,
                                                      overruled=verdict != verdict_of(named, self.threshold),
                                                      straightened=b["straightened"])
         return predictions
