@@ -5,7 +5,8 @@ bench/detector_eval.py draws them: seed 1000, random field of view and pose), ea
 by ``check``'s path — the shipped network alone (``--no-anatomy``), and with the anatomy's second
 opinion (:mod:`defacegan.anatomy`: a head nodded beyond the training poses that the network is unsure
 of is judged again with the nod taken off; a ``removed`` verdict the network is unsure of whose eye
-or nose region still holds tissue becomes ``face``) measured on every scan (``--anatomy``, so that
+or nose region still holds tissue becomes ``face``, and so does a ``replaced`` one whose face also has
+the rest of the head's fine texture) measured on every scan (``--anatomy``, so that
 every scan's shares and nod are in the JSON) — and the issue's rates are printed side by side, per
 family too, with the scans judged again and how. Then
 ``check``'s default, which measures the anatomy only where it could overrule, judges the same

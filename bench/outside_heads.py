@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -32,12 +33,14 @@ from rich.console import Console
 from rich.table import Table
 
 from defacegan.augment import t2w_like
-from defacegan.deface import COLIN27, face_region, register_template, removed_region, template_masks, warp
+from defacegan.deface import COLIN27, face_region, register_template, removed_region, template_masks
 from defacegan.families import BELOW, _share_of
 from defacegan.inference import Detector, verdict_of
 from defacegan.io import Scan, atomic_write_text, load_scan
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the test support's re-facing, shared with the anatomy tests
+from support.refacing import template_face_pasted  # noqa: E402
 
 
 def lps_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
@@ -51,8 +54,6 @@ def cases(name: str, scan: Scan) -> list[tuple[str, str | None, nib.Nifti1Image]
     transform = register_template(scan)
     face = face_region(scan, transform)
     data = scan.data.astype(np.float32)
-    template = warp(template_masks().head, transform, data.shape, scan.affine)
-    template *= np.percentile(data[face & (data > 0)], 75) / max(np.percentile(template[face & (template > 0)], 75), 1e-6)
     intact = None if name == "mean head" else "face"
 
     def image(volume):
@@ -67,7 +68,7 @@ def cases(name: str, scan: Scan) -> list[tuple[str, str | None, nib.Nifti1Image]
         ("defaced: plane", "not face", image(np.where(removed_region(scan, transform, "plane"), 0, data))),
         ("T2w-like, defaced: mask", "not face", image(np.where(face, 0, t2))),
         ("partly defaced: lowest 40 % of the mask", intact, image(np.where(_share_of(face, 0.4, BELOW), 0, data))),
-        ("face replaced by the template's", None if name == "mean head" else "replaced", image(np.where(face, template, data))),
+        ("face replaced by the template's", None if name == "mean head" else "replaced", image(template_face_pasted(scan, transform))),
     ]
 
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     built = [(head, case, expected, image) for head, scan in heads().items() for case, expected, image in cases(head, scan)]
-    rows, console = [], Console()
+    rows, console = [], Console(width=200)
     for ckpt in args.ckpt:
         detector = Detector(ckpt, anatomy="always")
         predictions = detector.predict([image for *_, image in built])
