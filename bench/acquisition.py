@@ -3,7 +3,7 @@
 The detector is trained on IXI's 3D T1 scans (2 mm here) with flips, poses up to 15 degrees,
 smoothing and gamma; the scans it will judge come from clinical 2D protocols (thick slices in any
 of the three directions), low-field or fast scans (coarse voxels, noise), coils with a strong bias
-field, patients who moved or lay tilted in the coil. Each of the 8 held-out heads (``HELD_OUT``),
+field, denoising reconstructions and averaged scans, patients who moved or lay tilted in the coil. Each of the 8 held-out heads (``HELD_OUT``),
 intact, defaced by the pydeface mask and partly defaced (the lowest 40 % of the face region: eyes
 and nose remain, so ``face``), is acquired as each condition below says and judged by ``check``'s
 own path (the anatomy's second opinion where the network is unsure). No condition but "as stored"
@@ -38,6 +38,9 @@ SLICE_MM = 6.0
 #: Rician noise of these shares of the head's 99th percentile (the bundles' scale is 1): a fast or a
 #: low-field scan. IXI's air is 0: the detector never saw noisy air.
 NOISE = (0.05, 0.10)
+#: Gaussian smoothing of the whole scan (σ, mm), beyond training's (σ up to 1 mm): a scan averaged
+#: from several (as Colin27 is) or a denoising reconstruction.
+SMOOTHING_MM = (2.0, 3.0)
 #: TorchIO ghosting strengths (share of the k-space's maximum): faint, and TorchIO's default.
 GHOSTS = {"faint": (0.3, 0.3), "strong": (0.5, 1.0)}
 
@@ -84,6 +87,7 @@ CONDITIONS = {
     **{f"Rician noise, {std:.0%} of the 99th percentile": rician(std) for std in NOISE},
     **{f"Rician noise, {NOISE[0]:.0%}, in the {where} only": rician(NOISE[0], where) for where in ("air", "head")},
     "bias field (TorchIO, coefficients up to 0.5)": through(tio.RandomBiasField(coefficients=0.5)),
+    **{f"smoothed all over, σ {sigma:g} mm (averaged or denoised)": through(tio.Blur(std=sigma)) for sigma in SMOOTHING_MM},
     **{f"{name} ghosts along A-P (TorchIO, intensity {low:g}-{high:g})":
        through(tio.RandomGhosting(axes=(1,), intensity=(low, high))) for name, (low, high) in GHOSTS.items()},
     "motion (TorchIO, 2 moves up to 10 degrees and 10 mm)": through(tio.RandomMotion()),
