@@ -128,8 +128,8 @@ class CheckResult:
         error = prediction.error and prediction.error.removeprefix(f"{prediction.source}: ")
         fields = (prediction.probabilities, prediction.verdict, error, prediction.views)
         return cls(str(scan.path), scan.subject, scan.session, scan.contrast, *fields,
-                   tissue=prediction.tissue, texture=prediction.texture, overruled=prediction.overruled, straightened=prediction.straightened,
-                   nodded=prediction.unnodded)
+                   tissue=prediction.tissue, texture=prediction.texture, overruled=prediction.overruled,
+                   straightened=prediction.straightened, nodded=prediction.unnodded)
 
     @property
     def status(self) -> str:
@@ -206,8 +206,8 @@ class CheckResult:
 @dataclass(frozen=True)
 class Summary:
     """What a run found: scans checked, those with a face (``overruled``: of them, those the network
-    called removed and the anatomy's second opinion found a face in), those unreadable, those
-    called defaced near the line (:data:`LOOK_FLOOR`); and its wall-clock seconds."""
+    called removed or replaced and the anatomy's second opinion found the head's own face in), those
+    unreadable, those called defaced near the line (:data:`LOOK_FLOOR`); and its wall-clock seconds."""
 
     scanned: int
     faces: int
