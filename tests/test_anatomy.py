@@ -21,7 +21,7 @@ from defacegan.check import CheckResult
 from defacegan.cli import EXIT_FACE, main
 from defacegan.contract import plane_rotation, turned
 from defacegan.deface import COLIN27, face_region, register_template, template_masks
-from defacegan.features import FEATURE_BOXES, FEATURES, in_boxes, template_voxels
+from defacegan.features import FEATURE_BOXES, FEATURES, head_mask, in_boxes, template_voxels
 from defacegan.inference import Detector, needs_anatomy, verdict_of
 from defacegan.io import Scan, ScanError, ScanFile, load_scan
 from support.geometry import nodded
@@ -97,7 +97,8 @@ def test_a_real_face_has_the_heads_own_texture_however_smooth_the_scan_and_a_pas
     versions = {"intact": data, "smoothed all over": ndimage.gaussian_filter(data, 1.0),
                 "noisier all over": np.abs(data + np.random.default_rng(0).normal(0, level / 20, data.shape)),
                 "template's face": template_face_pasted(scan, transform)}
-    textures = {name: face_texture(Scan(volume.astype(np.float32), scan.affine), transform) for name, volume in versions.items()}
+    textures = {name: face_texture(Scan(volume.astype(np.float32), scan.affine), transform, head_mask(volume))
+                for name, volume in versions.items()}
     assert min(textures[name] for name in ("intact", "smoothed all over", "noisier all over")) >= OWN_TEXTURE, textures
     assert textures["template's face"] < OWN_TEXTURE - 0.2, textures
 

@@ -132,20 +132,21 @@ def read(scan: Scan, seed: int = 0) -> Reading:
     """The template registered onto ``scan`` once, read for tissue and nod. Raises
     :class:`~defacegan.io.ScanError` when the scan cannot be registered."""
     from defacegan import deface
+    from defacegan.features import head_mask
 
     transform = deface.register_template(scan, seed)
-    return Reading(feature_tissue(scan, transform), deface.head_nod(scan, transform), face_texture(scan, transform))
+    head = head_mask(scan.data)  # found once, for the tissue shares and the texture alike
+    return Reading(feature_tissue(scan, transform, head), deface.head_nod(scan, transform), face_texture(scan, transform, head))
 
 
-def feature_tissue(scan: Scan, transform: sitk.Transform) -> dict[str, float]:
-    """Each feature's share of its template surface that lies inside ``scan``'s head (the template
-    registered onto it by ``transform``), or 0 where what lies there does not look like tissue
-    (:func:`looks_like_tissue`); NaN for a feature the registered template puts outside the field
-    of view."""
-    from defacegan.features import FEATURES, fractions, head_mask
+def feature_tissue(scan: Scan, transform: sitk.Transform, head: np.ndarray) -> dict[str, float]:
+    """Each feature's share of its template surface that lies inside ``scan``'s ``head``
+    (:func:`defacegan.features.head_mask`; the template registered onto it by ``transform``), or 0
+    where what lies there does not look like tissue (:func:`looks_like_tissue`); NaN for a feature
+    the registered template puts outside the field of view."""
+    from defacegan.features import FEATURES, fractions
 
     features = feature_regions(scan, transform)
-    head = head_mask(scan.data)
     shares = fractions(features, head)
     for number, name in enumerate(FEATURES, start=1):
         if not np.isnan(shares[name]) and not looks_like_tissue(scan.data, (features == number) & head):
@@ -153,19 +154,18 @@ def feature_tissue(scan: Scan, transform: sitk.Transform) -> dict[str, float]:
     return shares
 
 
-def face_texture(scan: Scan, transform: sitk.Transform) -> float:
+def face_texture(scan: Scan, transform: sitk.Transform, head: np.ndarray) -> float:
     """The face's fine texture as a share of the rest of the head's: the median absolute difference
-    of each voxel from its 3×3×3 neighbourhood's mean, over the head's voxels in the registered
-    template's face region, divided by the same over the head's voxels that are neither in the brain
-    nor within :data:`TEXTURE_MARGIN_MM` of the face (scalp, skull, neck). About 1 for the head's own
-    face at any noise level; NaN where either part holds no head."""
+    of each voxel from its 3×3×3 neighbourhood's mean, over the ``head``'s voxels
+    (:func:`defacegan.features.head_mask`) in the registered template's face region, divided by the
+    same over its voxels that are neither in the brain nor within :data:`TEXTURE_MARGIN_MM` of the
+    face (scalp, skull, neck). About 1 for the head's own face at any noise level; NaN where either
+    part holds no head."""
     from scipy import ndimage
 
     from defacegan import deface
-    from defacegan.features import head_mask
 
     data = scan.data.astype(np.float32)
-    head = head_mask(data)
     face = deface.face_region(scan, transform)
     near_face = ndimage.distance_transform_edt(~face, sampling=scan.spacing) <= TEXTURE_MARGIN_MM
     rest = head & ~near_face & ~deface.brain_region(scan, transform)

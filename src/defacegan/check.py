@@ -45,7 +45,7 @@ from rich.text import Text
 from defacegan.anatomy import kept_features
 from defacegan.contract import VERDICTS
 from defacegan.dicom import contrast_of
-from defacegan.inference import Detector, Prediction
+from defacegan.inference import Detector, Prediction, likelier_defacing
 from defacegan import bids
 from defacegan.io import ScanFile, atomic_write_bytes, atomic_write_text, find_scans, stem
 
@@ -154,7 +154,7 @@ class CheckResult:
         notes = []
         if self.overruled:
             regions = ", ".join(f"{name} {self.tissue[name]:.2f}" for name in kept_features(self.tissue))
-            said = max(("removed", "replaced"), key=self.probabilities.__getitem__)
+            said = likelier_defacing(self.probabilities)
             own = f" with the head's own texture ({self.texture:.2f})" if said == "replaced" else ""
             notes.append(f"the network saw the face {said} (p(face) {self.probability('face'):.2f}), "
                          f"but feature regions still hold tissue ({regions}){own}: look at it")

@@ -77,8 +77,13 @@ def verdict_of(probabilities: dict[str, float], threshold: float, tissue: dict[s
     (:func:`defacegan.anatomy.overrules`)."""
     if probabilities["face"] >= threshold:
         return "face"
-    verdict = max(("removed", "replaced"), key=probabilities.__getitem__)
+    verdict = likelier_defacing(probabilities)
     return "face" if overrules(verdict, probabilities["face"], tissue, texture) else verdict
+
+
+def likelier_defacing(probabilities: dict[str, float]) -> str:
+    """The likelier of ``removed`` and ``replaced``: what the network says of a scan it does not call ``face``."""
+    return max(("removed", "replaced"), key=probabilities.__getitem__)
 
 
 def as_scan(item: ScanInput) -> Scan:
