@@ -6,10 +6,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import torchio as tio
 from scipy import ndimage
 
-from defacegan.contract import InputContract, Placement, plane_rotation, turned
+from defacegan.contract import InputContract, Placement, plane_rotation, turned, without_air
 from defacegan.detector_training import draw_bundle, subject_of
+from defacegan.features import head_mask
 from defacegan.inference import GridDataset
 from defacegan.io import load_scan
 from defacegan.views import robust_scale
@@ -150,7 +152,31 @@ def test_noisy_air_is_set_to_zero_and_zero_air_is_left_alone(ixi_scans):
     model_input = contract.volume(noisy, scan.affine)
     outside = clean[0] == 0
     assert (model_input[0][outside] == 0).float().mean() > 0.99
-    assert (model_input - clean).abs().mean() < 0.01
+    # what differs: the head's darkest voxels, under the air's level, and the faint rim IXI's own
+    # masking left around the head, outside the head the step finds (0.008 before that step, 0.012)
+    assert (model_input - clean).abs().mean() < 0.015
+
+
+def test_ghosts_outside_the_head_are_set_to_zero_and_the_head_is_kept(ixi_scans):
+    """TorchIO's default ghosting along A-P spreads copies of the head over the air, above the air's
+    level: on the grid, what lies outside the head is set to 0 too, and the head's own voxels keep
+    their values (all but some of its outermost layer, where the ghosts lift Otsu's line)."""
+    contract = InputContract()
+    scan = load_scan(next(path for path in ixi_scans if subject_of(path) == "IXI012"))
+    clean = contract.volume(scan.data, scan.affine)[0].numpy()
+    torch.manual_seed(0)
+    ghosted = tio.RandomGhosting(axes=(1,), intensity=(0.5, 1.0))(
+        tio.ScalarImage(tensor=torch.from_numpy(clean[None].copy()), affine=contract.grid_affine)).data[0].numpy()
+    placed = contract.place(ghosted, contract.grid_affine)
+    assert placed.air > 0
+    grid = contract.on_grid(ghosted, contract.grid_affine, placed=placed)
+    cleaned = without_air(grid, placed.air)
+    head = head_mask(contract.on_grid(clean, contract.grid_affine, placed=placed).numpy())
+    around = torch.from_numpy(~ndimage.binary_dilation(head, iterations=2))  # the air, 4 mm clear of the head
+    assert (grid[around] > placed.air).float().mean() > 0.3  # ghosts above the air's level
+    assert (cleaned[around] > 0).float().mean() < 0.01
+    inside = torch.from_numpy(head)
+    assert (cleaned[inside] == grid[inside]).float().mean() > 0.99
 
 
 def ixi_like(affine: np.ndarray, shape=(75, 128, 128), seed: int = 0) -> np.ndarray:
