@@ -52,8 +52,7 @@ def floor_report(rows: list[dict]) -> dict:
     ``removed`` or ``replaced`` verdict (as before the floor) against the network's; its false alarms and the faces
     it recovered, how many of each lie below the floor, and the two rates without it."""
     def unfloored(row: dict) -> str:
-        return "face" if overrules(row["network"], max(row["p_face"], NETWORK_UNSURE), row["tissue"], row.get("texture")) \
-            else row["network"]
+        return "face" if overrules(row["network"], row["p_face"], row["tissue"], row.get("texture"), floor=0.0) else row["network"]
 
     flipped = [row for row in rows if row["network"] != "face" and unfloored(row) == "face"]
     alarms = [row["p_face"] for row in flipped if row["label"] != "face"]

@@ -230,16 +230,17 @@ def needs_reading(verdict: str, p_face: float, straightened: bool) -> bool:
     return may_take_a_nod_off(p_face, straightened) or may_overrule(verdict, p_face)
 
 
-def may_overrule(verdict: str, p_face: float) -> bool:
+def may_overrule(verdict: str, p_face: float, floor: float = NETWORK_UNSURE) -> bool:
     """Whether the anatomy has a say: a ``removed`` or ``replaced`` verdict the network is unsure of
-    (p(face) ≥ :data:`NETWORK_UNSURE`)."""
-    return verdict in ("removed", "replaced") and p_face >= NETWORK_UNSURE
+    (p(face) ≥ ``floor``; bench/anatomy.py asks with 0, to see what the floor changes)."""
+    return verdict in ("removed", "replaced") and p_face >= floor
 
 
-def overrules(verdict: str, p_face: float, shares: dict[str, float] | None, texture: float | None = None) -> bool:
-    """True when the anatomy contradicts a verdict it may overrule (:func:`may_overrule`): the eye
-    or nose region still holds tissue and, against ``replaced``, the face's ``texture`` is the
+def overrules(verdict: str, p_face: float, shares: dict[str, float] | None, texture: float | None = None,
+              floor: float = NETWORK_UNSURE) -> bool:
+    """True when the anatomy contradicts a verdict it may overrule (:func:`may_overrule`, ``floor``):
+    the eye or nose region still holds tissue and, against ``replaced``, the face's ``texture`` is the
     head's own (:data:`OWN_TEXTURE`; NaN or None: not)."""
-    if not may_overrule(verdict, p_face) or shares is None or not kept_features(shares):
+    if not may_overrule(verdict, p_face, floor) or shares is None or not kept_features(shares):
         return False
     return verdict == "removed" or (texture is not None and texture >= OWN_TEXTURE)
