@@ -44,7 +44,7 @@ def searched(scan: Scan, head: str, pose: str, registered: bool = False) -> dict
     starts = {f"{start:g}": {"mi": mi, "ended": search.ended(start)} for start, (mi, _) in search.fits.items()}
     return {"head": head, "pose": pose, "starts": starts, "grew": len(search.fits) > len(PITCH_STARTS_DEG),
             "best_start": search.best, "best_ended": search.ended(search.best),
-            **({"nod": head_nod(scan, register_template(scan))} if registered else {})}
+            **({"nod": head_nod(scan, register_template(scan, search=search))} if registered else {})}
 
 
 def summarise(rows: list[dict]) -> list[dict]:

@@ -177,7 +177,7 @@ def _optimise(fixed: sitk.Image, fixed_mask: sitk.Image, transform: sitk.AffineT
     return registration.GetMetricValue()
 
 
-def register_template(scan: Scan, seed: int = 0) -> sitk.AffineTransform:
+def register_template(scan: Scan, seed: int = 0, search: PitchSearch | None = None) -> sitk.AffineTransform:
     """12-dof affine mapping scan points to pydeface template points (ITK convention).
 
     Like FLIRT's coarse search: from the aligned head centres of mass, one start per head
@@ -192,12 +192,13 @@ def register_template(scan: Scan, seed: int = 0) -> sitk.AffineTransform:
     start got stuck near 30 and the face mask missed the face; on the 32 IXI heads as scanned
     and Colin27 no start ends beyond itself, so they are registered as with the three starts
     alone: bench/pitch_search.py).
+    ``search``: the scan's :func:`pitch_search` with ``seed``, where the caller has it already.
     Raises :class:`ScanError` for volumes too small to hold a head or when the registration
     fails or gives an implausible scaling.
     """
     require_head_extent(scan, "register")
     try:
-        search = pitch_search(scan, seed)
+        search = pitch_search(scan, seed) if search is None else search
         transform = search.fits[search.best][1]
         _optimise(search.fixed, search.fixed_mask, transform, 1, SAMPLING_FRACTION, seed)
     except RuntimeError as error:
