@@ -10,7 +10,8 @@ own path (the anatomy's second opinion where the network is unsure). No conditio
 is within the training augmentation (its poses stop at 15 degrees): this measures how far the
 detector carries, it does not tune it. Heads turned or rolled past 10 degrees meet the contract's
 straightening (``InputContract.place``); a nod has no mirror and stays as it is. Two rows put the noise in the air only and in the head
-only, to tell which of the two moves a verdict. One scan per head, case and condition, with its own
+only, to tell which of the two moves a verdict; one adds it before the defacing, as a published
+dataset's scans were acquired and then defaced. One scan per head, case and condition, with its own
 random draw (seeded by the subject): the 8 subjects are the trials (Wilson 95 % intervals).
 
     python bench/acquisition.py [--ixi ../shared/data/ixi-t1-2mm] [--ckpt CKPT]
@@ -36,8 +37,9 @@ from held_out import held_out_setup, judge_conditions, print_conditions, write_r
 #: Slices of clinical 2D protocols: 5 mm and a 1 mm gap, acquired as 6 mm.
 SLICE_MM = 6.0
 #: Rician noise of these shares of the head's 99th percentile (the bundles' scale is 1): a fast or a
-#: low-field scan. IXI's air is 0: the detector never saw noisy air.
-NOISE = (0.05, 0.10)
+#: low-field scan, and (15 %) one beyond what a scan worth sharing holds. IXI's air is 0: the
+#: detector never saw noisy air.
+NOISE = (0.05, 0.10, 0.15)
 #: Gaussian smoothing of the whole scan (σ, mm), beyond training's (σ up to 1 mm): a scan averaged
 #: from several (as Colin27 is) or a denoising reconstruction.
 SMOOTHING_MM = (2.0, 3.0)
@@ -66,13 +68,18 @@ def through(transform: tio.Transform):
 
 def rician(std: float, where: str = "everywhere"):
     """Magnitude noise, as a receiver gives it: the air turns Rayleigh-bright, not just grainy.
-    ``where``: "everywhere", or only in the "air" or the "head" (the bundle's head mask), to tell
-    which of the two a change of verdict comes from."""
+    ``where``: "everywhere"; only in the "air" or the "head" (the bundle's head mask), to tell
+    which of the two a change of verdict comes from; or "before the defacing": the head acquired
+    noisy and then defaced, as a published dataset holds it (noisy air, and the face region as the
+    defacer left it: zeros, not noise)."""
     def acquire(bundle: FaceBundle, variant: Variant) -> Scan:
         noise = RandRicianNoise(prob=1.0, std=std, sample_std=False)
         noise.set_random_state(_seed(bundle))
-        noisy = np.asarray(noise(variant.volume[None]))[0].astype(np.float32)
-        if where != "everywhere":
+        before = where == "before the defacing"
+        noisy = np.asarray(noise((bundle.face if before else variant.volume)[None]))[0].astype(np.float32)
+        if before:
+            noisy = np.where(variant.removed | variant.foreign, variant.volume, noisy)
+        elif where != "everywhere":
             noisy = np.where(bundle.head == (where == "head"), noisy, variant.volume)
         return Scan(noisy, bundle.affine)
     return acquire
@@ -86,6 +93,7 @@ CONDITIONS = {
     "4 mm voxels": through(tio.Resample((4.0, 4.0, 4.0), antialias=True)),
     **{f"Rician noise, {std:.0%} of the 99th percentile": rician(std) for std in NOISE},
     **{f"Rician noise, {NOISE[0]:.0%}, in the {where} only": rician(NOISE[0], where) for where in ("air", "head")},
+    f"Rician noise, {NOISE[0]:.0%}, acquired before the defacing": rician(NOISE[0], "before the defacing"),
     "bias field (TorchIO, coefficients up to 0.5)": through(tio.RandomBiasField(coefficients=0.5)),
     **{f"smoothed all over, σ {sigma:g} mm (averaged or denoised)": through(tio.Blur(std=sigma)) for sigma in SMOOTHING_MM},
     **{f"{name} ghosts along A-P (TorchIO, intensity {low:g}-{high:g})":
