@@ -65,7 +65,7 @@ data/members/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src/
 # then the shipped detector on the heads from outside IXI (bench/outside_heads.py, ~4 min) and on
 # held-out IXI heads whose field of view stops above the neck or below the top of the head (bench/field_of_view.py,
 # a minute), as other scanners would acquire them: thick slices, noise, bias, smoothing, ghosts, motion, tilts (bench/acquisition.py,
-# ~15 min), and on
+# ~16 min), and on
 # held-out heads defaced by other projects' tools, Quickshear, caideface and deepdefacer (bench/other_defacers.py, 5 min);
 # and the anatomy's second opinion against the network alone on every family (bench/anatomy.py, ~16 min);
 # and held-out heads re-faced by a Pix2Pix that train.py trains on the others (bench/gan_refaced.py, ~3 min);
