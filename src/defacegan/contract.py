@@ -283,14 +283,14 @@ def without_air(grid: torch.Tensor, air: float) -> torch.Tensor:
     voxels, and ghosts: the copies of the head that motion or a pulsing vessel smear along the
     phase-encoding axis, which lie above the air's level. The head's own voxels are kept as they
     are, the darkest too: TorchIO's default ghosting turned 6 of 8 held-out faces into removed ones
-    while the ghosts stayed, and with Rician noise of 10 % an intact face and 3 partial defacings
-    that keep eyes and nose drew p(face) 0.03-0.21 while the head's voxels below the air level were
-    set to 0 as well (bench/acquisition.py).
+    while the ghosts stayed, and with Rician noise of 10 % an intact face drew p(face) 0.03 and 3
+    partial defacings that keep eyes and nose 0.20-0.23 while the head's voxels below the air level
+    were set to 0 as well (bench/acquisition.py).
 
     The head is found at twice the spacing, each voxel as bright as the brightest it covers, so that
-    its edge errs outwards: 0.07 s on the 128³ grid against 0.4 s at full resolution (where the
-    mask's closing takes most of it), with the same verdicts on the bench's noisy, ghosted and
-    moved heads."""
+    its edge errs outwards: about 0.1 s a scan on one core (bench/check.py) against 0.4 s at full
+    resolution (where the mask's closing takes most of it), with the same verdicts on the bench's
+    noisy, ghosted and moved heads."""
     if air <= 0:
         return grid
     from defacegan.features import head_mask  # SimpleITK: only for a scan whose air is not 0
