@@ -6,7 +6,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-import torchio as tio
 from scipy import ndimage
 
 from defacegan.contract import InputContract, Placement, plane_rotation, turned, without_air
@@ -15,6 +14,7 @@ from defacegan.features import head_mask
 from defacegan.inference import GridDataset
 from defacegan.io import load_scan
 from defacegan.views import robust_scale
+from support.artefacts import ghosted
 
 COARSE = InputContract(spacing=4.0, shape=(64, 64, 64), view_size=32)
 
@@ -164,12 +164,10 @@ def test_ghosts_outside_the_head_are_set_to_zero_and_the_head_is_kept(ixi_scans)
     contract = InputContract()
     scan = load_scan(next(path for path in ixi_scans if subject_of(path) == "IXI012"))
     clean = contract.volume(scan.data, scan.affine)[0].numpy()
-    torch.manual_seed(0)
-    ghosted = tio.RandomGhosting(axes=(1,), intensity=(0.5, 1.0))(
-        tio.ScalarImage(tensor=torch.from_numpy(clean[None].copy()), affine=contract.grid_affine)).data[0].numpy()
-    placed = contract.place(ghosted, contract.grid_affine)
+    ghosts = ghosted(clean, contract.grid_affine, seed=0).data
+    placed = contract.place(ghosts, contract.grid_affine)
     assert placed.air > 0
-    grid = contract.on_grid(ghosted, contract.grid_affine, placed=placed)
+    grid = contract.on_grid(ghosts, contract.grid_affine, placed=placed)
     cleaned = without_air(grid, placed.air)
     head = head_mask(contract.on_grid(clean, contract.grid_affine, placed=placed).numpy())
     around = torch.from_numpy(~ndimage.binary_dilation(head, iterations=2))  # the air, 4 mm clear of the head

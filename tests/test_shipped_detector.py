@@ -14,8 +14,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-import torchio as tio
 from quickshear import quickshear
 
 from defacegan.brain import brain_mask
@@ -25,6 +23,7 @@ from defacegan.families import families_but, generate, remove_share
 from defacegan.features import FACE_MIN_FRACTION, FEATURES
 from defacegan.inference import SHIPPED_CHECKPOINT, Detector
 from defacegan.io import Scan, load_scan
+from support.artefacts import ghosted
 
 
 @pytest.fixture(scope="module")
@@ -116,14 +115,6 @@ def test_noisy_air_does_not_turn_a_face_into_a_removed_one(detector, bundles, st
             assert detector.contract.place(noisy, bundle.affine).air > 0
             (prediction,) = detector.predict([Scan(noisy, bundle.affine)])
             assert prediction.verdict == expected, (bundle.subject, expected, prediction.probabilities)
-
-
-def ghosted(volume: np.ndarray, affine: np.ndarray, seed: int) -> Scan:
-    """``volume`` (on the contract's RAS grid) with TorchIO's default ghosting along A-P, as
-    bench/acquisition.py's strong-ghosts row draws it."""
-    torch.manual_seed(seed)
-    image = tio.RandomGhosting(axes=(1,), intensity=(0.5, 1.0))(tio.ScalarImage(tensor=torch.from_numpy(volume[None].copy()), affine=affine))
-    return Scan(image.data[0].numpy(), image.affine)
 
 
 def test_ghosts_in_the_air_do_not_hide_a_face(detector, held_out, bundles):
