@@ -21,14 +21,17 @@ are looked at without touching the held-out heads.
 
 Prints tables and writes JSON (default bench/results/anatomy.json), with what the floor
 (:data:`~defacegan.anatomy.NETWORK_UNSURE`) changed on the run: the anatomy's false alarms and the
-faces it recovered, had every ``removed`` verdict been open to it. ``--rows RUN.json`` prints that
-for a stored run (e.g. an earlier detector's: ``--ckpt PREVIOUS --out RUN.json``) without drawing.
+faces it recovered, had every ``removed`` verdict been open to it, and what the converse rule (a
+``face`` verdict turned ``removed`` where no feature region reads tissue) would turn, by label.
+``--rows RUN.json`` prints both for a stored run (e.g. an earlier detector's: ``--ckpt PREVIOUS
+--out RUN.json``) without drawing.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +43,15 @@ from defacegan.anatomy import NETWORK_UNSURE, overrules
 from defacegan.contract import VERDICTS
 from defacegan.detector_training import HELD_OUT, Samples, subject_of, bundle_caches, draw_volumes, read_bundle
 from defacegan.families import FAMILIES
+from defacegan.features import FEATURES
 from defacegan.io import Scan
 from detector_eval import headline, rate, rate_text, verdicts
 from held_out import held_out_setup, write_result
 
 SEED = 1000  # the shipped column's draws (bench/detector_eval.py)
+#: The lines and ceilings :func:`vacancy_report` tries.
+VACANCY_LINES = (0.05, 0.1, 0.2, 0.3)
+VACANCY_CEILINGS = (0.9, 1.01)
 
 
 def floor_report(rows: list[dict]) -> dict:
@@ -65,6 +72,35 @@ def floor_report(rows: list[dict]) -> dict:
                               "every face-labelled variant called face": [sum(unfloored(r) == "face" for r in faces), len(faces)]}}
 
 
+def vacancy_report(rows: list[dict]) -> list[dict]:
+    """What the converse rule would do on a run's rows: a ``face`` verdict (``check``'s, with the
+    anatomy) turned ``removed`` where no feature region (of all four) reads tissue at ``line`` or more
+    (NaN, outside the field of view: none) and p(face) is under ``ceiling``; per line and ceiling, the
+    scans it would turn, by label: its ``removed`` and ``replaced`` ones are recovered, its ``face``
+    ones are faces called defaced, the error a privacy check must not make."""
+    def most(tissue: dict[str, float]) -> float:
+        return max((share for share in (tissue[name] for name in FEATURES) if share == share), default=0.0)
+
+    called_face = [row for row in rows if row["anatomy"] == "face"]
+    report = []
+    for line in VACANCY_LINES:
+        for ceiling in VACANCY_CEILINGS:
+            turned = [row for row in called_face if most(row["tissue"]) < line and row["p_face"] < ceiling]
+            faces = [row["family"] for row in turned if row["label"] == "face"]
+            report.append({"line": line, "ceiling": ceiling, **{label: sum(row["label"] == label for row in turned) for label in VERDICTS},
+                           "face_families": dict(Counter(faces)), "called_face": len(called_face)})
+    return report
+
+
+def print_vacancy_report(report: list[dict]) -> None:
+    print("had check called `removed` the faces whose every feature region reads under the line (p(face) under the ceiling): "
+          "scans turned, by label (face: faces lost)")
+    for r in report:
+        faces = ", ".join(f"{family} {n}" for family, n in r["face_families"].items())
+        print(f"  line {r['line']:.2f}, ceiling {r['ceiling']:.2f}: removed {r['removed']}, replaced {r['replaced']}, "
+              f"face {r['face']}{f' ({faces})' if faces else ''}, of {r['called_face']} called face")
+
+
 def print_floor_report(report: dict) -> None:
     lowest = "" if report["lowest_recovered_p_face"] is None else f", the lowest at p(face) {report['lowest_recovered_p_face']:.2f}"
     print(f"without the floor (p(face) >= {report['floor']}): the anatomy's false alarms {report['false_alarms']}, "
@@ -80,9 +116,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.subjects == "training":  # where the anatomy's lines are chosen: heads the network was trained on
         paths = [path for path in sorted(args.ixi.glob("*.nii*")) if subject_of(path) not in HELD_OUT]
     if args.rows:
-        report = floor_report(json.loads(args.rows.read_text())["rows"])
+        rows = json.loads(args.rows.read_text())["rows"]
+        report = floor_report(rows)
         print(f"{args.rows}:")
         print_floor_report(report)
+        print_vacancy_report(vacancy_report(rows))
         return report
     detector.anatomy, detector.workers = "always", 2
     parts, alone_probabilities, probabilities, tissue, texture, nods, seconds = [], [], [], [], [], [], 0.0
@@ -153,8 +191,9 @@ def main(argv: list[str] | None = None) -> dict:
     result = write_result(args, detector, started, subjects=n_subjects, draws=args.draws, seed=args.seed, subjects_drawn=args.subjects,
                           seconds_per_scan=round(per_scan, 2), default_seconds_per_scan=round(default_per_scan, 2),
                           default_registered=registered, default_same_verdicts=same, network=alone, anatomy=checked,
-                          per_family=families, floor=floor_report(rows), rows=rows)
+                          per_family=families, floor=floor_report(rows), vacancy=vacancy_report(rows), rows=rows)
     print_floor_report(result["floor"])
+    print_vacancy_report(result["vacancy"])
     if not same:
         raise SystemExit("check's default and --anatomy disagree on a verdict (see the JSON)")
     return result
