@@ -39,7 +39,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from defacegan.anatomy import NETWORK_UNSURE, overrules
+from defacegan.anatomy import NETWORK_SURE, NETWORK_UNSURE, overrules
 from defacegan.contract import VERDICTS
 from defacegan.detector_training import HELD_OUT, Samples, subject_of, bundle_caches, draw_volumes, read_bundle
 from defacegan.families import FAMILIES
@@ -49,9 +49,10 @@ from detector_eval import headline, rate, rate_text, verdicts
 from held_out import held_out_setup, write_result
 
 SEED = 1000  # the shipped column's draws (bench/detector_eval.py)
-#: The lines and ceilings :func:`vacancy_report` tries.
+#: The lines and p(face) ceilings :func:`vacancy_report` tries (None: no ceiling; the other, where
+#: the anatomy takes the network's ``face`` for unsure).
 VACANCY_LINES = (0.05, 0.1, 0.2, 0.3)
-VACANCY_CEILINGS = (0.9, 1.01)
+VACANCY_CEILINGS = (NETWORK_SURE, None)
 
 
 def floor_report(rows: list[dict]) -> dict:
@@ -72,7 +73,7 @@ def floor_report(rows: list[dict]) -> dict:
                               "every face-labelled variant called face": [sum(unfloored(r) == "face" for r in faces), len(faces)]}}
 
 
-def vacancy_report(rows: list[dict]) -> list[dict]:
+def vacancy_report(rows: list[dict]) -> dict:
     """What the converse rule would do on a run's rows: a ``face`` verdict (``check``'s, with the
     anatomy) turned ``removed`` where no feature region (of all four) reads tissue at ``line`` or more
     (NaN, outside the field of view: none) and p(face) is under ``ceiling``; per line and ceiling, the
@@ -82,23 +83,24 @@ def vacancy_report(rows: list[dict]) -> list[dict]:
         return max((share for share in (tissue[name] for name in FEATURES) if share == share), default=0.0)
 
     called_face = [row for row in rows if row["anatomy"] == "face"]
-    report = []
+    rules = []
     for line in VACANCY_LINES:
         for ceiling in VACANCY_CEILINGS:
-            turned = [row for row in called_face if most(row["tissue"]) < line and row["p_face"] < ceiling]
+            turned = [row for row in called_face if most(row["tissue"]) < line and (ceiling is None or row["p_face"] < ceiling)]
             faces = [row["family"] for row in turned if row["label"] == "face"]
-            report.append({"line": line, "ceiling": ceiling, **{label: sum(row["label"] == label for row in turned) for label in VERDICTS},
-                           "face_families": dict(Counter(faces)), "called_face": len(called_face)})
-    return report
+            rules.append({"line": line, "ceiling": ceiling, **{label: sum(row["label"] == label for row in turned) for label in VERDICTS},
+                          "face_families": dict(Counter(faces))})
+    return {"called_face": len(called_face), "rules": rules}
 
 
-def print_vacancy_report(report: list[dict]) -> None:
-    print("had check called `removed` the faces whose every feature region reads under the line (p(face) under the ceiling): "
-          "scans turned, by label (face: faces lost)")
-    for r in report:
+def print_vacancy_report(report: dict) -> None:
+    print(f"had check called `removed` the faces whose every feature region reads under the line (p(face) under the ceiling): "
+          f"scans turned, by label (face: faces lost), of {report['called_face']} called face")
+    for r in report["rules"]:
         faces = ", ".join(f"{family} {n}" for family, n in r["face_families"].items())
-        print(f"  line {r['line']:.2f}, ceiling {r['ceiling']:.2f}: removed {r['removed']}, replaced {r['replaced']}, "
-              f"face {r['face']}{f' ({faces})' if faces else ''}, of {r['called_face']} called face")
+        ceiling = "none" if r["ceiling"] is None else f"{r['ceiling']:.2f}"
+        print(f"  line {r['line']:.2f}, ceiling {ceiling}: removed {r['removed']}, replaced {r['replaced']}, "
+              f"face {r['face']}{f' ({faces})' if faces else ''}")
 
 
 def print_floor_report(report: dict) -> None:
