@@ -76,9 +76,10 @@ def floor_report(rows: list[dict]) -> dict:
 def vacancy_report(rows: list[dict]) -> dict:
     """What the converse rule would do on a run's rows: a ``face`` verdict (``check``'s, with the
     anatomy) turned ``removed`` where no feature region (of all four) reads tissue at ``line`` or more
-    (NaN, outside the field of view: none) and p(face) is under ``ceiling``; per line and ceiling, the
-    scans it would turn, by label: its ``removed`` and ``replaced`` ones are recovered, its ``face``
-    ones are faces called defaced, the error a privacy check must not make."""
+    (NaN, outside the field of view: none) and the network's p(face), before any nod is taken off,
+    is under ``ceiling``; per line and ceiling, the scans it would turn, by label: its ``removed``
+    and ``replaced`` ones are recovered, its ``face`` ones are faces called defaced, the error a
+    privacy check must not make."""
     def most(tissue: dict[str, float]) -> float:
         return max((share for share in (tissue[name] for name in FEATURES) if share == share), default=0.0)
 
