@@ -172,13 +172,22 @@ def headline(samples: Samples, probabilities: np.ndarray, threshold: float = 0.5
 MARGINS = (0.0, 0.1, FACE_MIN_FRACTION, 0.6, 0.99, 1.0)
 
 
+def largest_kept(samples: Samples) -> np.ndarray:
+    """Per scan, the largest share of its own tissue that any feature keeps (NaN, a feature outside
+    the field of view, keeps none)."""
+    return np.nan_to_num(samples.own, nan=0.0).max(axis=1)
+
+
+def of_families(samples: Samples, families: list[str] | None) -> np.ndarray:
+    """Which scans are of ``families`` (all of them for None)."""
+    return np.isin(samples.family, families) if families is not None else np.ones(len(samples.family), bool)
+
+
 def by_margin(samples: Samples, probabilities: np.ndarray, trained: list[str] | None = None) -> dict[str, dict]:
     """Face or not, right, by how far a scan lies from the rule's line: the largest share of its
     own tissue any feature keeps, in the bins of :data:`MARGINS` (the last one closed: intact
     features). Families not ``trained`` on are left out (their rows in :func:`per_family` show them)."""
-    said = verdicts(probabilities)
-    kept = np.nan_to_num(samples.own, nan=0.0).max(axis=1)  # NaN: a feature outside the field of view
-    seen = np.isin(samples.family, trained) if trained is not None else np.ones(len(kept), bool)
+    said, kept, seen = verdicts(probabilities), largest_kept(samples), of_families(samples, trained)
     table = {}
     for low, high in zip(MARGINS[:-1], MARGINS[1:]):
         which = seen & (kept >= low) & ((kept < high) if high < MARGINS[-1] else (kept <= high))
@@ -192,11 +201,12 @@ def fully_removed_by_subject(samples: Samples, probabilities: np.ndarray, traine
     :data:`MARGINS`, the families ``trained`` on) not called ``face``, per subject: whether the
     misses far from the rule's line are spread over the heads or sit on a few."""
     said = verdicts(probabilities)
-    kept = np.nan_to_num(samples.own, nan=0.0).max(axis=1)
-    seen = np.isin(samples.family, trained) if trained is not None else np.ones(len(kept), bool)
-    which = seen & (kept < MARGINS[1]) & (samples.label != FACE)
-    return {subject: rate(said[which & (samples.subject == subject)] != FACE, samples.subject[which & (samples.subject == subject)])
-            for subject in sorted(set(samples.subject[which]))}
+    which = of_families(samples, trained) & (largest_kept(samples) < MARGINS[1]) & (samples.label != FACE)
+    table = {}
+    for subject in sorted(set(samples.subject[which])):
+        theirs = which & (samples.subject == subject)
+        table[subject] = rate(said[theirs] != FACE, samples.subject[theirs])
+    return table
 
 
 def per_family(samples: Samples, probabilities: np.ndarray) -> dict[str, dict]:
