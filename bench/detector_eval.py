@@ -331,10 +331,11 @@ def shipped(caches: list[Path], contract: InputContract, cache_dir: Path, draws:
     samples = draw(held, contract, cache_dir, draws=draws, seed=seed + 1000)
     probabilities = torch.softmax(logits_of(net, samples.views), 1).numpy()
     bundles = [read_bundle(cache) for cache in held]
+    trained = trained_families(facts)
     return {"ckpt": str(ckpt), "subjects": sorted(set(samples.subject)), "draws": draws, "training": facts,
-            "headline": headline(samples, probabilities, trained=trained_families(facts)), "per_family": per_family(samples, probabilities),
-            "margins": by_margin(samples, probabilities, trained_families(facts)),
-            "fully_removed_by_subject": fully_removed_by_subject(samples, probabilities, trained_families(facts)),
+            "headline": headline(samples, probabilities, trained=trained), "per_family": per_family(samples, probabilities),
+            "margins": by_margin(samples, probabilities, trained),
+            "fully_removed_by_subject": fully_removed_by_subject(samples, probabilities, trained),
             "ece": expected_calibration_error(probabilities, samples.label),
             "sweep": sweep(bundles, {bundle.subject: net for bundle in bundles}, contract),
             "scans": scan_rows(samples, probabilities)}
