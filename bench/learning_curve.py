@@ -1,0 +1,159 @@
+"""Would more heads help the detector, or more draws of the same heads? A learning curve in both.
+
+Issue 11's network targets (removed faces not called ``face`` >= 0.98, replaced faces called
+``replaced`` >= 0.90) are unmet, and the way out this project cannot take here is training on more
+heads than its 24 IXI training subjects. This bench asks whether that is the way out: one network
+of the shipped members' recipe (their families, 20 epochs' worth of steps) is fitted on
+
+- ``--heads`` training subjects (each repeat a seeded subset of the 20 training heads, nested, so
+  a repeat's 5 heads are among its 10) with all 8 draws of every family (round 0 of ``make
+  weights``' draws, seed 0), and
+- all 20 heads with ``--head-draws`` of those 8 draws,
+
+so that 5 heads x 8 draws and 20 heads x 2 draws, or 10 x 8 and 20 x 4, are the same number of
+views: at equal views, does a new head or a new draw of a known head buy more? Every fit takes the
+same number of optimiser steps (what 20 epochs are on 20 heads x 8 draws), so a smaller set is seen
+for more epochs rather than trained less. The 4 calibration heads are the same in every fit (the
+temperature is scaled on all their draws), and every fit is judged on the same scans: the 8
+subjects none of them saw (``HELD_OUT``), the fresh draws the shipped column of
+``bench/detector_eval.py`` is judged on (seed 1000). ``--repeats`` fits of each point differ in
+their heads and the fit's seed (at 20 heads, only in the seed): the spread between them is the
+fit's noise, the Wilson interval of one fit the test scans'.
+
+    python bench/learning_curve.py [--ixi ../shared/data/ixi-t1-2mm] [--repeats 2]
+
+Draws the 24 training heads' round 0 once (43 min here in one process, cached in ``data/bundles``
+and shared with ``make weights``); each fit takes 6-7 min on 2 cores, 10 fits by default. Prints a table
+and writes JSON (default bench/results/learning_curve.json), the fits so far after each one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from defacegan.contract import InputContract
+from defacegan.detector_training import (
+    DRAWS,
+    EPOCHS,
+    HELD_OUT,
+    Samples,
+    bundle_caches,
+    calibrate,
+    draw,
+    fit,
+    logits_of,
+    split_subjects,
+    subject_of,
+)
+from defacegan.inference import SHIPPED_CHECKPOINT
+from defacegan.io import atomic_write_text
+from defacegan.report import markdown_table
+from detector_eval import headline, rate_text, recipe_families
+
+#: The rates each fit is judged by (rows of :func:`detector_eval.headline`).
+ROWS = ("real faces called face", "every face-labelled variant called face", "removed faces not called face",
+        "replaced faces called replaced", "removed faces of the families trained on not called face",
+        "replaced faces of the families trained on called replaced")
+#: Batch size of :func:`defacegan.detector_training.fit`.
+BATCH = 32
+
+
+def steps_budget(training_heads: int, trained: list[str]) -> int:
+    """Optimiser steps of every fit: EPOCHS over all ``training_heads`` heads' DRAWS draws of the ``trained`` families."""
+    return EPOCHS * (training_heads * DRAWS * len(trained) // BATCH)
+
+
+def points(heads: list[int], head_draws: list[int], pool: int) -> list[tuple[int, int]]:
+    """(heads, draws per family and head) of every fit: the heads axis at DRAWS draws, then the
+    draws axis at all ``pool`` heads."""
+    return [(n, DRAWS) for n in heads] + [(pool, d) for d in head_draws if d != DRAWS]
+
+
+def fit_point(samples: Samples, heads: list[str], draws: int, val: Samples, test: Samples, trained: list[str],
+              steps: int, seed: int) -> dict:
+    """One network fitted on ``draws`` draws of ``heads`` for ``steps`` steps, calibrated on ``val``
+    and judged on ``test``."""
+    train = samples.where(np.isin(samples.family, trained) & np.isin(samples.subject, heads) & (samples.number < draws))
+    epochs = max(1, round(steps / (len(train.label) // BATCH)))
+    started = time.perf_counter()
+    net = fit(train, InputContract(), epochs=epochs, seed=seed)
+    temperature = calibrate(net, val)
+    probabilities = torch.softmax(logits_of(net, test.views), 1).numpy()
+    return {"heads": len(heads), "draws": draws, "seed": seed, "subjects": heads, "views": len(train.label),
+            "epochs": epochs, "temperature": temperature, "fit_seconds": time.perf_counter() - started,
+            "headline": headline(test, probabilities, trained=trained)}
+
+
+def summary_rows(fits: list[dict]) -> list[dict]:
+    """Per point: views, and each rate's mean over the repeats with every repeat's rate [Wilson 95 %]."""
+    rows = []
+    for heads, draws in dict.fromkeys((f["heads"], f["draws"]) for f in fits):
+        group = [f for f in fits if (f["heads"], f["draws"]) == (heads, draws)]
+        row = {"heads x draws": f"{heads} x {draws}", "views": group[0]["views"]}
+        for name in ROWS:
+            entries = [f["headline"][name] for f in group]
+            row[name] = (f"{np.mean([e['rate'] for e in entries]):.3f} ("
+                         + "; ".join(rate_text(e) for e in entries) + ")")
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ixi", type=Path, default=Path("../shared/data/ixi-t1-2mm"))
+    parser.add_argument("--cache", type=Path, default=Path("data/bundles"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/learning_curve.json"))
+    parser.add_argument("--heads", type=int, nargs="+", default=[5, 10, 20], help="training heads, at all 8 draws")
+    parser.add_argument("--head-draws", type=int, nargs="+", default=[2, 4], help="draws per family and head, at all heads")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    contract = InputContract()
+    caches = bundle_caches(sorted(args.ixi.glob("*.nii*")), contract, args.cache)
+    held = [cache for cache in caches if subject_of(cache) in HELD_OUT]
+    known = [cache for cache in caches if subject_of(cache) not in HELD_OUT]
+    samples = draw(known, contract, args.cache, draws=DRAWS, seed=args.seed)
+    test = draw(held, contract, args.cache, draws=DRAWS, seed=args.seed + 1000)
+    trained = recipe_families(Path(str(SHIPPED_CHECKPOINT)), None)
+    pool, val_heads = split_subjects(sorted({subject_of(c) for c in known}), val=4, seed=args.seed)
+    if max(args.heads) > len(pool):
+        raise SystemExit(f"--heads: at most {len(pool)} training heads ({len(known)} known, 4 calibrate)")
+    val = samples.where(np.isin(samples.family, trained) & np.isin(samples.subject, val_heads))
+    steps = steps_budget(len(pool), trained)
+    print(f"{len(samples.label)} training and {len(test.label)} test scans drawn ({time.perf_counter() - started:.0f} s); "
+          f"{steps} steps a fit", flush=True)
+    fits = []
+    result = {"test_subjects": sorted(set(test.subject)), "val_subjects": val_heads, "pool": pool,
+              "trained_families": trained, "steps": steps, "fits": fits}
+
+    def save() -> None:  # after every fit, so that an interrupted run keeps the fits it made
+        result["seconds"] = time.perf_counter() - started
+        atomic_write_text(args.out, json.dumps(result, indent=2, default=float) + "\n")
+
+    for repeat in range(args.repeats):
+        order = [str(s) for s in np.random.default_rng(args.seed + repeat).permutation(pool)]
+        for heads, draws in points(args.heads, args.head_draws, len(pool)):
+            fits.append(fit_point(samples, sorted(order[:heads]), draws, val, test, trained, steps, args.seed + repeat))
+            line = "; ".join(f"{name} {rate_text(fits[-1]['headline'][name])}" for name in ROWS[2:4])
+            print(f"repeat {repeat}, {heads} heads x {draws} draws: {line} ({fits[-1]['fit_seconds']:.0f} s)", flush=True)
+            save()
+    rows = summary_rows(fits)
+    print(f"\nLearning curve: {len(test.label)} test scans of {len(set(test.subject))} held-out subjects; "
+          f"mean of {args.repeats} fits (each fit's rate [Wilson 95 %])\n")
+    print(markdown_table(rows, list(rows[0])))
+    save()
+    print(f"written to {args.out} in {result['seconds'] / 60:.1f} min")
+    return result
+
+
+if __name__ == "__main__":
+    main()
