@@ -322,13 +322,18 @@ def table(columns: list[str], rows: list[list[str]]) -> str:
     return markdown_table([dict(zip(columns, row)) for row in rows], columns)
 
 
+def held_out_draws(held: list[Path], contract: InputContract, cache_dir: Path, draws: int, seed: int) -> Samples:
+    """The held-out heads' test scans: one round of draws seeded apart from every training round."""
+    return draw(held, contract, cache_dir, draws=draws, seed=seed + 1000)
+
+
 def shipped(caches: list[Path], contract: InputContract, cache_dir: Path, draws: int, seed: int, ckpt: Path) -> dict:
     """The detector ``ckpt`` (the shipped one by default) on the subjects it never saw (HELD_OUT), fresh draws of every family."""
     net, ckpt_contract, facts = load_network(ckpt)
     if ckpt_contract != contract:
         raise ValueError(f"{ckpt}: the detector's contract {ckpt_contract} is not the evaluation's {contract}")
     held = [cache for cache in caches if subject_of(cache) in HELD_OUT]
-    samples = draw(held, contract, cache_dir, draws=draws, seed=seed + 1000)
+    samples = held_out_draws(held, contract, cache_dir, draws, seed)
     probabilities = torch.softmax(logits_of(net, samples.views), 1).numpy()
     bundles = [read_bundle(cache) for cache in held]
     trained = trained_families(facts)

@@ -54,19 +54,14 @@ from defacegan.detector_training import (
 from defacegan.inference import SHIPPED_CHECKPOINT
 from defacegan.io import atomic_write_text
 from defacegan.report import markdown_table
-from detector_eval import headline, rate_text, recipe_families
+from detector_eval import headline, held_out_draws, rate_text, recipe_families
 
 #: The rates each fit is judged by (rows of :func:`detector_eval.headline`).
 ROWS = ("real faces called face", "every face-labelled variant called face", "removed faces not called face",
         "replaced faces called replaced", "removed faces of the families trained on not called face",
         "replaced faces of the families trained on called replaced")
-#: Batch size of :func:`defacegan.detector_training.fit`.
+#: Batch size of every fit (given to :func:`defacegan.detector_training.fit`).
 BATCH = 32
-
-
-def steps_budget(training_heads: int, trained: list[str]) -> int:
-    """Optimiser steps of every fit: EPOCHS over all ``training_heads`` heads' DRAWS draws of the ``trained`` families."""
-    return EPOCHS * (training_heads * DRAWS * len(trained) // BATCH)
 
 
 def points(heads: list[int], head_draws: list[int], pool: int) -> list[tuple[int, int]]:
@@ -76,13 +71,13 @@ def points(heads: list[int], head_draws: list[int], pool: int) -> list[tuple[int
 
 
 def fit_point(samples: Samples, heads: list[str], draws: int, val: Samples, test: Samples, trained: list[str],
-              steps: int, seed: int) -> dict:
+              steps: int, seed: int, contract: InputContract) -> dict:
     """One network fitted on ``draws`` draws of ``heads`` for ``steps`` steps, calibrated on ``val``
     and judged on ``test``."""
     train = samples.where(np.isin(samples.family, trained) & np.isin(samples.subject, heads) & (samples.number < draws))
     epochs = max(1, round(steps / (len(train.label) // BATCH)))
     started = time.perf_counter()
-    net = fit(train, InputContract(), epochs=epochs, seed=seed)
+    net = fit(train, contract, epochs=epochs, seed=seed, batch_size=BATCH)
     temperature = calibrate(net, val)
     probabilities = torch.softmax(logits_of(net, test.views), 1).numpy()
     return {"heads": len(heads), "draws": draws, "seed": seed, "subjects": heads, "views": len(train.label),
@@ -122,13 +117,14 @@ def main(argv: list[str] | None = None) -> dict:
     held = [cache for cache in caches if subject_of(cache) in HELD_OUT]
     known = [cache for cache in caches if subject_of(cache) not in HELD_OUT]
     samples = draw(known, contract, args.cache, draws=DRAWS, seed=args.seed)
-    test = draw(held, contract, args.cache, draws=DRAWS, seed=args.seed + 1000)
+    test = held_out_draws(held, contract, args.cache, DRAWS, args.seed)
     trained = recipe_families(Path(str(SHIPPED_CHECKPOINT)), None)
     pool, val_heads = split_subjects(sorted({subject_of(c) for c in known}), val=4, seed=args.seed)
     if max(args.heads) > len(pool):
         raise SystemExit(f"--heads: at most {len(pool)} training heads ({len(known)} known, 4 calibrate)")
     val = samples.where(np.isin(samples.family, trained) & np.isin(samples.subject, val_heads))
-    steps = steps_budget(len(pool), trained)
+    # EPOCHS over the largest set, all the pool's draws of the trained families
+    steps = EPOCHS * (int(np.sum(np.isin(samples.family, trained) & np.isin(samples.subject, pool))) // BATCH)
     print(f"{len(samples.label)} training and {len(test.label)} test scans drawn ({time.perf_counter() - started:.0f} s); "
           f"{steps} steps a fit", flush=True)
     fits = []
@@ -142,7 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
     for repeat in range(args.repeats):
         order = [str(s) for s in np.random.default_rng(args.seed + repeat).permutation(pool)]
         for heads, draws in points(args.heads, args.head_draws, len(pool)):
-            fits.append(fit_point(samples, sorted(order[:heads]), draws, val, test, trained, steps, args.seed + repeat))
+            fits.append(fit_point(samples, sorted(order[:heads]), draws, val, test, trained, steps, args.seed + repeat,
+                                  contract))
             line = "; ".join(f"{name} {rate_text(fits[-1]['headline'][name])}" for name in ROWS[2:4])
             print(f"repeat {repeat}, {heads} heads x {draws} draws: {line} ({fits[-1]['fit_seconds']:.0f} s)", flush=True)
             save()
