@@ -70,7 +70,7 @@ data/members/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src/
 # and the anatomy's second opinion against the network alone on every family (bench/anatomy.py, ~16 min);
 # and held-out heads re-faced by a Pix2Pix that train.py trains on the others (bench/gan_refaced.py, ~3 min);
 # the defacer on moved and posed heads (bench/deface.py, ~25 min) and its registration's pitch search (bench/pitch_search.py, 3 min);
-# whether more heads, more draws of the same heads, a wider network or leaving out the cuts near the rule's line would help the network (bench/learning_curve.py, ~105 min, 43 more to draw the first time);
+# whether more heads, more draws of the same heads, a wider network or leaving out the cuts near the rule's line would help the network (bench/learning_curve.py, ~110 min, 43 more to draw the first time);
 # last, all of their trust figures in one table beside the detector's targets (bench/trust.py, which only reads them).
 figures:
 	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE)
