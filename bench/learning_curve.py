@@ -1,5 +1,5 @@
 """Would more heads help the detector, or more draws of the same heads, a wider network, or
-training without the cuts near the rule's line? A learning curve in the first two, a fit of each other.
+training without the cuts near the rule's line? A learning curve along the first two, one fit for each other.
 
 Issue 11's network targets (removed faces not called ``face`` >= 0.98, replaced faces called
 ``replaced`` >= 0.90) are unmet, and the way out this project cannot take here is training on more
@@ -31,8 +31,9 @@ misses that no cut near the line explains moved.
     python bench/learning_curve.py [--ixi ../shared/data/ixi-t1-2mm] [--repeats 2]
 
 Draws the 24 training heads' round 0 once (43 min here in one process, cached in ``data/bundles``
-and shared with ``make weights``); each fit takes 6-7 min on 2 cores (13 min at twice the
-channels), 14 fits by default. Prints a table and writes JSON (default bench/results/learning_curve.json), the fits so far after each one.
+and shared with ``make weights``); each fit takes 7-8 min on 2 cores (16 min at twice the
+channels), 14 fits by default, about 110 min. Prints a table and writes JSON (default
+bench/results/learning_curve.json), the fits so far after each one.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-
 from sklearn.metrics import roc_auc_score
 
 from defacegan.contract import InputContract
@@ -141,7 +141,7 @@ def summary_rows(fits: list[dict]) -> list[dict]:
     rows = []
     for point in dict.fromkeys(f["point"] for f in fits):
         group = [f for f in fits if f["point"] == point]
-        row = {"heads x draws": point, "views": group[0]["views"]}
+        row = {"fit": point, "views": group[0]["views"]}
         row.update({name: mean_of([f["headline"][name] for f in group]) for name in ROWS})
         row[f"removed or replaced keeping under {MARGINS[1]:.0%} of every feature, families trained on, not called face"] = \
             mean_of([f["margins"][FAR] for f in group])
