@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--band", type=float, nargs=2, default=[0.1, 0.6], metavar=("LOW", "HIGH"),
                         help="one fit at all heads and draws without the training scans whose largest kept share "
                              "lies in [LOW, HIGH): the cuts near the rule's line (0.3)")
+    parser.add_argument("--no-band", dest="band", action="store_const", const=None, help="no such fit")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     for repeat in range(args.repeats):
         order = [str(s) for s in np.random.default_rng(args.seed + repeat).permutation(pool)]
-        for point in points(args.heads, args.head_draws, args.widths, tuple(args.band), len(pool)):
+        for point in points(args.heads, args.head_draws, args.widths, args.band and tuple(args.band), len(pool)):
             fits.append(fit_point(samples, point, sorted(order[:point.heads]), val, test, trained, steps,
                                   args.seed + repeat, contract))
             line = "; ".join(f"{name} {rate_text(fits[-1]['headline'][name])}" for name in ROWS[2:4])
