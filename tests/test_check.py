@@ -5,8 +5,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pandas as pd
 import pytest
 from support.detector_fixture import write_head
@@ -105,6 +109,21 @@ def test_the_threshold_applies_to_p_face(tmp_path, detector_ckpt):
     (lenient,) = check_scans(scans, Detector(detector_ckpt, threshold=1.01, anatomy="never"))
     assert strict.status == "face"
     assert lenient.status == max(("removed", "replaced"), key=lenient.probabilities.__getitem__)
+
+
+def test_a_check_starts_without_scipy_or_the_defacer(tmp_path, detector_ckpt):
+    """What a one-scan `check` imports is most of its cold start (bench/startup.py): SciPy's ndimage
+    (0.17 s) and the defacer serve the anatomy's registration, not a scan judged by the network alone,
+    noisy air (the head mask, SimpleITK) and pose reading included."""
+    image = nib.load(write_head(tmp_path / "head.nii.gz", "face", 7))
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    data += np.random.default_rng(7).rayleigh(0.03 * data.max(), data.shape) * (data == 0)
+    nib.save(nib.Nifti1Image(data.astype(np.int16), image.affine), tmp_path / "noisy.nii.gz")
+    program = (f"import sys; from defacegan.cli import main; main(['check', {str(tmp_path / 'noisy.nii.gz')!r}, "
+               f"'--ckpt', {str(detector_ckpt)!r}, '--workers', '0', '--no-anatomy']); "
+               "print(sorted(m for m in ('SimpleITK', 'scipy.ndimage', 'scipy.spatial', 'defacegan.deface') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    assert run.stdout.strip().splitlines()[-1] == "['SimpleITK']"  # the air was noisy: its head mask ran, and nothing more
 
 
 def test_all_defaced_exits_0_and_json_lists_every_scan(tmp_path, capsys, detector_ckpt):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from defacegan.contract import InputContract, Placement, plane_rotation, turned, without_air
+from defacegan.contract import InputContract, Placement, gaussian_blur, plane_rotation, turned, without_air
 from defacegan.detector_training import draw_bundle, subject_of
 from defacegan.features import head_mask
 from defacegan.inference import GridDataset
@@ -109,6 +109,13 @@ def test_heads_within_the_training_poses_are_left_as_they_lie(ixi_scans):
         scan = load_scan(path)
         assert not contract.place(scan.data, scan.affine).straightened, path.name
     assert not contract.place(scan.data, turned(scan.affine, plane_rotation(0, 1, 5))).straightened
+
+
+@pytest.mark.parametrize("sigma", [0.7, 3.0, 8.2])
+def test_the_mirror_readings_blur_is_scipys(sigma):
+    """The pose reading blurs in torch (SciPy's import would slow `check`'s start) and must blur as SciPy does."""
+    image = np.random.default_rng(3).random((40, 57))
+    assert np.allclose(gaussian_blur(torch.as_tensor(image), sigma).numpy(), ndimage.gaussian_filter(image, sigma), atol=1e-12)
 
 
 def test_the_contract_round_trips_through_a_plain_dict():

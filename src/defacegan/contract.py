@@ -366,25 +366,30 @@ def mirror_angle(image: np.ndarray, spacing: float = POSE_GRID_MM) -> float:
     remains of the head is most of it). Only the image's detail is compared (what a Gaussian of
     :data:`MIRROR_DETAIL_MM` does not keep): a head's outline is a near-ellipse that matches its own
     reflection at any angle, and a bias field is smooth. The correlation of the detail with its
-    reflection is taken every :data:`POSE_SEARCH_DEGREES` step, the best step refined by a parabola
+    reflection is taken every :data:`POSE_SEARCH_DEGREES` step (all reflections in one
+    ``grid_sample``, bilinear, 0 beyond the image's edge), the best step refined by a parabola
     through its neighbours' scores. ``spacing``: the image's pixel size (mm). A grid sampled at
     ``plane_rotation(a, b, angle)`` has the line on axis ``b``."""
-    from scipy import ndimage  # here, not at the top: `check` starts without it (bench/startup.py)
-
+    image = torch.as_tensor(image, dtype=torch.float64)
+    rows, columns = image.shape
     weights = image / image.sum()
-    centre = np.array([(weights.sum(axis=1) * np.arange(image.shape[0])).sum(),
-                       (weights.sum(axis=0) * np.arange(image.shape[1])).sum()])
-    detail = image - ndimage.gaussian_filter(image, MIRROR_DETAIL_MM / spacing)
+    centre = torch.stack([(weights.sum(1) * torch.arange(rows)).sum(), (weights.sum(0) * torch.arange(columns)).sum()])
+    detail = image - gaussian_blur(image, MIRROR_DETAIL_MM / spacing)
     reach, step = POSE_SEARCH_DEGREES
     angles = np.arange(-reach, reach + step / 2, step)
-    scores = []
+    turns = [plane_rotation(0, 1, angle)[:2, :2] for angle in angles]
+    reflections = torch.as_tensor(np.stack([turn @ np.diag([-1.0, 1.0]) @ turn.T for turn in turns]))  # (A, 2, 2)
+    pixels = torch.stack(torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(columns, dtype=torch.float64),
+                                        indexing="ij"), -1)
+    source = pixels @ reflections.transpose(1, 2)[:, None] + (centre - reflections @ centre)[:, None, None]  # (A, R, C, 2)
+    last = torch.tensor([rows - 1, columns - 1], dtype=torch.float64)
+    normalised = (source * 2 / last - 1).flip(-1)  # grid_sample wants (column, row), in [-1, 1]
+    mirrored = F.grid_sample(detail.expand(len(angles), 1, rows, columns), normalised, mode="bilinear",
+                             padding_mode="zeros", align_corners=True)[:, 0]
+    mirrored = mirrored * ((source >= 0) & (source <= last)).all(-1)  # nothing read from beyond the edge pixels
+    mirrored = mirrored - mirrored.mean((1, 2), keepdim=True)
     flat = detail - detail.mean()
-    for angle in angles:
-        turn = plane_rotation(0, 1, angle)[:2, :2]
-        reflection = turn @ np.diag([-1.0, 1.0]) @ turn.T
-        mirrored = ndimage.affine_transform(detail, reflection, offset=centre - reflection @ centre, order=1)
-        mirrored -= mirrored.mean()
-        scores.append(float((flat * mirrored).sum() / (np.sqrt((flat ** 2).sum() * (mirrored ** 2).sum()) + 1e-12)))
+    scores = ((flat * mirrored).sum((1, 2)) / (torch.sqrt((flat ** 2).sum() * (mirrored ** 2).sum((1, 2))) + 1e-12)).tolist()
     best = int(np.argmax(scores))
     if 0 < best < len(angles) - 1:
         left, middle, right = scores[best - 1:best + 2]
@@ -392,6 +397,22 @@ def mirror_angle(image: np.ndarray, spacing: float = POSE_GRID_MM) -> float:
         if curvature < 0:
             return float(angles[best] + step * (left - right) / (2 * curvature))
     return float(angles[best])
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``image`` smoothed by a Gaussian of ``sigma`` pixels along each axis, truncated at 4 sigma, its
+    edges mirrored with the edge pixel repeated: ``scipy.ndimage.gaussian_filter``'s result, in torch,
+    whose import ``check`` has paid already (SciPy's costs a cold start 0.17 s, bench/startup.py)."""
+    radius = int(4 * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=image.dtype)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).view(1, 1, -1)
+    for axis, size in enumerate(image.shape):
+        index = torch.arange(-radius, size + radius)
+        index = torch.where(index < 0, -index - 1, torch.where(index >= size, 2 * size - 1 - index, index))
+        padded = image.index_select(axis, index).movedim(axis, -1)
+        image = F.conv1d(padded.reshape(-1, 1, padded.shape[-1]), kernel).reshape(*padded.shape[:-1], size).movedim(-1, axis)
+    return image
 
 
 def fov_centre(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:

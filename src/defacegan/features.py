@@ -26,9 +26,6 @@ from collections.abc import Mapping
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
-
-from defacegan.deface import LPS
 
 #: Feature boxes in pydeface-template voxel indices, half-open ranges per axis (x L→R, y P→A, z I→S).
 FEATURE_BOXES: dict[str, tuple[tuple[tuple[int, int], ...], ...]] = {
@@ -51,6 +48,7 @@ REPLACED_MIN_FRACTION = 0.5
 
 def ras_matrix(transform: sitk.AffineTransform) -> np.ndarray:
     """The 4×4 RAS world → RAS world matrix of an ITK affine transform (which works in LPS)."""
+    from defacegan.deface import LPS  # the defacer (and SciPy) only where a registration is read, not for head_mask
     matrix = np.reshape(transform.GetMatrix(), (3, 3))
     centre, translation = np.asarray(transform.GetCenter()), np.asarray(transform.GetTranslation())
     result = np.eye(4)
@@ -70,6 +68,8 @@ def head_mask(data: np.ndarray) -> np.ndarray:
 
 def skin_shell(head: np.ndarray, spacing: tuple[float, float, float], depth_mm: float = SKIN_DEPTH_MM) -> np.ndarray:
     """Head voxels within ``depth_mm`` of the air outside it."""
+    from scipy import ndimage  # 0.17 s to import: not on the path of check's head_mask
+
     return head & (ndimage.distance_transform_edt(head, sampling=spacing) <= depth_mm)
 
 
