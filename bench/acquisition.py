@@ -3,13 +3,15 @@
 The detector is trained on IXI's 3D T1 scans (2 mm here) with flips, poses up to 15 degrees,
 smoothing and gamma; the scans it will judge come from clinical 2D protocols (thick slices in any
 of the three directions), low-field or fast scans (coarse voxels, noise), coils with a strong bias
-field, denoising reconstructions and averaged scans, patients who moved or lay tilted in the coil. Each of the 8 held-out heads (``HELD_OUT``),
+field, denoising reconstructions and averaged scans, patients who moved or lay tilted in the coil, and
+files whose header misstates the axes by a quarter or half turn. Each of the 8 held-out heads (``HELD_OUT``),
 intact, defaced by the pydeface mask and partly defaced (the lowest 40 % of the face region: eyes
 and nose remain, so ``face``), is acquired as each condition below says and judged by ``check``'s
 own path (the anatomy's second opinion where the network is unsure). No condition but "as stored"
 is within the training augmentation (its poses stop at 15 degrees): this measures how far the
 detector carries, it does not tune it. Heads turned or rolled past 10 degrees meet the contract's
-straightening (``InputContract.place``); a nod has no mirror and stays as it is. Two rows put the noise in the air only and in the head
+straightening (``InputContract.place``); a nod has no mirror and stays as it is; a head the
+straightening does not bring upright is called ``face`` by the pose guard (:mod:`defacegan.pose`). Two rows put the noise in the air only and in the head
 only, to tell which of the two moves a verdict; one adds it before the defacing, as a published
 dataset's scans were acquired and then defaced. One scan per head, case and condition, with its own
 random draw (seeded by the subject): the 8 subjects are the trials (Wilson 95 % intervals).
@@ -24,13 +26,16 @@ from __future__ import annotations
 import time
 import zlib
 
+import nibabel as nib
 import numpy as np
 import torch
 import torchio as tio
 from monai.transforms import RandRicianNoise
 
+from defacegan.contract import plane_rotation, turned
 from defacegan.detector_training import bundle_caches, read_bundle
 from defacegan.families import FaceBundle, Variant
+from defacegan.inference import as_scan
 from defacegan.io import Scan
 from held_out import held_out_setup, judge_conditions, print_conditions, write_result
 
@@ -63,6 +68,15 @@ def through(transform: tio.Transform):
         torch.manual_seed(_seed(bundle))
         image = transform(tio.ScalarImage(tensor=torch.from_numpy(variant.volume[None].copy()), affine=bundle.affine))
         return Scan(image.data[0].numpy(), image.affine)
+    return acquire
+
+
+def header_turned(a: int, b: int, degrees: float):
+    """A header that misstates the axes: the voxels as stored, the affine turned by ``degrees`` in the
+    plane of world axes ``a`` and ``b`` (a quarter turn: a head lying sideways or face down on the
+    grid), read back as a file is (:func:`defacegan.inference.as_scan`: reoriented to RAS+)."""
+    def acquire(bundle: FaceBundle, variant: Variant) -> Scan:
+        return as_scan(nib.Nifti1Image(variant.volume, turned(bundle.affine, plane_rotation(a, b, degrees))))
     return acquire
 
 
@@ -105,6 +119,10 @@ CONDITIONS = {
                              ("turned", (0, 0, 30)), ("rolled", (0, 30, 0)),
                              ("turned", (0, 0, 45)), ("turned", (0, 0, 60)))},
     "head turned 25, rolled 20 and tilted nose up 10 degrees": through(tio.Affine(scales=1, degrees=(10, 20, 25), translation=0)),
+    **{f"header's axes {what}": header_turned(a, b, degrees)
+       for what, (a, b, degrees) in (("turned 90 degrees", (0, 1, 90)), ("turned 180 degrees (face at the back)", (0, 1, 180)),
+                                     ("rolled 90 degrees (head on its side)", (0, 2, 90)),
+                                     ("pitched 90 degrees (face up)", (1, 2, 90)))},
 }
 
 

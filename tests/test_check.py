@@ -25,7 +25,7 @@ from defacegan.io import ScanFile
 
 @pytest.fixture(scope="module")
 def detector(detector_ckpt: Path) -> Detector:
-    return Detector(detector_ckpt)
+    return Detector(detector_ckpt, pose_check=False)  # generated heads: no anatomy for the pose guard (test_pose.py)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def sha256_tree(folder: Path) -> dict[str, str]:
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main(["check", *map(str, argv)])
+    code = main(["check", *map(str, argv), "--no-pose-check"])  # generated heads: no anatomy for the pose guard (test_pose.py)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -105,8 +105,8 @@ def test_the_threshold_applies_to_p_face(tmp_path, detector_ckpt):
     """A scan is `face` when p(face) reaches the threshold, else the likelier of removed/replaced
     (the network's rule: without the anatomy's second opinion, which test_anatomy.py tests)."""
     scans = [ScanFile(write_head(tmp_path / "face.nii.gz", "face", 11))]
-    (strict,) = check_scans(scans, Detector(detector_ckpt, threshold=0.0, anatomy="never"))
-    (lenient,) = check_scans(scans, Detector(detector_ckpt, threshold=1.01, anatomy="never"))
+    (strict,) = check_scans(scans, Detector(detector_ckpt, threshold=0.0, anatomy="never", pose_check=False))
+    (lenient,) = check_scans(scans, Detector(detector_ckpt, threshold=1.01, anatomy="never", pose_check=False))
     assert strict.status == "face"
     assert lenient.status == max(("removed", "replaced"), key=lenient.probabilities.__getitem__)
 
@@ -178,7 +178,7 @@ def test_report_files_and_inputs_untouched(bids_root, tmp_path, capsys, detector
     assert sha256_tree(bids_root) == before
     table = pd.read_csv(out / "results.tsv", sep="\t", dtype=str, keep_default_na=False)
     assert list(table.columns) == ["subject", "session", "contrast", "file", "p_face", "p_removed", "p_replaced",
-                                   "verdict", "note", "views_png"]
+                                   "verdict", "note", "pose_margin", "views_png"]
     assert sorted(table.verdict) == ["face", "removed", "removed"]
     assert sorted(zip(table.subject, table.session)) == [("01", "n/a"), ("02", "1"), ("02", "1")]
     document = json.loads((out / "results.json").read_text())

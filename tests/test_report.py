@@ -32,7 +32,7 @@ def report(tmp_path_factory, detector_ckpt) -> Path:
     (folder / "sub-01_T1w.json").write_text(json.dumps({BRAIN_REMOVED_KEY: 0.25}))  # as deface records it
     (folder / "series5.json").write_text(json.dumps({"SeriesDescription": "t2_flair_tra"}))  # as dcm2niix writes it
     out = folder.parent / "report"
-    assert main(["check", str(folder), "--out", str(out), "--ckpt", str(detector_ckpt), "--workers", "0"]) == EXIT_UNREADABLE
+    assert main(["check", str(folder), "--out", str(out), "--ckpt", str(detector_ckpt), "--workers", "0", "--no-pose-check"]) == EXIT_UNREADABLE
     return out
 
 
@@ -42,7 +42,7 @@ def test_report_page_is_self_contained_beside_its_tables(report):
     assert page.count('src="data:image/png;base64,') == 5  # a thumbnail for each readable scan
     table = pd.read_csv(report / "results.tsv", sep="\t", dtype=str, keep_default_na=False)
     assert list(table.columns) == ["subject", "session", "contrast", "file", "p_face", "p_removed", "p_replaced",
-                                   "verdict", "note", "brain_removed", "views_png"]
+                                   "verdict", "note", "pose_margin", "brain_removed", "views_png"]
     brain = dict(zip(table.file.map(lambda file: Path(file).name), table.brain_removed))
     assert brain["sub-01_T1w.nii.gz"] == "0.2500" and brain["sub-02_T1w.nii.gz"] == MISSING
     document = json.loads((report / "results.json").read_text())

@@ -121,6 +121,7 @@ class CheckResult:
     overruled: bool = False  # the network said removed or replaced; the anatomy found the head's own face
     straightened: float | None = None  # degrees the head lay turned or rolled, when judged straightened
     nodded: float | None = None  # degrees the head lay nodded from IXI's pose (nose up +), when judged with it taken off
+    pose_margin: float | None = None  # the template head's match upright minus turned (defacegan.pose); < 0: pose not understood
 
     @classmethod
     def from_prediction(cls, prediction: Prediction, scan: ScanFile) -> CheckResult:
@@ -129,7 +130,7 @@ class CheckResult:
         fields = (prediction.probabilities, prediction.verdict, error, prediction.views)
         return cls(str(scan.path), scan.subject, scan.session, scan.contrast, *fields,
                    tissue=prediction.tissue, texture=prediction.texture, overruled=prediction.overruled,
-                   straightened=prediction.straightened, nodded=prediction.unnodded)
+                   straightened=prediction.straightened, nodded=prediction.unnodded, pose_margin=prediction.pose_margin)
 
     @property
     def status(self) -> str:
@@ -148,10 +149,14 @@ class CheckResult:
 
     @property
     def note(self) -> str | None:
-        """Why the verdict deserves less trust: the anatomy overruled the network, p(face) close to
-        the line, a head lying beyond the training poses, or a contrast the detector was not
-        validated on."""
+        """Why the verdict deserves less trust: the head's pose was not understood, the anatomy
+        overruled the network, p(face) close to the line, a head lying beyond the training poses, or
+        a contrast the detector was not validated on."""
         notes = []
+        if self.pose_margin is not None and self.pose_margin < 0:
+            notes.append("the head's pose was not understood (the template head matches it better turned a quarter or "
+                         "half way: axes misstated in the header, or a head lying far from upright): called face "
+                         "whatever the network saw, look at it")
         if self.overruled:
             regions = ", ".join(f"{name} {self.tissue[name]:.2f}" for name in kept_features(self.tissue))
             said = likelier_defacing(self.probabilities)
@@ -193,6 +198,7 @@ class CheckResult:
             **{f"p_{verdict}": self.probability(verdict) for verdict in VERDICTS},
             "verdict": self.status,
             "note": self.note,
+            "pose_margin": self.pose_margin,
             "error": self.error,
             **({"brain_removed": self.brain_removed} if self.brain_removed is not None else {}),
             **({"straightened": self.straightened} if self.straightened is not None else {}),
@@ -390,7 +396,7 @@ def write_report(results: Sequence[CheckResult], summary: Summary, detector: Det
     with_brain = "brain_removed" in optional
     tissue = list(dict.fromkeys(f"tissue_{name}" for result in results for name in result.tissue or {}))
     columns = ["subject", "session", "contrast", "file", *(f"p_{verdict}" for verdict in VERDICTS), "verdict",
-               "note", *optional, *tissue, *(["face_texture"] if any("face_texture" in r for r in records) else []), "views_png"]
+               "note", "pose_margin", *optional, *tissue, *(["face_texture"] if any("face_texture" in r for r in records) else []), "views_png"]
     atomic_write_text(out / "results.tsv", tsv_text(records, columns))
     atomic_write_text(out / "results.json", json.dumps(results_document(results, summary, detector), indent=2) + "\n")
     ordered = report_order(results)

@@ -124,7 +124,8 @@ def load_detector(ckpt: Path | None, **options):
 
 
 def add_detector_options(parser) -> None:
-    """The options `check` and `serve` share: which detector, its threshold, the anatomy's second opinion."""
+    """The options `check` and `serve` share: which detector, its threshold, the anatomy's second opinion,
+    the pose check."""
     parser.add_argument("--ckpt", type=Path, help="detector checkpoint (default: the shipped one)")
     parser.add_argument("--threshold", type=float, default=0.5, help="p(face) at or above which a scan is called 'face' (default 0.5)")
     from defacegan.anatomy import NETWORK_SURE, NETWORK_UNSURE, NOD_BEYOND
@@ -139,6 +140,10 @@ def add_detector_options(parser) -> None:
                         "a template registration, 2-3 s a scan)")
     parser.add_argument("--no-anatomy", dest="anatomy", action="store_const", const="never",
                         help="the network alone: no registration, no second opinion")
+    parser.add_argument("--no-pose-check", dest="pose_check", action="store_false",
+                        help="trust the header's axes: by default a head that a template head matches better turned a "
+                             "quarter or half way (axes misstated, or a head lying far from upright) is called 'face' "
+                             "with a note; for phantoms and other objects that no human head resembles")
 
 
 def add_check(commands) -> None:
@@ -185,8 +190,8 @@ def run_check(args) -> int:
     if not scans:
         print(f"error: no NIfTI scans or DICOM series found in {' '.join(map(str, args.paths))}", file=sys.stderr)
         return EXIT_UNREADABLE
-    detector = load_detector(args.ckpt, threshold=args.threshold, anatomy=args.anatomy, batch_size=args.batch_size,
-                             workers=args.workers)
+    detector = load_detector(args.ckpt, threshold=args.threshold, anatomy=args.anatomy, pose_check=args.pose_check,
+                             batch_size=args.batch_size, workers=args.workers)
     if detector is None:
         return EXIT_UNREADABLE
     results = check.check_scans(scans, detector, keep_views=args.out is not None)
@@ -222,7 +227,7 @@ def run_serve(args) -> int:
 
     from defacegan.web import create_app
 
-    detector = load_detector(args.ckpt, threshold=args.threshold, anatomy=args.anatomy)
+    detector = load_detector(args.ckpt, threshold=args.threshold, anatomy=args.anatomy, pose_check=args.pose_check)
     if detector is None:
         return EXIT_UNREADABLE
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -16,6 +16,10 @@ texture of the rest of the head. ``anatomy`` says on which scans it is measured
 (:data:`ANATOMY_MODES`): by default only on those it could change (:func:`~defacegan.anatomy.needs_reading`),
 after the network; ``"always"`` on every scan, in the loader workers (its shares reported for all);
 ``"never"``: the network alone. The first two give the same verdicts.
+
+A head whose pose on the grid was not understood (:mod:`defacegan.pose`: a template head matches it
+better turned a quarter or half way) is called ``face`` whatever the network saw: the network, never
+trained on such grids, calls intact faces lying sideways ``removed``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from defacegan.anatomy import needs_reading, nod_to_undo, overrules
 from defacegan.contract import InputContract
 from defacegan.io import Scan, ScanError, load_scan, require_head_extent, validate_volume
 from defacegan.models.detector import DetectorEnsemble, DetectorNet
+from defacegan.pose import upright_margin
 
 SHIPPED_CHECKPOINT = files("defacegan") / "assets" / "detector.pt"
 
@@ -60,6 +65,11 @@ class Prediction:
     texture: float | None = None  # the face's fine texture as a share of the head's, where measured
     overruled: bool = False  # the network said removed or replaced; the anatomy found the head's own face
     straightened: float | None = None  # degrees the head lay turned or rolled, when the grid was turned with it
+    pose_margin: float | None = None  # the template's match upright minus turned (defacegan.pose); < 0: pose not understood
+
+    @property
+    def pose_understood(self) -> bool:
+        return self.pose_margin is None or self.pose_margin >= 0
 
 
 def needs_anatomy(probabilities: dict[str, float], threshold: float, straightened: bool = False) -> bool:
@@ -103,10 +113,11 @@ class GridDataset(Dataset):
     """Scans as the contract's 3D input (and the anatomy's reading, :func:`defacegan.anatomy.read`,
     with ``anatomy``); failures are returned, not raised."""
 
-    def __init__(self, items: Sequence[ScanInput], contract: InputContract, anatomy: bool = False):
+    def __init__(self, items: Sequence[ScanInput], contract: InputContract, anatomy: bool = False, pose_check: bool = True):
         self.items = list(items)
         self.contract = contract
         self.anatomy = anatomy
+        self.pose_check = pose_check
 
     def __len__(self) -> int:
         return len(self.items)
@@ -119,10 +130,13 @@ class GridDataset(Dataset):
             require_head_extent(scan, "classify")
             reading = second_opinion.read(scan) if self.anatomy else None
             placed = self.contract.place(scan.data, scan.affine)
-            return {"index": index, "source": source, "volume": self.contract.volume(scan.data, scan.affine, placed),
-                    "reading": reading, "straightened": placed.degrees if placed.straightened else None, "error": ""}
+            volume = self.contract.volume(scan.data, scan.affine, placed)
+            return {"index": index, "source": source, "volume": volume, "reading": reading, "error": "",
+                    "straightened": placed.degrees if placed.straightened else None,
+                    "pose_margin": upright_margin(scan.data, scan.affine, placed) if self.pose_check else None}
         except ScanError as error:
-            return {"index": index, "source": source, "volume": None, "reading": None, "straightened": None, "error": str(error)}
+            return {"index": index, "source": source, "volume": None, "reading": None, "straightened": None,
+                    "pose_margin": None, "error": str(error)}
 
 
 def collate(items: list[dict]) -> list[dict]:
@@ -148,7 +162,10 @@ def load_network(path: str | os.PathLike, device: torch.device | str = "cpu") ->
 
 
 class Detector:
-    """A loaded detector: ``Detector(ckpt).predict(paths)`` → list of :class:`Prediction`."""
+    """A loaded detector: ``Detector(ckpt).predict(paths)`` → list of :class:`Prediction`.
+
+    ``pose_check``: a head whose pose was not understood (:mod:`defacegan.pose`) is called ``face``;
+    off for phantoms and generated objects that no human head resembles."""
 
     def __init__(
         self,
@@ -158,6 +175,7 @@ class Detector:
         batch_size: int = 8,
         workers: int = 0,
         anatomy: str = "unsure",
+        pose_check: bool = True,
     ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         path = Path(ckpt) if ckpt is not None else Path(str(SHIPPED_CHECKPOINT))
@@ -171,13 +189,14 @@ class Detector:
         if anatomy not in ANATOMY_MODES:
             raise ValueError(f"anatomy={anatomy!r}: one of {', '.join(ANATOMY_MODES)}")
         self.anatomy = anatomy
+        self.pose_check = pose_check
 
     @property
     def view_names(self) -> list[str]:
         return self.contract.view_names
 
     def loader(self, items: Sequence[ScanInput]) -> DataLoader:
-        dataset = GridDataset(items, self.contract, anatomy=self.anatomy == "always")
+        dataset = GridDataset(items, self.contract, anatomy=self.anatomy == "always", pose_check=self.pose_check)
         return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.workers, collate_fn=collate)
 
     @torch.inference_mode()
@@ -194,8 +213,8 @@ class Detector:
             for b, named, v in zip(good, self.judge(views), views.cpu().numpy()):
                 reading, unnodded, item = b["reading"], None, items[b["index"]]
                 try:
-                    straightened = b["straightened"] is not None
-                    if self.anatomy == "unsure" and needs_anatomy(named, self.threshold, straightened):
+                    straightened, understood = b["straightened"] is not None, b["pose_margin"] is None or b["pose_margin"] >= 0
+                    if self.anatomy == "unsure" and understood and needs_anatomy(named, self.threshold, straightened):
                         item = as_scan(item)  # read once, for the registration and a second judgement alike
                         reading = second_opinion.read(item)
                     unnodded = nod_to_undo(named["face"], reading.nod, straightened) if reading is not None else None
@@ -206,10 +225,10 @@ class Detector:
                     continue
                 tissue, nod, texture = reading if reading is not None else (None, None, None)
                 verdict = verdict_of(named, self.threshold, tissue, texture)
-                predictions[b["index"]] = Prediction(b["source"], named, verdict, views=v if keep_views else None, tissue=tissue,
-                                                     nod=nod, texture=texture, unnodded=unnodded,
-                                                     overruled=verdict != verdict_of(named, self.threshold),
-                                                     straightened=b["straightened"])
+                predictions[b["index"]] = Prediction(b["source"], named, verdict if understood else "face",
+                                                     views=v if keep_views else None, tissue=tissue, nod=nod, texture=texture,
+                                                     unnodded=unnodded, overruled=verdict != verdict_of(named, self.threshold),
+                                                     straightened=b["straightened"], pose_margin=b["pose_margin"])
         return predictions
 
     def judge_unnodded(self, scan: Scan, nod: float) -> tuple[dict[str, float], np.ndarray]:
