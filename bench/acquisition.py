@@ -16,7 +16,10 @@ only, to tell which of the two moves a verdict; one adds it before the defacing,
 dataset's scans were acquired and then defaced. One scan per head, case and condition, with its own
 random draw (seeded by the subject): the 8 subjects are the trials (Wilson 95 % intervals).
 
-    python bench/acquisition.py [--ixi ../shared/data/ixi-t1-2mm] [--ckpt CKPT]
+    python bench/acquisition.py [--ixi ../shared/data/ixi-t1-2mm] [--ckpt CKPT] [--conditions TEXT] [--no-pose-check]
+
+``--conditions``: only the conditions whose name holds TEXT; ``--no-pose-check``: ``check
+--no-pose-check``, the headers' axes trusted.
 
 Prints a table and writes JSON (default bench/results/acquisition.json).
 """
@@ -128,9 +131,9 @@ CONDITIONS = {
 
 def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
-    args, detector, held = held_out_setup(__doc__, "acquisition.json", argv)
+    args, detector, held = held_out_setup(__doc__, "acquisition.json", argv, [("--conditions", str, "")])
     bundles = [read_bundle(cache) for cache in bundle_caches(held, detector.contract, args.cache)]
-    rows = judge_conditions(detector, bundles, CONDITIONS)
+    rows = judge_conditions(detector, bundles, {name: acquire for name, acquire in CONDITIONS.items() if args.conditions in name})
     print_conditions(f"other acquisitions: {detector.checkpoint}, {len(bundles)} held-out IXI heads", rows)
     return write_result(args, detector, started, subjects=[b.subject for b in bundles], rows=rows)
 

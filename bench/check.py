@@ -10,7 +10,7 @@ onto that grid with Rician noise, so that gzip has real work to do. Then, after 
 - the Detector with N loader worker processes on all CPUs;
 - each stage of the per-scan work on one core: ``load_scan(copy=False)`` (read, gunzip,
   validate; the voxels as stored, seen in RAS+ order), the contract's grid (``on_grid``: box
-  filter, interpolation), its intensities, the views, the model, and the views PNG that
+  filter, interpolation), its intensities, the pose guard (:mod:`defacegan.pose`), the views, the model, and the views PNG that
   `--out` adds; and the same stages with the scans' heads turned 30° in the coil (their
   affines turned), which the contract straightens.
 
@@ -47,6 +47,7 @@ from defacegan.detector_training import save_detector
 from defacegan.inference import SHIPPED_CHECKPOINT, Detector, load_network, verdict_of
 from defacegan.io import Scan, load_scan
 from defacegan.models.detector import DetectorNet
+from defacegan.pose import upright_margin
 
 IXI_SHAPE = (256, 256, 150)
 IXI_SPACING = (0.9375, 0.9375, 1.2)
@@ -140,7 +141,7 @@ def stage_profile(detector: Detector, paths: list[Path], turn: np.ndarray = np.e
     stages = dict.fromkeys(
         ["load_scan: read, gunzip, validate (as stored)", "  gunzip alone (zlib)", "contract grid: head anchor, air level, pose (place)", "contract grid (on_grid)",
          "contract air to 0",
-         "contract intensities", "views", "model", "views PNG (--out)"], 0.0)
+         "contract intensities", "pose guard (upright_margin)", "views", "model", "views PNG (--out)"], 0.0)
     load_scan(paths[0])
     for path in paths:
         laps, clock = iter(stages), time.process_time()
@@ -163,6 +164,8 @@ def stage_profile(detector: Detector, paths: list[Path], turn: np.ndarray = np.e
         grid = without_air(grid, placed.air)
         lap()
         volumes = torch.stack([contract.intensities(grid[None])]).to(detector.device)  # as Detector.predict batches them
+        lap()
+        upright_margin(scan.data, scan.affine, placed)
         lap()
         with torch.inference_mode():
             views = contract.views(volumes)

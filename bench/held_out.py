@@ -40,16 +40,20 @@ def held_out_setup(doc: str, result: str, argv: list[str] | None,
     parser.add_argument("--cache", type=Path, default=Path("data/bundles"))
     parser.add_argument("--ckpt", default=None, help="detector checkpoint (default: the shipped one)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / result)
+    parser.add_argument("--no-pose-check", dest="pose_check", action="store_false",
+                        help="trust the headers' axes (check --no-pose-check): what the pose guard changes")
     for flag, kind, default in extra:
         parser.add_argument(flag, type=kind, default=default)
     args = parser.parse_args(argv)
     paths = [path for path in sorted(args.ixi.glob("*.nii*")) if subject_of(path) in HELD_OUT]
-    return args, Detector(args.ckpt, device="cpu"), paths
+    return args, Detector(args.ckpt, device="cpu", pose_check=args.pose_check), paths
 
 
 def write_result(args: argparse.Namespace, detector: Detector, started: float, **fields) -> dict:
-    """The script's JSON (the checkpoint, ``fields``, the seconds since ``started``), written atomically."""
-    result = {"ckpt": str(detector.checkpoint), **fields, "seconds": round(time.perf_counter() - started, 1)}
+    """The script's JSON (the checkpoint, whether the pose guard was on, ``fields``, the seconds since
+    ``started``), written atomically."""
+    result = {"ckpt": str(detector.checkpoint), "pose_check": detector.pose_check, **fields,
+              "seconds": round(time.perf_counter() - started, 1)}
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"written to {args.out}")
     return result

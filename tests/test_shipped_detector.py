@@ -106,14 +106,17 @@ def test_noisy_air_does_not_turn_a_face_into_a_removed_one(detector, bundles, st
     called every held-out face `removed` at 5 % before the contract set the air to 0, and this
     head's face and its partial defacing at 15 % (p(face) 0.02 and 0.01) while the contract set the
     head's own voxels below the air's level to 0 too (0.91 and 0.76 now); a face is a face, a
-    partial defacing that keeps eyes and nose too, and a removed face stays removed."""
+    partial defacing that keeps eyes and nose too, and a removed face stays removed. The network and
+    the contract, without the pose guard: at 15 % it flags this mask-defaced head (margin -0.006), a
+    false alarm; bench/acquisition.py's 15 % row has one too (7/8)."""
+    network = Detector(device="cpu", pose_check=False)
     for bundle in bundles:
         for variant, expected in ((generate(bundle, "none", np.random.default_rng(0)), "face"),
                                   (remove_share(bundle, 0.4, "below"), "face"),
                                   (generate(bundle, "mask", np.random.default_rng(0)), "removed")):
             noisy = rician(variant.volume, std)
             assert detector.contract.place(noisy, bundle.affine).air > 0
-            (prediction,) = detector.predict([Scan(noisy, bundle.affine)])
+            (prediction,) = network.predict([Scan(noisy, bundle.affine)])
             assert prediction.verdict == expected, (bundle.subject, expected, prediction.probabilities)
 
 

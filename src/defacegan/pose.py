@@ -87,17 +87,18 @@ def centre_of_mass(volume: torch.Tensor) -> torch.Tensor:
                         for axis, n in enumerate(volume.shape)])
 
 
-def turned_about(volume: torch.Tensor, rotations: np.ndarray, centre: torch.Tensor, onto: torch.Tensor) -> torch.Tensor:
-    """``volume`` (X, Y, Z) turned by each of ``rotations`` (A, 3, 3) about ``centre`` (voxels), which
-    lands on ``onto``: (A, X, Y, Z), trilinear, 0 outside."""
-    axes = [torch.arange(n, dtype=torch.float64) for n in volume.shape]
+def turned_about(volumes: torch.Tensor, rotations: np.ndarray, centre: torch.Tensor, onto: torch.Tensor) -> torch.Tensor:
+    """``volumes`` (C, X, Y, Z) turned by each of ``rotations`` (A, 3, 3) about ``centre`` (voxels),
+    which lands on ``onto``: (A, C, X, Y, Z), trilinear, 0 outside."""
+    shape = volumes.shape[1:]
+    axes = [torch.arange(n, dtype=torch.float64) for n in shape]
     points = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1) - onto.double()
     turns = torch.as_tensor(rotations, dtype=torch.float64)
     source = points @ turns.transpose(1, 2)[:, None, None] + centre.double()  # (A, X, Y, Z, 3) in volume voxels
-    last = torch.tensor(volume.shape, dtype=torch.float64) - 1
-    normalised = (source * 2 / last - 1).flip(-1).to(volume.dtype)
-    return F.grid_sample(volume.expand(len(turns), 1, *volume.shape), normalised, mode="bilinear",
-                         padding_mode="zeros", align_corners=True)[:, 0]
+    last = torch.tensor(shape, dtype=torch.float64) - 1
+    normalised = (source * 2 / last - 1).flip(-1).to(volumes.dtype)
+    return F.grid_sample(volumes.expand(len(turns), *volumes.shape), normalised, mode="bilinear",
+                         padding_mode="zeros", align_corners=True)
 
 
 @dataclass(frozen=True)
@@ -122,8 +123,9 @@ def poses() -> Poses:
     top = int(torch.nonzero(head.amax((0, 1)) > HEAD_FLOOR).max())
     region = torch.zeros_like(head)
     region[..., max(0, top - round(COMPARED_MM / POSE_CHECK_MM)):] = 1.0
-    regions = (turned_about(region, back, centre, centre) > 0.5).float().flatten(1)
-    turned = turned_about(head, back, centre, centre).flatten(1) * regions
+    turned, regions = turned_about(torch.stack([head, region]), back, centre, centre).unbind(1)
+    regions = (regions > 0.5).float().flatten(1)
+    turned = turned.flatten(1) * regions
     turned = (turned - turned.sum(1, keepdim=True) / regions.sum(1, keepdim=True)) * regions
     return Poses(turned / turned.norm(dim=1, keepdim=True), regions, centre)
 
@@ -138,7 +140,7 @@ def upright_margin(data: np.ndarray | torch.Tensor, affine: np.ndarray, placed: 
     each axis (a neck, or its absence, moves the centre of mass). Negative: not understood."""
     compared = poses()
     grid = POSE_GRID.volume(data, affine, placed)[0]
-    centred = turned_about(grid, np.eye(3)[None], centre_of_mass(grid), compared.centre)[0]
+    centred = turned_about(grid[None], np.eye(3)[None], centre_of_mass(grid), compared.centre)[0, 0]
     shifts = torch.stack([centred.roll(shift, dims=(0, 1, 2)).flatten()
                           for shift in itertools.product((-1, 0, 1), repeat=3)], 1)  # (N, 27)
     spread = compared.regions @ shifts ** 2 - (compared.regions @ shifts) ** 2 / compared.regions.sum(1, keepdim=True)
