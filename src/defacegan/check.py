@@ -48,6 +48,7 @@ from defacegan.dicom import contrast_of
 from defacegan.inference import Detector, Prediction, likelier_defacing
 from defacegan import bids
 from defacegan.io import ScanFile, atomic_write_bytes, atomic_write_text, find_scans, stem
+from defacegan.pose import understood
 
 #: Missing values in TSV files, as BIDS writes them.
 MISSING = "n/a"
@@ -153,7 +154,7 @@ class CheckResult:
         overruled the network, p(face) close to the line, a head lying beyond the training poses, or
         a contrast the detector was not validated on."""
         notes = []
-        if self.pose_margin is not None and self.pose_margin < 0:
+        if not understood(self.pose_margin):
             notes.append("the head's pose was not understood (the template head matches it better turned a quarter or "
                          "half way: axes misstated in the header, or a head lying far from upright): called face "
                          "whatever the network saw, look at it")

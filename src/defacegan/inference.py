@@ -40,7 +40,7 @@ from defacegan.anatomy import needs_reading, nod_to_undo, overrules
 from defacegan.contract import InputContract
 from defacegan.io import Scan, ScanError, load_scan, require_head_extent, validate_volume
 from defacegan.models.detector import DetectorEnsemble, DetectorNet
-from defacegan.pose import upright_margin
+from defacegan.pose import understood, upright_margin
 
 SHIPPED_CHECKPOINT = files("defacegan") / "assets" / "detector.pt"
 
@@ -69,7 +69,7 @@ class Prediction:
 
     @property
     def pose_understood(self) -> bool:
-        return self.pose_margin is None or self.pose_margin >= 0
+        return understood(self.pose_margin)
 
 
 def needs_anatomy(probabilities: dict[str, float], threshold: float, straightened: bool = False) -> bool:
@@ -213,8 +213,8 @@ class Detector:
             for b, named, v in zip(good, self.judge(views), views.cpu().numpy()):
                 reading, unnodded, item = b["reading"], None, items[b["index"]]
                 try:
-                    straightened, understood = b["straightened"] is not None, b["pose_margin"] is None or b["pose_margin"] >= 0
-                    if self.anatomy == "unsure" and understood and needs_anatomy(named, self.threshold, straightened):
+                    straightened, upright = b["straightened"] is not None, understood(b["pose_margin"])
+                    if self.anatomy == "unsure" and upright and needs_anatomy(named, self.threshold, straightened):
                         item = as_scan(item)  # read once, for the registration and a second judgement alike
                         reading = second_opinion.read(item)
                     unnodded = nod_to_undo(named["face"], reading.nod, straightened) if reading is not None else None
@@ -225,7 +225,7 @@ class Detector:
                     continue
                 tissue, nod, texture = reading if reading is not None else (None, None, None)
                 verdict = verdict_of(named, self.threshold, tissue, texture)
-                predictions[b["index"]] = Prediction(b["source"], named, verdict if understood else "face",
+                predictions[b["index"]] = Prediction(b["source"], named, verdict if understood(b["pose_margin"]) else "face",
                                                      views=v if keep_views else None, tissue=tissue, nod=nod, texture=texture,
                                                      unnodded=unnodded, overruled=verdict != verdict_of(named, self.threshold),
                                                      straightened=b["straightened"], pose_margin=b["pose_margin"])

@@ -148,6 +148,11 @@ def upright_margin(data: np.ndarray | torch.Tensor, affine: np.ndarray, placed: 
     return float(scores[: len(NEAR_UPRIGHT)].max() - scores[len(NEAR_UPRIGHT):].max())
 
 
+def understood(margin: float | None) -> bool:
+    """Whether a scan with :func:`upright_margin` ``margin`` (None: not checked) was understood."""
+    return margin is None or margin >= 0
+
+
 def write_template_asset() -> str:
     """Build the template asset and write it (float32)."""
     buffer = BytesIO()
