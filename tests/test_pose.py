@@ -10,11 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from defacegan.contract import InputContract, plane_rotation, turned
+from defacegan.contract import InputContract, plane_rotation
 from defacegan.deface import COLIN27
 from defacegan.inference import Detector
-from defacegan.io import Scan, load_scan
+from defacegan.io import load_scan
 from defacegan.pose import QUARTER_TURNS, build_template, template, upright_margin
+from support.geometry import header_turned
 
 needs_colin27 = pytest.mark.skipif(not COLIN27.is_file(), reason="Colin27 (Debian's mricron-data) is not installed")
 
@@ -30,15 +31,6 @@ def test_the_quarter_turns_are_the_cubes_rotations_less_the_identity():
     assert len({turn.tobytes() for turn in QUARTER_TURNS}) == 23
 
 
-def as_loaded(scan: Scan, rotation: np.ndarray) -> Scan:
-    """``scan`` with its header turned by ``rotation``, read back as a file would be (RAS+ voxels)."""
-    import nibabel as nib
-
-    from defacegan.inference import as_scan
-
-    return as_scan(nib.Nifti1Image(np.asarray(scan.data, dtype=np.float32), turned(scan.affine, rotation)))
-
-
 @needs_colin27
 def test_a_head_turned_a_quarter_or_half_turn_is_not_understood():
     """Upright, nodded or turned within the straightening's reach: understood; a quarter turn about
@@ -47,7 +39,7 @@ def test_a_head_turned_a_quarter_or_half_turn_is_not_understood():
     scan = load_scan(COLIN27)
 
     def margin(rotation: np.ndarray) -> float:
-        moved = as_loaded(scan, rotation)
+        moved = header_turned(scan, rotation)
         return upright_margin(moved.data, moved.affine, contract.place(moved.data, moved.affine))
 
     for rotation in (np.eye(3), plane_rotation(1, 2, 20), plane_rotation(0, 1, 40)):
@@ -65,7 +57,7 @@ def test_check_calls_a_sideways_head_face_and_says_why(detector_ckpt):
 
     scan = load_scan(COLIN27)
     detector = Detector(detector_ckpt, device="cpu", anatomy="never")
-    upright, sideways = detector.predict([scan, as_loaded(scan, plane_rotation(0, 1, 90))])
+    upright, sideways = detector.predict([scan, header_turned(scan, plane_rotation(0, 1, 90))])
     assert upright.pose_understood and upright.pose_margin > 0
     assert sideways.verdict == "face" and not sideways.pose_understood
     result = CheckResult.from_prediction(sideways, ScanFile(COLIN27))

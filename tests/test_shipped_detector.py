@@ -24,6 +24,7 @@ from defacegan.features import FACE_MIN_FRACTION, FEATURES
 from defacegan.inference import SHIPPED_CHECKPOINT, Detector
 from defacegan.io import Scan, load_scan
 from support.artefacts import ghosted
+from support.geometry import header_turned
 
 
 @pytest.fixture(scope="module")
@@ -186,15 +187,12 @@ def test_tissue_a_refacer_puts_where_a_tool_cut_is_labelled_replaced(detector, b
 
 def test_a_held_out_head_whose_header_misstates_its_axes_is_called_face(detector, held_out):
     """Held-out intact heads with their affine turned a quarter or half turn, read back as a file
-    is: the network alone called such sideways intact heads `removed` (p(face) 0.03-0.37, turned
-    75-90 degrees); the pose guard calls them `face` and says why. As stored, none is flagged."""
-    import nibabel as nib
-
-    from defacegan.inference import as_scan
-
+    is: without the guard, `check` called 6 of 32 such intact heads and 14 of 32 eyes-and-nose partial
+    cuts not a face (`bench/acquisition.py --no-pose-check --conditions "header's axes"`); the pose
+    guard calls them `face` and says why. As stored, none is flagged."""
     scans = [load_scan(path) for path in held_out[:4]]
     assert all(p.pose_understood for p in detector.predict(scans))
     for a, b, degrees in ((0, 1, 90), (0, 2, 90), (0, 1, 180)):
-        turned_scans = [as_scan(nib.Nifti1Image(scan.data, turned(scan.affine, plane_rotation(a, b, degrees)))) for scan in scans]
+        turned_scans = [header_turned(scan, plane_rotation(a, b, degrees)) for scan in scans]
         for scan, prediction in zip(held_out, detector.predict(turned_scans)):
             assert prediction.verdict == "face" and not prediction.pose_understood, (scan.name, a, b, degrees, prediction.pose_margin)
