@@ -165,7 +165,7 @@ def stage_profile(detector: Detector, paths: list[Path], turn: np.ndarray = np.e
         lap()
         volumes = torch.stack([contract.intensities(grid[None])]).to(detector.device)  # as Detector.predict batches them
         lap()
-        upright_margin(scan.data, scan.affine, placed)
+        upright_margin(volumes[0].cpu(), contract.spacing)
         lap()
         with torch.inference_mode():
             views = contract.views(volumes)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from defacegan.contract import InputContract, plane_rotation
 from defacegan.deface import COLIN27
 from defacegan.inference import Detector
 from defacegan.io import load_scan
-from defacegan.pose import QUARTER_TURNS, build_template, template, upright_margin
+from defacegan.pose import QUARTER_TURNS, build_template, coarse, require_poolable, template, upright_margin
 from support.geometry import header_turned
 
 needs_colin27 = pytest.mark.skipif(not COLIN27.is_file(), reason="Colin27 (Debian's mricron-data) is not installed")
@@ -31,6 +32,20 @@ def test_the_quarter_turns_are_the_cubes_rotations_less_the_identity():
     assert len({turn.tobytes() for turn in QUARTER_TURNS}) == 23
 
 
+def test_any_grid_whose_spacing_divides_the_pose_grids_is_averaged_onto_it():
+    """The shipped 2 mm grid and a 4 mm grid of 192 mm (the test detectors') come to the same 8 mm
+    voxels, the smaller one padded about its middle; a 3 mm grid is refused before any scan is read."""
+    shipped = torch.zeros(1, 128, 128, 128)
+    shipped[0, 40:88, 40:88, 40:88] = 1.0
+    small = torch.zeros(48, 48, 48)
+    small[12:36, 12:36, 12:36] = 1.0
+    assert torch.equal(coarse(shipped, 2.0), coarse(small, 4.0))
+    assert coarse(shipped, 2.0).shape == (32, 32, 32) and coarse(shipped, 2.0).sum() == 12 ** 3
+    require_poolable(InputContract())
+    with pytest.raises(ValueError, match="divides 8 mm, not 3 mm"):
+        require_poolable(InputContract(spacing=3.0))
+
+
 @needs_colin27
 def test_a_head_turned_a_quarter_or_half_turn_is_not_understood():
     """Upright, nodded or turned within the straightening's reach: understood; a quarter turn about
@@ -40,7 +55,7 @@ def test_a_head_turned_a_quarter_or_half_turn_is_not_understood():
 
     def margin(rotation: np.ndarray) -> float:
         moved = header_turned(scan, rotation)
-        return upright_margin(moved.data, moved.affine, contract.place(moved.data, moved.affine))
+        return upright_margin(contract.volume(moved.data, moved.affine), contract.spacing)
 
     for rotation in (np.eye(3), plane_rotation(1, 2, 20), plane_rotation(0, 1, 40)):
         assert margin(rotation) > 0

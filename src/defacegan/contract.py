@@ -53,8 +53,8 @@ AIR_NOISE_FACTOR = 4.0
 #: and below its top: the median of the 32 IXI heads relative to their field of view's centre,
 #: so the grid holds the whole head with the face and some neck.
 HEAD_ANCHOR_MM = (101.0, 92.0)
-#: The head's pose is judged on a grid this coarse (mm): enough for a mirror plane, a few ms.
-POSE_GRID_MM = 4.0
+#: The head's mirror plane (its turn and roll) is read on a grid this coarse (mm): a few ms.
+MIRROR_GRID_MM = 4.0
 #: The mirror plane is looked for this far (degrees) either side of the grid's, in these steps.
 POSE_SEARCH_DEGREES = (45.0, 3.0)
 #: A head's mirror is looked for in its projections' detail: what a Gaussian of this σ (mm) does not keep.
@@ -164,15 +164,15 @@ class InputContract:
         if rotation is None:
             return placed
         # Anchored again, on the head's own axes.
-        coarse = self.pose_grid()
+        coarse = self.mirror_grid()
         look = coarse.on_grid(sample, sample_affine, placed=replace(placed, rotation=rotation)).numpy() > head_level
         (x0, x1), (y0, y1), (z0, z1) = (np.asarray(span) * coarse.spacing for span in head_extent(look))
         local = np.array([(x0 + x1) / 2, y0 + back, z1 - top]) - coarse.spacing * (np.asarray(coarse.shape) - 1) / 2
         return Placement(placed.centre + rotation @ local, air, rotation)
 
-    def pose_grid(self) -> InputContract:
-        """The same grid at :data:`POSE_GRID_MM`: where the head's pose is judged."""
-        return replace(self, spacing=POSE_GRID_MM, shape=tuple(round(n * self.spacing / POSE_GRID_MM) for n in self.shape))
+    def mirror_grid(self) -> InputContract:
+        """The same grid at :data:`MIRROR_GRID_MM`: where the head's mirror plane is read."""
+        return replace(self, spacing=MIRROR_GRID_MM, shape=tuple(round(n * self.spacing / MIRROR_GRID_MM) for n in self.shape))
 
     def straightening(self, sample: np.ndarray, affine: np.ndarray, placed: Placement) -> np.ndarray | None:
         """The rotation that straightens a head placed at ``placed`` (``sample``: the scan read at
@@ -188,7 +188,7 @@ class InputContract:
         can cancel in one reading), so unless the first reading is within half of
         ``straighten_beyond``, the plane is read again on the grid turned so far
         (:data:`STRAIGHTENING_ROUNDS`) and that reading decides."""
-        coarse = self.pose_grid()
+        coarse = self.mirror_grid()
 
         def normal(rotation: np.ndarray) -> np.ndarray:
             """The mirror plane's normal in world axes, read on the grid turned by ``rotation``."""
@@ -359,7 +359,7 @@ def rotation_onto(normal: np.ndarray) -> np.ndarray:
     return np.eye(3) + sin * k + (1 - cos) * k @ k
 
 
-def mirror_angle(image: np.ndarray, spacing: float = POSE_GRID_MM) -> float:
+def mirror_angle(image: np.ndarray, spacing: float = MIRROR_GRID_MM) -> float:
     """The angle (degrees) from the image's second axis to the line through its centre of mass about
     which it is most nearly mirror-symmetric: a head's mid-sagittal line in a projection from above
     or from the front, which no defacing moves (the face is cut or filled symmetrically, and what

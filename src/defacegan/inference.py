@@ -40,7 +40,7 @@ from defacegan.anatomy import needs_reading, nod_to_undo, overrules
 from defacegan.contract import InputContract
 from defacegan.io import Scan, ScanError, load_scan, require_head_extent, validate_volume
 from defacegan.models.detector import DetectorEnsemble, DetectorNet
-from defacegan.pose import understood, upright_margin
+from defacegan.pose import require_poolable, understood, upright_margin
 
 SHIPPED_CHECKPOINT = files("defacegan") / "assets" / "detector.pt"
 
@@ -117,6 +117,8 @@ class GridDataset(Dataset):
         self.items = list(items)
         self.contract = contract
         self.anatomy = anatomy
+        if pose_check:
+            require_poolable(self.contract)
         self.pose_check = pose_check
 
     def __len__(self) -> int:
@@ -133,7 +135,7 @@ class GridDataset(Dataset):
             volume = self.contract.volume(scan.data, scan.affine, placed)
             return {"index": index, "source": source, "volume": volume, "reading": reading, "error": "",
                     "straightened": placed.degrees if placed.straightened else None,
-                    "pose_margin": upright_margin(scan.data, scan.affine, placed) if self.pose_check else None}
+                    "pose_margin": upright_margin(volume, self.contract.spacing) if self.pose_check else None}
         except ScanError as error:
             return {"index": index, "source": source, "volume": None, "reading": None, "straightened": None,
                     "pose_margin": None, "error": str(error)}
@@ -189,6 +191,8 @@ class Detector:
         if anatomy not in ANATOMY_MODES:
             raise ValueError(f"anatomy={anatomy!r}: one of {', '.join(ANATOMY_MODES)}")
         self.anatomy = anatomy
+        if pose_check:
+            require_poolable(self.contract)
         self.pose_check = pose_check
 
     @property

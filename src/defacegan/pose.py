@@ -5,9 +5,9 @@ The detector judges a face from views of a grid whose axes are taken to be the h
 mirror plane up to 45 degrees). A header that misstates the axes (a quarter turn, a head lying on
 its side or face down) or a head turned beyond what the mirror reading straightens leaves the face
 where the views do not look, and the network, never trained on such grids, calls an intact face
-removed. This puts the scan on a coarse grid (:data:`POSE_GRID`, :data:`POSE_CHECK_MM`) placed and
-turned as the detector's is, and compares it with pydeface's mean head placed on the same kind of
-grid (:func:`upright_margin`): their correlation over the template's top :data:`COMPARED_MM` (what a
+removed. This averages the detector's own input volume down to a coarse grid (:data:`POSE_CHECK_MM`,
+:func:`coarse`) and compares it with pydeface's mean head brought there the same way
+(:func:`upright_margin`): their correlation over the template's top :data:`COMPARED_MM` (what a
 field of view that stops at the chin still holds), the best over poses near
 upright (:data:`NEAR_UPRIGHT`: nods, turns and rolls up to 30 degrees, which the network was
 trained on or the anatomy's nod takes off) minus the best over the 23 other quarter-turn
@@ -32,14 +32,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from defacegan.contract import HEAD_FLOOR, InputContract, Placement, plane_rotation
+from defacegan.contract import HEAD_FLOOR, InputContract, plane_rotation
 from defacegan.io import atomic_write_bytes
 
-#: The pose is compared on a grid this coarse (mm), placed where the detector's grid is and turned
-#: with it, 32 voxels (256 mm) a side: a head's gross shape, a few ms.
+#: The pose is compared on a grid this coarse (mm), :data:`POSE_SHAPE` voxels a side (256 mm): a
+#: head's gross shape, averaged down from the detector's input volume.
 POSE_CHECK_MM = 8.0
-POSE_GRID = InputContract(spacing=POSE_CHECK_MM, shape=(32, 32, 32))
-#: The template head on :data:`POSE_GRID`.
+POSE_SHAPE = (32, 32, 32)
+#: The template head on that grid.
 TEMPLATE_ASSET = files("defacegan") / "assets" / "template_pose.npy"
 #: The template is compared over its top this far (mm): the head above the chin, which a field of
 #: view that stops at the chin still holds.
@@ -65,17 +65,45 @@ def quarter_turns() -> np.ndarray:
 QUARTER_TURNS = quarter_turns()
 
 
+def require_poolable(contract: InputContract) -> None:
+    """Raise ValueError unless ``contract``'s grid averages down to :data:`POSE_CHECK_MM` voxels."""
+    factor = POSE_CHECK_MM / contract.spacing
+    if factor != round(factor):
+        raise ValueError(f"the pose check needs a grid spacing that divides {POSE_CHECK_MM:g} mm, not {contract.spacing:g} mm: "
+                         "turn it off (--no-pose-check, pose_check=False)")
+
+
+def coarse(volume: torch.Tensor, spacing: float) -> torch.Tensor:
+    """A grid volume ((1,) X, Y, Z at ``spacing`` mm: the contract's input) averaged down to
+    :data:`POSE_CHECK_MM` and cropped or padded to :data:`POSE_SHAPE` about its middle. Where the
+    head lies on it does not matter to within a few voxels: :func:`upright_margin` moves its
+    centre of mass onto the template's."""
+    factor = round(POSE_CHECK_MM / spacing)
+    pooled = F.avg_pool3d(volume.reshape(1, 1, *volume.shape[-3:]).float(), factor, ceil_mode=True)[0, 0]
+    for axis, size in enumerate(POSE_SHAPE):
+        extra = pooled.shape[axis] - size
+        if extra > 0:
+            pooled = pooled.narrow(axis, extra // 2, size)
+        elif extra < 0:
+            pad = [0, 0] * 3
+            pad[2 * (2 - axis)], pad[2 * (2 - axis) + 1] = -extra // 2, -extra - (-extra // 2)
+            pooled = F.pad(pooled, pad)
+    return pooled
+
+
 def build_template() -> torch.Tensor:
-    """pydeface's mean head on :data:`POSE_GRID`, placed as a scan is: (X, Y, Z) float32."""
+    """pydeface's mean head as the shipped contract's volume (:class:`InputContract`'s defaults),
+    placed as a scan is, on the pose grid (:func:`coarse`): (X, Y, Z) float32."""
     from defacegan.deface import PYDEFACE_DATA  # SimpleITK and SciPy: only here, not on check's path
 
     image = nib.load(str(PYDEFACE_DATA / "mean_reg2mean.nii.gz"))
-    return POSE_GRID.volume(np.asanyarray(image.dataobj), image.affine)[0]
+    contract = InputContract()
+    return coarse(contract.volume(np.asanyarray(image.dataobj), image.affine), contract.spacing)
 
 
 @lru_cache(maxsize=1)
 def template() -> torch.Tensor:
-    """The template on :data:`POSE_GRID`, as the asset holds it (float32, as scans' grids are)."""
+    """The template on the pose grid, as the asset holds it (float32, as scans' grids are)."""
     return torch.from_numpy(np.load(str(TEMPLATE_ASSET)))
 
 
@@ -90,14 +118,14 @@ def centre_of_mass(volume: torch.Tensor) -> torch.Tensor:
 def turned_about(volumes: torch.Tensor, rotations: np.ndarray, centre: torch.Tensor, onto: torch.Tensor) -> torch.Tensor:
     """``volumes`` (C, X, Y, Z) turned by each of ``rotations`` (A, 3, 3) about ``centre`` (voxels),
     which lands on ``onto``: (A, C, X, Y, Z), trilinear, 0 outside."""
-    shape = volumes.shape[1:]
-    axes = [torch.arange(n, dtype=torch.float64) for n in shape]
-    points = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1) - onto.double()
     turns = torch.as_tensor(rotations, dtype=torch.float64)
-    source = points @ turns.transpose(1, 2)[:, None, None] + centre.double()  # (A, X, Y, Z, 3) in volume voxels
-    last = torch.tensor(shape, dtype=torch.float64) - 1
-    normalised = (source * 2 / last - 1).flip(-1).to(volumes.dtype)
-    return F.grid_sample(volumes.expand(len(turns), *volumes.shape), normalised, mode="bilinear",
+    to_unit = 2 / (torch.tensor(volumes.shape[1:], dtype=torch.float64) - 1)  # voxels -> [-1, 1], align_corners
+    # a voxel p of the result is read at turns @ (p - onto) + centre; in [-1, 1] coordinates, x y z = the last axis first
+    linear = to_unit[:, None] * turns / to_unit
+    offset = to_unit * (turns @ (1 / to_unit - onto.double()) + centre.double()) - 1
+    theta = torch.cat([linear, offset[..., None]], -1).flip(-2)[..., [2, 1, 0, 3]]
+    grid = F.affine_grid(theta.to(volumes.dtype), [len(turns), *volumes.shape], align_corners=True)
+    return F.grid_sample(volumes.expand(len(turns), *volumes.shape), grid, mode="bilinear",
                          padding_mode="zeros", align_corners=True)
 
 
@@ -130,16 +158,17 @@ def poses() -> Poses:
     return Poses(turned / turned.norm(dim=1, keepdim=True), regions, centre)
 
 
-def upright_margin(data: np.ndarray | torch.Tensor, affine: np.ndarray, placed: Placement) -> float:
-    """How much better the template matches a scan (``data``, ``affine``) near upright than turned a
-    quarter or half way, on :data:`POSE_GRID` placed and turned as ``placed`` says (the detector's
-    :meth:`~defacegan.contract.InputContract.place`): the best correlation over
+def upright_margin(volume: torch.Tensor, spacing: float) -> float:
+    """How much better the template matches a scan near upright than turned a quarter or half way,
+    from the detector's input volume of it (``volume``, (1,) X, Y, Z at ``spacing`` mm: placed and
+    turned as :meth:`~defacegan.contract.InputContract.place` says) averaged down (:func:`coarse`):
+    the best correlation over
     :data:`NEAR_UPRIGHT` less the best over :data:`QUARTER_TURNS`, each over the template's top
     :data:`COMPARED_MM` (so a field of view that stops at the chin and one that holds the neck are
     judged alike), the scan's centre of mass on the template's and shifted a voxel either way along
     each axis (a neck, or its absence, moves the centre of mass). Negative: not understood."""
     compared = poses()
-    grid = POSE_GRID.volume(data, affine, placed)[0]
+    grid = coarse(volume, spacing)
     centred = turned_about(grid[None], np.eye(3)[None], centre_of_mass(grid), compared.centre)[0, 0]
     shifts = torch.stack([centred.roll(shift, dims=(0, 1, 2)).flatten()
                           for shift in itertools.product((-1, 0, 1), repeat=3)], 1)  # (N, 27)
