@@ -29,16 +29,15 @@ from __future__ import annotations
 import time
 import zlib
 
-import nibabel as nib
 import numpy as np
 import torch
 import torchio as tio
 from monai.transforms import RandRicianNoise
 
-from defacegan.contract import plane_rotation, turned
+from defacegan.contract import plane_rotation
 from defacegan.detector_training import bundle_caches, read_bundle
 from defacegan.families import FaceBundle, Variant
-from defacegan.inference import as_scan
+from defacegan.inference import with_header_turned
 from defacegan.io import Scan
 from held_out import held_out_setup, judge_conditions, print_conditions, write_result
 
@@ -77,9 +76,9 @@ def through(transform: tio.Transform):
 def header_turned(a: int, b: int, degrees: float):
     """A header that misstates the axes: the voxels as stored, the affine turned by ``degrees`` in the
     plane of world axes ``a`` and ``b`` (a quarter turn: a head lying sideways or face down on the
-    grid), read back as a file is (:func:`defacegan.inference.as_scan`: reoriented to RAS+)."""
+    grid), read back as a file is (:func:`defacegan.inference.with_header_turned`: reoriented to RAS+)."""
     def acquire(bundle: FaceBundle, variant: Variant) -> Scan:
-        return as_scan(nib.Nifti1Image(variant.volume, turned(bundle.affine, plane_rotation(a, b, degrees))))
+        return with_header_turned(Scan(variant.volume, bundle.affine), plane_rotation(a, b, degrees))
     return acquire
 
 

@@ -1,5 +1,6 @@
 """The pose guard (:mod:`defacegan.pose`): a head whose header misstates its axes, or that lies
-turned further than the grid is straightened, is called ``face`` with a note, never ``removed``.
+turned further than the grid is straightened, is read with its header turned back where the
+template is plain about the turn, and otherwise called ``face`` with a note, never ``removed``.
 
 On Colin27 (a real head other than the template's, Debian's ``mricron-data``) where installed; the
 shipped detector's held-out IXI heads are in ``test_shipped_detector.py``.
@@ -13,10 +14,9 @@ import torch
 
 from defacegan.contract import InputContract, plane_rotation
 from defacegan.deface import COLIN27
-from defacegan.inference import Detector
+from defacegan.inference import Detector, with_header_turned
 from defacegan.io import load_scan
-from defacegan.pose import QUARTER_TURNS, build_template, coarse, require_poolable, template, upright_margin
-from support.geometry import header_turned
+from defacegan.pose import QUARTER_TURNS, build_template, coarse, describe_turn, require_poolable, template, upright_margin
 
 needs_colin27 = pytest.mark.skipif(not COLIN27.is_file(), reason="Colin27 (Debian's mricron-data) is not installed")
 
@@ -54,7 +54,7 @@ def test_a_head_turned_a_quarter_or_half_turn_is_not_understood():
     scan = load_scan(COLIN27)
 
     def margin(rotation: np.ndarray) -> float:
-        moved = header_turned(scan, rotation)
+        moved = with_header_turned(scan, rotation)
         return upright_margin(contract.volume(moved.data, moved.affine), contract.spacing)
 
     for rotation in (np.eye(3), plane_rotation(1, 2, 20), plane_rotation(0, 1, 40)):
@@ -63,18 +63,48 @@ def test_a_head_turned_a_quarter_or_half_turn_is_not_understood():
         assert margin(plane_rotation(a, b, degrees)) < 0, (a, b, degrees)
 
 
+def test_a_turn_is_named_by_its_angle_and_axis():
+    assert describe_turn(plane_rotation(0, 1, 90)) == "90° about S"
+    assert describe_turn(plane_rotation(0, 1, -90)) == "-90° about S"
+    assert describe_turn(plane_rotation(1, 2, 180)) == "180° about R"
+    assert describe_turn(np.array([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]])) == "120° about R+A+S"
+    assert sorted({describe_turn(turn) for turn in QUARTER_TURNS}) == sorted(describe_turn(turn) for turn in QUARTER_TURNS)
+
+
 @needs_colin27
-def test_check_calls_a_sideways_head_face_and_says_why(detector_ckpt):
-    """Whatever the network saw, a head lying sideways on the grid is ``face``, noted, with its
-    negative margin in its record; the same head upright carries no such note."""
+def test_a_head_whose_header_is_turned_is_judged_turned_back(detector_ckpt):
+    """A header turned a quarter way is read turned back by the template's best turn: the same
+    voxels on the same grid as the scan stored upright, so the same answer, with the turn in its
+    record and a note."""
     from defacegan.check import CheckResult
     from defacegan.io import ScanFile
 
     scan = load_scan(COLIN27)
     detector = Detector(detector_ckpt, device="cpu", anatomy="never")
-    upright, sideways = detector.predict([scan, header_turned(scan, plane_rotation(0, 1, 90))])
+    upright, sideways = detector.predict([scan, with_header_turned(scan, plane_rotation(0, 1, 90))])
+    assert upright.righted is None and upright.pose_margin > 0
+    assert sideways.righted == "-90° about S" and sideways.pose_margin == pytest.approx(upright.pose_margin, abs=1e-6)
+    assert sideways.probabilities == pytest.approx(upright.probabilities, abs=1e-5) and sideways.verdict == upright.verdict
+    record = CheckResult.from_prediction(sideways, ScanFile(COLIN27)).record()
+    assert record["righted"] == "-90° about S" and "header's axes looked turned" in record["note"]
+    assert "righted" not in CheckResult.from_prediction(upright, ScanFile(COLIN27)).record()
+
+
+@needs_colin27
+def test_check_calls_a_sideways_head_it_cannot_turn_back_face_and_says_why(detector_ckpt, monkeypatch):
+    """Whatever the network saw, a head left lying sideways on the grid is ``face``, noted, with its
+    negative margin in its record: here because no turn could make it plain enough (the bar set
+    out of reach); the same head upright carries no such note."""
+    from defacegan import inference
+    from defacegan.check import CheckResult
+    from defacegan.io import ScanFile
+
+    monkeypatch.setattr(inference, "RIGHTED_ABOVE", 2.0)  # above any correlation's margin
+    scan = load_scan(COLIN27)
+    detector = Detector(detector_ckpt, device="cpu", anatomy="never")
+    upright, sideways = detector.predict([scan, with_header_turned(scan, plane_rotation(0, 1, 90))])
     assert upright.pose_understood and upright.pose_margin > 0
-    assert sideways.verdict == "face" and not sideways.pose_understood
+    assert sideways.verdict == "face" and not sideways.pose_understood and sideways.righted is None
     result = CheckResult.from_prediction(sideways, ScanFile(COLIN27))
     assert "pose was not understood" in result.note and result.record()["pose_margin"] == sideways.pose_margin < 0
     assert "pose" not in (CheckResult.from_prediction(upright, ScanFile(COLIN27)).note or "")

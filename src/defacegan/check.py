@@ -123,6 +123,7 @@ class CheckResult:
     straightened: float | None = None  # degrees the head lay turned or rolled, when judged straightened
     nodded: float | None = None  # degrees the head lay nodded from IXI's pose (nose up +), when judged with it taken off
     pose_margin: float | None = None  # the template head's match upright minus turned (defacegan.pose); < 0: pose not understood
+    righted: str | None = None  # the turn the header's axes were read with, where the pose guard found them turned
 
     @classmethod
     def from_prediction(cls, prediction: Prediction, scan: ScanFile) -> CheckResult:
@@ -131,7 +132,8 @@ class CheckResult:
         fields = (prediction.probabilities, prediction.verdict, error, prediction.views)
         return cls(str(scan.path), scan.subject, scan.session, scan.contrast, *fields,
                    tissue=prediction.tissue, texture=prediction.texture, overruled=prediction.overruled,
-                   straightened=prediction.straightened, nodded=prediction.unnodded, pose_margin=prediction.pose_margin)
+                   straightened=prediction.straightened, nodded=prediction.unnodded, pose_margin=prediction.pose_margin,
+                   righted=prediction.righted)
 
     @property
     def status(self) -> str:
@@ -158,6 +160,9 @@ class CheckResult:
             notes.append("the head's pose was not understood (the template head matches it better turned a quarter or "
                          "half way: axes misstated in the header, or a head lying far from upright): called face "
                          "whatever the network saw, look at it")
+        if self.righted is not None:
+            notes.append(f"the header's axes looked turned (the template head matched the scan turned a quarter or half "
+                         f"way): judged with them turned {self.righted}, look at it")
         if self.overruled:
             regions = ", ".join(f"{name} {self.tissue[name]:.2f}" for name in kept_features(self.tissue))
             said = likelier_defacing(self.probabilities)
@@ -190,7 +195,8 @@ class CheckResult:
 
     def record(self) -> dict:
         """The JSON/TSV row (no arrays); ``brain_removed`` only where deface recorded it,
-        ``straightened`` and ``nodded`` (degrees) only where the head was judged turned with them."""
+        ``straightened`` and ``nodded`` (degrees) only where the head was judged turned with them, ``righted``
+        only where its header's axes were read turned."""
         return {
             "subject": self.subject,
             "session": self.session,
@@ -204,6 +210,7 @@ class CheckResult:
             **({"brain_removed": self.brain_removed} if self.brain_removed is not None else {}),
             **({"straightened": self.straightened} if self.straightened is not None else {}),
             **({"nodded": self.nodded} if self.nodded is not None else {}),
+            **({"righted": self.righted} if self.righted is not None else {}),
             **{f"tissue_{name}": share if share == share else None for name, share in (self.tissue or {}).items()},
             **({"face_texture": self.texture if self.texture == self.texture else None} if self.texture is not None else {}),
             "views_png": self.views_png,
@@ -393,7 +400,7 @@ def write_report(results: Sequence[CheckResult], summary: Summary, detector: Det
             atomic_write_bytes(out / "views" / name, result_png(result, detector.view_names))
             result.views_png = f"views/{name}"
     records = [result.record() for result in results]
-    optional = [name for name in ("brain_removed", "straightened", "nodded") if any(name in record for record in records)]
+    optional = [name for name in ("brain_removed", "straightened", "nodded", "righted") if any(name in record for record in records)]
     with_brain = "brain_removed" in optional
     tissue = list(dict.fromkeys(f"tissue_{name}" for result in results for name in result.tissue or {}))
     columns = ["subject", "session", "contrast", "file", *(f"p_{verdict}" for verdict in VERDICTS), "verdict",

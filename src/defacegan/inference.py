@@ -18,8 +18,10 @@ after the network; ``"always"`` on every scan, in the loader workers (its shares
 ``"never"``: the network alone. The first two give the same verdicts.
 
 A head whose pose on the grid was not understood (:mod:`defacegan.pose`: a template head matches it
-better turned a quarter or half way) is called ``face`` whatever the network saw: the network, never
-trained on such grids, calls intact faces lying sideways ``removed``.
+better turned a quarter or half way) is read again with its header's axes turned back by that turn
+where the template is plain about it, and judged so if it is then upright (``righted``); otherwise
+it is called ``face`` whatever the network saw: the network, never trained on such grids, calls
+intact faces lying sideways ``removed``.
 """
 
 from __future__ import annotations
@@ -37,10 +39,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from defacegan import anatomy as second_opinion
 from defacegan.anatomy import needs_reading, nod_to_undo, overrules
-from defacegan.contract import InputContract
+from defacegan.contract import InputContract, Placement, turned
 from defacegan.io import Scan, ScanError, load_scan, require_head_extent, validate_volume
 from defacegan.models.detector import DetectorEnsemble, DetectorNet
-from defacegan.pose import require_poolable, understood, upright_margin
+from defacegan.pose import RIGHTED_ABOVE, RIGHTING_BELOW, describe_turn, require_poolable, righting_turn, understood, upright_margin
 
 SHIPPED_CHECKPOINT = files("defacegan") / "assets" / "detector.pt"
 
@@ -66,6 +68,7 @@ class Prediction:
     overruled: bool = False  # the network said removed or replaced; the anatomy found the head's own face
     straightened: float | None = None  # degrees the head lay turned or rolled, when the grid was turned with it
     pose_margin: float | None = None  # the template's match upright minus turned (defacegan.pose); < 0: pose not understood
+    righted: str | None = None  # the turn its header's axes were read with, when the pose guard found them turned (defacegan.pose)
 
     @property
     def pose_understood(self) -> bool:
@@ -109,6 +112,14 @@ def as_scan(item: ScanInput) -> Scan:
     return load_scan(item, copy=False)
 
 
+def with_header_turned(scan: Scan, rotation: np.ndarray | None) -> Scan:
+    """``scan`` with its header's affine turned by ``rotation`` (world axes; None: ``scan`` as it is),
+    read back as a file with that header would be (RAS+ voxels)."""
+    if rotation is None:
+        return scan
+    return as_scan(nib.Nifti1Image(np.asarray(scan.data), turned(scan.affine, rotation)))
+
+
 class GridDataset(Dataset):
     """Scans as the contract's 3D input (and the anatomy's reading, :func:`defacegan.anatomy.read`,
     with ``anatomy``); failures are returned, not raised."""
@@ -130,15 +141,29 @@ class GridDataset(Dataset):
         try:
             scan = as_scan(item)
             require_head_extent(scan, "classify")
+            placed, volume, margin = self.on_grid(scan)
+            righting = None
+            if self.pose_check and margin < -RIGHTING_BELOW:
+                righting = righting_turn(scan.data, scan.affine, self.contract)
+                turned_back = with_header_turned(scan, righting)
+                placed_back, volume_back, margin_back = self.on_grid(turned_back)
+                if margin_back >= RIGHTED_ABOVE:
+                    scan, placed, volume, margin = turned_back, placed_back, volume_back, margin_back
+                else:
+                    righting = None
             reading = second_opinion.read(scan) if self.anatomy else None
-            placed = self.contract.place(scan.data, scan.affine)
-            volume = self.contract.volume(scan.data, scan.affine, placed)
             return {"index": index, "source": source, "volume": volume, "reading": reading, "error": "",
-                    "straightened": placed.degrees if placed.straightened else None,
-                    "pose_margin": upright_margin(volume, self.contract.spacing) if self.pose_check else None}
+                    "straightened": placed.degrees if placed.straightened else None, "pose_margin": margin,
+                    "righting": righting}
         except ScanError as error:
             return {"index": index, "source": source, "volume": None, "reading": None, "straightened": None,
-                    "pose_margin": None, "error": str(error)}
+                    "pose_margin": None, "righting": None, "error": str(error)}
+
+    def on_grid(self, scan: Scan) -> tuple[Placement, torch.Tensor, float | None]:
+        """Where the grid goes on ``scan``, the model's input there, and the pose guard's margin (None: not checked)."""
+        placed = self.contract.place(scan.data, scan.affine)
+        volume = self.contract.volume(scan.data, scan.affine, placed)
+        return placed, volume, upright_margin(volume, self.contract.spacing) if self.pose_check else None
 
 
 def collate(items: list[dict]) -> list[dict]:
@@ -215,15 +240,15 @@ class Detector:
                 continue
             views = self.contract.views(torch.stack([b["volume"] for b in good]).to(self.device))
             for b, named, v in zip(good, self.judge(views), views.cpu().numpy()):
-                reading, unnodded, item = b["reading"], None, items[b["index"]]
+                reading, unnodded, scan = b["reading"], None, None
                 try:
                     straightened, upright = b["straightened"] is not None, understood(b["pose_margin"])
                     if self.anatomy == "unsure" and upright and needs_anatomy(named, self.threshold, straightened):
-                        item = as_scan(item)  # read once, for the registration and a second judgement alike
-                        reading = second_opinion.read(item)
+                        scan = self.scan_of(items[b["index"]], b["righting"])  # read once, for the registration and a second judgement alike
+                        reading = second_opinion.read(scan)
                     unnodded = nod_to_undo(named["face"], reading.nod, straightened) if reading is not None else None
                     if unnodded is not None:
-                        named, v = self.judge_unnodded(as_scan(item), unnodded)
+                        named, v = self.judge_unnodded(scan or self.scan_of(items[b["index"]], b["righting"]), unnodded)
                 except ScanError as error:
                     predictions[b["index"]] = Prediction(b["source"], error=str(error))
                     continue
@@ -232,8 +257,14 @@ class Detector:
                 predictions[b["index"]] = Prediction(b["source"], named, verdict if understood(b["pose_margin"]) else "face",
                                                      views=v if keep_views else None, tissue=tissue, nod=nod, texture=texture,
                                                      unnodded=unnodded, overruled=verdict != verdict_of(named, self.threshold),
-                                                     straightened=b["straightened"], pose_margin=b["pose_margin"])
+                                                     straightened=b["straightened"], pose_margin=b["pose_margin"],
+                                                     righted=None if b["righting"] is None else describe_turn(b["righting"]))
         return predictions
+
+    @staticmethod
+    def scan_of(item: ScanInput, righting: np.ndarray | None) -> Scan:
+        """``item`` read as the loader judged it: its header turned by ``righting`` where the pose guard found it turned."""
+        return with_header_turned(as_scan(item), righting)
 
     def judge_unnodded(self, scan: Scan, nod: float) -> tuple[dict[str, float], np.ndarray]:
         """The network's probabilities and the views for ``scan`` on a grid turned by ``nod`` degrees."""

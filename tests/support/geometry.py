@@ -1,21 +1,12 @@
-"""Known geometry to score defacing against: Dice overlap, random affine head motions, and headers
-that misstate a head's axes."""
+"""Known geometry to score defacing against: Dice overlap and random affine head motions."""
 
 from __future__ import annotations
 
-import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from defacegan.contract import turned
 from defacegan.deface import LPS, warp
-from defacegan.inference import as_scan
 from defacegan.io import Scan
-
-
-def header_turned(scan: Scan, rotation: np.ndarray) -> Scan:
-    """``scan`` with its header's affine turned by ``rotation``, read back as a file would be (RAS+ voxels)."""
-    return as_scan(nib.Nifti1Image(np.asarray(scan.data, dtype=np.float32), turned(scan.affine, rotation)))
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
