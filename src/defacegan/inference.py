@@ -128,8 +128,6 @@ class GridDataset(Dataset):
         self.items = list(items)
         self.contract = contract
         self.anatomy = anatomy
-        if pose_check:
-            require_poolable(self.contract)
         self.pose_check = pose_check
 
     def __len__(self) -> int:
