@@ -226,3 +226,14 @@ def describe_turn(rotation: np.ndarray) -> str:
         axis, degrees = -axis, (degrees if degrees > 179.0 else -degrees)
     letters = "".join(("-" if value < 0 else "+") + name for value, name in zip(axis, "RAS") if abs(value) > 1e-6)
     return f"{degrees:.0f}° about {letters.removeprefix('+')}"
+
+
+def write_template_asset() -> str:
+    """Build the template asset and write it (float32)."""
+    buffer = BytesIO()
+    np.save(buffer, build_template().float().numpy())
+    return str(atomic_write_bytes(str(TEMPLATE_ASSET), buffer.getvalue()))
+
+
+if __name__ == "__main__":
+    print(write_template_asset())
