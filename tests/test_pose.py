@@ -16,7 +16,8 @@ from defacegan.contract import InputContract, plane_rotation
 from defacegan.deface import COLIN27
 from defacegan.inference import Detector, with_header_turned
 from defacegan.io import load_scan
-from defacegan.pose import QUARTER_TURNS, build_template, coarse, describe_turn, require_poolable, template, upright_margin
+from defacegan.pose import (QUARTER_TURNS, build_template, coarse, describe_turn, require_poolable, righting_turn, template,
+                            upright_margin)
 
 needs_colin27 = pytest.mark.skipif(not COLIN27.is_file(), reason="Colin27 (Debian's mricron-data) is not installed")
 
@@ -69,6 +70,19 @@ def test_a_turn_is_named_by_its_angle_and_axis():
     assert describe_turn(plane_rotation(1, 2, 180)) == "180° about R"
     assert describe_turn(np.array([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]])) == "120° about R+A+S"
     assert sorted({describe_turn(turn) for turn in QUARTER_TURNS}) == sorted(describe_turn(turn) for turn in QUARTER_TURNS)
+
+
+@needs_colin27
+def test_the_righting_read_from_the_loaders_volume_is_the_one_read_afresh():
+    """A placement the mirror did not straighten is the grid along the header's axes, so the
+    loader's volume gives the righting turn that reading the scan again would (and saves that read)."""
+    contract = InputContract()
+    scan = with_header_turned(load_scan(COLIN27), plane_rotation(0, 1, 90))
+    placed = contract.place(scan.data, scan.affine)
+    assert not placed.straightened
+    turn = righting_turn(scan.data, scan.affine, contract, contract.volume(scan.data, scan.affine, placed))
+    assert np.array_equal(turn, righting_turn(scan.data, scan.affine, contract))
+    assert np.allclose(turn, plane_rotation(0, 1, -90))
 
 
 @needs_colin27

@@ -142,7 +142,7 @@ class GridDataset(Dataset):
             placed, volume, margin = self.on_grid(scan)
             righting = None
             if self.pose_check and margin < -RIGHTING_BELOW:
-                righting = righting_turn(scan.data, scan.affine, self.contract)
+                righting = righting_turn(scan.data, scan.affine, self.contract, None if placed.straightened else volume)
                 turned_back = with_header_turned(scan, righting)
                 placed_back, volume_back, margin_back = self.on_grid(turned_back)
                 if margin_back >= RIGHTED_ABOVE:

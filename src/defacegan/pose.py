@@ -205,12 +205,16 @@ def understood(margin: float | None) -> bool:
     return margin is None or margin >= 0
 
 
-def righting_turn(data: np.ndarray, affine: np.ndarray, contract: InputContract) -> np.ndarray:
+def righting_turn(data: np.ndarray, affine: np.ndarray, contract: InputContract,
+                  along_header: torch.Tensor | None = None) -> np.ndarray:
     """The world rotation that would bring the head of a scan (``data``, ``affine``) upright, read on
     ``contract``'s grid along the header's axes (not straightened by the mirror, which would leave
-    the head between two quarter turns): the inverse of :func:`best_quarter_turn` there."""
-    along_header = replace(contract, straighten_beyond=360.0)
-    return best_quarter_turn(along_header.volume(data, affine), contract.spacing).T
+    the head between two quarter turns): the inverse of :func:`best_quarter_turn` there.
+    ``along_header``: the contract's volume of the scan when its placement was not straightened,
+    which is that grid's (not built twice)."""
+    if along_header is None:
+        along_header = replace(contract, straighten_beyond=360.0).volume(data, affine)
+    return best_quarter_turn(along_header, contract.spacing).T
 
 
 def describe_turn(rotation: np.ndarray) -> str:

@@ -20,7 +20,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-from defacegan.check import TEMPLATES, CheckResult, data_uri, result_png
+from defacegan.check import CheckResult, data_uri, html_templates, result_png
 from defacegan.inference import Detector, Prediction
 from defacegan.io import ScanFile, is_nifti
 
@@ -198,7 +198,7 @@ def create_app(detector: Detector, max_mb: float = 512, upload_root: str | Path 
         return data_uri(result_png(result, detector.view_names))
 
     def page(status: int = 200, **context) -> HTMLResponse:
-        html = TEMPLATES.get_template("serve.html").render(max_mb=f"{max_mb:g}", max_bytes=max_bytes, **context)
+        html = html_templates().get_template("serve.html").render(max_mb=f"{max_mb:g}", max_bytes=max_bytes, **context)
         return HTMLResponse(html, status_code=status)
 
     @app.get("/", response_class=HTMLResponse)
