@@ -98,7 +98,7 @@ audit-native:
 	test -f $(IXI)/manifest.csv || $(VENV)/bin/defacegan data build --source $(IXI_SOURCE) --out $(IXI)
 	$(PY) bench/audit.py --cohort $(IXI) --size 128 --width 8 --threads 2 --out bench/results/audit-128
 
-assets:  # rebuild the shipped brain mask in pydeface-template space (needs Colin27) and the pose guard's template
+assets:  # rebuild the shipped brain mask in pydeface-template space (needs Colin27) and the pose guard's turned templates
 	$(PY) -m defacegan.deface
 	$(PY) -m defacegan.pose
 

@@ -16,15 +16,17 @@ from defacegan.contract import InputContract, plane_rotation
 from defacegan.deface import COLIN27
 from defacegan.inference import Detector, with_header_turned
 from defacegan.io import load_scan
-from defacegan.pose import (QUARTER_TURNS, build_template, coarse, describe_turn, require_poolable, righting_turn, template,
+from defacegan.pose import (QUARTER_TURNS, build_poses, coarse, describe_turn, poses, require_poolable, righting_turn,
                             upright_margin)
 
 needs_colin27 = pytest.mark.skipif(not COLIN27.is_file(), reason="Colin27 (Debian's mricron-data) is not installed")
 
 
-def test_the_shipped_template_is_the_template_on_the_pose_grid():
-    """The asset is what ``python -m defacegan.pose`` builds (stored as float32)."""
-    assert np.allclose(template().numpy(), build_template().numpy(), atol=1e-6)
+def test_the_shipped_poses_are_the_template_turned_back_by_each_pose():
+    """The asset is what ``python -m defacegan.pose`` builds (its templates stored in float16)."""
+    shipped, built = poses(), build_poses()
+    assert torch.equal(shipped.regions, built.regions) and torch.equal(shipped.centre, built.centre)
+    assert torch.allclose(shipped.templates, built.templates, rtol=1e-3, atol=1e-6)
 
 
 def test_the_quarter_turns_are_the_cubes_rotations_less_the_identity():

@@ -17,8 +17,8 @@ its header's axes turned back so (:func:`righting_turn`, :data:`RIGHTING_BELOW`)
 then plainly upright; any other is answered ``face`` by ``check``, with a note: a false alarm to
 look at, not false assurance.
 
-The template on that grid is an asset (:data:`TEMPLATE_ASSET`, built by ``python -m defacegan.pose``,
-``make assets``): placing it costs more than a second, more than the whole check of a scan.
+The template, turned back by each pose, is an asset (:data:`POSES_ASSET`, built by ``python -m
+defacegan.pose``, ``make assets``): placing it costs more than a second, more than the whole check of a scan.
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ from defacegan.io import atomic_write_bytes
 #: head's gross shape, averaged down from the detector's input volume.
 POSE_CHECK_MM = 8.0
 POSE_SHAPE = (32, 32, 32)
-#: The template head on that grid.
-TEMPLATE_ASSET = files("defacegan") / "assets" / "template_pose.npy"
+#: The template turned back by each pose (:func:`build_poses`), shipped (``python -m defacegan.pose``,
+#: ``make assets``): placing pydeface's head costs more than a second, and turning it every way 0.1-0.2 s
+#: of every check's start.
+POSES_ASSET = files("defacegan") / "assets" / "pose_templates.npz"
 #: The template is compared over its top this far (mm): the head above the chin, which a field of
 #: view that stops at the chin still holds.
 COMPARED_MM = 140.0
@@ -112,12 +114,6 @@ def build_template() -> torch.Tensor:
     return coarse(contract.volume(np.asanyarray(image.dataobj), image.affine), contract.spacing)
 
 
-@lru_cache(maxsize=1)
-def template() -> torch.Tensor:
-    """The template on the pose grid, as the asset holds it (float32, as scans' grids are)."""
-    return torch.from_numpy(np.load(str(TEMPLATE_ASSET)))
-
-
 def centre_of_mass(volume: torch.Tensor) -> torch.Tensor:
     """(3,) voxel coordinates of ``volume``'s intensity-weighted centre."""
     weights = volume.clamp_min(0)
@@ -152,11 +148,10 @@ class Poses:
     centre: torch.Tensor
 
 
-@lru_cache(maxsize=1)
-def poses() -> Poses:
+def build_poses() -> Poses:
     """:class:`Poses` of :data:`NEAR_UPRIGHT` and :data:`QUARTER_TURNS` (a scan turned by a pose matches
     the template as the scan matches the template turned back by it: each scan is resampled once)."""
-    head = template()
+    head = build_template()
     centre = centre_of_mass(head)
     back = np.concatenate([NEAR_UPRIGHT, QUARTER_TURNS]).transpose(0, 2, 1)
     top = int(torch.nonzero(head.amax((0, 1)) > HEAD_FLOOR).max())
@@ -167,6 +162,16 @@ def poses() -> Poses:
     turned = turned.flatten(1) * regions
     turned = (turned - turned.sum(1, keepdim=True) / regions.sum(1, keepdim=True)) * regions
     return Poses(turned / turned.norm(dim=1, keepdim=True), regions, centre)
+
+
+@lru_cache(maxsize=1)
+def poses() -> Poses:
+    """:class:`Poses` as the asset holds them (:data:`POSES_ASSET`: the templates in float16, which
+    moves a margin by less than 1e-4; the regions as bits)."""
+    with np.load(str(POSES_ASSET)) as stored:
+        templates = torch.from_numpy(stored["templates"].astype(np.float32))
+        regions = np.unpackbits(stored["regions"], axis=1, count=templates.shape[1])
+        return Poses(templates, torch.from_numpy(regions.astype(np.float32)), torch.from_numpy(stored["centre"]))
 
 
 def pose_scores(volume: torch.Tensor, spacing: float) -> torch.Tensor:
@@ -232,12 +237,14 @@ def describe_turn(rotation: np.ndarray) -> str:
     return f"{degrees:.0f}° about {letters.removeprefix('+')}"
 
 
-def write_template_asset() -> str:
-    """Build the template asset and write it (float32)."""
+def write_poses_asset() -> str:
+    """Build the poses' asset (:func:`build_poses`) and write it."""
+    built = build_poses()
     buffer = BytesIO()
-    np.save(buffer, build_template().float().numpy())
-    return str(atomic_write_bytes(str(TEMPLATE_ASSET), buffer.getvalue()))
+    np.savez_compressed(buffer, templates=built.templates.numpy().astype(np.float16),
+                        regions=np.packbits(built.regions.numpy() > 0.5, axis=1), centre=built.centre.numpy())
+    return str(atomic_write_bytes(str(POSES_ASSET), buffer.getvalue()))
 
 
 if __name__ == "__main__":
-    print(write_template_asset())
+    print(write_poses_asset())
