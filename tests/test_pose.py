@@ -107,6 +107,20 @@ def test_a_head_whose_header_is_turned_is_judged_turned_back(detector_ckpt):
 
 
 @needs_colin27
+def test_a_header_turn_the_mirror_reading_straightens_near_upright_is_righted_too():
+    """Colin27, its header turned 180° about R+S: the mirror reading turns the shipped grid about 81°
+    onto a pose the margin passes (before: judged so, p(removed) 0.48 on an intact face); the grid
+    turned past the reading's reach is read righted as well, which the template matches better, so
+    the scan is judged as it is upright."""
+    scan = load_scan(COLIN27)
+    half_turn = np.array([[0.0, 0.0, 1.0], [0.0, -1.0, 0.0], [1.0, 0.0, 0.0]])
+    detector = Detector(device="cpu", anatomy="never")
+    upright, turned = detector.predict([scan, with_header_turned(scan, half_turn)])
+    assert turned.righted == describe_turn(half_turn) == "180° about R+S"
+    assert turned.probabilities == pytest.approx(upright.probabilities, abs=1e-5)
+
+
+@needs_colin27
 def test_check_calls_a_sideways_head_it_cannot_turn_back_face_and_says_why(detector_ckpt, monkeypatch):
     """Whatever the network saw, a head left lying sideways on the grid is ``face``, noted, with its
     negative margin in its record: here because no turn could make it plain enough (the bar set

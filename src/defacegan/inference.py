@@ -42,7 +42,7 @@ from defacegan.anatomy import needs_reading, nod_to_undo, overrules
 from defacegan.contract import InputContract, Placement, turned
 from defacegan.io import Scan, ScanError, load_scan, require_head_extent, validate_volume
 from defacegan.models.detector import DetectorEnsemble, DetectorNet
-from defacegan.pose import RIGHTED_ABOVE, RIGHTING_BELOW, describe_turn, require_poolable, righting_turn, understood, upright_margin
+from defacegan.pose import RIGHTED_ABOVE, RIGHTING_BELOW, STRAIGHTENED_PAST, describe_turn, require_poolable, righting_turn, understood, upright_margin
 
 SHIPPED_CHECKPOINT = files("defacegan") / "assets" / "detector.pt"
 
@@ -141,11 +141,11 @@ class GridDataset(Dataset):
             require_head_extent(scan, "classify")
             placed, volume, margin = self.on_grid(scan)
             righting = None
-            if self.pose_check and margin < -RIGHTING_BELOW:
+            if self.pose_check and (margin < -RIGHTING_BELOW or placed.degrees > STRAIGHTENED_PAST):
                 righting = righting_turn(scan.data, scan.affine, self.contract, None if placed.straightened else volume)
                 turned_back = with_header_turned(scan, righting)
                 placed_back, volume_back, margin_back = self.on_grid(turned_back)
-                if margin_back >= RIGHTED_ABOVE:
+                if margin_back >= RIGHTED_ABOVE and margin_back > margin:
                     scan, placed, volume, margin = turned_back, placed_back, volume_back, margin_back
                 else:
                     righting = None
