@@ -16,8 +16,8 @@ from defacegan.contract import InputContract, plane_rotation
 from defacegan.deface import COLIN27
 from defacegan.inference import Detector, with_header_turned
 from defacegan.io import load_scan
-from defacegan.pose import (QUARTER_TURNS, build_poses, coarse, describe_turn, poses, require_poolable, righting_turn,
-                            upright_margin)
+from defacegan.pose import (QUARTER_TURNS, build_poses, build_template, coarse, describe_turn, poses, require_poolable,
+                            righting_turn, upright_margin)
 
 needs_colin27 = pytest.mark.skipif(not COLIN27.is_file(), reason="Colin27 (Debian's mricron-data) is not installed")
 
@@ -27,6 +27,15 @@ def test_the_shipped_poses_are_the_template_turned_back_by_each_pose():
     shipped, built = poses(), build_poses()
     assert torch.equal(shipped.regions, built.regions) and torch.equal(shipped.centre, built.centre)
     assert torch.allclose(shipped.templates, built.templates, rtol=1e-3, atol=1e-6)
+
+
+def test_the_template_is_compared_without_its_face():
+    """What a defacer takes away or replaces is not compared: the upright pose's region holds none of
+    the template's face voxels, and most of the rest of the head."""
+    head, face = build_template()
+    upright = poses().regions[0].reshape(face.shape) > 0.5
+    assert face.sum() > 50 and not (upright & face).any()
+    assert (upright & (head > 0.1)).sum() > 0.5 * ((head > 0.1) & ~face).sum()
 
 
 def test_the_quarter_turns_are_the_cubes_rotations_less_the_identity():

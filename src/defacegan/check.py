@@ -65,6 +65,7 @@ LOOK_FLOOR = 0.2
 #: The report's default order: scans that still show a face first, then those that failed.
 VERDICT_ORDER = ("face", "error", "replaced", "removed")
 
+
 @lru_cache(maxsize=1)
 def html_templates():
     """The report's and the web page's jinja2 templates (jinja2 is imported here, off a plain check's start: ~70 ms)."""

@@ -16,8 +16,8 @@ orientations of the head about its centre of mass. A head better matched by one 
 understood. One the template plainly matches turned a quarter or half way is read again with
 its header's axes turned back so (:func:`righting_turn`, :data:`RIGHTING_BELOW`) and judged if it is
 then plainly upright, as is one whose grid the mirror reading turned past its reach
-(:data:`STRAIGHTENED_PAST`) when the righted reading matches better; any other is answered ``face`` by ``check``, with a note: a false alarm to
-look at, not false assurance.
+(:data:`STRAIGHTENED_PAST`) when the righted reading matches better; any other is answered ``face``
+by ``check``, with a note: a false alarm to look at, not false assurance.
 
 The template, turned back by each pose, is an asset (:data:`POSES_ASSET`, built by ``python -m
 defacegan.pose``, ``make assets``): placing it costs more than a second, more than the whole check of a scan.
@@ -158,9 +158,9 @@ def turned_about(volumes: torch.Tensor, rotations: np.ndarray, centre: torch.Ten
 @dataclass(frozen=True)
 class Poses:
     """The template turned back by each pose about its centre of mass (``centre``, voxels): over the
-    voxels of its turned compared region (its top :data:`COMPARED_MM` less its face; ``regions``, (A, N) 0/1), less its mean there
-    and over its norm (``templates``, (A, N)), so that a dot product with a scan is a correlation
-    over that region, up to the scan's own spread there."""
+    voxels of its turned compared region (its top :data:`COMPARED_MM` less its face; ``regions``,
+    (A, N) 0/1), less its mean there and over its norm (``templates``, (A, N)), so that a dot product
+    with a scan is a correlation over that region, up to the scan's own spread there."""
 
     templates: torch.Tensor
     regions: torch.Tensor
@@ -198,11 +198,10 @@ def pose_scores(volume: torch.Tensor, spacing: float) -> torch.Tensor:
     """The template's best correlation with a scan in each pose (:data:`NEAR_UPRIGHT`, then
     :data:`QUARTER_TURNS`), from the detector's input volume of it (``volume``, (1,) X, Y, Z at
     ``spacing`` mm: placed and turned as :meth:`~defacegan.contract.InputContract.place` says)
-    averaged down (:func:`coarse`): each over the template's top :data:`COMPARED_MM` less its face (so a
-    field of view that stops at the chin and one that holds the neck, a defaced head and an intact one,
-    are judged alike), the scan's centre of
-    mass on the template's and shifted a voxel either way along each axis (a neck, or its absence,
-    moves the centre of mass)."""
+    averaged down (:func:`coarse`): each over the template's top :data:`COMPARED_MM` less its face (so
+    a field of view that stops at the chin and one that holds the neck, a defaced head and an intact
+    one, are judged alike), the scan's centre of mass on the template's and shifted a voxel either
+    way along each axis (a neck, or its absence, moves the centre of mass)."""
     compared = poses()
     grid = coarse(volume, spacing)
     centred = turned_about(grid[None], np.eye(3)[None], centre_of_mass(grid), compared.centre)[0, 0]
