@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         return report
     detector.anatomy, detector.workers = "always", 2
     parts, alone_probabilities, probabilities, tissue, texture, nods, seconds = [], [], [], [], [], [], 0.0
-    default_seconds, registered, same = 0.0, 0, True
+    default_seconds, registered, same, failures, guard = 0.0, 0, True, [], []
     for cache in bundle_caches(paths, detector.contract, args.cache):
         bundle = read_bundle(cache)
         batch, facts = draw_volumes(bundle, detector.contract, draws=args.draws, seed=args.seed)
@@ -142,18 +142,21 @@ def main(argv: list[str] | None = None) -> dict:
         detector.anatomy = "never"  # the network alone
         alone = detector.predict(scans)
         detector.anatomy = "always"
-        failed = [p.error for p in predictions + defaults + alone if p.error]
-        if failed:
-            raise SystemExit(failed[0])
+        # a scan any of the three runs could not judge is reported and left out of the rates, as check carries on
+        keep = np.array([not (a.error or b.error or c.error) for a, b, c in zip(predictions, defaults, alone)])
+        failures += [f"{bundle.subject} {facts['family'][i]} draw {facts['number'][i]}: "
+                     + next(p.error for p in (predictions[i], defaults[i], alone[i]) if p.error) for i in np.flatnonzero(~keep)]
+        predictions, defaults, alone = ([p for p, k in zip(run, keep) if k] for run in (predictions, defaults, alone))
         registered += sum(p.tissue is not None for p in defaults)
         same &= [p.verdict for p in predictions] == [p.verdict for p in defaults]
-        parts.append(Samples(torch.zeros(len(batch), 0), **facts))
+        parts.append(Samples(torch.zeros(len(batch), 0), **facts).where(keep))
+        guard += [(p.righted, p.pose_understood) for p in alone]
         alone_probabilities += [[p.probabilities[v] for v in VERDICTS] for p in alone]
         probabilities += [[p.probabilities[v] for v in VERDICTS] for p in predictions]
         tissue += [p.tissue for p in predictions]
         texture += [p.texture for p in predictions]
         nods += [(p.nod, p.unnodded) for p in predictions]
-        print(f"{bundle.subject}: {len(batch)} volumes", flush=True)
+        print(f"{bundle.subject}: {len(batch)} volumes, {int((~keep).sum())} not judged", flush=True)
     samples, probabilities, alone_probabilities = Samples.join(parts), np.array(probabilities), np.array(alone_probabilities)
     alone, checked = headline(samples, alone_probabilities), headline(samples, probabilities, tissue=tissue, texture=texture)
     said = {"network": verdicts(alone_probabilities), "anatomy": verdicts(probabilities, tissue=tissue, texture=texture)}
@@ -183,10 +186,10 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [{"subject": str(s), "family": str(f), "draw": int(n), "label": VERDICTS[label],
              **{f"p_{v}": float(p) for v, p in zip(VERDICTS, probability)}, "tissue": t, "texture": x, "nod": nod, "unnodded": unnodded,
              "p_face_unnodded": float(checked_probability[0]) if unnodded is not None else None,
-             "network": VERDICTS[a], "anatomy": VERDICTS[b]}
-            for s, f, n, label, probability, checked_probability, t, x, (nod, unnodded), a, b
+             "network": VERDICTS[a], "anatomy": VERDICTS[b], "righted": righted, "pose_understood": understood}
+            for s, f, n, label, probability, checked_probability, t, x, (nod, unnodded), a, b, (righted, understood)
             in zip(samples.subject, samples.family, samples.number, samples.label, alone_probabilities, probabilities, tissue,
-                   texture, nods, said["network"], said["anatomy"])]
+                   texture, nods, said["network"], said["anatomy"], guard)]
     unnodded = [row for row in rows if row["unnodded"] is not None]
     print(f"judged again with the nod taken off: {len(unnodded)} of {len(rows)} scans: "
           + ", ".join(f"{row['family']} {row['subject']} (nod {row['nod']:.0f}: p(face) {row['p_face']:.2f} -> "
@@ -194,7 +197,10 @@ def main(argv: list[str] | None = None) -> dict:
     result = write_result(args, detector, started, subjects=n_subjects, draws=args.draws, seed=args.seed, subjects_drawn=args.subjects,
                           seconds_per_scan=round(per_scan, 2), default_seconds_per_scan=round(default_per_scan, 2),
                           default_registered=registered, default_same_verdicts=same, network=alone, anatomy=checked,
-                          per_family=families, floor=floor_report(rows), vacancy=vacancy_report(rows), rows=rows)
+                          per_family=families, floor=floor_report(rows), vacancy=vacancy_report(rows), failures=failures, rows=rows)
+    print(f"the pose guard: {sum(r['righted'] is not None for r in rows)} of {len(rows)} scans judged righted, "
+          f"{sum(not r['pose_understood'] for r in rows)} not understood (called face); {len(failures)} scans not judged"
+          + "".join(f"\n  {failure}" for failure in failures))
     print_floor_report(result["floor"])
     print_vacancy_report(result["vacancy"])
     if not same:
