@@ -167,8 +167,9 @@ class CheckResult:
                          "half way: axes misstated in the header, or a head lying far from upright): called face "
                          "whatever the network saw, look at it")
         if self.righted is not None:
-            notes.append(f"the header's axes looked turned (the template head matched the scan turned a quarter or half "
-                         f"way): judged with them turned {self.righted}, look at it")
+            notes.append(f"the head looked turned a quarter or half way (the template head matched it so: axes "
+                         f"misstated in the header, or a head lying far from upright): judged with the header's axes "
+                         f"turned {self.righted}, look at it")
         if self.overruled:
             regions = ", ".join(f"{name} {self.tissue[name]:.2f}" for name in kept_features(self.tissue))
             said = likelier_defacing(self.probabilities)
