@@ -67,7 +67,8 @@ data/members/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src/
 # a minute), as other scanners would acquire them: thick slices, noise, bias, smoothing, ghosts, motion, tilts (bench/acquisition.py,
 # ~16 min), and on
 # held-out heads defaced by other projects' tools, Quickshear, caideface and deepdefacer (bench/other_defacers.py, 5 min);
-# and the anatomy's second opinion against the network alone on every family (bench/anatomy.py, ~16 min);
+# the pose guard on the shipped column's draws, with it and without (bench/pose_guard.py, ~10 min);
+# and the anatomy's second opinion against the network alone on every family (bench/anatomy.py, ~56 min);
 # and held-out heads re-faced by a Pix2Pix that train.py trains on the others (bench/gan_refaced.py, ~3 min);
 # the defacer on moved and posed heads (bench/deface.py, ~25 min) and its registration's pitch search (bench/pitch_search.py, 3 min);
 # whether more heads, more draws of the same heads, a wider network or leaving out the cuts near the rule's line would help the network (bench/learning_curve.py, ~110 min, 43 more to draw the first time);
@@ -80,6 +81,7 @@ figures:
 	$(PY) bench/field_of_view.py --ixi $(IXI_SOURCE)
 	$(PY) bench/acquisition.py --ixi $(IXI_SOURCE)
 	$(PY) bench/other_defacers.py --ixi $(IXI_SOURCE)
+	$(PY) bench/pose_guard.py --ixi $(IXI_SOURCE)
 	$(PY) bench/anatomy.py --ixi $(IXI_SOURCE)
 	$(PY) bench/gan_refaced.py --ixi $(IXI_SOURCE)
 	$(PY) bench/deface.py --trials 5 --data $(IXI_SOURCE) --scans 8 --brain-scans 0

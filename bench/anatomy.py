@@ -45,7 +45,7 @@ from defacegan.detector_training import HELD_OUT, Samples, subject_of, bundle_ca
 from defacegan.families import FAMILIES
 from defacegan.features import FEATURES
 from defacegan.io import Scan
-from detector_eval import headline, rate, rate_text, verdicts
+from detector_eval import headline, rate, rate_text
 from held_out import held_out_setup, write_result
 
 SEED = 1000  # the shipped column's draws (bench/detector_eval.py)
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         return report
     detector.anatomy, detector.workers = "always", 2
     parts, alone_probabilities, probabilities, tissue, texture, nods, seconds = [], [], [], [], [], [], 0.0
-    default_seconds, registered, same, failures, guard = 0.0, 0, True, [], []
+    default_seconds, registered, same, failures, guard, said = 0.0, 0, True, [], [], {"network": [], "anatomy": []}
     for cache in bundle_caches(paths, detector.contract, args.cache):
         bundle = read_bundle(cache)
         batch, facts = draw_volumes(bundle, detector.contract, draws=args.draws, seed=args.seed)
@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
         same &= [p.verdict for p in predictions] == [p.verdict for p in defaults]
         parts.append(Samples(torch.zeros(len(batch), 0), **facts).where(keep))
         guard += [(p.righted, p.pose_understood) for p in alone]
+        said["network"] += [VERDICTS.index(p.verdict) for p in alone]
+        said["anatomy"] += [VERDICTS.index(p.verdict) for p in predictions]
         alone_probabilities += [[p.probabilities[v] for v in VERDICTS] for p in alone]
         probabilities += [[p.probabilities[v] for v in VERDICTS] for p in predictions]
         tissue += [p.tissue for p in predictions]
@@ -158,8 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
         nods += [(p.nod, p.unnodded) for p in predictions]
         print(f"{bundle.subject}: {len(batch)} volumes, {int((~keep).sum())} not judged", flush=True)
     samples, probabilities, alone_probabilities = Samples.join(parts), np.array(probabilities), np.array(alone_probabilities)
-    alone, checked = headline(samples, alone_probabilities), headline(samples, probabilities, tissue=tissue, texture=texture)
-    said = {"network": verdicts(alone_probabilities), "anatomy": verdicts(probabilities, tissue=tissue, texture=texture)}
+    # check's verdicts as it gave them: a head whose pose was not understood is face whatever its probabilities
+    said = {name: np.array(verdict) for name, verdict in said.items()}
+    alone, checked = headline(samples, None, said=said["network"]), headline(samples, None, said=said["anatomy"])
     face = VERDICTS.index("face")
     families = {family: {name: rate((said[name][which] == face) == (samples.label[which] == face), samples.subject[which])
                          for name in said}

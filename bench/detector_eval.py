@@ -138,12 +138,14 @@ def verdicts(probabilities: np.ndarray, threshold: float = 0.5, tissue: list[dic
                      for p, t, x in zip(probabilities, tissue, texture)])
 
 
-def headline(samples: Samples, probabilities: np.ndarray, threshold: float = 0.5, tissue: list[dict] | None = None,
-             trained: list[str] | None = None, texture: list[float] | None = None) -> dict[str, dict]:
+def headline(samples: Samples, probabilities: np.ndarray | None, threshold: float = 0.5, tissue: list[dict] | None = None,
+             trained: list[str] | None = None, texture: list[float] | None = None, said: np.ndarray | None = None) -> dict[str, dict]:
     """The issue's targets, each as a rate over test scans, at `check --threshold` ``threshold``
-    (with `--anatomy` where ``tissue`` and ``texture`` are given); when the detector was ``trained``
-    on some families only, the removed and replaced rows again over those families' scans."""
-    said = verdicts(probabilities, threshold, tissue, texture)
+    (with `--anatomy` where ``tissue`` and ``texture`` are given), or of the verdict indices ``said``
+    (as `check` gave them, e.g. with its pose guard's); when the detector was ``trained`` on some
+    families only, the removed and replaced rows again over those families' scans."""
+    if said is None:
+        said = verdicts(probabilities, threshold, tissue, texture)
     eyes, nose = FEATURES.index("eyes"), FEATURES.index("nose")
     keeps_eyes, keeps_nose = (samples.own[:, feature] >= FACE_MIN_FRACTION for feature in (eyes, nose))
     # a nose outside the field of view (NaN share) counts in neither keeps_nose nor eyes_only

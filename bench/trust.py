@@ -82,6 +82,21 @@ def anatomy_rows(report: dict) -> list[dict]:
                 TARGETS.get(name), "bench/anatomy.py") for name in [*TARGETS, *WATCHED] if name in report["anatomy"]]
 
 
+def guard_rows(report: dict) -> list[dict]:
+    """The network alone through ``check``'s path with its pose guard, on the shipped column's draws:
+    the targets' rates as the guard leaves them, and how many of those near-upright heads it let be."""
+    section = f"`check`'s path, network alone with the pose guard, {report['subjects']} held-out subjects"
+    rows = [row(section, name, report["with_guard"][name], TARGETS.get(name), "bench/pose_guard.py",
+                f"without the guard {report['without_guard'][name]['rate']:.3f}")
+            for name in [*TARGETS, *WATCHED] if name in report["with_guard"]]
+    actions = {action: sum(counts[action] for counts in report["actions"].values()) for action in ("none", "flagged", "righted")}
+    misread = sum(r["label"] == "face" and r["with_guard"] != "face" and r["without_guard"] == "face" for r in report["rows"])
+    rows.append(row(section, "scans of heads near upright the guard let be (neither flagged nor righted)",
+                    counted(actions["none"], sum(actions.values()), report["subjects"]), None, "bench/pose_guard.py",
+                    f"{actions['flagged']} flagged, {actions['righted']} righted; faces it made not face: {misread}"))
+    return rows
+
+
 def tool_rows(other_defacers: dict | None, gan_refaced: dict | None) -> list[dict]:
     """Other projects' defacing tools and this project's Pix2Pix re-facer, as ``check`` answers by default."""
     rows = []
@@ -193,7 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     if report is None:  # the slowest bench (100 min): the other rows stand without it
         print(f"{args.results / 'detector_eval' / 'detector_eval.json'}: missing, its rows left out (bench/detector_eval.py)")
     anatomy = load(args.results, "anatomy.json")
-    rows = [*(detector_rows(report) if report else []), *(anatomy_rows(anatomy) if anatomy else []),
+    guard = load(args.results, "pose_guard.json")
+    rows = [*(detector_rows(report) if report else []), *(guard_rows(guard) if guard else []),
+            *(anatomy_rows(anatomy) if anatomy else []),
             *tool_rows(load(args.results, "other_defacers.json"), load(args.results, "gan_refaced.json")),
             *outside_rows(load(args.results, "outside_heads.json")),
             *condition_rows(load(args.results, "field_of_view.json"), "field of view, held-out", "bench/field_of_view.py"),
