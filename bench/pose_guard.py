@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
           + "; ".join(f"{label}-labelled {sum(counts.values())}: " + ", ".join(f"{n} {a}" for a, n in counts.items())
                       for label, counts in by_label.items()))
     print(f"face or not changed by the guard: {changed[(False, True, False)]} defaced scans made face, "
-          f"{changed[(True, False, True)]} faces made not face (unsafe), {changed[(True, True, False)]} faces made face, "
+          f"{len(unsafe)} faces made not face (unsafe), {changed[(True, True, False)]} faces made face, "
           f"{changed[(False, False, True)]} defaced scans made not face; {len(failures)} scans not judged"
           + "".join(f"\n  {failure}" for failure in failures))
     return write_result(args, detector, started, subjects=n_subjects, draws=args.draws, seed=args.seed,

@@ -90,10 +90,9 @@ def guard_rows(report: dict) -> list[dict]:
                 f"without the guard {report['without_guard'][name]['rate']:.3f}")
             for name in [*TARGETS, *WATCHED] if name in report["with_guard"]]
     actions = {action: sum(counts[action] for counts in report["actions"].values()) for action in ("none", "flagged", "righted")}
-    misread = sum(r["label"] == "face" and r["with_guard"] != "face" and r["without_guard"] == "face" for r in report["rows"])
     rows.append(row(section, "scans of heads near upright the guard let be (neither flagged nor righted)",
                     counted(actions["none"], sum(actions.values()), report["subjects"]), None, "bench/pose_guard.py",
-                    f"{actions['flagged']} flagged, {actions['righted']} righted; faces it made not face: {misread}"))
+                    f"{actions['flagged']} flagged, {actions['righted']} righted; faces it made not face: {len(report['unsafe'])}"))
     return rows
 
 
