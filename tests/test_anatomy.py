@@ -179,7 +179,7 @@ def test_a_scan_whose_second_opinion_fails_is_an_error_naming_it_and_the_others_
     network = Detector(threshold=1.0, anatomy="never").predict([cut, held_out_head])  # no scan is `face` at 1.0
     assert needs_anatomy(network[0].probabilities, 1.0), network[0].probabilities
 
-    def unregistrable(scan, seed=0):
+    def unregistrable(scan, seed=0, search=None):
         raise ScanError(scan.path, "registration failed (stand-in for a head the template cannot be fitted to)")
 
     monkeypatch.setattr("defacegan.anatomy.read", unregistrable)

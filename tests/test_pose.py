@@ -171,3 +171,44 @@ def test_check_calls_a_sideways_head_it_cannot_turn_back_face_and_says_why(detec
     result = CheckResult.from_prediction(sideways, ScanFile(COLIN27))
     assert "pose was not understood" in result.note and result.record()["pose_margin"] == sideways.pose_margin < 0
     assert "pose" not in (CheckResult.from_prediction(upright, ScanFile(COLIN27)).note or "")
+
+
+@needs_colin27
+def test_a_registration_finds_an_upright_head_upright_and_a_sideways_one_not():
+    """:func:`defacegan.anatomy.registered_upright` on Colin27: lying as stored, the template fits it
+    better from the grid's axes than read turned a quarter way; lying sideways or nodded a quarter
+    way (its header turned), the fit from the grid's axes loses to the one from the turn that rights it."""
+    from defacegan.anatomy import registered_upright
+
+    scan = load_scan(COLIN27)
+    assert registered_upright(scan, with_header_turned(scan, plane_rotation(0, 1, 90))) is not None
+    for turn in (plane_rotation(0, 1, 90), plane_rotation(1, 2, 90)):
+        turned = with_header_turned(scan, turn)
+        assert registered_upright(turned, with_header_turned(turned, turn.T)) is None
+
+
+@needs_colin27
+def test_a_head_the_guard_cannot_read_is_judged_as_it_lies_when_a_registration_finds_it_upright(detector_ckpt, monkeypatch):
+    """Where the anatomy may run, a scan the guard could not read (its margin made -0.005 here, as a
+    field of view cut in front of the eyes gives) and would call ``face`` is registered: Colin27 lying
+    as stored is found upright and given the network's verdict, with a note and ``registered_upright``
+    in its record; sideways, it stays ``face``, noted as not understood. ``--anatomy never`` registers
+    nothing: the guard's answer stands."""
+    from defacegan import inference
+    from defacegan.check import CheckResult
+    from defacegan.io import ScanFile
+
+    monkeypatch.setattr(inference, "upright_margin", lambda volume, spacing: -0.005)
+    scan = load_scan(COLIN27)
+    sideways = with_header_turned(scan, plane_rotation(0, 1, 90))
+    # threshold 1.1: never face by p(face), so that a face here is the guard's
+    network = Detector(detector_ckpt, device="cpu", threshold=1.1, anatomy="never").predict([scan])[0]
+    as_it_lies = Detector(detector_ckpt, device="cpu", threshold=1.1, pose_check=False).predict([scan])[0]
+    upright, turned = Detector(detector_ckpt, device="cpu", threshold=1.1).predict([scan, sideways])
+    assert network.verdict == "face" and not network.pose_understood and not network.registered_upright
+    assert as_it_lies.verdict != "face" and upright.verdict == as_it_lies.verdict
+    assert upright.registered_upright and upright.pose_understood
+    record = CheckResult.from_prediction(upright, ScanFile(COLIN27)).record()
+    assert record["registered_upright"] is True and "a registration of the template found it upright" in record["note"]
+    assert turned.verdict == "face" and not turned.registered_upright and not turned.pose_understood
+    assert "pose was not understood" in CheckResult.from_prediction(turned, ScanFile(COLIN27)).note

@@ -130,6 +130,7 @@ class CheckResult:
     nodded: float | None = None  # degrees the head lay nodded from IXI's pose (nose up +), when judged with it taken off
     pose_margin: float | None = None  # the template head's match upright minus turned (defacegan.pose); < 0: pose not understood
     righted: str | None = None  # the turn the header's axes were read with, where the pose guard found them turned
+    registered_upright: bool = False  # the pose guard could not read the pose; a registration of the template found the head upright
 
     @classmethod
     def from_prediction(cls, prediction: Prediction, scan: ScanFile) -> CheckResult:
@@ -139,7 +140,7 @@ class CheckResult:
         return cls(str(scan.path), scan.subject, scan.session, scan.contrast, *fields,
                    tissue=prediction.tissue, texture=prediction.texture, overruled=prediction.overruled,
                    straightened=prediction.straightened, nodded=prediction.unnodded, pose_margin=prediction.pose_margin,
-                   righted=prediction.righted)
+                   righted=prediction.righted, registered_upright=prediction.registered_upright)
 
     @property
     def status(self) -> str:
@@ -162,7 +163,10 @@ class CheckResult:
         overruled the network, p(face) close to the line, a head lying beyond the training poses, or
         a contrast the detector was not validated on."""
         notes = []
-        if not understood(self.pose_margin):
+        if self.registered_upright:
+            notes.append("the template head matched the head about as well turned a quarter or half way; a registration "
+                         "of the template found it upright: judged as it lies")
+        elif not understood(self.pose_margin):
             notes.append("the head's pose was not understood (the template head matches it better turned a quarter or "
                          "half way: axes misstated in the header, or a head lying far from upright): called face "
                          "whatever the network saw, look at it")
@@ -203,7 +207,8 @@ class CheckResult:
     def record(self) -> dict:
         """The JSON/TSV row (no arrays); ``brain_removed`` only where deface recorded it,
         ``straightened`` and ``nodded`` (degrees) only where the head was judged turned with them, ``righted``
-        only where its header's axes were read turned."""
+        only where its header's axes were read turned, ``registered_upright`` only where a registration
+        found upright a head whose pose the guard could not read."""
         return {
             "subject": self.subject,
             "session": self.session,
@@ -218,6 +223,7 @@ class CheckResult:
             **({"straightened": self.straightened} if self.straightened is not None else {}),
             **({"nodded": self.nodded} if self.nodded is not None else {}),
             **({"righted": self.righted} if self.righted is not None else {}),
+            **({"registered_upright": True} if self.registered_upright else {}),
             **{f"tissue_{name}": share if share == share else None for name, share in (self.tissue or {}).items()},
             **({"face_texture": self.texture if self.texture == self.texture else None} if self.texture is not None else {}),
             "views_png": self.views_png,
@@ -407,7 +413,7 @@ def write_report(results: Sequence[CheckResult], summary: Summary, detector: Det
             atomic_write_bytes(out / "views" / name, result_png(result, detector.view_names))
             result.views_png = f"views/{name}"
     records = [result.record() for result in results]
-    optional = [name for name in ("brain_removed", "straightened", "nodded", "righted") if any(name in record for record in records)]
+    optional = [name for name in ("brain_removed", "straightened", "nodded", "righted", "registered_upright") if any(name in record for record in records)]
     with_brain = "brain_removed" in optional
     tissue = list(dict.fromkeys(f"tissue_{name}" for result in results for name in result.tissue or {}))
     columns = ["subject", "session", "contrast", "file", *(f"p_{verdict}" for verdict in VERDICTS), "verdict",

@@ -19,9 +19,10 @@ after the network; ``"always"`` on every scan, in the loader workers (its shares
 
 A head whose pose on the grid was not understood (:mod:`defacegan.pose`: a template head matches it
 better turned a quarter or half way) is read again with its header's axes turned back by that turn
-where the template is plain about it, and judged so if it is then upright (``righted``); otherwise
-it is called ``face`` whatever the network saw: the network, never trained on such grids, calls
-intact faces lying sideways ``removed``.
+where the template is plain about it, and judged so if it is then upright (``righted``); otherwise,
+unless a registration of the template finds it upright after all (:func:`defacegan.anatomy.registered_upright`,
+not with ``anatomy="never"``), it is called ``face`` whatever the network saw: the network, never
+trained on such grids, calls intact faces lying sideways ``removed``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -43,6 +45,9 @@ from defacegan.contract import InputContract, Placement, turned
 from defacegan.io import Scan, ScanError, load_scan, require_head_extent, validate_volume
 from defacegan.models.detector import DetectorEnsemble, DetectorNet
 from defacegan.pose import RIGHTED_ABOVE, RIGHTING_BELOW, STRAIGHTENED_PAST, describe_turn, require_poolable, righting_turn, understood, upright_margin
+
+if TYPE_CHECKING:
+    from defacegan.deface import PitchSearch  # SimpleITK: imported where a registration runs
 
 SHIPPED_CHECKPOINT = files("defacegan") / "assets" / "detector.pt"
 
@@ -69,10 +74,11 @@ class Prediction:
     straightened: float | None = None  # degrees the head lay turned or rolled, when the grid was turned with it
     pose_margin: float | None = None  # the template's match upright minus turned (defacegan.pose); < 0: pose not understood
     righted: str | None = None  # the turn its header's axes were read with, when the pose guard found them turned (defacegan.pose)
+    registered_upright: bool = False  # the pose guard could not read the pose; a registration found the head upright
 
     @property
     def pose_understood(self) -> bool:
-        return understood(self.pose_margin)
+        return understood(self.pose_margin) or self.registered_upright
 
 
 def needs_anatomy(probabilities: dict[str, float], threshold: float, straightened: bool = False) -> bool:
@@ -118,6 +124,12 @@ def with_header_turned(scan: Scan, rotation: np.ndarray | None) -> Scan:
     if rotation is None:
         return scan
     return as_scan(nib.Nifti1Image(np.asarray(scan.data), turned(scan.affine, rotation)))
+
+
+def registered_upright(scan: Scan, contract: InputContract) -> PitchSearch | None:
+    """:func:`defacegan.anatomy.registered_upright` for a ``scan`` whose pose the guard could not read,
+    against the scan read turned back by the guard's best quarter or half turn on ``contract``'s grid."""
+    return second_opinion.registered_upright(scan, with_header_turned(scan, righting_turn(scan.data, scan.affine, contract)))
 
 
 class GridDataset(Dataset):
@@ -238,12 +250,16 @@ class Detector:
                 continue
             views = self.contract.views(torch.stack([b["volume"] for b in good]).to(self.device))
             for b, named, v in zip(good, self.judge(views), views.cpu().numpy()):
-                reading, unnodded, scan = b["reading"], None, None
+                reading, unnodded, scan, search, registered = b["reading"], None, None, None, False
                 try:
                     straightened, upright = b["straightened"] is not None, understood(b["pose_margin"])
+                    if not upright and self.anatomy != "never":
+                        scan = self.scan_of(items[b["index"]], None)  # not righted: a righted pose is understood
+                        search = registered_upright(scan, self.contract)
+                        registered = upright = search is not None
                     if self.anatomy == "unsure" and upright and needs_anatomy(named, self.threshold, straightened):
-                        scan = self.scan_of(items[b["index"]], b["righting"])  # read once, for the registration and a second judgement alike
-                        reading = second_opinion.read(scan)
+                        scan = scan or self.scan_of(items[b["index"]], b["righting"])  # read once, for the registration and a second judgement alike
+                        reading = second_opinion.read(scan, search=search)
                     unnodded = nod_to_undo(named["face"], reading.nod, straightened) if reading is not None else None
                     if unnodded is not None:
                         named, v = self.judge_unnodded(scan or self.scan_of(items[b["index"]], b["righting"]), unnodded)
@@ -252,11 +268,12 @@ class Detector:
                     continue
                 tissue, nod, texture = reading if reading is not None else (None, None, None)
                 verdict = verdict_of(named, self.threshold, tissue, texture)
-                predictions[b["index"]] = Prediction(b["source"], named, verdict if understood(b["pose_margin"]) else "face",
+                predictions[b["index"]] = Prediction(b["source"], named, verdict if upright else "face",
                                                      views=v if keep_views else None, tissue=tissue, nod=nod, texture=texture,
                                                      unnodded=unnodded, overruled=verdict != verdict_of(named, self.threshold),
                                                      straightened=b["straightened"], pose_margin=b["pose_margin"],
-                                                     righted=None if b["righting"] is None else describe_turn(b["righting"]))
+                                                     righted=None if b["righting"] is None else describe_turn(b["righting"]),
+                                                     registered_upright=registered)
         return predictions
 
     @staticmethod

@@ -16,8 +16,10 @@ orientations of the head about its centre of mass. A head better matched by one 
 understood. One the template plainly matches turned a quarter or half way is read again with
 its header's axes turned back so (:func:`righting_turn`, :data:`RIGHTING_BELOW`) and judged if it is
 then plainly upright, as is one whose grid the mirror reading turned past its reach
-(:data:`STRAIGHTENED_PAST`) when the righted reading matches better; any other is answered ``face``
-by ``check``, with a note: a false alarm to look at, not false assurance.
+(:data:`STRAIGHTENED_PAST`) when the righted reading matches better. Any other is referred to a
+registration of the template (:func:`defacegan.anatomy.registered_upright`, a few seconds; not with
+``--anatomy never``): judged as it lies where that finds it upright, otherwise answered ``face`` by
+``check``, with a note: a false alarm to look at, not false assurance.
 
 The template, turned back by each pose, is an asset (:data:`POSES_ASSET`, built by ``python -m
 defacegan.pose``, ``make assets``): placing it costs more than a second, more than the whole check of a scan.
