@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
         registered += sum(p.tissue is not None for p in defaults)
         same &= [p.verdict for p in predictions] == [p.verdict for p in defaults]
         parts.append(Samples(torch.zeros(len(batch), 0), **facts).where(keep))
-        guard += [(p.righted, p.pose_understood) for p in alone]
+        guard += [(p.righted, p.pose_understood, p.registered_upright) for p in predictions]  # with the registration's say
         said["network"] += [VERDICTS.index(p.verdict) for p in alone]
         said["anatomy"] += [VERDICTS.index(p.verdict) for p in predictions]
         alone_probabilities += [[p.probabilities[v] for v in VERDICTS] for p in alone]
@@ -189,8 +189,9 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [{"subject": str(s), "family": str(f), "draw": int(n), "label": VERDICTS[label],
              **{f"p_{v}": float(p) for v, p in zip(VERDICTS, probability)}, "tissue": t, "texture": x, "nod": nod, "unnodded": unnodded,
              "p_face_unnodded": float(checked_probability[0]) if unnodded is not None else None,
-             "network": VERDICTS[a], "anatomy": VERDICTS[b], "righted": righted, "pose_understood": understood}
-            for s, f, n, label, probability, checked_probability, t, x, (nod, unnodded), a, b, (righted, understood)
+             "network": VERDICTS[a], "anatomy": VERDICTS[b], "righted": righted, "pose_understood": understood,
+             "registered_upright": registered_upright}
+            for s, f, n, label, probability, checked_probability, t, x, (nod, unnodded), a, b, (righted, understood, registered_upright)
             in zip(samples.subject, samples.family, samples.number, samples.label, alone_probabilities, probabilities, tissue,
                    texture, nods, said["network"], said["anatomy"], guard)]
     unnodded = [row for row in rows if row["unnodded"] is not None]
@@ -201,7 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
                           seconds_per_scan=round(per_scan, 2), default_seconds_per_scan=round(default_per_scan, 2),
                           default_registered=registered, default_same_verdicts=same, network=alone, anatomy=checked,
                           per_family=families, floor=floor_report(rows), vacancy=vacancy_report(rows), failures=failures, rows=rows)
-    print(f"the pose guard: {sum(r['righted'] is not None for r in rows)} of {len(rows)} scans judged righted, "
+    print(f"the pose guard (--anatomy): {sum(r['righted'] is not None for r in rows)} of {len(rows)} scans judged righted, "
+          f"{sum(r['registered_upright'] for r in rows)} it could not read found upright by a registration and judged as they lie, "
           f"{sum(not r['pose_understood'] for r in rows)} not understood (called face); {len(failures)} scans not judged"
           + "".join(f"\n  {failure}" for failure in failures))
     print_floor_report(result["floor"])

@@ -84,15 +84,19 @@ def anatomy_rows(report: dict) -> list[dict]:
 
 def guard_rows(report: dict) -> list[dict]:
     """The network alone through ``check``'s path with its pose guard, on the shipped column's draws:
-    the targets' rates as the guard leaves them, and how many of those near-upright heads it let be."""
+    the targets' rates as the guard leaves them (``--no-anatomy``; beside them, with the guard's flags
+    referred to a registration as ``check``'s default does, and without the guard), and how many of
+    those near-upright heads it let be."""
     section = f"`check`'s path, network alone with the pose guard, {report['subjects']} held-out subjects"
     rows = [row(section, name, report["with_guard"][name], TARGETS.get(name), "bench/pose_guard.py",
+                f"flags referred to a registration {report['referred'][name]['rate']:.3f}; "
                 f"without the guard {report['without_guard'][name]['rate']:.3f}")
             for name in [*TARGETS, *WATCHED] if name in report["with_guard"]]
     actions = {action: sum(counts[action] for counts in report["actions"].values()) for action in ("none", "flagged", "righted")}
     rows.append(row(section, "scans of heads near upright the guard let be (neither flagged nor righted)",
                     counted(actions["none"], sum(actions.values()), report["subjects"]), None, "bench/pose_guard.py",
-                    f"{actions['flagged']} flagged, {actions['righted']} righted; faces it made not face: {len(report['unsafe'])}"))
+                    f"{actions['flagged']} flagged ({report['registered_upright']} of them found upright by a registration), "
+                    f"{actions['righted']} righted; faces it made not face: {len(report['unsafe'])}"))
     return rows
 
 
