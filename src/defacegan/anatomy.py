@@ -154,12 +154,13 @@ def registered_upright(scan: Scan, turned_back: Scan, seed: int = 0) -> PitchSea
     from defacegan import deface
 
     try:
-        upright, turned = deface.pitch_search(scan, seed), deface.pitch_search(turned_back, seed)
+        upright = deface.pitch_search(scan, seed)
+        if abs(upright.ended(upright.best) - TYPICAL_NOD) > REGISTERED_NOD_WITHIN:
+            return None  # found lying so, whatever the turned fit: that search is not run
+        turned = deface.pitch_search(turned_back, seed)
     except RuntimeError:
         return None
-    fit, fit_turned = upright.fits[upright.best][0], turned.fits[turned.best][0]
-    nod = upright.ended(upright.best)
-    return upright if fit <= fit_turned - REGISTERED_BETTER_BY and abs(nod - TYPICAL_NOD) <= REGISTERED_NOD_WITHIN else None
+    return upright if upright.fits[upright.best][0] <= turned.fits[turned.best][0] - REGISTERED_BETTER_BY else None
 
 
 class Reading(NamedTuple):
