@@ -222,7 +222,7 @@ def test_an_overruled_verdict_says_why():
     assert result.record()["face_texture"] == 1.02
 
 
-def test_a_nod_is_taken_off_only_beyond_the_training_poses_where_the_network_is_unsure_of_a_straight_head():
+def test_a_nod_is_taken_off_beyond_the_training_poses_of_a_straight_head_the_network_is_unsure_of_or_the_guard_referred():
     beyond = NOD_BEYOND + 5
     assert nod_to_undo(0.5, TYPICAL_NOD + beyond, False) == pytest.approx(beyond)
     assert nod_to_undo(0.5, TYPICAL_NOD - beyond, False) == pytest.approx(-beyond)
@@ -230,6 +230,11 @@ def test_a_nod_is_taken_off_only_beyond_the_training_poses_where_the_network_is_
     assert nod_to_undo(NETWORK_SURE, TYPICAL_NOD + beyond, False) is None
     assert nod_to_undo(NETWORK_UNSURE / 2, TYPICAL_NOD + beyond, False) is None
     assert nod_to_undo(0.5, TYPICAL_NOD + beyond, True) is None  # its axes were found by the mirror: the nod is less sure
+    # a head the pose guard could not read, found upright by a registration: its nod goes, however sure the network
+    assert nod_to_undo(NETWORK_UNSURE / 2, TYPICAL_NOD + beyond, False, referred=True) == pytest.approx(beyond)
+    assert nod_to_undo(NETWORK_SURE, TYPICAL_NOD - beyond, False, referred=True) == pytest.approx(-beyond)
+    assert nod_to_undo(NETWORK_UNSURE / 2, TYPICAL_NOD + NOD_BEYOND - 1, False, referred=True) is None
+    assert nod_to_undo(0.5, TYPICAL_NOD + beyond, True, referred=True) is None
 
 
 def test_a_real_head_nodded_beyond_the_training_poses_is_judged_again_with_the_nod_taken_off(held_out_head):

@@ -212,3 +212,26 @@ def test_a_head_the_guard_cannot_read_is_judged_as_it_lies_when_a_registration_f
     assert record["registered_upright"] is True and "a registration of the template found it upright" in record["note"]
     assert turned.verdict == "face" and not turned.registered_upright and not turned.pose_understood
     assert "pose was not understood" in CheckResult.from_prediction(turned, ScanFile(COLIN27)).note
+
+
+@needs_colin27
+def test_a_nodded_head_the_guard_cannot_read_is_judged_with_its_nod_taken_off_however_sure_the_network(detector_ckpt, monkeypatch):
+    """A head nodded far nose up is one the guard flags (bench/acquisition.py's 30 degrees nose up);
+    the registration that finds it upright also reads its nod, and the network judges it with the
+    nod taken off whatever p(face) it gave the nodded head: Colin27 with its header nodded 40 degrees
+    (the guard's flag forced, as above)."""
+    from defacegan import inference
+    from defacegan.anatomy import NOD_BEYOND, TYPICAL_NOD
+    from defacegan.check import CheckResult
+    from defacegan.io import ScanFile
+
+    monkeypatch.setattr(inference, "upright_margin", lambda volume, spacing: -0.005)
+    scan = load_scan(COLIN27)
+    nod = np.eye(4)
+    nod[:3, :3] = plane_rotation(1, 2, 40)
+    nodded = Scan(scan.data, nod @ scan.affine)
+    prediction = Detector(detector_ckpt, device="cpu").predict([nodded])[0]
+    assert prediction.registered_upright and prediction.unnodded is not None
+    assert abs(prediction.unnodded) > NOD_BEYOND and prediction.nod == pytest.approx(TYPICAL_NOD + prediction.unnodded)
+    note = CheckResult.from_prediction(prediction, ScanFile(COLIN27)).note
+    assert "its pose was read by a registration: judged again on a grid turned with it" in note

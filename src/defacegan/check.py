@@ -16,8 +16,9 @@ feature's region that still holds tissue (``tissue_eyes``... columns) and the fa
 against the rest of the head's (``face_texture``); a ``removed`` verdict the network is unsure of and
 those regions contradict becomes ``face``, with a note saying so, and so does a ``replaced`` one
 whose face also has the head's own texture. The same
-registration reads a nod: a head nodded beyond the training poses that the network was unsure of is
-judged again on a grid turned to take the nod off (``nodded`` column, noted). It is measured on the
+registration reads a nod: a head nodded beyond the training poses that the network was unsure of, or
+whose pose only a registration could read, is judged again on a grid turned to take the nod off
+(``nodded`` column, noted). It is measured on the
 scans it could change by default, on every scan with ``--anatomy``, on none with ``--no-anatomy``.
 
 The PNGs show faces wherever a face is still present: they are written only to the folder the
@@ -186,8 +187,9 @@ class CheckResult:
             notes.append(f"the head lay turned {self.straightened:.0f}° in the coil, beyond the training poses: "
                          "judged on a grid turned with it")
         if self.nodded is not None:
+            why = "its pose was read by a registration" if self.registered_upright else "the network was unsure"
             notes.append(f"the head lay nodded {abs(self.nodded):.0f}° nose {'up' if self.nodded > 0 else 'down'}, beyond the "
-                         "training poses, and the network was unsure: judged again on a grid turned with it")
+                         f"training poses, and {why}: judged again on a grid turned with it")
         if self.contrast and self.contrast != VALIDATED_CONTRAST:
             notes.append(f"{self.contrast}: detector validated on {VALIDATED_CONTRAST} only")
         return "; ".join(notes) or None

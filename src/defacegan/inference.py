@@ -257,10 +257,10 @@ class Detector:
                         scan = self.scan_of(items[b["index"]], None)  # not righted: a righted pose is understood
                         search = registered_upright(scan, self.contract)
                         registered = upright = search is not None
-                    if self.anatomy == "unsure" and upright and needs_anatomy(named, self.threshold, straightened):
+                    if self.anatomy == "unsure" and upright and (registered or needs_anatomy(named, self.threshold, straightened)):
                         scan = scan or self.scan_of(items[b["index"]], b["righting"])  # read once, for the registration and a second judgement alike
                         reading = second_opinion.read(scan, search=search)
-                    unnodded = nod_to_undo(named["face"], reading.nod, straightened) if reading is not None else None
+                    unnodded = nod_to_undo(named["face"], reading.nod, straightened, registered) if reading is not None else None
                     if unnodded is not None:
                         named, v = self.judge_unnodded(scan or self.scan_of(items[b["index"]], b["righting"]), unnodded)
                 except ScanError as error:
