@@ -72,6 +72,7 @@ data/members/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src/
 # and held-out heads re-faced by a Pix2Pix that train.py trains on the others (bench/gan_refaced.py, ~3 min);
 # the defacer on moved and posed heads (bench/deface.py, ~25 min) and its registration's pitch search (bench/pitch_search.py, 3 min);
 # whether more heads, more draws of the same heads, a wider network or leaving out the cuts near the rule's line would help the network (bench/learning_curve.py, ~110 min, 43 more to draw the first time);
+# whether training on replace_smooth with blurred faces shown more often would (bench/smooth_training.py, ~25 min on learning_curve's draws);
 # last, all of their trust figures in one table beside the detector's targets (bench/trust.py, which only reads them).
 figures:
 	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE)
@@ -87,6 +88,7 @@ figures:
 	$(PY) bench/deface.py --trials 5 --data $(IXI_SOURCE) --scans 8 --brain-scans 0
 	$(PY) bench/pitch_search.py --data $(IXI_SOURCE)
 	$(PY) bench/learning_curve.py --ixi $(IXI_SOURCE)
+	$(PY) bench/smooth_training.py --ixi $(IXI_SOURCE)
 	$(PY) bench/trust.py
 
 # The re-facing audit's figures in the README: k-fold over every IXI head, Pix2Pix, CycleGAN and the baselines

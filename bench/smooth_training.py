@@ -1,0 +1,98 @@
+"""Should the shipped detector train on ``replace_smooth`` after all, if blurred faces are shown more often?
+
+``make weights`` leaves the family out (``WEIGHT_WITHOUT``): trained on it, a member called blurred
+faces, eyes-kept partial cuts and Colin27 not a face more often (README, "Why `replace_smooth` is drawn
+but not trained on"). A blurred face and a smooth fill differ in whose shape the face has, so this asks
+whether seeing blurred faces more often keeps them apart. Seed 0's member of ``make weights``' recipe
+is fitted three ways on the same draws (round 0 of its cache, the 20 training heads of seed 0, its 4
+calibration heads): as shipped, without ``replace_smooth``; on all 13 families; on all 13 with the
+training heads' ``blur`` draws shown ``--blur-times`` times. Each is judged as the shipped column of
+``bench/detector_eval.py`` judges the shipped detector (the 8 held-out heads, seed 1000's fresh draws),
+network alone; ``python bench/anatomy.py --ckpt data/smooth_training/FIT.pt --draws 2`` judges a fit
+through ``check``'s default, with the anatomy's second opinion.
+
+    python bench/smooth_training.py [--ixi ../shared/data/ixi-t1-2mm] [--blur-times 3]
+
+Draws round 0 of the 24 training heads once (38 min here beside other jobs, cached in
+``data/bundles`` and shared with ``make weights``), then each fit takes 6-8 min on 2 cores. Prints a
+table and writes JSON (default bench/results/smooth_training.json) and the fits to
+``data/smooth_training/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from defacegan.contract import InputContract
+from defacegan.detector_training import (HELD_OUT, POSE, Samples, bundle_caches, calibrate, draw, fit, save_detector,
+                                         split_subjects, subject_of)
+from defacegan.families import families_but
+from defacegan.io import atomic_write_text
+from defacegan.report import markdown_table
+from detector_eval import rate_text, shipped
+
+#: The rates of the table (rows of :func:`detector_eval.headline`), then the families whose
+#: face-or-not rate the choice moves.
+ROWS = ("real faces called face", "partial defacings leaving eyes and nose called face",
+        "partial defacings leaving the eyes but not the nose called face",
+        "eye-level cuts leaving the eyes but not the nose called face", "every face-labelled variant called face",
+        "removed faces not called face", "replaced faces called replaced")
+FAMILY_ROWS = ("blur", "replace_smooth", "eye_level", "partial", "plane", "mask")
+
+
+def fits(blur_times: int) -> dict[str, tuple[list[str], int]]:
+    """Each fit's name → (families left out, times the training heads' blur draws are shown)."""
+    return {"without replace_smooth (as shipped)": (["replace_smooth"], 1), "all 13 families": ([], 1),
+            f"all 13, blur shown {blur_times} times": ([], blur_times)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ixi", type=Path, default=Path("../shared/data/ixi-t1-2mm"))
+    parser.add_argument("--cache", type=Path, default=Path("data/bundles"))
+    parser.add_argument("--fits", type=Path, default=Path("data/smooth_training"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/smooth_training.json"))
+    parser.add_argument("--blur-times", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    contract = InputContract()
+    caches = bundle_caches(sorted(args.ixi.glob("*.nii*")), contract, args.cache)
+    known = [cache for cache in caches if subject_of(cache) not in HELD_OUT]
+    train_heads, val_heads = split_subjects(sorted({subject_of(c) for c in known}), val=4, seed=args.seed)
+    samples = draw(known, contract, args.cache, seed=args.seed, pose=POSE)
+    results = {}
+    for number, (name, (without, blur_times)) in enumerate(fits(args.blur_times).items()):
+        recipe = np.isin(samples.family, families_but(without))
+        train = samples.where(recipe & np.isin(samples.subject, train_heads))
+        val = samples.where(recipe & np.isin(samples.subject, val_heads))
+        train = Samples.join([train] + [train.where(train.family == "blur")] * (blur_times - 1))
+        net = fit(train, contract, seed=args.seed)
+        facts = {"train_subjects": train_heads, "val_subjects": val_heads, "held_out": list(HELD_OUT),
+                 "families": families_but(without), "blur_times": blur_times, "temperature": calibrate(net, val),
+                 "seed": args.seed}
+        path = save_detector(net, contract, args.fits / f"fit-{number}.pt", facts)
+        results[name] = shipped(caches, contract, args.cache, 8, args.seed, path)
+        results[name]["views"] = len(train.label)
+        print(f"{name}: {path}, {len(train.label)} training views ({time.perf_counter() - started:.0f} s)", flush=True)
+    rows = [{"held-out, 8 subjects, network alone": row,
+             **{name: rate_text(r["headline"][row]) for name, r in results.items()}} for row in ROWS]
+    rows += [{"held-out, 8 subjects, network alone": f"`{family}` answered face or not right",
+              **{name: rate_text(r["per_family"][family]["face_or_not"]) for name, r in results.items()}} for family in FAMILY_ROWS]
+    rows.append({"held-out, 8 subjects, network alone": "expected calibration error",
+                 **{name: f"{r['ece']:.3f}" for name, r in results.items()}})
+    print(markdown_table(rows, list(rows[0])))
+    result = {"fits": {name: {k: v for k, v in r.items() if k != "scans"} for name, r in results.items()},
+              "seconds": time.perf_counter() - started}
+    atomic_write_text(args.out, json.dumps(result, indent=2, default=float) + "\n")
+    print(f"written to {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
