@@ -22,7 +22,9 @@ better turned a quarter or half way) is read again with its header's axes turned
 where the template is plain about it, and judged so if it is then upright (``righted``); otherwise,
 unless a registration of the template finds it upright after all (:func:`defacegan.anatomy.registered_upright`,
 not with ``anatomy="never"``), it is called ``face`` whatever the network saw: the network, never
-trained on such grids, calls intact faces lying sideways ``removed``.
+trained on such grids, calls intact faces lying sideways ``removed``. A head that registration finds
+upright but nodded beyond the training poses is judged with the nod taken off, however sure the
+network was of it as it lay.
 """
 
 from __future__ import annotations
