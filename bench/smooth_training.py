@@ -8,8 +8,8 @@ is fitted three ways on the same draws (round 0 of its cache, the 20 training he
 calibration heads): as shipped, without ``replace_smooth``; on all 13 families; on all 13 with the
 training heads' ``blur`` draws shown ``--blur-times`` times. Each is judged as the shipped column of
 ``bench/detector_eval.py`` judges the shipped detector (the 8 held-out heads, seed 1000's fresh draws),
-network alone; ``python bench/anatomy.py --ckpt data/smooth_training/FIT.pt --draws 2`` judges a fit
-through ``check``'s default, with the anatomy's second opinion.
+network alone; ``python bench/anatomy.py --ckpt data/smooth_training/fit-N.pt --out RUN.json`` judges a
+fit through ``check``'s default, with the anatomy's second opinion, on the shipped detector's draws.
 
     python bench/smooth_training.py [--ixi ../shared/data/ixi-t1-2mm] [--blur-times 3]
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from defacegan.contract import InputContract
-from defacegan.detector_training import (HELD_OUT, POSE, Samples, bundle_caches, calibrate, draw, fit, save_detector,
+from defacegan.detector_training import (DRAWS, HELD_OUT, Samples, bundle_caches, calibrate, draw, fit, save_detector,
                                          split_subjects, subject_of)
 from defacegan.families import families_but
 from defacegan.io import atomic_write_text
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     caches = bundle_caches(sorted(args.ixi.glob("*.nii*")), contract, args.cache)
     known = [cache for cache in caches if subject_of(cache) not in HELD_OUT]
     train_heads, val_heads = split_subjects(sorted({subject_of(c) for c in known}), val=4, seed=args.seed)
-    samples = draw(known, contract, args.cache, seed=args.seed, pose=POSE)
+    samples = draw(known, contract, args.cache, seed=args.seed)
     results = {}
     for number, (name, (without, blur_times)) in enumerate(fits(args.blur_times).items()):
         recipe = np.isin(samples.family, families_but(without))
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "families": families_but(without), "blur_times": blur_times, "temperature": calibrate(net, val),
                  "seed": args.seed}
         path = save_detector(net, contract, args.fits / f"fit-{number}.pt", facts)
-        results[name] = shipped(caches, contract, args.cache, 8, args.seed, path)
+        results[name] = shipped(caches, contract, args.cache, DRAWS, args.seed, path)
         results[name]["views"] = len(train.label)
         print(f"{name}: {path}, {len(train.label)} training views ({time.perf_counter() - started:.0f} s)", flush=True)
     rows = [{"held-out, 8 subjects, network alone": row,

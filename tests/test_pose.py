@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from defacegan.augment import t2w_like
-from defacegan.contract import InputContract, plane_rotation
+from defacegan.contract import InputContract, plane_rotation, turned
 from defacegan.deface import COLIN27
 from defacegan.inference import Detector, with_header_turned
 from defacegan.io import Scan, load_scan
@@ -227,9 +227,7 @@ def test_a_nodded_head_the_guard_cannot_read_is_judged_with_its_nod_taken_off_ho
 
     monkeypatch.setattr(inference, "upright_margin", lambda volume, spacing: -0.005)
     scan = load_scan(COLIN27)
-    nod = np.eye(4)
-    nod[:3, :3] = plane_rotation(1, 2, 40)
-    nodded = Scan(scan.data, nod @ scan.affine)
+    nodded = Scan(scan.data, turned(scan.affine, plane_rotation(1, 2, 40)))
     prediction = Detector(detector_ckpt, device="cpu").predict([nodded])[0]
     assert prediction.registered_upright and prediction.unnodded is not None
     assert abs(prediction.unnodded) > NOD_BEYOND and prediction.nod == pytest.approx(TYPICAL_NOD + prediction.unnodded)
