@@ -51,11 +51,26 @@ def test_every_feature_is_found_on_a_real_head(bundle):
     ("none", {"face"}), ("mask", {"removed"}), ("face_ears", {"removed"}), ("shell", {"removed"}),
     ("fill", {"removed"}), ("crop", {"removed"}), ("blur", {"face"}),
     ("replace_template", {"replaced"}), ("replace_shell", {"replaced"}),
-    ("replace_smooth", {"removed", "replaced"}),  # by how much of the features the mass covers
 ])
 def test_each_family_is_labelled_by_what_it_left(bundle, family, expected):
     labels = {generate(bundle, family, np.random.default_rng(seed)).label(bundle.features) for seed in range(3)}
     assert labels == expected
+
+
+def test_smooth_fills_below_the_eyes_are_faces_and_the_others_are_not(bundle):
+    """replace_smooth draws both sides of the line: a fill under the eyes that keeps them (the nose
+    mostly filled) is a face; a fill over the whole face region is not, and is `replaced` or
+    `removed` by how much of the features the mass covers."""
+    labels = {}
+    for seed in range(16):
+        variant = generate(bundle, "replace_smooth", np.random.default_rng(seed))
+        own, _ = variant.shares(bundle.features)
+        labels[seed] = variant.label(bundle.features)
+        if own["eyes"] >= FACE_MIN_FRACTION:
+            assert labels[seed] == "face" and own["nose"] < 0.5, own
+        else:
+            assert labels[seed] in {"removed", "replaced"}, own
+    assert set(labels.values()) == {"face", "removed", "replaced"}, labels
 
 
 def test_partial_defacings_that_keep_the_eyes_and_nose_are_faces(bundle):

@@ -337,6 +337,20 @@ def calibrate(net: DetectorNet, samples: Samples) -> float:
     return temperature
 
 
+def fit_member(samples: Samples, contract: InputContract, trained: Sequence[str], train_subjects: Sequence[str],
+               val_subjects: Sequence[str], seed: int, epochs: int = EPOCHS,
+               shown: dict[str, int] | None = None) -> tuple[DetectorNet, float, Samples]:
+    """One member of the recipe: fitted on the ``trained`` families' views of ``train_subjects``
+    (the families in ``shown`` that many times over), temperature-scaled on ``val_subjects``';
+    returns (network, temperature, training views)."""
+    recipe = np.isin(samples.family, list(trained))
+    train = samples.where(recipe & np.isin(samples.subject, list(train_subjects)))
+    train = Samples.join([train] + [train.where(train.family == family) for family, times in (shown or {}).items()
+                                    for _ in range(times - 1)])
+    net = fit(train, contract, epochs=epochs, seed=seed)
+    return net, calibrate(net, samples.where(recipe & np.isin(samples.subject, list(val_subjects)))), train
+
+
 def save_detector(net: DetectorNet, contract: InputContract, path: str | os.PathLike, facts: dict | None = None) -> Path:
     """A checkpoint that loads with torch alone (``weights_only=True``): contract, network
     arguments, weights, facts."""
@@ -402,11 +416,7 @@ def main(argv: list[str] | None = None) -> Path:
                    workers=args.workers)
     atomic_write_text(args.manifest, samples.manifest())
     trained = families_but(args.without)
-    recipe = np.isin(samples.family, trained)
-    train = samples.where(recipe & np.isin(samples.subject, train_subjects))
-    val = samples.where(recipe & np.isin(samples.subject, val_subjects))
-    net = fit(train, contract, epochs=args.epochs, seed=args.seed)
-    temperature = calibrate(net, val)
+    net, temperature, train = fit_member(samples, contract, trained, train_subjects, val_subjects, args.seed, args.epochs)
     facts = {"train_subjects": train_subjects, "val_subjects": val_subjects, "held_out": list(HELD_OUT),
              "families": trained, "draws": args.draws, "rounds": args.rounds, "epochs": args.epochs, "temperature": temperature,
              "seed": args.seed, "pose_degrees": args.pose_degrees}

@@ -34,7 +34,9 @@ Families (:data:`FAMILIES`):
   warped, rescaled and given noise at random so that it is not always the same smooth face.
 - ``replace_shell``: a generic face shell pasted in, varied the same way.
 - ``replace_smooth``: the face removed and the part of it nearest the head filled with a smooth,
-  featureless mass, as a generative re-facer trained on few heads paints it.
+  featureless mass, as a generative re-facer trained on few heads paints it; a quarter of the
+  draws fill only the face below the eyes and keep the eyes (``face``), so that a smooth lower
+  face is not by itself what marks a face as gone.
 """
 
 from __future__ import annotations
@@ -214,6 +216,10 @@ def _feature_voxels(bundle: FaceBundle) -> tuple[np.ndarray, ...]:
     return np.nonzero(np.isin(bundle.features, range(1, len(FEATURES) + 1)))
 
 
+def _eye_voxels(bundle: FaceBundle) -> tuple[np.ndarray, ...]:
+    return np.nonzero(bundle.features == 1 + FEATURES.index("eyes"))
+
+
 def _below(bundle: FaceBundle, mm: float) -> np.ndarray:
     """The voxels below an axial plane ``mm`` above the lowest face-feature voxel (the chin's)."""
     lowest = _feature_voxels(bundle)[2]
@@ -260,7 +266,7 @@ def _feature_group(bundle: FaceBundle, rng: np.random.Generator) -> np.ndarray:
 def _across(bundle: FaceBundle, above_eyes_mm: float, behind_mm: float) -> np.ndarray:
     """Everything outside the brain below an axial plane ``above_eyes_mm`` above the eye regions'
     lowest voxel and in front of a coronal plane ``behind_mm`` behind the rearmost feature voxel."""
-    eyes = np.nonzero(bundle.features == 1 + FEATURES.index("eyes"))[2]
+    eyes = _eye_voxels(bundle)[2]
     if not eyes.size:
         return np.zeros(bundle.face.shape, bool)
     rearmost = _feature_voxels(bundle)[1]
@@ -294,21 +300,29 @@ def partial(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
     return _zeroed(bundle, region, "partial", rng)
 
 
-def eye_level(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
-    """The mask below a surface at 25 % under to 25 % over the eye regions' height, undulating by
-    up to 4 mm and rising towards the front by up to 57° (so that it takes the nose before the
-    eyes, as a learned defacer often does) or falling by up to 11°, with a 0-4 mm soft edge."""
-    region = _grow(bundle.face_region, int(rng.integers(0, 3)))
-    eyes = np.nonzero(bundle.features == 1 + FEATURES.index("eyes"))
-    if not eyes[2].size:
-        return _zeroed(bundle, region, "eye_level", rng)
+def _below_eye_surface(bundle: FaceBundle, rng: np.random.Generator, heights: tuple[float, float],
+                       tilts: tuple[float, float]) -> np.ndarray:
+    """The voxels below a surface across the face: at a height drawn from ``heights`` (in eye
+    regions' heights above their lowest voxel), undulating by up to 4 mm, rising towards the front
+    by an angle drawn from ``tilts`` (radians; so that it takes the nose before the eyes)."""
+    eyes = _eye_voxels(bundle)
     low, high = eyes[2].min(), eyes[2].max()
     shape = bundle.face.shape
     bumps = ndimage.gaussian_filter(rng.normal(size=shape[:2]), 10 / bundle.spacing)
     bumps *= rng.uniform(0, 4) / bundle.spacing / max(float(bumps.std()), 1e-6)
-    tilt = np.tan(rng.uniform(-0.2, 1.0)) * (np.arange(shape[1]) - eyes[1].mean())
-    surface = low + rng.uniform(-0.25, 1.25) * (high - low) + bumps + tilt[None, :]
-    below = np.arange(shape[2])[None, None, :] < surface[..., None]
+    tilt = np.tan(rng.uniform(*tilts)) * (np.arange(shape[1]) - eyes[1].mean())
+    surface = low + rng.uniform(*heights) * (high - low) + bumps + tilt[None, :]
+    return np.arange(shape[2])[None, None, :] < surface[..., None]
+
+
+def eye_level(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
+    """The mask below a surface at 25 % under to 25 % over the eye regions' height, rising towards
+    the front by up to 57° (as a learned defacer often does) or falling by up to 11°, with a 0-4 mm
+    soft edge."""
+    region = _grow(bundle.face_region, int(rng.integers(0, 3)))
+    if not _eye_voxels(bundle)[2].size:
+        return _zeroed(bundle, region, "eye_level", rng)
+    below = _below_eye_surface(bundle, rng, (-0.25, 1.25), (-0.2, 1.0))
     volume, lost = _paste(bundle, region & below, 0.0, float(rng.uniform(0, 4)))
     return Variant("eye_level", volume, lost, np.zeros_like(lost))
 
@@ -354,8 +368,13 @@ def replace_shell(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
 def replace_smooth(bundle: FaceBundle, rng: np.random.Generator) -> Variant:
     """A generator's guess: within the template's head outline, the removed region filled from the
     cut surface outwards for 3-30 mm with smooth tissue, no eyes or nose (what this project's
-    Pix2Pix re-facer paints, bench/gan_refaced.py). Filled voxels are foreign, the rest removed."""
+    Pix2Pix re-facer paints, bench/gan_refaced.py). Filled voxels are foreign, the rest removed.
+    One draw in four fills only what lies below a surface under the eye regions that rises towards
+    the front (a re-facer over a cut that took the nose and kept the eyes): the rule labels it
+    ``face``, so the network has to look at the eyes, not at the smooth lower face."""
     region = _grow(bundle.face_region, int(rng.integers(0, 3)))
+    if _eye_voxels(bundle)[2].size and rng.random() < 0.25:
+        region = region & _below_eye_surface(bundle, rng, (-0.5, 0.0), (0.3, 1.0))
     from_cut = ndimage.distance_transform_edt(~(bundle.head & ~region), sampling=bundle.spacing)
     outline = ndimage.gaussian_filter((bundle.template_face > 0.15).astype(np.float32), 2 / bundle.spacing) > 0.5
     mass = region & outline & (from_cut <= rng.uniform(3, 30))
