@@ -50,7 +50,8 @@ WEIGHT_SEEDS ?= 0 1 2
 # Drawn (in every member's manifest, and in every figure) but not trained on: with it, seed 0's member
 # called Colin27's intact face `replaced` (p(face) 0.31; without: `face`, 0.71) and blurred faces
 # and eyes-kept partial cuts not a face more often (README, "The shipped detector"); shown blurred faces 3 times
-# as often, it gave blurred faces back but not the eye-level cuts that keep the eyes (bench/smooth_training.py).
+# as often, it gave blurred faces back but not the eye-level cuts that keep the eyes; with a quarter of its fills
+# keeping the eyes (labelled face), it lost fewer of those cuts but learned the fills less well (bench/smooth_training.py).
 WEIGHT_WITHOUT ?= replace_smooth
 MEMBERS := $(WEIGHT_SEEDS:%=data/members/seed-%.pt)
 
@@ -73,7 +74,7 @@ data/members/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src/
 # and held-out heads re-faced by a Pix2Pix that train.py trains on the others (bench/gan_refaced.py, ~3 min);
 # the defacer on moved and posed heads (bench/deface.py, ~25 min) and its registration's pitch search (bench/pitch_search.py, 3 min);
 # whether more heads, more draws of the same heads, a wider network or leaving out the cuts near the rule's line would help the network (bench/learning_curve.py, ~110 min, 43 more to draw the first time);
-# whether training on replace_smooth with blurred faces shown more often would (bench/smooth_training.py, ~25 min on learning_curve's draws);
+# whether training on replace_smooth, with blurred faces shown more often, would (bench/smooth_training.py, ~17 min on learning_curve's draws);
 # last, all of their trust figures in one table beside the detector's targets (bench/trust.py, which only reads them).
 figures:
 	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE)

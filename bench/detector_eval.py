@@ -216,11 +216,14 @@ def per_family(samples: Samples, probabilities: np.ndarray) -> dict[str, dict]:
     table = {}
     for family in FAMILIES:
         which = samples.family == family
-        labels = samples.label[which]
+        labels, subjects, called_face = samples.label[which], samples.subject[which], said[which] == FACE
         table[family] = {
             "labels": {v: int((labels == i).sum()) for i, v in enumerate(VERDICTS)},
-            "three_way": rate(said[which] == labels, samples.subject[which]),
-            "face_or_not": rate((said[which] == FACE) == (labels == FACE), samples.subject[which]),
+            "three_way": rate(said[which] == labels, subjects),
+            "face_or_not": rate(called_face == (labels == FACE), subjects),
+            # a family drawn on both sides of the rule's line can be right on one side only
+            "face_or_not_by_label": {"face": rate(called_face[labels == FACE], subjects[labels == FACE]),
+                                     "not face": rate(~called_face[labels != FACE], subjects[labels != FACE])},
         }
     return table
 

@@ -15,8 +15,8 @@ fit through ``check``'s default, with the anatomy's second opinion, on the shipp
 
     python bench/smooth_training.py [--ixi ../shared/data/ixi-t1-2mm] [--blur-times 3]
 
-Draws round 0 of the 24 training heads once (38 min here beside other jobs, cached in
-``data/bundles`` and shared with ``make weights``), then each fit takes 6-8 min on 2 cores. Prints a
+Draws round 0 of the 24 training heads once (34 min here in one process, cached in
+``data/bundles`` and shared with ``make weights``), then each fit and its judging take 5-6 min on 2 cores. Prints a
 table and writes JSON (default bench/results/smooth_training.json) and the fits to
 ``data/smooth_training/``.
 """
@@ -43,6 +43,8 @@ ROWS = ("real faces called face", "partial defacings leaving eyes and nose calle
         "eye-level cuts leaving the eyes but not the nose called face", "every face-labelled variant called face",
         "removed faces not called face", "replaced faces called replaced")
 FAMILY_ROWS = ("blur", "replace_smooth", "eye_level", "partial", "plane", "mask")
+#: Families drawn on both sides of the rule's line, whose rate is also given for each side.
+SPLIT_ROWS = ("replace_smooth", "eye_level")
 
 
 def fits(blur_times: int) -> dict[str, tuple[list[str], int]]:
@@ -81,6 +83,11 @@ def main(argv: list[str] | None = None) -> dict:
              **{name: rate_text(r["headline"][row]) for name, r in results.items()}} for row in ROWS]
     rows += [{"held-out, 8 subjects, network alone": f"`{family}` answered face or not right",
               **{name: rate_text(r["per_family"][family]["face_or_not"]) for name, r in results.items()}} for family in FAMILY_ROWS]
+    for family in SPLIT_ROWS:
+        for side in ("face", "not face"):
+            n = next(iter(results.values()))["per_family"][family]["face_or_not_by_label"][side]["n"]
+            rows.append({"held-out, 8 subjects, network alone": f"`{family}` labelled {side} answered right ({n})",
+                         **{name: rate_text(r["per_family"][family]["face_or_not_by_label"][side]) for name, r in results.items()}})
     rows.append({"held-out, 8 subjects, network alone": "expected calibration error",
                  **{name: f"{r['ece']:.3f}" for name, r in results.items()}})
     print(markdown_table(rows, list(rows[0])))
