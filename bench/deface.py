@@ -44,6 +44,7 @@ from defacegan.deface import LPS, Defaced, deface, register_template, removed_re
 from defacegan.io import Scan, atomic_write_text, load_scan
 from defacegan.manifest import METHODS
 from defacegan.metrics import wilson_interval
+from provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 GEOMETRY = runpy.run_path(str(ROOT / "tests" / "support" / "geometry.py"))  # shared with the deface tests
@@ -269,7 +270,7 @@ def main() -> None:
         "itk_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
     }
-    document = {"config": {k: str(v) for k, v in vars(args).items()}, "machine": machine,
+    document = {"config": {k: str(v) for k, v in vars(args).items()}, "machine": machine, "run": provenance(),
                 "consistency": {"summary": summary, "trials": rows},
                 "brain_removed": {"flag_percent": FLAG_PERCENT, "summary": brain_summary, "scans": brain_rows}}
     atomic_write_text(args.json, json.dumps(document, indent=2))

@@ -72,6 +72,7 @@ from defacegan.inference import SHIPPED_CHECKPOINT, load_network, verdict_of
 from defacegan.io import atomic_write_text
 from defacegan.metrics import expected_calibration_error, wilson_interval
 from defacegan.report import markdown_table
+from provenance import provenance
 
 FACE, REMOVED, REPLACED = (VERDICTS.index(v) for v in VERDICTS)
 SWEEP_STEPS = np.linspace(0, 1, 11)
@@ -305,7 +306,7 @@ def leave_one_family_out(samples: Samples, contract: InputContract, bundles: lis
         }
         print(f"without {family}: {rate_text(results[family]['three_way'])} three-way on it "
               f"({results[family]['fit_seconds']:.0f} s)", flush=True)
-    return {"test_subjects": test, "train_subjects": train_subjects, "draws": draws, "families": results}
+    return {"test_subjects": test, "train_subjects": train_subjects, "draws": draws, "families": results, "run": provenance()}
 
 
 def recipe_families(ckpt: Path, without: list[str] | None) -> list[str]:
@@ -348,7 +349,7 @@ def shipped(caches: list[Path], contract: InputContract, cache_dir: Path, draws:
             "fully_removed_by_subject": fully_removed_by_subject(samples, probabilities, trained),
             "ece": expected_calibration_error(probabilities, samples.label),
             "sweep": sweep(bundles, {bundle.subject: net for bundle in bundles}, contract),
-            "scans": scan_rows(samples, probabilities)}
+            "scans": scan_rows(samples, probabilities), "run": provenance()}
 
 
 def scan_rows(samples: Samples, probabilities: np.ndarray) -> list[dict]:
@@ -511,6 +512,7 @@ def kfold_report(args: argparse.Namespace, caches: list[Path], contract: InputCo
                         "scans": len(samples.label)},
         "sweep": sweeps,
         "leave_one_family_out": {"test_subjects": [], "families": {}},
+        "run": provenance(),
     }
 
 def write_report(report: dict, out: Path, started: float | None = None) -> None:

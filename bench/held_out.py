@@ -19,6 +19,7 @@ from defacegan.families import FaceBundle, Variant, generate, remove_share
 from defacegan.inference import Detector
 from defacegan.io import Scan, atomic_write_text
 from defacegan.metrics import wilson_interval
+from provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What every head is put to under each acquisition condition: case → (how to make it from the head's
@@ -51,9 +52,9 @@ def held_out_setup(doc: str, result: str, argv: list[str] | None,
 
 def write_result(args: argparse.Namespace, detector: Detector, started: float, **fields) -> dict:
     """The script's JSON (the checkpoint, whether the pose guard was on, ``fields``, the seconds since
-    ``started``), written atomically."""
+    ``started``, the code it ran: :func:`provenance`), written atomically."""
     result = {"ckpt": str(detector.checkpoint), "pose_check": detector.pose_check, **fields,
-              "seconds": round(time.perf_counter() - started, 1)}
+              "seconds": round(time.perf_counter() - started, 1), "run": provenance()}
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"written to {args.out}")
     return result

@@ -67,6 +67,7 @@ from defacegan.inference import SHIPPED_CHECKPOINT
 from defacegan.io import atomic_write_text
 from defacegan.report import markdown_table
 from detector_eval import FACE, MARGINS, by_margin, headline, held_out_draws, largest_kept, rate_text, recipe_families
+from provenance import provenance
 
 #: The rates each fit is judged by (rows of :func:`detector_eval.headline`).
 ROWS = ("real faces called face", "every face-labelled variant called face", "removed faces not called face",
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{steps} steps a fit", flush=True)
     fits = []
     result = {"test_subjects": sorted(set(test.subject)), "val_subjects": val_heads, "pool": pool,
-              "trained_families": trained, "steps": steps, "fits": fits}
+              "trained_families": trained, "steps": steps, "fits": fits, "run": provenance()}
 
     def save() -> None:  # after every fit, so that an interrupted run keeps the fits it made
         result["seconds"] = time.perf_counter() - started

@@ -37,6 +37,7 @@ from defacegan.deface import COLIN27, face_region, register_template, removed_re
 from defacegan.families import BELOW, _share_of
 from defacegan.inference import Detector, verdict_of
 from defacegan.io import Scan, atomic_write_text, load_scan
+from provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the test support's re-facing, shared with the anatomy tests
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
                           " / ".join(f"{v:.2f}" for v in prediction.tissue.values()), f"{prediction.texture:.2f}", prediction.verdict,
                           mark[right_anatomy])
         console.print(table)
-    result = {"rows": rows, "seconds": round(time.perf_counter() - started, 1)}
+    result = {"rows": rows, "seconds": round(time.perf_counter() - started, 1), "run": provenance()}
     for key, label in (("right", "network alone"), ("anatomy_right", "--anatomy")):
         scored = [r[key] for r in rows if r[key] is not None]
         result[key], result["scored"] = sum(scored), len(scored)

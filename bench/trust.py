@@ -4,8 +4,9 @@ set beside the targets the detector is held to, in one table (markdown, as the R
     python bench/trust.py [--results bench/results] [--out bench/results/trust.json]
 
 It measures nothing itself: each row names the bench whose JSON it reads (``make figures`` writes
-them all; a bench that has not run leaves its rows out), so a row is as fresh as that bench's last
-run. "met" is "yes" when the interval's lower
+them all; a bench that has not run leaves its rows out) and the commit that bench ran at
+(``+ changes`` when its code differed from the commit; ``not recorded`` for results older than the
+record), so a row is as fresh as that bench's last run and says so. "met" is "yes" when the interval's lower
 end reaches the target, "point only" when the rate does and the interval does not, else "no".
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from defacegan.io import atomic_write_text
 from defacegan.metrics import wilson_interval
+from provenance import run_text
 
 #: The targets the detector is held to: headline row of bench/detector_eval.py → the rate it must reach.
 TARGETS = {
@@ -37,18 +39,22 @@ def counted(k: int, n: int, subjects: int, unit: str = "scans") -> dict:
     return {"rate": k / n if n else float("nan"), "low": low, "high": high, "k": k, "n": n, "subjects": subjects, "unit": unit}
 
 
-def row(section: str, what: str, figure: dict, target: float | None, source: str, note: str = "") -> dict:
+def row(section: str, what: str, figure: dict, target: float | None, source: str, run: dict | None,
+        note: str = "") -> dict:
+    """One figure beside its target; ``run``: the code its bench ran (:func:`provenance.provenance`)."""
     met = None
     if target is not None:  # a count of conditions or families has no interval: its rate is all there is
         sure = figure.get("unit", "scans") != "scans" or figure["low"] >= target
         met = "no" if figure["rate"] < target else "yes" if sure else "point only"
-    return {"section": section, "what": what, **figure, "target": target, "met": met, "source": source, "note": note}
+    return {"section": section, "what": what, **figure, "target": target, "met": met, "source": source,
+            "run": run_text(run), "note": note}
 
 
-def ece_row(section: str, what: str, ece: float, scans: int) -> dict:
+def ece_row(section: str, what: str, ece: float, scans: int, run: dict | None) -> dict:
     """An expected calibration error beside its target (lower is better; no interval)."""
     return {"section": section, "what": what, "value": ece, "n": scans, "target": ECE_TARGET,
-            "met": "yes" if ece <= ECE_TARGET else "no", "source": "bench/detector_eval.py", "note": "lower is better"}
+            "met": "yes" if ece <= ECE_TARGET else "no", "source": "bench/detector_eval.py", "run": run_text(run),
+            "note": "lower is better"}
 
 
 def detector_rows(report: dict) -> list[dict]:
@@ -57,21 +63,21 @@ def detector_rows(report: dict) -> list[dict]:
     held_out, kfold = f"shipped, {len(shipped['subjects'])} held-out subjects", "k-fold, one network a fold"
     rows = []
     for name in [*TARGETS, *WATCHED]:
-        rows.append(row(held_out, name, shipped["headline"][name], TARGETS.get(name), source))
+        rows.append(row(held_out, name, shipped["headline"][name], TARGETS.get(name), source, shipped.get("run")))
         if name in report.get("headline", {}):
-            rows.append(row(kfold, name, report["headline"][name], TARGETS.get(name), source))
+            rows.append(row(kfold, name, report["headline"][name], TARGETS.get(name), source, report.get("run")))
     rows.append(ece_row(held_out, "expected calibration error", shipped["ece"],
-                        sum(r["three_way"]["n"] for r in shipped["per_family"].values())))
+                        sum(r["three_way"]["n"] for r in shipped["per_family"].values()), shipped.get("run")))
     if "calibration" in report:
         rows.append(ece_row(kfold, "expected calibration error, temperature-scaled",
-                            report["calibration"]["ece_calibrated"], report["calibration"]["scans"]))
+                            report["calibration"]["ece_calibrated"], report["calibration"]["scans"], report.get("run")))
     lofo = report.get("leave_one_family_out", {}).get("families", {})
     if lofo:
         right = [family for family, r in lofo.items() if r["face_or_not"]["rate"] >= LOFO_TARGET]
         subjects = len(report["leave_one_family_out"]["test_subjects"])
         rows.append(row("leave-one-family-out", "held-out families answered face-or-not right in ≥ 0.90",
                         counted(len(right), len(lofo), subjects, "families"), 1.0, source,
-                        "met by: " + (", ".join(right) or "none") + "; each family's rate: " +
+                        report["leave_one_family_out"].get("run"), "met by: " + (", ".join(right) or "none") + "; each family's rate: " +
                         ", ".join(f"{f} {r['face_or_not']['rate']:.2f}" for f, r in lofo.items())))
     return rows
 
@@ -79,7 +85,7 @@ def detector_rows(report: dict) -> list[dict]:
 def anatomy_rows(report: dict) -> list[dict]:
     """What ``check`` answers by default: the network, and the anatomy where the network is unsure."""
     return [row("`check` (with the anatomy), held-out", name, report["anatomy"][name],
-                TARGETS.get(name), "bench/anatomy.py") for name in [*TARGETS, *WATCHED] if name in report["anatomy"]]
+                TARGETS.get(name), "bench/anatomy.py", report.get("run")) for name in [*TARGETS, *WATCHED] if name in report["anatomy"]]
 
 
 def guard_rows(report: dict) -> list[dict]:
@@ -88,14 +94,14 @@ def guard_rows(report: dict) -> list[dict]:
     referred to a registration as ``check``'s default does, and without the guard), and how many of
     those near-upright heads it let be."""
     section = f"`check`'s path, network alone with the pose guard, {report['subjects']} held-out subjects"
-    rows = [row(section, name, report["with_guard"][name], TARGETS.get(name), "bench/pose_guard.py",
+    rows = [row(section, name, report["with_guard"][name], TARGETS.get(name), "bench/pose_guard.py", report.get("run"),
                 f"flags referred to a registration {report['referred'][name]['rate']:.3f}; "
                 f"without the guard {report['without_guard'][name]['rate']:.3f}")
             for name in [*TARGETS, *WATCHED] if name in report["with_guard"]]
     actions = {action: sum(counts[action] for counts in report["actions"].values()) for action in ("none", "flagged", "righted")}
     rows.append(row(section, "scans of heads near upright the guard let be (neither flagged nor righted)",
                     counted(actions["none"], sum(actions.values()), report["subjects"]), None, "bench/pose_guard.py",
-                    f"{actions['flagged']} flagged ({report['registered_upright']} of them found upright by a registration), "
+                    report.get("run"), f"{actions['flagged']} flagged ({report['registered_upright']} of them found upright by a registration), "
                     f"{actions['righted']} righted; faces it made not face: {len(report['unsafe'])}"))
     return rows
 
@@ -106,13 +112,13 @@ def tool_rows(other_defacers: dict | None, gan_refaced: dict | None) -> list[dic
     for r in (other_defacers or {}).get("summary", []):
         if r["answer"] == "--anatomy":  # the default's verdicts: the anatomy is asked where the network is unsure
             rows.append(row("other tools, held-out", f"{r['tool']} ({r['setting']}): scans answered right",
-                            counted(r["right"], r["n"], r["n"]), None, "bench/other_defacers.py",
+                            counted(r["right"], r["n"], r["n"]), None, "bench/other_defacers.py", other_defacers.get("run"),
                             f"{r['expected_face']} of {r['n']} labelled face by the rule"))
     for r in (gan_refaced or {}).get("summary", []):
         if r["answer"] == "--anatomy" and r["stage"] == "re-faced":
             rows.append(row("Pix2Pix re-faced, held-out", f"{r['method']}-defaced, re-faced: not called face",
                             counted(r["not_face"]["right"], r["not_face"]["n"], r["n"]), TARGETS["removed faces not called face"],
-                            "bench/gan_refaced.py"))
+                            "bench/gan_refaced.py", gan_refaced.get("run")))
     return rows
 
 
@@ -124,7 +130,7 @@ def outside_rows(outside: dict | None) -> list[dict]:
     wrong = "; ".join(f"{r['head']} {r['case']}: {r['anatomy_verdict']}" for r in scored if not r["anatomy_right"])
     return [row("heads from outside IXI", "cases answered right (check's default)",
                 counted(sum(bool(r["anatomy_right"]) for r in scored), len(scored), heads), None, "bench/outside_heads.py",
-                "wrong: " + wrong if wrong else "")]
+                outside.get("run"), "wrong: " + wrong if wrong else "")]
 
 
 def condition_rows(report: dict | None, section: str, source: str) -> list[dict]:
@@ -137,7 +143,7 @@ def condition_rows(report: dict | None, section: str, source: str) -> list[dict]
         expected = conditions[0]["expected"]
         rows.append(row(section, f"{case}: conditions with every head `{expected}`",
                         counted(len(conditions) - len(short), len(conditions), subjects, "conditions"), None, source,
-                        "short: " + "; ".join(f"{r['condition']} {r['right']}/{r['n']}" for r in short) if short else ""))
+                        report.get("run"), "short: " + "; ".join(f"{r['condition']} {r['right']}/{r['n']}" for r in short) if short else ""))
     return rows
 
 
@@ -171,7 +177,7 @@ def defacer_rows(report: dict | None) -> list[dict]:
         if short and nets:
             note += " (warned: of the misses, flagged by the brain check or called `face` by `--verify`)"
         rows.append(row("defacer, posed heads", what, counted(len(poses) - len(short), len(poses), heads, "poses"), None,
-                        "bench/deface.py", f"short: {note}" if short else ""))
+                        "bench/deface.py", report.get("run"), f"short: {note}" if short else ""))
     return rows
 
 
@@ -191,14 +197,14 @@ def figure_text(r: dict) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| where | what | rate [Wilson 95 %], count (independent subjects) | target | met | from |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| where | what | rate [Wilson 95 %], count (independent subjects) | target | met | from | run (commit, date) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         target = "" if r["target"] is None else "every family" if r.get("unit") == "families" else \
             f"≤ {r['target']:.2f}" if "value" in r else f"≥ {r['target']:.2f}"
         met = {"no": "**no**", None: ""}.get(r["met"], r["met"])
         what = r["what"] + (f" ({r['note']})" if r["note"] else "")
-        lines.append(f"| {r['section']} | {what} | {figure_text(r)} | {target} | {met} | `{r['source']}` |")
+        lines.append(f"| {r['section']} | {what} | {figure_text(r)} | {target} | {met} | `{r['source']}` | {r['run']} |")
     return "\n".join(lines) + "\n"
 
 
