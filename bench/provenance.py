@@ -21,14 +21,14 @@ def _git(*args: str) -> str | None:
         done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return done.stdout.strip() if done.returncode == 0 else None
+    return done.stdout.rstrip("\n") if done.returncode == 0 else None
 
 
 def provenance() -> dict:
     """{"commit": the checkout's short commit (None outside a git checkout), "changed": code files
     that differ from it (uncommitted edits, new files), "date": now, UTC}."""
     status = _git("status", "--porcelain", "--", *CODE)
-    return {"commit": _git("rev-parse", "--short", "HEAD"),
+    return {"commit": _git("rev-parse", "--short", "HEAD"),  # porcelain lines: "XY path"
             "changed": [line[3:] for line in status.splitlines()] if status else [],
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
