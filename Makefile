@@ -49,7 +49,7 @@ train: demo
 WEIGHT_SEEDS ?= 0 1 2
 # Drawn (in every member's manifest, and in every figure) but not trained on: with it, seed 0's member
 # called Colin27's intact face `replaced` (p(face) 0.31; without: `face`, 0.71) and blurred faces
-# and eyes-kept partial cuts not a face more often (README, "The shipped detector"); shown blurred faces 3 times
+# and eyes-kept partial cuts not a face more often (docs/detector.md, "Why `replace_smooth` is drawn but not trained on"); shown blurred faces 3 times
 # as often, it gave blurred faces back but not the eye-level cuts that keep the eyes; with a quarter of its fills
 # keeping the eyes (labelled face), it lost fewer of those cuts but learned the fills less well (bench/smooth_training.py).
 WEIGHT_WITHOUT ?= replace_smooth

@@ -1,7 +1,7 @@
 """Should the shipped detector train on ``replace_smooth`` after all, if blurred faces are shown more often?
 
 ``make weights`` leaves the family out (``WEIGHT_WITHOUT``): trained on it, a member called blurred
-faces, eyes-kept partial cuts and Colin27 not a face more often (README, "Why `replace_smooth` is drawn
+faces, eyes-kept partial cuts and Colin27 not a face more often (docs/detector.md, "Why `replace_smooth` is drawn
 but not trained on"). A blurred face and a smooth fill differ in whose shape the face has, so this asks
 whether seeing blurred faces more often keeps them apart; and since a quarter of the family's draws
 fill only the face below the eyes and keep the eyes (labelled ``face``), whether those keep the

@@ -3,7 +3,7 @@
 The network judges six views of a head and knows the defacings it was trained on. A tool that cuts
 differently can leave a face it calls ``removed``: caideface's mask stops at the eyes on some heads and
 takes the lower face across the whole width of the head, and the shipped network called 4 of those
-8 held-out IXI heads ``removed`` with both eye regions untouched (README, bench/other_defacers.py).
+8 held-out IXI heads ``removed`` with both eye regions untouched (docs/detector.md, bench/other_defacers.py).
 
 This looks where the face should be instead. It registers pydeface's template onto the scan (the
 registration ``deface`` runs), carries the template's own feature surfaces onto it — each feature's

@@ -245,7 +245,7 @@ def draw_volumes(bundle: FaceBundle, contract: InputContract, families: Sequence
         # and middle: trained on heads placed before the pose, the network met tilted heads in
         # places `check` never puts them (the detector trained so called 0.943 of held-out removed
         # faces not `face` on draws placed before the pose, 0.903 on draws placed as here:
-        # bench/detector_eval.py --shipped-only --ckpt, README).
+        # bench/detector_eval.py --shipped-only --ckpt, docs/detector.md).
         batch = torch.stack([contract.volume(volume[0].numpy(), contract.grid_affine) for volume in batch])
     facts = {"label": np.array(labels), "family": np.array(names), "subject": np.array([bundle.subject] * len(labels)),
              "number": np.array(numbers), "own": np.array(owns, dtype=np.float32), "foreign": np.array(foreigns, dtype=np.float32)}
