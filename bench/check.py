@@ -45,9 +45,10 @@ from defacegan.check import CheckResult, result_png
 from defacegan.contract import InputContract, plane_rotation, turned, without_air
 from defacegan.detector_training import save_detector
 from defacegan.inference import SHIPPED_CHECKPOINT, Detector, load_network, verdict_of
-from defacegan.io import Scan, load_scan
+from defacegan.io import Scan, atomic_write_text, load_scan
 from defacegan.models.detector import DetectorNet
 from defacegan.pose import upright_margin
+from provenance import provenance
 
 IXI_SHAPE = (256, 256, 150)
 IXI_SPACING = (0.9375, 0.9375, 1.2)
@@ -182,7 +183,7 @@ def stage_profile(detector: Detector, paths: list[Path], turn: np.ndarray = np.e
 
 def write_results(results: dict, path: Path, console: Console) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(path, json.dumps({**results, "run": provenance()}, indent=2) + "\n")
     console.print(f"written: {path}")
 
 
