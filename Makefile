@@ -72,7 +72,7 @@ data/members/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src/
 # the pose guard on the shipped column's draws, with it and without (bench/pose_guard.py, ~10 min);
 # and the anatomy's second opinion against the network alone on every family (bench/anatomy.py, ~56 min);
 # and held-out heads re-faced by a Pix2Pix that train.py trains on the others (bench/gan_refaced.py, ~3 min);
-# the defacer on moved and posed heads (bench/deface.py, ~25 min) and its registration's pitch search (bench/pitch_search.py, 3 min);
+# the defacer on moved and posed heads (bench/deface.py, ~30 min) and its registration's pitch search (bench/pitch_search.py, 3 min);
 # whether more heads, more draws of the same heads, a wider network or leaving out the cuts near the rule's line would help the network (bench/learning_curve.py, ~110 min, 43 more to draw the first time);
 # whether training on replace_smooth, with blurred faces shown more often, would (bench/smooth_training.py, ~17 min on learning_curve's draws);
 # last, all of their trust figures in one table beside the detector's targets (bench/trust.py, which only reads them).
