@@ -7,7 +7,7 @@ opinion (:mod:`defacegan.anatomy`: a head nodded beyond the training poses that 
 of is judged again with the nod taken off; a ``removed`` verdict the network is unsure of whose eye
 or nose region still holds tissue becomes ``face``, and so does a ``replaced`` one whose face also has
 the rest of the head's fine texture) measured on every scan (``--anatomy``, so that
-every scan's shares and nod are in the JSON) — and the issue's rates are printed side by side, per
+every scan's shares and nod are in the JSON) — and the detector's target rates are printed side by side, per
 family too, with the scans judged again and how. Then
 ``check``'s default, which measures the anatomy only where it could overrule, judges the same
 volumes again: it must give the same verdicts, and its time per scan and the share of scans it

@@ -141,8 +141,8 @@ def verdicts(probabilities: np.ndarray, threshold: float = 0.5, tissue: list[dic
 
 def headline(samples: Samples, probabilities: np.ndarray | None, threshold: float = 0.5, tissue: list[dict] | None = None,
              trained: list[str] | None = None, texture: list[float] | None = None, said: np.ndarray | None = None) -> dict[str, dict]:
-    """The issue's targets, each as a rate over test scans, at `check --threshold` ``threshold``
-    (with `--anatomy` where ``tissue`` and ``texture`` are given), or of the verdict indices ``said``
+    """The detector's targets (bench/trust.py's TARGETS), each as a rate over test scans, at `check
+    --threshold` ``threshold`` (with `--anatomy` where ``tissue`` and ``texture`` are given), or of the verdict indices ``said``
     (as `check` gave them, e.g. with its pose guard's); when the detector was ``trained`` on some
     families only, the removed and replaced rows again over those families' scans."""
     if said is None:

@@ -8,7 +8,7 @@ as ``check``'s default takes the guard: a scan it flags is referred to a registr
 (:func:`defacegan.inference.registered_upright`) and judged as it lies (the verdict without the guard)
 where that finds it upright. These heads all lie near upright, so every scan the guard flags
 (answered ``face``) or rights (judged turned a quarter or half way back) is a scan it misread: the
-table of its actions by label says how often, and the issue's rates side by side say what that
+table of its actions by label says how often, and the detector's target rates side by side say what that
 costs, with Wilson 95 % intervals and the subjects behind them. Each scan's verdicts and the guard's
 action are in the JSON.
 
