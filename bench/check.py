@@ -182,7 +182,6 @@ def stage_profile(detector: Detector, paths: list[Path], turn: np.ndarray = np.e
 
 
 def write_results(results: dict, path: Path, console: Console) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps({**results, "run": provenance()}, indent=2) + "\n")
     console.print(f"written: {path}")
 

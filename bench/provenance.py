@@ -27,8 +27,8 @@ def _git(*args: str) -> str | None:
 def provenance() -> dict:
     """{"commit": the checkout's short commit (None outside a git checkout), "changed": code files
     that differ from it (uncommitted edits, new files), "date": now, UTC}."""
-    status = _git("status", "--porcelain", "--", *CODE)
-    return {"commit": _git("rev-parse", "--short", "HEAD"),  # porcelain lines: "XY path"
+    status = _git("status", "--porcelain", "--", *CODE)  # one line a file: "XY path"
+    return {"commit": _git("rev-parse", "--short", "HEAD"),
             "changed": [line[3:] for line in status.splitlines()] if status else [],
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
