@@ -27,9 +27,10 @@ this takes). Then:
 4. **Leave-one-family-out** on one subject split (fold 0): trained without a family, tested on it.
 
 Writes ``<out>/detector_eval.json``, ``detector_eval.md``, ``reliability.png``, ``sweep.png``;
-prints the tables. About 45 minutes on 2 cores once the views are drawn (4 k-fold fits of 5-8 min,
-11 leave-one-family-out fits of ~1 min); the first run also registers the 32 heads (under a
-minute) and draws their views (~22 min a round on 2 cores), both cached in ``data/bundles`` and
+prints the tables. About 50 minutes on 2 cores once the views are drawn (4 k-fold fits of ~9 min,
+12 leave-one-family-out fits of ~1 min; 96 min at f4d6f62 with 47 min of drawing); the first run
+also registers the 32 heads (under a minute) and draws their views (one process where memory
+allows only one: about 70 s a head and round), both cached in ``data/bundles`` and
 shared with ``make weights``; ``--no-lofo`` skips the leave-one-family-out fits and
 ``--lofo-only`` adds them later to the report in ``--out``.
 
