@@ -35,7 +35,7 @@ import torchio as tio
 from monai.transforms import RandRicianNoise
 
 from defacegan.contract import plane_rotation
-from defacegan.detector_training import bundle_caches, read_bundle
+from defacegan.detector_data import bundle_caches, read_bundle
 from defacegan.families import FaceBundle, Variant
 from defacegan.inference import with_header_turned
 from defacegan.io import Scan

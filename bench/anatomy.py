@@ -41,7 +41,8 @@ from rich.table import Table
 
 from defacegan.anatomy import NETWORK_SURE, NETWORK_UNSURE, overrules
 from defacegan.contract import VERDICTS
-from defacegan.detector_training import HELD_OUT, Samples, subject_of, bundle_caches, draw_volumes, read_bundle
+from defacegan.detector_data import Samples, bundle_caches, draw_volumes, read_bundle, subject_of
+from defacegan.detector_training import HELD_OUT
 from defacegan.families import FAMILIES
 from defacegan.features import FEATURES
 from defacegan.io import Scan

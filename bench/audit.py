@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from defacegan.contract import InputContract
 from defacegan.datamodule import cache_scan, other_subject
-from defacegan.detector_training import bundle_caches, read_bundle
+from defacegan.detector_data import bundle_caches, read_bundle
 from defacegan.io import atomic_write_text
 from defacegan.manifest import METHODS, load_manifest, volume_columns
 from defacegan.metrics import REID_RANKS, rate, reface_audit, top_k_hits, voxel_similarity

@@ -52,21 +52,8 @@ import numpy as np
 import torch
 
 from defacegan.contract import VERDICTS, InputContract
-from defacegan.detector_training import (
-    DRAWS,
-    EPOCHS,
-    ROUNDS,
-    HELD_OUT,
-    Samples,
-    calibrate,
-    draw,
-    fit,
-    bundle_caches,
-    read_bundle,
-    logits_of,
-    split_subjects,
-    subject_of,
-)
+from defacegan.detector_data import DRAWS, ROUNDS, Samples, bundle_caches, draw, read_bundle, subject_of
+from defacegan.detector_training import EPOCHS, HELD_OUT, calibrate, fit, logits_of, split_subjects
 from defacegan.families import FAMILIES, SWEEP_MODES, FaceBundle, families_but, remove_share
 from defacegan.features import FACE_MIN_FRACTION, FEATURES
 from defacegan.inference import SHIPPED_CHECKPOINT, load_network, verdict_of

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from defacegan.detector_training import bundle_caches, read_bundle
+from defacegan.detector_data import bundle_caches, read_bundle
 from defacegan.families import cut_below
 from defacegan.io import Scan
 from held_out import held_out_setup, judge_conditions, print_conditions, write_result

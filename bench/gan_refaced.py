@@ -42,7 +42,8 @@ from rich.table import Table
 from defacegan.cohort import build_cohort
 from defacegan.contract import VERDICTS
 from defacegan.deface import deface
-from defacegan.detector_training import HELD_OUT, bundle_caches, read_bundle, rule_label, subject_of
+from defacegan.detector_data import bundle_caches, read_bundle, rule_label, subject_of
+from defacegan.detector_training import HELD_OUT
 from defacegan.inference import verdict_of
 from defacegan.io import head_threshold, load_scan, stem
 from defacegan.reface import load_refacer, reface_file

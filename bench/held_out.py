@@ -14,7 +14,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from defacegan.detector_training import HELD_OUT, subject_of
+from defacegan.detector_data import subject_of
+from defacegan.detector_training import HELD_OUT
 from defacegan.families import FaceBundle, Variant, generate, remove_share
 from defacegan.inference import Detector
 from defacegan.io import Scan, atomic_write_text

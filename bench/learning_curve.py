@@ -49,20 +49,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from defacegan.contract import InputContract
-from defacegan.detector_training import (
-    CHANNELS,
-    DRAWS,
-    EPOCHS,
-    HELD_OUT,
-    Samples,
-    bundle_caches,
-    calibrate,
-    draw,
-    fit,
-    logits_of,
-    split_subjects,
-    subject_of,
-)
+from defacegan.detector_data import DRAWS, Samples, bundle_caches, draw, subject_of
+from defacegan.detector_training import CHANNELS, EPOCHS, HELD_OUT, calibrate, fit, logits_of, split_subjects
 from defacegan.inference import SHIPPED_CHECKPOINT
 from defacegan.io import atomic_write_text
 from defacegan.report import markdown_table

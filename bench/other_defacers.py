@@ -49,7 +49,8 @@ from scipy import ndimage
 
 from defacegan.brain import brain_mask
 from defacegan.deface import COLIN27, to_sitk, warp
-from defacegan.detector_training import HELD_OUT, bundle_caches, read_bundle, rule_label, subject_of
+from defacegan.detector_data import bundle_caches, read_bundle, rule_label, subject_of
+from defacegan.detector_training import HELD_OUT
 from defacegan.inference import verdict_of
 from defacegan.io import Scan, load_scan, stem
 from deepdefacer import deepdefacer_defaced

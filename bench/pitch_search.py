@@ -33,7 +33,8 @@ from rich.table import Table
 from deface import posed
 from defacegan.anatomy import TYPICAL_NOD
 from defacegan.deface import COLIN27, PITCH_STARTS_DEG, head_nod, pitch_search, register_template
-from defacegan.detector_training import HELD_OUT, subject_of
+from defacegan.detector_data import subject_of
+from defacegan.detector_training import HELD_OUT
 from defacegan.io import Scan, atomic_write_text, load_scan
 
 

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from defacegan.contract import VERDICTS
-from defacegan.detector_training import Samples, bundle_caches, draw_volumes, read_bundle
+from defacegan.detector_data import Samples, bundle_caches, draw_volumes, read_bundle
 from defacegan.inference import registered_upright
 from defacegan.io import Scan
 from detector_eval import headline, rate_text

@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 from defacegan.contract import InputContract
-from defacegan.detector_training import (DRAWS, HELD_OUT, bundle_caches, draw, fit_member, save_detector, split_subjects,
-                                         subject_of)
+from defacegan.detector_data import DRAWS, bundle_caches, draw, subject_of
+from defacegan.detector_training import HELD_OUT, fit_member, save_detector, split_subjects
 from defacegan.families import families_but
 from defacegan.io import atomic_write_text
 from defacegan.report import markdown_table

@@ -57,7 +57,8 @@ def ixi_scans(ixi_dir: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def held_out_head(ixi_scans) -> Path:
     """The IXI scan of the first held-out subject: a real head the shipped detector never saw."""
-    from defacegan.detector_training import HELD_OUT, subject_of
+    from defacegan.detector_data import subject_of
+    from defacegan.detector_training import HELD_OUT
 
     return next(path for path in ixi_scans if subject_of(path) == HELD_OUT[0])
 
@@ -67,7 +68,7 @@ def held_out_bundle(held_out_head, tmp_path_factory):
     """One real IXI head the shipped detector never saw, registered to the template once for
     the whole test run, with its features and regions on the default contract's grid."""
     from defacegan.contract import InputContract
-    from defacegan.detector_training import subject_of
+    from defacegan.detector_data import subject_of
     from defacegan.families import make_bundle
     from defacegan.io import load_scan
 

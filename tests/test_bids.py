@@ -255,7 +255,8 @@ def test_a_killed_run_started_again_skips_finished_scans_and_matches_an_uninterr
 def test_the_bids_app_measures_the_brain_removed_and_check_reports_it(ixi_scans, tmp_path, capsys):
     """A real head as sub-01's T1w: the derivative's sidecar holds the brain removed (BET on the
     input), the line says it, and `check` on the derivatives shows the same figure."""
-    from defacegan.detector_training import HELD_OUT, subject_of
+    from defacegan.detector_data import subject_of
+    from defacegan.detector_training import HELD_OUT
 
     raw = tmp_path / "raw"
     anat = raw / "sub-01" / "anat"

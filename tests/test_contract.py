@@ -9,7 +9,7 @@ import torch
 from scipy import ndimage
 
 from defacegan.contract import InputContract, Placement, gaussian_blur, plane_rotation, turned, without_air
-from defacegan.detector_training import draw_bundle, subject_of
+from defacegan.detector_data import draw_bundle, subject_of
 from defacegan.features import head_mask
 from defacegan.inference import GridDataset
 from defacegan.io import load_scan

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from defacegan.contract import VERDICTS, InputContract
-from defacegan.detector_training import Samples, fit_member, logits_of
+from defacegan.detector_data import Samples
+from defacegan.detector_training import fit_member, logits_of
 from defacegan.features import FEATURES
 
 #: (family, label) of the generated examples: a face, a removed face, a replaced one, a blurred face.

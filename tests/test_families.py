@@ -158,7 +158,7 @@ def test_drawn_views_are_cached_and_equal_a_fresh_draw(bundle, tmp_path):
     """`make weights` and `make figures` share drawn views through the cache: what is read back
     is exactly what drawing the head again gives, labels and feature shares included."""
     from defacegan.contract import InputContract
-    from defacegan.detector_training import Samples, draw, draw_bundle, write_bundle
+    from defacegan.detector_data import Samples, draw, draw_bundle, write_bundle
 
     contract = InputContract()
     cache = write_bundle(bundle, tmp_path / f"{bundle.subject}-bundle.npz")
@@ -179,13 +179,13 @@ def test_drawn_views_are_cached_and_equal_a_fresh_draw(bundle, tmp_path):
 def test_drawing_runs_as_many_processes_as_the_memory_holds(monkeypatch):
     """One drawing process peaks above 12 GB: two of them ran a 24 GB machine out of memory, so
     the default is one there and two from 26 GB up, and never none."""
-    from defacegan import detector_training
+    from defacegan import detector_data
 
     for gigabytes, expected in ((8, 1), (24, 1), (26, 2), (256, 2)):
         pages = gigabytes * 2**30 // 4096
-        monkeypatch.setattr(detector_training.os, "sysconf", lambda name, pages=pages: 4096 if name == "SC_PAGE_SIZE" else pages)
-        assert detector_training.draw_workers() == expected
-    assert detector_training.draw_workers(limit=1) == 1
+        monkeypatch.setattr(detector_data.os, "sysconf", lambda name, pages=pages: 4096 if name == "SC_PAGE_SIZE" else pages)
+        assert detector_data.draw_workers() == expected
+    assert detector_data.draw_workers(limit=1) == 1
 
 
 def test_posed_draws_sit_on_the_grid_where_check_puts_a_file(bundle):
@@ -193,7 +193,7 @@ def test_posed_draws_sit_on_the_grid_where_check_puts_a_file(bundle):
     middle of every posed head are where the contract anchors them (within the 2 mm of a voxel
     or two), not where the pose's turn and shift of up to 12 mm left them."""
     from defacegan.contract import InputContract
-    from defacegan.detector_training import draw_volumes
+    from defacegan.detector_data import draw_volumes
 
     contract = InputContract()
     volumes, _ = draw_volumes(bundle, contract, families=("none", "plane"), draws=3, seed=1000)
@@ -207,7 +207,7 @@ def test_a_second_round_adds_draws_and_keeps_the_first(bundle, tmp_path):
     """More rounds draw only the new ones: round 0 is read back from its cache file, and round 1's
     draws, numbered after round 0's, are what drawing with the next seed gives."""
     from defacegan.contract import InputContract
-    from defacegan.detector_training import draw, draw_bundle, write_bundle
+    from defacegan.detector_data import draw, draw_bundle, write_bundle
 
     contract = InputContract()
     cache = write_bundle(bundle, tmp_path / f"{bundle.subject}-bundle.npz")
@@ -237,7 +237,7 @@ def test_a_field_of_view_that_stops_above_the_mouth_keeps_the_verdict_of_the_res
 
 
 def test_the_draw_cache_key_follows_the_code_not_its_comments_or_docstrings(tmp_path):
-    from defacegan.detector_training import source_key
+    from defacegan.detector_data import source_key
 
     first, reworded, changed = (tmp_path / name for name in ("first.py", "reworded.py", "changed.py"))
     first.write_text('"""Module."""\n\ndef cut(x):\n    """Why."""\n    return x + 1  # one\n')

@@ -18,7 +18,8 @@ from quickshear import quickshear
 
 from defacegan.brain import brain_mask
 from defacegan.contract import InputContract, plane_rotation, turned
-from defacegan.detector_training import HELD_OUT, rule_label, subject_of
+from defacegan.detector_data import rule_label, subject_of
+from defacegan.detector_training import HELD_OUT
 from defacegan.families import families_but, generate, remove_share
 from defacegan.features import FACE_MIN_FRACTION, FEATURES
 from defacegan.inference import SHIPPED_CHECKPOINT, Detector, with_header_turned
