@@ -86,8 +86,9 @@ def fit_member(samples: Samples, contract: InputContract, trained: Sequence[str]
     returns (network, temperature, training views)."""
     recipe = np.isin(samples.family, list(trained))
     train = samples.where(recipe & np.isin(samples.subject, list(train_subjects)))
-    train = Samples.join([train] + [train.where(train.family == family) for family, times in (shown or {}).items()
-                                    for _ in range(times - 1)])
+    repeats = [train.where(train.family == family) for family, times in (shown or {}).items() for _ in range(times - 1)]
+    if repeats:  # joining copies every view: only when a family is shown more often
+        train = Samples.join([train, *repeats])
     net = fit(train, contract, epochs=epochs, seed=seed)
     return net, calibrate(net, samples.where(recipe & np.isin(samples.subject, list(val_subjects)))), train
 
