@@ -58,12 +58,13 @@ VACANCY_CEILINGS = (NETWORK_SURE, None)
 
 def floor_report(rows: list[dict]) -> dict:
     """What the floor changed on a run's rows: the anatomy's verdicts had it been asked about every
-    ``removed`` or ``replaced`` verdict (as before the floor) against the network's; its false alarms and the faces
-    it recovered, how many of each lie below the floor, and the two rates without it."""
+    ``removed`` verdict (as it is about every ``replaced`` one) against the network's; its false alarms
+    and the faces it recovered on ``removed`` verdicts, how many of each lie below the floor, and the
+    two rates without it."""
     def unfloored(row: dict) -> str:
         return "face" if overrules(row["network"], row["p_face"], row["tissue"], row.get("texture"), floor=0.0) else row["network"]
 
-    flipped = [row for row in rows if row["network"] != "face" and unfloored(row) == "face"]
+    flipped = [row for row in rows if row["network"] == "removed" and unfloored(row) == "face"]
     alarms = [row["p_face"] for row in flipped if row["label"] != "face"]
     recovered = [row["p_face"] for row in flipped if row["label"] == "face"]
     removed, faces = [row for row in rows if row["label"] == "removed"], [row for row in rows if row["label"] == "face"]
@@ -107,7 +108,7 @@ def print_vacancy_report(report: dict) -> None:
 
 def print_floor_report(report: dict) -> None:
     lowest = "" if report["lowest_recovered_p_face"] is None else f", the lowest at p(face) {report['lowest_recovered_p_face']:.2f}"
-    print(f"without the floor (p(face) >= {report['floor']}): the anatomy's false alarms {report['false_alarms']}, "
+    print(f"without the floor on removed verdicts (p(face) >= {report['floor']}): the anatomy's false alarms {report['false_alarms']}, "
           f"{report['false_alarms_below_floor']} of them below the floor; faces it recovered {report['recovered']}, "
           f"{report['recovered_below_floor']} below the floor{lowest}; "
           + "; ".join(f"{name} {k}/{n}" for name, (k, n) in report["without_floor"].items()))

@@ -82,8 +82,18 @@ def test_a_replaced_verdict_is_overruled_only_where_the_face_also_has_the_heads_
     assert verdict_of(REPLACED_LIKELY, 0.5, kept, OWN_TEXTURE - 0.05) == "replaced"  # smoother than the head: pasted
     assert verdict_of(REPLACED_LIKELY, 0.5, kept, float("nan")) == "replaced"
     assert verdict_of(REPLACED_LIKELY, 0.5, gone, 1.0) == "replaced"
-    sure = {"face": NETWORK_UNSURE / 2, "removed": 0.05, "replaced": 1 - 0.05 - NETWORK_UNSURE / 2}
-    assert verdict_of(sure, 0.5, kept, 1.0) == "replaced"
+
+
+def test_a_replaced_verdict_is_judged_however_sure_the_network_was_and_a_removed_one_is_not():
+    """An intact face called `replaced` would pass as anonymised: the texture, an independent
+    condition, is asked however sure the network was; a sure `removed` is left (fills look like tissue)."""
+    kept = {"eyes": 0.9, "nose": 0.8, "mouth": 0.9, "chin": 0.9}
+    sure_replaced = {"face": NETWORK_UNSURE / 20, "removed": 0.05, "replaced": 1 - 0.05 - NETWORK_UNSURE / 20}
+    sure_removed = {"face": NETWORK_UNSURE / 20, "removed": 0.95, "replaced": 0.05 - NETWORK_UNSURE / 20}
+    assert needs_anatomy(sure_replaced, 0.5) and not needs_anatomy(sure_removed, 0.5)
+    assert verdict_of(sure_replaced, 0.5, kept, 1.0) == "face"
+    assert verdict_of(sure_replaced, 0.5, kept, OWN_TEXTURE - 0.05) == "replaced"
+    assert verdict_of(sure_removed, 0.5, kept) == "removed"
 
 
 def test_a_real_face_has_the_heads_own_texture_however_smooth_the_scan_and_a_pasted_face_does_not(held_out_head):

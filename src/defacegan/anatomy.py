@@ -20,9 +20,12 @@ face's fine texture is also the head's own (:func:`face_texture`, :data:`OWN_TEX
 (a template, an average of faces, a generator's paint) is smoother than the scanner's noise in the
 rest of the head; a real face carries that noise. A head that is smooth all over, as Colin27 (an
 average of 27 scans of one man) is, has a face as smooth as the rest of it; the network called its
-intact face ``replaced`` (bench/outside_heads.py). And the anatomy only overrules where the network
-is unsure (:data:`NETWORK_UNSURE`): a fill that resampling and smoothing have made look like tissue
-fooled it on scans the network had rightly called ``removed`` at p(face) ≤ 0.05.
+intact face ``replaced`` (bench/outside_heads.py). The anatomy overrules a ``removed`` verdict only
+where the network is unsure (:data:`NETWORK_UNSURE`): a fill that resampling and smoothing have made
+look like tissue fooled it on scans the network had rightly called ``removed`` at p(face) ≤ 0.05. A
+``replaced`` verdict it judges however sure the network was: the texture is a second, independent
+condition, and an intact face called ``replaced`` is the worst answer a privacy check can give (the
+k-fold's networks call a few heads' intact faces ``replaced`` at p(face) under 0.01, docs/detector.md).
 
 Only the eyes and the nose overrule (:data:`OVERRULING`): they identify most and sit in the middle
 of the registered template's face, where a few mm of misregistration matter least; the chin region,
@@ -288,9 +291,10 @@ def needs_reading(verdict: str, p_face: float, straightened: bool) -> bool:
 
 
 def may_overrule(verdict: str, p_face: float, floor: float = NETWORK_UNSURE) -> bool:
-    """Whether the anatomy has a say: a ``removed`` or ``replaced`` verdict the network is unsure of
-    (p(face) ≥ ``floor``; bench/anatomy.py asks with 0, to see what the floor changes)."""
-    return verdict in ("removed", "replaced") and p_face >= floor
+    """Whether the anatomy has a say: a ``removed`` verdict the network is unsure of (p(face) ≥
+    ``floor``; bench/anatomy.py asks with 0, to see what the floor changes), or any ``replaced`` one,
+    which it overrules only where the face's texture is also the head's own (:func:`overrules`)."""
+    return verdict == "replaced" or (verdict == "removed" and p_face >= floor)
 
 
 def overrules(verdict: str, p_face: float, shares: dict[str, float] | None, texture: float | None = None,

@@ -11,8 +11,8 @@ instead of stopping the batch.
 :mod:`defacegan.anatomy` gives a second opinion from a registration of the template: a head
 nodded beyond the training poses, of which the network was unsure, is judged again on a grid turned
 to take the nod off; then a ``removed`` verdict the network is unsure of whose eye or nose region
-still holds tissue becomes ``face``, and so does a ``replaced`` one whose face also has the fine
-texture of the rest of the head. ``anatomy`` says on which scans it is measured
+still holds tissue becomes ``face``, and so does any ``replaced`` one, however sure the network
+was, whose face also has the fine texture of the rest of the head. ``anatomy`` says on which scans it is measured
 (:data:`ANATOMY_MODES`): by default only on those it could change (:func:`~defacegan.anatomy.needs_reading`),
 after the network; ``"always"`` on every scan, in the loader workers (its shares reported for all);
 ``"never"``: the network alone. The first two give the same verdicts.
@@ -92,8 +92,8 @@ def needs_anatomy(probabilities: dict[str, float], threshold: float, straightene
 def verdict_of(probabilities: dict[str, float], threshold: float, tissue: dict[str, float] | None = None,
                texture: float | None = None) -> str:
     """``face`` when p(face) ≥ ``threshold``; otherwise the likelier of ``removed`` and ``replaced``,
-    unless p(face) is not negligible, ``tissue`` (:func:`defacegan.anatomy.feature_tissue`) shows a
-    feature region still there and, against ``replaced``, the face's ``texture``
+    unless ``tissue`` (:func:`defacegan.anatomy.feature_tissue`) shows a feature region still there
+    and, against ``removed``, p(face) is not negligible, against ``replaced``, the face's ``texture``
     (:func:`defacegan.anatomy.face_texture`) is the head's own: then ``face``
     (:func:`defacegan.anatomy.overrules`)."""
     if probabilities["face"] >= threshold:
