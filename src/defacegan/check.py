@@ -14,8 +14,8 @@ verdict (:attr:`CheckResult.note`).
 The anatomy's second opinion (:mod:`defacegan.anatomy`) gives a scan the share of each facial
 feature's region that still holds tissue (``tissue_eyes``... columns) and the face's fine texture
 against the rest of the head's (``face_texture``); a ``removed`` verdict the network is unsure of and
-those regions contradict becomes ``face``, with a note saying so, and so does a ``replaced`` one
-whose face also has the head's own texture. The same
+those regions contradict becomes ``face``, with a note saying so, and so does any ``replaced`` one
+whose face also has the head's own texture, however sure the network was. The same
 registration reads a nod: a head nodded beyond the training poses that the network was unsure of, or
 whose pose only a registration could read, is judged again on a grid turned to take the nod off
 (``nodded`` column, noted). It is measured on the

@@ -12,8 +12,8 @@ instead of stopping the batch.
 nodded beyond the training poses, of which the network was unsure, is judged again on a grid turned
 to take the nod off; then a ``removed`` verdict the network is unsure of whose eye or nose region
 still holds tissue becomes ``face``, and so does any ``replaced`` one, however sure the network
-was, whose face also has the fine texture of the rest of the head. ``anatomy`` says on which scans it is measured
-(:data:`ANATOMY_MODES`): by default only on those it could change (:func:`~defacegan.anatomy.needs_reading`),
+was, whose face also has the fine texture of the rest of the head. ``anatomy`` says on which scans
+it is measured (:data:`ANATOMY_MODES`): by default only on those it could change (:func:`~defacegan.anatomy.needs_reading`),
 after the network; ``"always"`` on every scan, in the loader workers (its shares reported for all);
 ``"never"``: the network alone. The first two give the same verdicts.
 
