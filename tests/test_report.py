@@ -41,8 +41,10 @@ def test_report_page_is_self_contained_beside_its_tables(report):
     assert "http://" not in page and "https://" not in page and "<link" not in page
     assert page.count('src="data:image/png;base64,') == 5  # a thumbnail for each readable scan
     table = pd.read_csv(report / "results.tsv", sep="\t", dtype=str, keep_default_na=False)
+    # the replaced face (sub-03) is measured by the anatomy, however sure the network is: its columns are there
     assert list(table.columns) == ["subject", "session", "contrast", "file", "p_face", "p_removed", "p_replaced",
-                                   "verdict", "note", "pose_margin", "brain_removed", "views_png"]
+                                   "verdict", "note", "pose_margin", "brain_removed", "tissue_eyes", "tissue_nose",
+                                   "tissue_mouth", "tissue_chin", "face_texture", "views_png"]
     brain = dict(zip(table.file.map(lambda file: Path(file).name), table.brain_removed))
     assert brain["sub-01_T1w.nii.gz"] == "0.2500" and brain["sub-02_T1w.nii.gz"] == MISSING
     document = json.loads((report / "results.json").read_text())
