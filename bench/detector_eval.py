@@ -11,7 +11,8 @@ this takes). Then:
    (``HELD_OUT``), one round of fresh draws, and the partial-removal sweep (3.) on them, with how
    many subjects it calls ``face`` at each step, and per subject the removed or replaced faces far
    from the rule's line (under 10 % of every feature kept) it calls ``face``; every test scan's label,
-   feature shares and probabilities are kept in the JSON (``scans``). ``--shipped-only`` redoes this part alone.
+   feature shares and probabilities are kept in the JSON (``scans``; the k-fold's, from the fold model that
+   never saw each subject, beside the k-fold's figures). ``--shipped-only`` redoes this part alone.
 1. **k-fold over subjects** (``--folds``, default 4 × 8 subjects): each subject is a test subject
    once; 3 training subjects per fold calibrate the temperature. Rates on the test folds:
    real faces called ``face``; partial defacings that leave the eyes and the nose called
@@ -499,6 +500,7 @@ def kfold_report(args: argparse.Namespace, caches: list[Path], contract: InputCo
                         "ece_calibrated": expected_calibration_error(probabilities, samples.label),
                         "scans": len(samples.label)},
         "sweep": sweeps,
+        "scans": scan_rows(samples, probabilities),  # each from the fold model that never saw its subject
         "leave_one_family_out": {"test_subjects": [], "families": {}},
         "run": provenance(),
     }
