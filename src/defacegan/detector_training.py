@@ -96,9 +96,8 @@ def fit_member(samples: Samples, contract: InputContract, trained: Sequence[str]
 def save_detector(net: DetectorNet, contract: InputContract, path: str | os.PathLike, facts: dict | None = None) -> Path:
     """A checkpoint that loads with torch alone (``weights_only=True``): contract, network
     arguments, weights, facts."""
-    buffer = io.BytesIO()
-    torch.save({"contract": contract.to_dict(), "network": net.config, "state_dict": net.state_dict(), "facts": facts or {}}, buffer)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return _write_checkpoint({"contract": contract.to_dict(), "network": net.config, "state_dict": net.state_dict(),
+                              "facts": facts or {}}, path)
 
 
 def save_ensemble(members: Sequence[str | os.PathLike], path: str | os.PathLike) -> Path:
@@ -113,6 +112,11 @@ def save_ensemble(members: Sequence[str | os.PathLike], path: str | os.PathLike)
     checkpoint = {"contract": loaded[0]["contract"],
                   "members": [{key: member[key] for key in ("network", "state_dict")} for member in loaded],
                   "facts": {**union, "held_out": list(HELD_OUT), "members": facts}}
+    return _write_checkpoint(checkpoint, path)
+
+
+def _write_checkpoint(checkpoint: dict, path: str | os.PathLike) -> Path:
+    """``checkpoint`` saved by torch, written atomically: a reader never sees half a checkpoint."""
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
