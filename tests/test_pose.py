@@ -191,8 +191,8 @@ def test_a_registration_finds_an_upright_head_upright_and_a_sideways_one_not():
 def test_a_head_the_guard_cannot_read_is_judged_as_it_lies_when_a_registration_finds_it_upright(detector_ckpt, monkeypatch):
     """Where the anatomy may run, a scan the guard could not read (its margin made -0.005 here, as a
     field of view cut in front of the eyes gives) and would call ``face`` is registered: Colin27 lying
-    as stored is found upright and given the network's verdict, with a note and ``registered_upright``
-    in its record; sideways, it stays ``face``, noted as not understood. ``--anatomy never`` registers
+    as stored is found upright and judged as it lies (the network, and the anatomy where it may
+    overrule), with a note and ``registered_upright`` in its record; sideways, it stays ``face``, noted as not understood. ``--anatomy never`` registers
     nothing: the guard's answer stands."""
     from defacegan import inference
     from defacegan.check import CheckResult
@@ -206,7 +206,8 @@ def test_a_head_the_guard_cannot_read_is_judged_as_it_lies_when_a_registration_f
     as_it_lies = Detector(detector_ckpt, device="cpu", threshold=1.1, pose_check=False).predict([scan])[0]
     upright, turned = Detector(detector_ckpt, device="cpu", threshold=1.1).predict([scan, sideways])
     assert network.verdict == "face" and not network.pose_understood and not network.registered_upright
-    # judged as it lies: the network's verdict and the anatomy's say on it, not the guard's `face`
+    # judged as it lies: the network's `replaced`, turned `face` by Colin27's own texture, not the guard's `face`
+    assert as_it_lies.overruled and inference.likelier_defacing(as_it_lies.probabilities) == "replaced"
     assert upright.verdict == as_it_lies.verdict and upright.overruled == as_it_lies.overruled
     assert upright.registered_upright and upright.pose_understood
     record = CheckResult.from_prediction(upright, ScanFile(COLIN27)).record()
