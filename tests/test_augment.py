@@ -155,6 +155,25 @@ def test_device_augmentation_draws_per_sample():
     assert not torch.equal(out["face"][0], out["face"][1]) and not torch.equal(out["removed"][0], out["removed"][1])
 
 
+def test_a_batch_augmented_a_part_at_a_time_is_the_batch_augmented_whole():
+    """Drawing poses a head's volumes a few at a time with the draws made for all of them: every
+    sample comes out as in the whole, to the bit, smoothed ones too (a batched convolution's
+    rounding depends on the batch's size)."""
+    batch = head_batch(4)
+    every_time = {key: {**options, "prob": 1.0} for key, options in OmegaConf.to_container(DEVICE_AUGMENT).items()}
+    augmentation = DeviceAugmentation({**every_time, "invert": {"prob": 0.5}}, keys=("face", "defaced"), masks=("removed",), spacing=4.0, seed=3)
+    draws = augmentation.draw(4)
+    assert draws.sigma and draws.smoothed.all() and draws.gamma is not None
+    whole = augmentation.apply(batch, draws)
+    for size in (1, 3):
+        parts = [augmentation.apply({role: volume[i : i + size] for role, volume in batch.items()}, draws[i : i + size]) for i in range(0, 4, size)]
+        for role in batch:
+            assert torch.equal(torch.cat([part[role] for part in parts]), whole[role])
+    augmentation.restart()
+    for role, volume in augmentation(batch).items():  # a call is its draws, applied
+        assert torch.equal(volume, whole[role])
+
+
 def test_inversion_makes_a_t2w_like_contrast_and_keeps_the_air():
     """Inside the head the darkest tissue becomes the brightest; exact zeros (air, a removed
     face) stay zero, so a defaced T2w-like scan is still defaced."""

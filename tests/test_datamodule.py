@@ -280,9 +280,13 @@ def test_the_slab_bound_holds_at_the_largest_rotation_scaling_and_shift(syntheti
         for shift in itertools.product((-3, 3), repeat=3)
     ]
     mirrored = torch.stack(corners).double() @ torch.diag(torch.tensor([-1.0, 1, 1, 1], dtype=torch.float64))
+    # where the corners of the wanted planes come from: input X (about the grid's centre) of each pose
+    centre = [(n - 1) / 2 for n in shape]
+    ends = torch.tensor([planes[0], planes[1] - 1], dtype=torch.float64) - centre[0]
+    wanted = torch.cartesian_prod(ends, *[torch.tensor([-c, c], dtype=torch.float64) for c in centre[1:]])
     for theta in (torch.stack(corners).double(), mirrored):
-        _, reached_lo, reached_hi = augmentation._slab_matrices(theta, 0, (1, 1, *shape), planes, shape[0])
-        assert lo <= reached_lo and reached_hi <= hi
+        reached = wanted @ theta[:, 0, :3].T + theta[:, 0, 3] + centre[0]
+        assert lo <= math.floor(float(reached.min())) and math.ceil(float(reached.max())) + 1 <= hi
 
 
 def test_the_mask_is_the_removed_share_of_each_pixel(synthetic_cohort):

@@ -177,11 +177,11 @@ def test_drawn_views_are_cached_and_equal_a_fresh_draw(bundle, tmp_path):
 
 
 def test_drawing_runs_as_many_processes_as_the_memory_holds(monkeypatch):
-    """One drawing process peaks above 12 GB: two of them ran a 24 GB machine out of memory, so
-    the default is one there and two from 26 GB up, and never none."""
+    """One drawing process takes up to 4 GB: the default is one below 8 GB, two from there up,
+    and never none."""
     from defacegan import detector_data
 
-    for gigabytes, expected in ((8, 1), (24, 1), (26, 2), (256, 2)):
+    for gigabytes, expected in ((2, 1), (6, 1), (8, 2), (24, 2), (256, 2)):
         pages = gigabytes * 2**30 // 4096
         monkeypatch.setattr(detector_data.os, "sysconf", lambda name, pages=pages: 4096 if name == "SC_PAGE_SIZE" else pages)
         assert detector_data.draw_workers() == expected

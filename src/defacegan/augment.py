@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import monai.transforms.utils as mtu
 import torch
@@ -122,6 +123,24 @@ def t2w_like(image: torch.Tensor, floor: float = 0.1) -> torch.Tensor:
     return torch.where(inside, (1.1 * scale - image).clamp_min(floor * scale), image)
 
 
+@dataclass
+class PoseDraws:
+    """:class:`DeviceAugmentation`'s random draws for a batch: per sample, but the smoothing width."""
+
+    flips: torch.Tensor  # (B, 3) bool: the axes mirrored
+    warped: torch.Tensor  # (B,) bool: given an affine
+    theta: torch.Tensor | None  # (B, 4, 4) float64 voxel matrices (output -> input) of the warped, the flips in them
+    smoothed: torch.Tensor  # (B,) bool
+    sigma: float | None  # the smoothing width (voxels), one for the batch
+    inverted: torch.Tensor  # (B,) bool: made T2w-like
+    gamma: torch.Tensor | None  # (B,) float32 (1: none), None when no sample of the batch got one
+
+    def __getitem__(self, rows: slice) -> PoseDraws:
+        """The draws of samples ``rows``."""
+        return PoseDraws(self.flips[rows], self.warped[rows], None if self.theta is None else self.theta[rows], self.smoothed[rows],
+                         self.sigma, self.inverted[rows], None if self.gamma is None else self.gamma[rows])
+
+
 class DeviceAugmentation:
     """Random flips, affine, smoothing, T2w-like inversion and gamma on a whole batch on its device.
 
@@ -217,6 +236,29 @@ class DeviceAugmentation:
             for angle, scale, shift in zip(angles, scales, shifts)
         ]).double()
 
+    def draw(self, n: int) -> PoseDraws:
+        """The random draws for a batch of ``n`` samples, in the order the generator gives them."""
+        flips = torch.zeros(n, 3, dtype=torch.bool)
+        for axis in self.options.get("flip", {}).get("axes", ()):
+            flips[:, axis] = self._chosen("flip", n)
+        warped = self._chosen("affine", n)
+        theta = None
+        if warped.any():
+            # A flip before the affine is the affine of the mirrored grid: one resampling for both.
+            matrices = self._affine_matrices(int(warped.sum()))
+            mirror = torch.diag_embed(torch.cat([1 - 2 * flips[warped].double(), torch.ones(len(matrices), 1, dtype=torch.float64)], 1))
+            theta = torch.zeros(n, 4, 4, dtype=torch.float64)
+            theta[warped] = mirror @ matrices
+        smoothed, sigma = self._chosen("smooth", n), None
+        if smoothed.any():
+            sigma = float(self._uniform(*self.options["smooth"]["sigma"], 1)) / self.spacing
+        inverted = self._chosen("invert", n) if "invert" in self.options else torch.zeros(n, dtype=torch.bool)
+        gamma, chosen = None, self._chosen("contrast", n)
+        if chosen.any():
+            low, high = (math.log(g) for g in self.options["contrast"]["gamma"])
+            gamma = torch.where(chosen, self._uniform(low, high, n).exp(), 1.0).float()
+        return PoseDraws(flips, warped, theta, smoothed, sigma, inverted, gamma)
+
     def __call__(self, batch: dict, first: int = 0, planes: tuple[int, int] | None = None, extent: int | None = None) -> dict:
         """``batch`` with its ``keys`` and ``masks`` tensors (B, 1, X, Y, Z) replaced by augmented copies.
 
@@ -224,43 +266,36 @@ class DeviceAugmentation:
         X (default: the whole grid); the result holds augmented planes ``planes`` = ``[start, stop)``
         (default: all of them), which must lie within :meth:`read_planes` of what is held.
         """
+        return self.apply(batch, self.draw(len(batch[self.keys[0]])), first, planes, extent)
+
+    def apply(self, batch: dict, draws: PoseDraws, first: int = 0, planes: tuple[int, int] | None = None,
+              extent: int | None = None) -> dict:
+        """:meth:`__call__` with the draws given: a batch drawn for at once can be augmented a part at
+        a time (``draws[rows]``), each sample as it would have been in the whole."""
         roles = [*self.keys, *self.masks]
-        held = batch[roles[0]]
-        n, device, extent = len(held), held.device, extent or held.shape[2]
+        device, extent = batch[roles[0]].device, extent or batch[roles[0]].shape[2]
         start, stop = planes or (0, extent)
-        flips = torch.zeros(n, 3, dtype=torch.bool)
-        for axis in self.options.get("flip", {}).get("axes", ()):
-            flips[:, axis] = self._chosen("flip", n)
-        warped = self._chosen("affine", n)
-        matrices = self._affine_matrices(int(warped.sum())) if warped.any() else None
-        smoothed, sigma = self._chosen("smooth", n), None
-        if smoothed.any():
-            sigma = float(self._uniform(*self.options["smooth"]["sigma"], 1)) / self.spacing
         # Smoothed samples need the planes next to the wanted ones; the others only those.
-        radius = self._reach(sigma)
+        radius = self._reach(draws.sigma)
         out = (max(0, start - radius), min(extent, stop + radius))
-        volumes = {role: self._lookup(batch[role], flips, first, out, extent).float() for role in roles}
-        if matrices is not None:
-            # A flip before the affine is the affine of the mirrored grid: one resampling for both.
-            mirror = torch.diag_embed(torch.cat([1 - 2 * flips[warped].double(), torch.ones(len(matrices), 1, dtype=torch.float64)], 1))
-            theta = torch.zeros(n, 4, 4, dtype=torch.float64)
-            theta[warped] = mirror @ matrices
-            for rows, span in ((warped & smoothed, out), (warped & ~smoothed, (start, stop))):
+        volumes = {role: self._lookup(batch[role], draws.flips, first, out, extent).float() for role in roles}
+        if draws.theta is not None:
+            for rows, span in ((draws.warped & draws.smoothed, out), (draws.warped & ~draws.smoothed, (start, stop))):
                 if rows.any():
-                    resampled = self._resample(batch, rows.to(device), theta[rows], first, span, extent)
+                    resampled = self._resample(batch, rows.to(device), draws.theta[rows], first, span, extent)
                     for role, value in resampled.items():
                         volumes[role][rows.to(device), :, span[0] - out[0] : span[1] - out[0]] = value
         image = torch.cat([volumes[key] for key in self.keys], dim=1)  # (B, keys, X, Y, Z): shared draws
         absent = image == 0
-        if sigma:
-            chosen = smoothed.to(device)
-            image = image.index_put((chosen,), GaussianFilter(3, sigma).to(device)(image[chosen]))
-        if "invert" in self.options and (chosen := self._chosen("invert", n)).any():
-            image = image.index_put((chosen.to(device),), t2w_like(image[chosen.to(device)], self.options["invert"]["floor"]))
-        if (chosen := self._chosen("contrast", n)).any():
-            low, high = (math.log(g) for g in self.options["contrast"]["gamma"])
-            gamma = torch.where(chosen, self._uniform(low, high, n).exp(), 1.0).float().to(device)
-            image = image.clamp_min(0).pow(gamma[:, None, None, None, None])
+        if draws.sigma and draws.smoothed.any():
+            smooth = GaussianFilter(3, draws.sigma).to(device)
+            for row in torch.nonzero(draws.smoothed).flatten().tolist():  # one at a time: a batched
+                image[row : row + 1] = smooth(image[row : row + 1])  # convolution's rounding depends on the batch's size
+        if draws.inverted.any():
+            chosen = draws.inverted.to(device)
+            image = image.index_put((chosen,), t2w_like(image[chosen], self.options["invert"]["floor"]))
+        if draws.gamma is not None:
+            image = image.clamp_min(0).pow(draws.gamma.to(device)[:, None, None, None, None])
         volumes.update(zip(self.keys, torch.where(absent, 0, image).split(1, dim=1)))
         kept = slice(start - out[0], stop - out[0])
         return {**batch, **{role: volumes[role][:, :, kept].to(batch[role].dtype) for role in roles}}
@@ -269,12 +304,12 @@ class DeviceAugmentation:
         """Planes ``span`` of the samples ``rows`` warped by their voxel matrices ``theta``: one
         sampling grid for all volumes of a sample, linear for intensities, nearest for masks."""
         held = batch[self.keys[0]].shape
-        theta, lo, hi = self._slab_matrices(theta, first, held, span, extent)
+        theta = self._slab_matrices(theta, first, held, span, extent)
         axes = [2, 1, 0]  # grid_sample's coordinates run (Z, Y, X) over a (X, Y, Z) tensor
         theta = theta[:, axes][:, :, [*axes, 3]][:, :3].float().to(batch[self.keys[0]].device)
         grid = F.affine_grid(theta, [int(rows.sum()), 1, span[1] - span[0], *held[3:]], align_corners=False)
         return {
-            role: F.grid_sample(batch[role][:, :, lo - first : hi - first][rows].float(), grid, padding_mode="zeros",
+            role: F.grid_sample(batch[role][rows].float(), grid, padding_mode="zeros",
                                 mode="nearest" if role in self.masks else "bilinear", align_corners=False)
             for role in (*self.keys, *self.masks)
         }
@@ -293,19 +328,15 @@ class DeviceAugmentation:
         return planes
 
     @staticmethod
-    def _slab_matrices(theta: torch.Tensor, first: int, held: Sequence[int], out: tuple[int, int], extent: int):
+    @staticmethod
+    def _slab_matrices(theta: torch.Tensor, first: int, held: Sequence[int], out: tuple[int, int], extent: int) -> torch.Tensor:
         """Voxel matrices about the whole grid's centre (output → input) → the normalised matrices
-        ``grid_sample`` takes between the held planes ``[lo, hi)`` they reach and the planes ``out``,
-        and that ``lo``, ``hi`` (only those planes are converted and resampled). Voxel centres map
-        exactly, whatever the two tensors' sizes."""
+        ``grid_sample`` takes between the held planes and the planes ``out``. Voxel centres map
+        exactly, whatever the two tensors' sizes; the held planes, not the ones a sample reaches,
+        are the input, so that a sample is resampled alike in any batch."""
         centre = torch.tensor([(extent - 1) / 2, *[(n - 1) / 2 for n in held[3:]]], dtype=torch.float64)
-        ends = torch.tensor([out[0], out[1] - 1], dtype=torch.float64) - centre[0]
-        corners = torch.cartesian_prod(ends, *[torch.stack([-c, c]) for c in centre[1:]])
-        reached = corners @ theta[:, 0, :3].T + theta[:, 0, 3]  # (corners, samples): input X about the centre
-        lo = max(first, math.floor(float(reached.min() + centre[0])))
-        hi = min(first + held[2], math.ceil(float(reached.max() + centre[0])) + 1)
-        to_input = mtu.create_translate(3, (centre - torch.tensor([lo, 0.0, 0.0], dtype=torch.float64)).tolist(), backend="torch").double()
+        to_input = mtu.create_translate(3, (centre - torch.tensor([first, 0.0, 0.0], dtype=torch.float64)).tolist(), backend="torch").double()
         from_output = mtu.create_translate(3, (torch.tensor([out[0], 0.0, 0.0], dtype=torch.float64) - centre).tolist(), backend="torch").double()
-        held_norm = normalize_transform((hi - lo, *held[3:]), dtype=torch.float64, align_corners=False)
+        held_norm = normalize_transform(tuple(held[2:]), dtype=torch.float64, align_corners=False)
         out_norm = normalize_transform((out[1] - out[0], *held[3:]), dtype=torch.float64, align_corners=False)
-        return held_norm @ to_input @ theta @ from_output @ torch.linalg.inv(out_norm), lo, hi
+        return held_norm @ to_input @ theta @ from_output @ torch.linalg.inv(out_norm)

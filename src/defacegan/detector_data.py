@@ -4,8 +4,8 @@ Heads → :class:`~defacegan.families.FaceBundle` (one registration each, cached
 variants of every family (:mod:`defacegan.families`), some in a field of view that stops above
 the neck (:data:`FIELD_OF_VIEW`), labelled by the feature rule (:mod:`defacegan.features`) → a
 random 3D pose and contrast (MONAI layers, as ``augment=device``) → the contract's views (six of
-the head, three of the face). Drawing is the costly part (about a second a volume, mostly the 3D
-pose): each head's views are drawn once, in parallel processes, and cached in ``data/bundles``
+the head, three of the face). Drawing is the costly part (about half a second a volume, mostly the
+3D pose and placing the posed head on the grid again): each head's views are drawn once, in parallel processes, and cached in ``data/bundles``
 under a key of the recipe and of this code (:data:`GENERATOR_SOURCE`), so ``make weights`` and
 the evaluation (``bench/detector_eval.py``, which fits many) share them. Fitting networks on the
 views is :mod:`defacegan.detector_training`'s, kept apart so that a change there draws nothing again.
@@ -69,6 +69,10 @@ POSE = {  # DeviceAugmentation options: head pose and contrast as scanners vary 
     "invert": {"prob": 0.2, "floor": 0.1},  # T2w-like: the detector is asked about every contrast
     "contrast": {"prob": 0.5, "gamma": [0.7, 1.4]},
 }
+#: Volumes posed at a time: the pose's draws are made for a head's whole batch and applied a part
+#: at a time (each volume as in the whole), so that a drawing process holds a few of its volumes'
+#: intermediate copies at once, not all of them.
+POSE_CHUNK = 8
 #: The field of view's lower edge, raised on a share of the draws of every family: its height
 #: above the chin's lowest voxel (mm), from below the chin (no neck) to above the mouth. A tight
 #: field of view alone must not decide the verdict: trained on IXI's necks only, defaced heads
@@ -113,9 +117,10 @@ def subject_of(path: Path) -> str:
     return stem(path).split("-")[0]
 
 
-#: One drawing process's peak memory: a head's 13 families × 8 draws, posed and turned into views
-#: (the kernel stopped one at 12.4 GB on a 24 GB machine while a second held 11.7 GB).
-DRAW_PROCESS_BYTES = 13 * 2**30
+#: One drawing process's memory, with room to spare: a head's 13 families × 8 draws, posed
+#: :data:`POSE_CHUNK` at a time and turned into views, peaked at 2.6 GB (posed all at once, 11.3 GB:
+#: two such processes ran a 24 GB machine out of memory).
+DRAW_PROCESS_BYTES = 4 * 2**30
 
 
 def draw_workers(limit: int = 2) -> int:
@@ -224,16 +229,20 @@ def draw_volumes(bundle: FaceBundle, contract: InputContract, families: Sequence
             numbers.append(number)
             owns.append([own[name] for name in FEATURES])
             foreigns.append([foreign[name] for name in FEATURES])
-    batch = torch.stack(volumes)[:, None]
     if pose:
         pose_seed = int(np.random.default_rng(_seed_of(seed, bundle.subject)).integers(2**31))
-        batch = DeviceAugmentation(pose, keys=("volume",), spacing=contract.spacing, seed=pose_seed)({"volume": batch})["volume"]
-        # A posed head is placed on the grid again as `check` places a file, by its own back, top
-        # and middle: trained on heads placed before the pose, the network met tilted heads in
-        # places `check` never puts them (the detector trained so called 0.943 of held-out removed
-        # faces not `face` on draws placed before the pose, 0.903 on draws placed as here:
-        # bench/detector_eval.py --shipped-only --ckpt, docs/detector.md).
-        batch = torch.stack([contract.volume(volume[0].numpy(), contract.grid_affine) for volume in batch])
+        augmentation = DeviceAugmentation(pose, keys=("volume",), spacing=contract.spacing, seed=pose_seed)
+        draws = augmentation.draw(len(volumes))
+        for start in range(0, len(volumes), POSE_CHUNK):
+            rows = slice(start, start + POSE_CHUNK)
+            posed = augmentation.apply({"volume": torch.stack(volumes[rows])[:, None]}, draws[rows])["volume"]
+            # A posed head is placed on the grid again as `check` places a file, by its own back, top
+            # and middle: trained on heads placed before the pose, the network met tilted heads in
+            # places `check` never puts them (the detector trained so called 0.943 of held-out removed
+            # faces not `face` on draws placed before the pose, 0.903 on draws placed as here:
+            # bench/detector_eval.py --shipped-only --ckpt, docs/detector.md).
+            volumes[rows] = [contract.volume(volume[0].numpy(), contract.grid_affine)[0] for volume in posed]
+    batch = torch.stack(volumes)[:, None]
     facts = {"label": np.array(labels), "family": np.array(names), "subject": np.array([bundle.subject] * len(labels)),
              "number": np.array(numbers), "own": np.array(owns, dtype=np.float32), "foreign": np.array(foreigns, dtype=np.float32)}
     return batch, facts
