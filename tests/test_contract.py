@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from defacegan.contract import InputContract, Placement, gaussian_blur, plane_rotation, turned, without_air
 from defacegan.detector_data import draw_bundle, subject_of
-from defacegan.features import head_mask
+from defacegan.features import ball_closing, head_mask
 from defacegan.inference import GridDataset
 from defacegan.io import load_scan
 from defacegan.views import robust_scale
@@ -162,6 +162,30 @@ def test_noisy_air_is_set_to_zero_and_zero_air_is_left_alone(ixi_scans):
     # what differs: the noise on the head's edge, which the head the step finds takes in, and the
     # faint rim IXI's own masking left around the head, which it leaves out (0.010 on this head)
     assert (model_input - clean).abs().mean() < 0.015
+
+
+def test_the_heads_closing_is_simpleitks_to_the_bit(ixi_scans):
+    """The air step closes the head with :func:`ball_closing`, which must be SimpleITK's closing by a
+    ball of radius 2 (safe border): on real heads thresholded at several levels, on a head that
+    touches the array's edges, on random masks and on tiny arrays."""
+    import SimpleITK as sitk
+
+    def simpleitk(mask: np.ndarray) -> np.ndarray:
+        image = sitk.GetImageFromArray(mask.astype(np.uint8))
+        return sitk.GetArrayFromImage(sitk.BinaryMorphologicalClosing(image, [2, 2, 2])).astype(bool)
+
+    masks = []
+    for path in ixi_scans[:3]:
+        data = load_scan(path).data
+        masks += [data > level * data.max() for level in (0.05, 0.2, 0.4)]
+    masks.append(masks[0][10:-10, 20:-5, :40])  # cut by the array's edges
+    rng = np.random.default_rng(0)
+    masks += [rng.random((23, 31, 17)) < share for share in (0.1, 0.4, 0.7)]
+    masks += [np.ones((1, 5, 4), bool), np.eye(3, dtype=bool)[None].repeat(3, 0)]
+    for mask in masks:
+        closed = ball_closing(mask)
+        assert np.array_equal(closed, simpleitk(mask))
+    assert not np.array_equal(ball_closing(masks[-3]), masks[-3])  # it does close
 
 
 def test_ghosts_outside_the_head_are_set_to_zero_and_the_head_is_kept(ixi_scans):
