@@ -45,7 +45,7 @@ train: demo
 # The three-way detector shipped in the package (src/defacegan/assets/detector.pt): an ensemble of
 # detectors, one per seed, each trained on every defacing family drawn on the IXI subset less its
 # held-out subjects (defacegan.detector_training; ~20 min a member). A member is trained again only when
-# the generator, the label rule, the drawing or the training code changed since it was made.
+# the generator, the label rule, the drawing (pose, grid, views) or the training code changed since it was made.
 WEIGHT_SEEDS ?= 0 1 2
 # Drawn (in every member's manifest, and in every figure) but not trained on: with it, seed 0's member
 # called Colin27's intact face `replaced` (p(face) 0.31; without: `face`, 0.71) and blurred faces
@@ -58,7 +58,8 @@ MEMBERS := $(WEIGHT_SEEDS:%=data/members/seed-%.pt)
 weights: $(MEMBERS)
 	$(PY) -m defacegan.detector_training --ensemble $(MEMBERS) --out src/defacegan/assets/detector.pt
 
-data/members/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src/defacegan/detector_data.py src/defacegan/detector_training.py
+data/members/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src/defacegan/detector_data.py src/defacegan/detector_training.py \
+                        src/defacegan/augment.py src/defacegan/contract.py src/defacegan/views.py
 	$(PY) -m defacegan.detector_training --source $(IXI_SOURCE) --seed $* --out $@ --manifest data/members/seed-$*.tsv \
 		--without $(WEIGHT_WITHOUT)
 

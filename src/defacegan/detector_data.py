@@ -52,11 +52,13 @@ def source_key(*sources: str | os.PathLike) -> str:
 BUNDLE_SOURCE = source_key(make_bundle.__code__.co_filename, label_from.__code__.co_filename,
                            Path(__file__).with_name("deface.py"), InputContract.views.__code__.co_filename)
 #: The code of the generator, of the label rule, of this module (the draws' pose and placement), of
-#: the pose itself (augment.py, imported only when drawing) and of the contract's grid and views:
+#: the pose itself (augment.py, imported only when drawing) and of the contract's grid and views
+#: (contract.py, views.py):
 #: drawn views are cached under a key that holds it, so a change to any of them draws again, and a
 #: change to how networks are fitted on them (detector_training.py) does not.
 GENERATOR_SOURCE = source_key(generate.__code__.co_filename, label_from.__code__.co_filename, __file__,
-                              Path(__file__).with_name("augment.py"), InputContract.views.__code__.co_filename)
+                              Path(__file__).with_name("augment.py"), InputContract.views.__code__.co_filename,
+                              Path(__file__).with_name("views.py"))
 #: The draws of the shipped detector's recipe (``make weights``), which the evaluation repeats per
 #: fold: every family drawn ``DRAWS`` times per head in each of ``ROUNDS`` rounds.
 DRAWS, ROUNDS = 8, 2
