@@ -64,7 +64,7 @@ data/members/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src/
 		--without $(WEIGHT_WITHOUT)
 
 # The detector's figures in the README: the shipped detector on held-out heads, k-fold, calibration,
-# the partial-removal sweep, leave-one-family-out (~50 min once the views are drawn and cached, ~100 min with the drawing);
+# the partial-removal sweep, leave-one-family-out (~50 min once the views are drawn and cached, ~80 min with the drawing);
 # then the shipped detector on the heads from outside IXI (bench/outside_heads.py, ~4 min) and on
 # held-out IXI heads whose field of view stops above the neck or below the top of the head (bench/field_of_view.py,
 # a minute), as other scanners would acquire them: thick slices, noise, bias, smoothing, ghosts, motion, tilts (bench/acquisition.py,

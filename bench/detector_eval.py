@@ -28,14 +28,18 @@ this takes). Then:
 4. **Leave-one-family-out** on one subject split (fold 0): trained without a family, tested on it.
 
 Writes ``<out>/detector_eval.json``, ``detector_eval.md``, ``reliability.png``, ``sweep.png``;
-prints the tables. About 50 minutes on 2 cores once the views are drawn (4 k-fold fits of ~9 min,
+prints the tables. About 50 minutes on 2 cores once the views are drawn (4 k-fold fits of ~8 min,
 12 leave-one-family-out fits of ~1 min; 96 min at f4d6f62 with 47 min of drawing); the first run
-also registers the 32 heads (under a minute) and draws their views (one process where memory
-allows only one: about 70 s a head and round), both cached in ``data/bundles`` and
+also registers the 32 heads (under a minute) and draws their views (two processes on a 24 GB
+machine: 31 min for the 64 heads and rounds at 745f5ec), both cached in ``data/bundles`` and
 shared with ``make weights``; ``--no-lofo`` skips the leave-one-family-out fits and
 ``--lofo-only`` adds them later to the report in ``--out``.
 
     python bench/detector_eval.py [--ixi ../shared/data/ixi-t1-2mm] [--folds 4] [--no-lofo | --lofo-only] [--shipped-only]
+    python bench/detector_eval.py --view-mode all_face_texture --no-lofo --out bench/results/detector_eval-texture
+
+The second fits the k-fold on another contract's views (here with the face's texture view,
+docs/detector.md): no shipped column, since the shipped detector sees the shipped contract's.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from defacegan.inference import SHIPPED_CHECKPOINT, load_network, verdict_of
 from defacegan.io import atomic_write_text
 from defacegan.metrics import expected_calibration_error, wilson_interval
 from defacegan.report import markdown_table
+from defacegan.views import VIEW_MODES
 from provenance import provenance
 
 FACE, REMOVED, REPLACED = (VERDICTS.index(v) for v in VERDICTS)
@@ -446,10 +451,12 @@ def main() -> None:
     parser.add_argument("--shipped-only", action="store_true",
                         help="after `make weights`: redo the shipped detector's column only, keeping the k-fold and "
                              "leave-one-family-out figures of the last full run in --out, if any (they do not use the shipped weights)")
+    parser.add_argument("--view-mode", default=InputContract().view_mode, choices=list(VIEW_MODES),
+                        help="the views the k-fold's networks see (another than the shipped contract's: no shipped column)")
     args = parser.parse_args()
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
-    contract = InputContract()
+    contract = InputContract(view_mode=args.view_mode)
     caches = bundle_caches(sorted(args.ixi.glob("*.nii*"))[: args.subjects], contract, args.cache)
     if args.shipped_only:
         last = args.out / "detector_eval.json"
@@ -487,7 +494,7 @@ def kfold_report(args: argparse.Namespace, caches: list[Path], contract: InputCo
     sweeps = sweep(bundles, models, contract)
     sweep_png(sweeps, args.out / "sweep.png")
     return {
-        "shipped": None if args.subjects else shipped(caches, contract, args.cache, args.draws, args.seed, args.ckpt),
+        "shipped": None if args.subjects or contract != InputContract() else shipped(caches, contract, args.cache, args.draws, args.seed, args.ckpt),
         "subjects": len(bundles), "folds": args.folds, "draws": args.draws, "rounds": args.rounds, "epochs": args.epochs,
         "trained_families": trained,
         "contract": contract.to_dict(), "fit_seconds": seconds,

@@ -84,8 +84,8 @@ def test_robust_scaling_ignores_gain_and_a_hot_voxel():
 
 def test_batch_items_are_independent_and_modes_select_views():
     a, b = block_volume(), 7 * block_volume(block=(slice(0, 8), slice(0, 2), slice(5, 8)))
-    together = compute_views(as_batch(a, b), 8, "all_face")
-    alone = torch.cat([compute_views(as_batch(a), 8, "all_face"), compute_views(as_batch(b), 8, "all_face")])
+    together = compute_views(as_batch(a, b), 8, "all_face_texture")
+    alone = torch.cat([compute_views(as_batch(a), 8, "all_face_texture"), compute_views(as_batch(b), 8, "all_face_texture")])
     torch.testing.assert_close(together, alone)
     for mode, indices in VIEW_MODES.items():
         torch.testing.assert_close(compute_views(as_batch(a, b), 8, mode), together[:, list(indices)])
@@ -107,6 +107,24 @@ def test_face_views_show_the_front_of_the_head_at_full_resolution():
     nose = displayed(np.pad(np.ones((2, 3)), ((15 - x0, x1 - 17), (10 - z0, z1 - 13))))  # (x, z) of the nose in the box
     assert depth[nose > 0].max() == pytest.approx((y1 - y0 - (y1 - 1 - 26)) / (y1 - y0))
     np.testing.assert_allclose(depth[nose == 0], (y1 - y0 - (y1 - 1 - 23)) / (y1 - y0))  # the face's front, y = 23
+
+
+def test_the_texture_view_reads_the_faces_fine_texture_against_the_heads_own():
+    """A head with the same noise in all its tissue reads about as much texture in its face as in
+    its back (shown halved: about 0.5); the same head with a smooth face reads far less, and the
+    rays that meet no skin read 0."""
+    rng = np.random.default_rng(0)
+    volume = np.zeros((32, 32, 32), np.float32)
+    volume[11:21, 4:24, 4:28] = 1 + 0.2 * rng.standard_normal((10, 20, 24))  # narrower than the face box
+    smooth_face = volume.copy()
+    smooth_face[11:21, 18:24, 4:28] = 1.0  # the front 6 voxels
+    texture = VIEW_NAMES.index("face_texture")
+    noisy, smooth = (compute_views(as_batch(v), 16, "all_face_texture")[0, texture] for v in (volume, smooth_face))
+    face = noisy > 0
+    assert 0.35 < noisy[face].mean() < 0.65
+    assert smooth[face].mean() < 0.6 * noisy[face].mean()
+    assert (~face).any() and (smooth[~face] == 0).all()  # beside the head
+    assert 0 <= smooth.min() and noisy.max() <= 1
 
 
 def test_sagittal_slices_match_the_sagittal_view_and_take_a_given_scale():

@@ -23,7 +23,9 @@ placed on the head (:class:`defacegan.contract.InputContract` with ``anchor="hea
 grid's own resolution: the middle sagittal slice (the nose's and lips' profile), the mean over
 the box's depth, and a frontal depth render of the skin (brighter = nearer; the face's shape,
 what face recognition on MRI renders). Whole-head views at 64 px show 4 mm pixels; these show
-the face at 2 mm.
+the face at 2 mm. ``all_face_texture`` adds a fourth, ``face_texture`` (:func:`_face_texture`): the
+face's fine texture against the head's own, measured on the k-fold and not yet in the shipped
+contract (docs/detector.md).
 """
 
 from __future__ import annotations
@@ -36,14 +38,17 @@ import torch.nn.functional as F
 
 #: View order and names; channel ``v`` of :func:`compute_views` is ``VIEW_NAMES[v]``.
 VIEW_NAMES = ("mean_sagittal", "mean_coronal", "mean_axial", "slice_sagittal", "slice_coronal", "slice_axial",
-              "face_sagittal", "face_coronal", "face_depth")
+              "face_sagittal", "face_coronal", "face_depth", "face_texture")
 #: Which views each ``view_mode`` keeps (indices into VIEW_NAMES).
-VIEW_MODES = {"mean": (0, 1, 2), "slice": (3, 4, 5), "all": (0, 1, 2, 3, 4, 5), "all_face": tuple(range(9))}
+VIEW_MODES = {"mean": (0, 1, 2), "slice": (3, 4, 5), "all": (0, 1, 2, 3, 4, 5), "all_face": tuple(range(9)),
+              "all_face_texture": tuple(range(10))}
 #: The face's part of a head-anchored grid, as fractions of each RAS axis (left-right,
 #: posterior-anterior, inferior-superior): the front half, from below the chin to the brow.
 FACE_BOX = ((0.25, 0.75), (0.5, 1.0), (0.16, 0.66))
 #: Skin is where a voxel exceeds this share of the volume's robust scale (the depth render).
 SKIN_FLOOR = 0.15
+#: ``face_texture`` reads the fine texture this many voxels deep under the skin, facing the front.
+TEXTURE_DEPTH = 4
 #: The collapsed volume axis of each plane (RAS+ axes 0, 1, 2).
 PLANE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 
@@ -105,6 +110,26 @@ def _face_view(volumes: torch.Tensor, name: str, scale: torch.Tensor) -> torch.T
     return _display(torch.where(skin.any(3), nearness, 0.0))
 
 
+def _face_texture(volumes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The ``face_texture`` view, (B, 1, H, W) in [0, 1]: facing the front of the face box, the
+    fine texture of the first :data:`TEXTURE_DEPTH` voxels under the skin (each voxel's absolute
+    difference from its 3×3×3 neighbourhood's mean), in units of the head's own (the same, over
+    the tissue of the back half of the grid, which no defacer touches), halved. A pasted face is
+    smoother than the scanner's noise in the rest of the head; a real face carries that noise."""
+    detail = (volumes - F.avg_pool3d(volumes, 3, stride=1, padding=1, count_include_pad=False)).abs()
+    tissue = volumes > SKIN_FLOOR * scale.reshape(-1, 1, 1, 1, 1)
+    back = slice(0, volumes.shape[3] // 2)
+    own = (detail[:, :, :, back] * tissue[:, :, :, back]).sum((1, 2, 3, 4)) / tissue[:, :, :, back].sum((1, 2, 3, 4)).clamp_min(1)
+    skin, detail = face_box(tissue), face_box(detail)
+    depth = skin.shape[3]
+    first_from_front = skin.flip(3).float().argmax(3, keepdim=True)
+    from_front = torch.arange(depth - 1, -1, -1, device=volumes.device).reshape(1, 1, 1, -1, 1)
+    under = skin & (from_front >= first_from_front) & (from_front < first_from_front + TEXTURE_DEPTH)
+    texture = (detail * under).sum(3) / under.sum(3).clamp_min(1)
+    relative = texture / own.clamp_min(1e-6).reshape(-1, 1, 1, 1)
+    return _display(torch.where(skin.any(3), relative / 2, 0.0).clamp(0, 1))
+
+
 def _view(volumes: torch.Tensor, name: str) -> torch.Tensor:
     """One named whole-head view, (B, 1, H, W), before resizing and scaling."""
     reduction, plane = name.split("_")
@@ -132,7 +157,9 @@ def compute_views(volumes: torch.Tensor, size: int, mode: str = "all") -> torch.
     scale = robust_scale(volumes)
     images = []
     for name in (VIEW_NAMES[v] for v in VIEW_MODES[mode]):
-        if name.startswith("face_"):
+        if name == "face_texture":
+            images.append(_square(_face_texture(volumes, scale), size))
+        elif name.startswith("face_"):
             images.append(_square(_face_view(volumes, name, scale), size))
         else:  # resized, then scaled and clamped
             images.append(_scaled(_square(_view(volumes, name), size), scale))
