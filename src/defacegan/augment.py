@@ -146,7 +146,9 @@ class DeviceAugmentation:
 
     Batched, for a GPU that CPU loader workers cannot keep busy: each transform is a few kernels
     per batch, not a Python loop over samples (one ``grid_sample`` resamples every sample with its
-    own matrix, built by MONAI's ``create_rotate``/``create_scale``/``create_translate``).
+    own matrix, built by MONAI's ``create_rotate``/``create_scale``/``create_translate``), but the
+    smoothing, one smoothed sample at a time, so that no sample's result depends on its batch
+    (:meth:`apply` on a part of a batch gives its samples to the bit).
     The rules of the TorchIO path hold: a sample's volumes (face, defaced twin, removed mask)
     move together; its intensity volumes share every intensity draw; voxels that were exactly 0
     before the intensity transforms stay 0. Each sample gets its own draws, except the smoothing
