@@ -24,9 +24,12 @@ needs_colin27 = pytest.mark.skipif(not COLIN27.is_file(), reason="Colin27 (Debia
 
 
 def test_the_shipped_poses_are_the_template_turned_back_by_each_pose():
-    """The asset is what ``python -m defacegan.pose`` builds (its templates stored in float16)."""
+    """The asset is what ``python -m defacegan.pose`` builds (its templates stored in float16; its
+    centres to float32 rounding, which moves with the installed libraries: 3e-6 voxels apart on a
+    fresh install of 2026-12-05)."""
     shipped, built = poses(), build_poses()
-    assert torch.equal(shipped.regions, built.regions) and torch.equal(shipped.centre, built.centre)
+    assert torch.equal(shipped.regions, built.regions)
+    torch.testing.assert_close(shipped.centre, built.centre, rtol=0, atol=1e-4)
     assert torch.allclose(shipped.templates, built.templates, rtol=1e-3, atol=1e-6)
 
 
