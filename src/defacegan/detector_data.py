@@ -5,10 +5,11 @@ variants of every family (:mod:`defacegan.families`), some in a field of view th
 the neck (:data:`FIELD_OF_VIEW`), labelled by the feature rule (:mod:`defacegan.features`) → a
 random 3D pose and contrast (MONAI layers, as ``augment=device``) → the contract's views (six of
 the head, three of the face). Drawing is the costly part (about half a second a volume, mostly the
-3D pose and placing the posed head on the grid again): each head's views are drawn once, in parallel processes, and cached in ``data/bundles``
-under a key of the recipe and of this code (:data:`GENERATOR_SOURCE`), so ``make weights`` and
-the evaluation (``bench/detector_eval.py``, which fits many) share them. Fitting networks on the
-views is :mod:`defacegan.detector_training`'s, kept apart so that a change there draws nothing again.
+3D pose and placing the posed head on the grid again): each head's views are drawn once, in
+parallel processes, and cached in ``data/bundles`` under a key of the recipe and of this code
+(:data:`GENERATOR_SOURCE`), so ``make weights`` and the evaluation (``bench/detector_eval.py``,
+which fits many) share them. Fitting networks on the views is :mod:`defacegan.detector_training`'s,
+kept apart so that a change there draws nothing again.
 """
 
 from __future__ import annotations
