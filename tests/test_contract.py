@@ -6,11 +6,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
-from defacegan.contract import InputContract, Placement, gaussian_blur, plane_rotation, turned, without_air
+from defacegan.contract import InputContract, Placement, box_means, gaussian_blur, plane_rotation, turned, without_air
 from defacegan.detector_data import draw_bundle, subject_of
-from defacegan.features import ball_closing, head_mask
+from defacegan.features import ball_closing, fill_holes, head_mask
 from defacegan.inference import GridDataset
 from defacegan.io import load_scan
 from defacegan.views import robust_scale
@@ -164,15 +165,15 @@ def test_noisy_air_is_set_to_zero_and_zero_air_is_left_alone(ixi_scans):
     assert (model_input - clean).abs().mean() < 0.015
 
 
-def test_the_heads_closing_is_simpleitks_to_the_bit(ixi_scans):
-    """The air step closes the head with :func:`ball_closing`, which must be SimpleITK's closing by a
-    ball of radius 2 (safe border): on real heads thresholded at several levels, on a head that
-    touches the array's edges, on random masks and on tiny arrays."""
+def test_the_heads_closing_and_hole_filling_are_simpleitks_to_the_bit(ixi_scans):
+    """The air step closes the head with :func:`ball_closing` and fills its holes with
+    :func:`fill_holes`, which must be SimpleITK's closing by a ball of radius 2 (safe border) and its
+    ``BinaryFillhole``: on real heads thresholded at several levels, on a head that touches the
+    array's edges, on random masks and on tiny arrays."""
     import SimpleITK as sitk
 
-    def simpleitk(mask: np.ndarray) -> np.ndarray:
-        image = sitk.GetImageFromArray(mask.astype(np.uint8))
-        return sitk.GetArrayFromImage(sitk.BinaryMorphologicalClosing(image, [2, 2, 2])).astype(bool)
+    def simpleitk(mask: np.ndarray, operation) -> np.ndarray:
+        return sitk.GetArrayFromImage(operation(sitk.GetImageFromArray(mask.astype(np.uint8)))).astype(bool)
 
     masks = []
     for path in ixi_scans[:3]:
@@ -181,11 +182,12 @@ def test_the_heads_closing_is_simpleitks_to_the_bit(ixi_scans):
     masks.append(masks[0][10:-10, 20:-5, :40])  # cut by the array's edges
     rng = np.random.default_rng(0)
     masks += [rng.random((23, 31, 17)) < share for share in (0.1, 0.4, 0.7)]
-    masks += [np.ones((1, 5, 4), bool), np.eye(3, dtype=bool)[None].repeat(3, 0)]
+    masks += [np.ones((1, 5, 4), bool), np.eye(3, dtype=bool)[None].repeat(3, 0), np.zeros((4, 4, 4), bool)]
     for mask in masks:
-        closed = ball_closing(mask)
-        assert np.array_equal(closed, simpleitk(mask))
-    assert not np.array_equal(ball_closing(masks[-3]), masks[-3])  # it does close
+        assert np.array_equal(ball_closing(mask), simpleitk(mask, lambda image: sitk.BinaryMorphologicalClosing(image, [2, 2, 2])))
+        assert np.array_equal(fill_holes(mask), simpleitk(mask, sitk.BinaryFillhole))
+    assert not np.array_equal(ball_closing(masks[-4]), masks[-4])  # it does close
+    assert not np.array_equal(fill_holes(masks[1]), masks[1])  # and fill
 
 
 def test_ghosts_outside_the_head_are_set_to_zero_and_the_head_is_kept(ixi_scans):
@@ -206,6 +208,10 @@ def test_ghosts_outside_the_head_are_set_to_zero_and_the_head_is_kept(ixi_scans)
     assert (cleaned[around] > 0).float().mean() < 0.01
     inside = torch.from_numpy(head)
     assert (cleaned[inside] == grid[inside]).float().mean() > 0.99
+    part = (slice(1, None), slice(None, -1), slice(3, None))  # a grid of odd sizes: its blocks' maxima are found another way
+    odd = without_air(grid[part], placed.air)
+    assert (odd[around[part]] > 0).float().mean() < 0.01
+    assert (odd[inside[part]] == grid[part][inside[part]]).float().mean() > 0.99
 
 
 def ixi_like(affine: np.ndarray, shape=(75, 128, 128), seed: int = 0) -> np.ndarray:
@@ -246,6 +252,18 @@ def test_a_files_stored_voxels_and_their_float32_copy_give_the_same_tensor(tmp_p
     assert torch.equal(COARSE.volume(view.data, view.affine), COARSE.volume(copy.data, copy.affine))
     general = COARSE.on_grid(copy.data, copy.affine, separable=False)
     assert (COARSE.on_grid(view.data, view.affine) - general).abs().max() <= 1e-4 * float(robust_scale(general[None]))
+
+
+@pytest.mark.parametrize("factors", [(3, 2, 2), (1, 2, 1), (2, 2, 2)])
+def test_the_box_filter_averages_each_block_as_avg_pool3d_does(factors):
+    """:func:`box_means`, every scan's box filter whatever its orientation, against ``avg_pool3d``
+    with ``ceil_mode`` (partial last blocks averaged over what they hold): odd sizes, either memory
+    order, int16 and float32 voxels; to float32 rounding (the sums run in another order)."""
+    rng = np.random.default_rng(0)
+    values = rng.normal(300, 80, (31, 26, 17)) * 1.37
+    for data in (values.astype(np.float32), np.asfortranarray(values.astype(np.int16)), values[::-1, :, ::-1].astype(np.float32)):
+        expected = F.avg_pool3d(torch.from_numpy(np.ascontiguousarray(data, np.float32))[None, None], factors, ceil_mode=True)[0, 0]
+        assert torch.allclose(box_means(data, list(factors)), expected, rtol=1e-6, atol=0)
 
 
 def test_an_oblique_scan_takes_the_general_path():

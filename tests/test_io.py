@@ -53,6 +53,15 @@ def test_bad_volumes_raise_one_line_naming_the_file(tmp_path, data, message):
     assert str(path) in text and message in text and "\n" not in text
 
 
+def test_a_volume_constant_but_for_one_voxel_its_sample_misses_is_not_constant(tmp_path):
+    """The constant check looks at a sparse sample first; a voxel between the sampled ones still counts."""
+    data = np.zeros((50, 60, 40), np.int16)
+    data[25, 31, 17] = 7
+    assert load_scan(write(tmp_path / "one.nii.gz", data)).data.max() == 7
+    with pytest.raises(ScanError, match="constant"):
+        load_scan(write(tmp_path / "flat.nii.gz", np.full((50, 60, 40), 3, np.int16)))
+
+
 def test_bad_files(tmp_path):
     empty = tmp_path / "empty.nii.gz"
     empty.write_bytes(b"")

@@ -32,6 +32,7 @@ import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -215,12 +216,13 @@ class InputContract:
         ``label``: nearest neighbour and no smoothing (masks, label maps). ``data`` may be of any
         number type and memory layout (a RAS+ view of a file's stored voxels, as
         ``load_scan(path, copy=False)`` gives it, or its float32 copy): the result is the same to
-        the bit. When grid voxels map to input voxels axis by axis (no rotation, no axis swap: what
-        :func:`defacegan.io.load_scan` gives for every axis-aligned scan), the box filter sums
-        strided views in that layout and the trilinear interpolation is done one axis at a time
-        with ``grid_sample``'s own coordinates and weights: the same values up to float32
-        rounding, several times faster. ``separable=False`` always takes the general
-        ``grid_sample`` path, the reference the tests compare with; a straightened grid always does.
+        the bit. The box filter (:func:`box_means`) sums strided views in that layout, whatever the
+        scan's orientation. When grid voxels map to input voxels axis by axis (no rotation, no axis
+        swap: what :func:`defacegan.io.load_scan` gives for every axis-aligned scan), the trilinear
+        interpolation is done one axis at a time with ``grid_sample``'s own coordinates and
+        weights: the same values up to float32 rounding, several times faster. ``separable=False``
+        always takes the general ``grid_sample`` path, the reference the tests compare with; an
+        oblique scan and a straightened grid always do.
         """
         data = data.numpy() if torch.is_tensor(data) else np.asarray(data)
         affine = np.asarray(affine, dtype=np.float64)
@@ -231,25 +233,22 @@ class InputContract:
         grid_to_world[:3, 3] = placed.centre - placed.rotation @ (self.spacing * (out - 1) / 2)
         voxel_spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
         factors = [1 if label else max(1, math.floor(self.spacing / s + 1e-6)) for s in voxel_spacing]
-        aligned = separable and np.count_nonzero(affine[:3, :3] - np.diag(np.diag(affine[:3, :3]))) == 0
-        # box filter: averages what one grid voxel covers
-        volume = box_means(data, factors) if aligned else float32_tensor(data)
+        # box filter: averages what one grid voxel covers, along the input's own voxel axes
+        volume = box_means(data, factors)
         if any(f > 1 for f in factors):
-            if not aligned:
-                volume = F.avg_pool3d(volume[None, None], kernel_size=factors, stride=factors, ceil_mode=True)[0, 0]
             pooled = np.diag([*factors, 1.0])
             pooled[:3, 3] = (np.asarray(factors) - 1) / 2  # pooled voxel k is centred at k*f + (f-1)/2
             affine = affine @ pooled
         to_input = np.linalg.inv(affine) @ grid_to_world  # grid voxel → input voxel
         matrix = torch.as_tensor(to_input[:3, :3], dtype=torch.float32)
         offset = torch.as_tensor(to_input[:3, 3], dtype=torch.float32)
-        if aligned and torch.count_nonzero(matrix - torch.diag(torch.diagonal(matrix))) == 0:
+        if separable and torch.count_nonzero(matrix - torch.diag(torch.diagonal(matrix))) == 0:
             return sample_separable(volume, matrix.diagonal(), offset, self.shape, label)
         axes = [torch.arange(k, dtype=torch.float32) for k in self.shape]
         points = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
-        voxels = points @ matrix.T + offset
-        scale = torch.tensor([2.0 / max(k - 1, 1) for k in volume.shape])
-        normalised = (voxels * scale - 1).flip(-1)  # grid_sample wants (z, y, x) → (W, H, D) order
+        # grid_sample wants (z, y, x) → (W, H, D) order: each coordinate computed as (x, y, z) would give it, in reverse
+        scale = torch.tensor([2.0 / max(k - 1, 1) for k in reversed(volume.shape)])
+        normalised = (points @ matrix.flip(0).T + offset.flip(0)) * scale - 1
         sampled = F.grid_sample(volume[None, None], normalised[None], mode="nearest" if label else "bilinear",
                                 padding_mode="zeros", align_corners=True)
         return sampled[0, 0]
@@ -295,10 +294,16 @@ def without_air(grid: torch.Tensor, air: float) -> torch.Tensor:
         return grid
     from defacegan.features import head_mask  # SimpleITK: only for a scan whose air is not 0
 
-    above_air = grid.masked_fill(grid < air, 0.0)
-    head = torch.from_numpy(head_mask(F.max_pool3d(above_air[None, None], 2, ceil_mode=True)[0, 0].numpy()))
-    for axis, size in enumerate(grid.shape):
-        head = head.repeat_interleave(2, axis).narrow(axis, 0, size)
+    # The brightest voxel of a block is below the air level exactly when all of them are: pooled first,
+    # the air is left out of 8 times fewer voxels, to the same result.
+    if any(n % 2 for n in grid.shape):
+        brightest = F.max_pool3d(grid[None, None], 2, ceil_mode=True)[0, 0]
+    else:  # the same maxima, a third of max_pool3d's time on one core
+        (a, b, c) = (n // 2 for n in grid.shape)
+        brightest = grid.reshape(a, 2, b, 2, c, 2).amax(5).amax(3).amax(1)
+    head = torch.from_numpy(head_mask(brightest.masked_fill(brightest < air, 0.0).numpy()))
+    (a, b, c), (x, y, z) = head.shape, grid.shape
+    head = head[:, None, :, None, :, None].expand(a, 2, b, 2, c, 2).reshape(2 * a, 2 * b, 2 * c)[:x, :y, :z]
     return grid.masked_fill(~head, 0.0)
 
 
@@ -359,6 +364,16 @@ def rotation_onto(normal: np.ndarray) -> np.ndarray:
     return np.eye(3) + sin * k + (1 - cos) * k @ k
 
 
+@lru_cache(maxsize=1)
+def mirror_reflections() -> tuple[np.ndarray, torch.Tensor]:
+    """The angles :func:`mirror_angle` tries (degrees, every :data:`POSE_SEARCH_DEGREES` step) and the
+    reflection about the line at each, (A, 2, 2)."""
+    reach, step = POSE_SEARCH_DEGREES
+    angles = np.arange(-reach, reach + step / 2, step)
+    turns = [plane_rotation(0, 1, angle)[:2, :2] for angle in angles]
+    return angles, torch.as_tensor(np.stack([turn @ np.diag([-1.0, 1.0]) @ turn.T for turn in turns]))
+
+
 def mirror_angle(image: np.ndarray, spacing: float = MIRROR_GRID_MM) -> float:
     """The angle (degrees) from the image's second axis to the line through its centre of mass about
     which it is most nearly mirror-symmetric: a head's mid-sagittal line in a projection from above
@@ -375,18 +390,18 @@ def mirror_angle(image: np.ndarray, spacing: float = MIRROR_GRID_MM) -> float:
     weights = image / image.sum()
     centre = torch.stack([(weights.sum(1) * torch.arange(rows)).sum(), (weights.sum(0) * torch.arange(columns)).sum()])
     detail = image - gaussian_blur(image, MIRROR_DETAIL_MM / spacing)
-    reach, step = POSE_SEARCH_DEGREES
-    angles = np.arange(-reach, reach + step / 2, step)
-    turns = [plane_rotation(0, 1, angle)[:2, :2] for angle in angles]
-    reflections = torch.as_tensor(np.stack([turn @ np.diag([-1.0, 1.0]) @ turn.T for turn in turns]))  # (A, 2, 2)
-    pixels = torch.stack(torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(columns, dtype=torch.float64),
-                                        indexing="ij"), -1)
-    source = pixels @ reflections.transpose(1, 2)[:, None] + (centre - reflections @ centre)[:, None, None]  # (A, R, C, 2)
-    last = torch.tensor([rows - 1, columns - 1], dtype=torch.float64)
-    normalised = (source * 2 / last - 1).flip(-1)  # grid_sample wants (column, row), in [-1, 1]
+    angles, reflections = mirror_reflections()
+    # pixel (row, column) reads its reflection at (source_row, source_column), one (A, R, C) plane per angle
+    offset = (centre - reflections @ centre)[:, None, None]
+    reflection = reflections[:, None, None]
+    row, column = torch.arange(rows, dtype=torch.float64)[:, None], torch.arange(columns, dtype=torch.float64)
+    source_row = row * reflection[..., 0, 0] + column * reflection[..., 0, 1] + offset[..., 0]
+    source_column = row * reflection[..., 1, 0] + column * reflection[..., 1, 1] + offset[..., 1]
+    normalised = torch.stack([source_column * 2 / (columns - 1) - 1, source_row * 2 / (rows - 1) - 1], -1)  # grid_sample's (x, y)
     mirrored = F.grid_sample(detail.expand(len(angles), 1, rows, columns), normalised, mode="bilinear",
                              padding_mode="zeros", align_corners=True)[:, 0]
-    mirrored = mirrored * ((source >= 0) & (source <= last)).all(-1)  # nothing read from beyond the edge pixels
+    # nothing read from beyond the edge pixels
+    mirrored = mirrored * ((source_row >= 0) & (source_row <= rows - 1) & (source_column >= 0) & (source_column <= columns - 1))
     mirrored = mirrored - mirrored.mean((1, 2), keepdim=True)
     flat = detail - detail.mean()
     scores = ((flat * mirrored).sum((1, 2)) / (torch.sqrt((flat ** 2).sum() * (mirrored ** 2).sum((1, 2))) + 1e-12)).tolist()
@@ -395,7 +410,7 @@ def mirror_angle(image: np.ndarray, spacing: float = MIRROR_GRID_MM) -> float:
         left, middle, right = scores[best - 1:best + 2]
         curvature = left - 2 * middle + right
         if curvature < 0:
-            return float(angles[best] + step * (left - right) / (2 * curvature))
+            return float(angles[best] + POSE_SEARCH_DEGREES[1] * (left - right) / (2 * curvature))
     return float(angles[best])
 
 

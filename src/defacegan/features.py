@@ -62,8 +62,19 @@ def head_mask(data: np.ndarray) -> np.ndarray:
     image = sitk.GetImageFromArray(np.asarray(data, dtype=np.float32))
     foreground = sitk.OtsuThreshold(image, 0, 1)
     largest = sitk.GetArrayFromImage(sitk.RelabelComponent(sitk.ConnectedComponent(foreground)) == 1).astype(bool)
-    filled = sitk.BinaryFillhole(sitk.GetImageFromArray(ball_closing(largest).astype(np.uint8)))
-    return sitk.GetArrayFromImage(filled).astype(bool)
+    return fill_holes(ball_closing(largest))
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """SimpleITK's ``BinaryFillhole(mask)`` (face-connected background) to the bit, several times
+    faster on one core: the background's connected pieces that touch no face of the array are holes."""
+    background = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray((~mask).astype(np.uint8))))
+    outside = np.zeros(int(background.max()) + 1, dtype=bool)
+    for axis in range(3):
+        for end in (0, -1):
+            outside[background.take(end, axis)] = True
+    outside[0] = False  # label 0 is the mask itself
+    return ~outside[background]
 
 
 #: The ball of radius 2 voxels that SimpleITK's morphology uses, as the union of three boxes
