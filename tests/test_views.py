@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from defacegan.views import FACE_BOX, VIEW_MODES, VIEW_NAMES, compute_views, robust_scale, sagittal_slices
+from defacegan.views import FACE_BOX, VIEW_MODES, VIEW_NAMES, _fine_detail, compute_views, robust_scale, sagittal_slices
 
 
 def block_volume(shape=(8, 8, 8), block=(slice(2, 5), slice(3, 7), slice(1, 4))) -> np.ndarray:
@@ -125,6 +126,15 @@ def test_the_texture_view_reads_the_faces_fine_texture_against_the_heads_own():
     assert smooth[face].mean() < 0.6 * noisy[face].mean()
     assert (~face).any() and (smooth[~face] == 0).all()  # beside the head
     assert 0 <= smooth.min() and noisy.max() <= 1
+
+
+def test_the_fine_detail_of_a_part_of_the_grid_is_the_whole_grids_there():
+    """The texture view filters only the face box and the back half, each with a one-voxel margin:
+    the same values to the bit as the whole grid filtered, inside the grid and at its edges."""
+    volumes = torch.from_numpy(np.random.default_rng(0).random((2, 1, 20, 24, 18)).astype(np.float32))
+    whole = (volumes - F.avg_pool3d(volumes, 3, stride=1, padding=1, count_include_pad=False)).abs()
+    for part in ([slice(5, 15), slice(12, 24), slice(3, 11)], [slice(0, 20), slice(0, 12), slice(0, 18)]):
+        assert torch.equal(_fine_detail(volumes, part), whole[(..., *part)])
 
 
 def test_sagittal_slices_match_the_sagittal_view_and_take_a_given_scale():

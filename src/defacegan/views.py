@@ -92,8 +92,12 @@ def _square(images: torch.Tensor, size: int) -> torch.Tensor:
 
 def face_box(volumes: torch.Tensor) -> torch.Tensor:
     """(B, 1, X, Y, Z) → the :data:`FACE_BOX` part of each volume."""
-    bounds = [(round(lo * n), round(hi * n)) for (lo, hi), n in zip(FACE_BOX, volumes.shape[2:])]
-    return volumes[:, :, slice(*bounds[0]), slice(*bounds[1]), slice(*bounds[2])]
+    return volumes[(..., *face_bounds(volumes.shape[2:]))]
+
+
+def face_bounds(shape: torch.Size) -> list[slice]:
+    """The :data:`FACE_BOX` part of a grid of ``shape`` (X, Y, Z), per axis."""
+    return [slice(round(lo * n), round(hi * n)) for (lo, hi), n in zip(FACE_BOX, shape)]
 
 
 def _face_view(volumes: torch.Tensor, name: str, scale: torch.Tensor) -> torch.Tensor:
@@ -116,11 +120,13 @@ def _face_texture(volumes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     difference from its 3×3×3 neighbourhood's mean), in units of the head's own (the same, over
     the tissue of the back half of the grid, which no defacer touches), halved. A pasted face is
     smoother than the scanner's noise in the rest of the head; a real face carries that noise."""
-    detail = (volumes - F.avg_pool3d(volumes, 3, stride=1, padding=1, count_include_pad=False)).abs()
+    x, y, z = volumes.shape[2:]
     tissue = volumes > SKIN_FLOOR * scale.reshape(-1, 1, 1, 1, 1)
-    back = slice(0, volumes.shape[3] // 2)
-    own = (detail[:, :, :, back] * tissue[:, :, :, back]).sum((1, 2, 3, 4)) / tissue[:, :, :, back].sum((1, 2, 3, 4)).clamp_min(1)
-    skin, detail = face_box(tissue), face_box(detail)
+    back = [slice(0, x), slice(0, y // 2), slice(0, z)]
+    tissue_behind, detail_behind = tissue[(..., *back)], _fine_detail(volumes, back)
+    own = (detail_behind * tissue_behind).sum((1, 2, 3, 4)) / tissue_behind.sum((1, 2, 3, 4)).clamp_min(1)
+    bounds = face_bounds(volumes.shape[2:])
+    skin, detail = tissue[(..., *bounds)], _fine_detail(volumes, bounds)
     depth = skin.shape[3]
     first_from_front = skin.flip(3).float().argmax(3, keepdim=True)
     from_front = torch.arange(depth - 1, -1, -1, device=volumes.device).reshape(1, 1, 1, -1, 1)
@@ -128,6 +134,16 @@ def _face_texture(volumes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     texture = (detail * under).sum(3) / under.sum(3).clamp_min(1)
     relative = texture / own.clamp_min(1e-6).reshape(-1, 1, 1, 1)
     return _display(torch.where(skin.any(3), relative / 2, 0.0).clamp(0, 1))
+
+
+def _fine_detail(volumes: torch.Tensor, part: list[slice]) -> torch.Tensor:
+    """Each voxel's absolute difference from its 3×3×3 neighbourhood's mean (the neighbours within the
+    grid), over the ``part`` (X, Y, Z slices) of (B, 1, X, Y, Z) volumes: read with a margin of one
+    voxel, it is what the whole grid would give, for the fraction of its cost."""
+    grown = [slice(max(0, p.start - 1), min(n, p.stop + 1)) for p, n in zip(part, volumes.shape[2:])]
+    around = volumes[(..., *grown)]
+    detail = (around - F.avg_pool3d(around, 3, stride=1, padding=1, count_include_pad=False)).abs()
+    return detail[(..., *(slice(p.start - g.start, p.stop - g.start) for p, g in zip(part, grown)))]
 
 
 def _view(volumes: torch.Tensor, name: str) -> torch.Tensor:
