@@ -31,6 +31,7 @@ from defacegan.detector_data import DRAWS, POSE, ROUNDS, Samples, bundle_caches,
 from defacegan.families import FAMILIES, families_but
 from defacegan.io import atomic_write_bytes, atomic_write_text
 from defacegan.models.detector import DetectorNet, fit_temperature
+from defacegan.views import VIEW_MODES
 
 #: IXI subjects of the 32-head subset never used to train the shipped detector: every 4th in
 #: sorted order. The real-anatomy tests and the shipped detector's own checks use them.
@@ -142,7 +143,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--pose-degrees", type=float, default=POSE["affine"]["degrees"],
                         help="largest rotation of a drawn head about each axis (the recipe's by default)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="drawing processes (default: as many as the memory holds at 13 GB each, at most 2)")
+                        help="drawing processes (default: as many as the memory holds at 4 GiB each, at most 2)")
+    parser.add_argument("--view-mode", default=InputContract.view_mode, choices=list(VIEW_MODES),
+                        help="the contract's views (the shipped recipe's by default); all_face_texture adds the face's texture")
     parser.add_argument("--without", nargs="*", default=[], choices=list(FAMILIES), metavar="FAMILY",
                         help="families drawn (they stay in the manifest) but not trained on")
     parser.add_argument("--ensemble", type=Path, nargs="+", metavar="MEMBER",
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"{path}: an ensemble of {len(args.ensemble)} detectors")
         return path
     started = time.perf_counter()
-    contract = InputContract()
+    contract = InputContract(view_mode=args.view_mode)
     paths = sorted(p for p in args.source.glob("*.nii*") if subject_of(p) not in HELD_OUT)
     caches = bundle_caches(paths, contract, args.cache)
     train_subjects, val_subjects = split_subjects([subject_of(p) for p in paths], val=4, seed=args.seed)
