@@ -299,7 +299,7 @@ def without_air(grid: torch.Tensor, air: float) -> torch.Tensor:
     if any(n % 2 for n in grid.shape):
         brightest = F.max_pool3d(grid[None, None], 2, ceil_mode=True)[0, 0]
     else:  # the same maxima, a third of max_pool3d's time on one core
-        (a, b, c) = (n // 2 for n in grid.shape)
+        a, b, c = (n // 2 for n in grid.shape)
         brightest = grid.reshape(a, 2, b, 2, c, 2).amax(5).amax(3).amax(1)
     head = torch.from_numpy(head_mask(brightest.masked_fill(brightest < air, 0.0).numpy()))
     (a, b, c), (x, y, z) = head.shape, grid.shape
