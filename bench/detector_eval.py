@@ -37,9 +37,12 @@ shared with ``make weights``; ``--no-lofo`` skips the leave-one-family-out fits 
 
     python bench/detector_eval.py [--ixi ../shared/data/ixi-t1-2mm] [--folds 4] [--no-lofo | --lofo-only] [--shipped-only]
     python bench/detector_eval.py --view-mode all_face_texture --no-lofo --out bench/results/detector_eval-texture
+    python bench/detector_eval.py --view-mode all_face_texture --shipped-only --ckpt CANDIDATE.pt --out DIR
 
 The second fits the k-fold on another contract's views (here with the face's texture view,
-docs/detector.md): no shipped column, since the shipped detector sees the shipped contract's.
+docs/detector.md): no shipped column, since the shipped detector sees the shipped contract's. The
+third is the shipped column of a candidate detector of that contract (an ensemble of ``python -m
+defacegan.detector_training --view-mode all_face_texture`` members), on the same held-out draws.
 """
 
 from __future__ import annotations
@@ -452,7 +455,8 @@ def main() -> None:
                         help="after `make weights`: redo the shipped detector's column only, keeping the k-fold and "
                              "leave-one-family-out figures of the last full run in --out, if any (they do not use the shipped weights)")
     parser.add_argument("--view-mode", default=InputContract().view_mode, choices=list(VIEW_MODES),
-                        help="the views the k-fold's networks see (another than the shipped contract's: no shipped column)")
+                        help="the views the k-fold's networks see (another than the shipped contract's: no shipped column, "
+                             "but with --shipped-only and a --ckpt detector of that contract)")
     args = parser.parse_args()
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
