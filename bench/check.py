@@ -48,8 +48,8 @@ from defacegan.detector_training import save_detector
 from defacegan.inference import SHIPPED_CHECKPOINT, Detector, load_network, verdict_of
 from defacegan.io import Scan, atomic_write_text, load_scan
 from defacegan.models.detector import DetectorNet
-from defacegan.views import compute_views
 from defacegan.pose import upright_margin
+from defacegan.views import compute_views
 from provenance import provenance
 
 IXI_SHAPE = (256, 256, 150)
