@@ -91,7 +91,9 @@ class InputContract:
     spacing: float = 2.0
     shape: tuple[int, int, int] = (128, 128, 128)
     view_size: int = 64
-    view_mode: str = "all_face"
+    #: Ten views: the nine and the face's texture under the skin, which tells a replaced or smoothed
+    #: face from the subject's own (docs/detector.md, "The tenth view").
+    view_mode: str = "all_face_texture"
     classes: tuple[str, ...] = VERDICTS
     anchor: str = "head"  # "head": the grid placed by head landmarks; "fov": on the field of view's centre
     #: With ``anchor="head"``: a head turned or rolled more than this (degrees) is straightened. The
