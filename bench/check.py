@@ -10,9 +10,8 @@ onto that grid with Rician noise, so that gzip has real work to do. Then, after 
 - the Detector with N loader worker processes on all CPUs;
 - each stage of the per-scan work on one core: ``load_scan(copy=False)`` (read, gunzip,
   validate; the voxels as stored, seen in RAS+ order), the contract's grid (``on_grid``: box
-  filter, interpolation), its intensities, the pose guard (:mod:`defacegan.pose`), the views, the model, the views PNG that
-  `--out` adds, and the ten views of ``view_mode="all_face_texture"`` (the face's texture view,
-  measured on the k-fold, not shipped: what it would cost); and the same stages with the scans' heads turned 30° in the coil (their
+  filter, interpolation), its intensities, the pose guard (:mod:`defacegan.pose`), the contract's views, the model and the
+  views PNG that `--out` adds; and the same stages with the scans' heads turned 30° in the coil (their
   affines turned), which the contract straightens.
 
 Prints a table and writes JSON (default bench/results/check.json). The model's weights do not
@@ -49,7 +48,6 @@ from defacegan.inference import SHIPPED_CHECKPOINT, Detector, load_network, verd
 from defacegan.io import Scan, atomic_write_text, load_scan
 from defacegan.models.detector import DetectorNet
 from defacegan.pose import upright_margin
-from defacegan.views import compute_views
 from provenance import provenance
 
 IXI_SHAPE = (256, 256, 150)
@@ -144,8 +142,7 @@ def stage_profile(detector: Detector, paths: list[Path], turn: np.ndarray = np.e
     stages = dict.fromkeys(
         ["load_scan: read, gunzip, validate (as stored)", "  gunzip alone (zlib)", "contract grid: head anchor, air level, pose (place)", "contract grid (on_grid)",
          "contract air to 0",
-         "contract intensities", "pose guard (upright_margin)", "views", "model", "views PNG (--out)",
-         "views with face_texture (view_mode all_face_texture, not shipped)"], 0.0)
+         "contract intensities", "pose guard (upright_margin)", "views", "model", "views PNG (--out)"], 0.0)
     load_scan(paths[0])
     for path in paths:
         laps, clock = iter(stages), time.process_time()
@@ -180,8 +177,6 @@ def stage_profile(detector: Detector, paths: list[Path], turn: np.ndarray = np.e
         result = CheckResult(str(path), probabilities=named, answer=verdict_of(named, detector.threshold),
                              views=views[0].cpu().numpy())
         result_png(result, detector.view_names)
-        lap()
-        compute_views(volumes, contract.view_size, "all_face_texture")
         lap()
     return {stage: total / len(paths) for stage, total in stages.items()}
 
