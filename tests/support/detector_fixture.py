@@ -23,7 +23,8 @@ from defacegan.contract import VERDICTS, InputContract
 from defacegan.detector_training import save_detector
 from defacegan.models.detector import DetectorNet
 
-CONTRACT = InputContract(spacing=4.0, shape=(48, 48, 48), view_size=16)
+#: The nine views: the generated heads carry no scanner noise for the face-texture view to read.
+CONTRACT = InputContract(spacing=4.0, shape=(48, 48, 48), view_size=16, view_mode="all_face")
 #: Generated kinds of scan and the verdict each should get.
 KINDS = {"face": "face", "mask": "removed", "plane": "removed", "replaced": "replaced"}
 
