@@ -44,7 +44,7 @@ train: demo
 
 # The three-way detector shipped in the package (src/defacegan/assets/detector.pt): an ensemble of
 # detectors, one per seed, each trained on every defacing family drawn on the IXI subset less its
-# held-out subjects (defacegan.detector_training; ~20 min a member). A member is trained again only when
+# held-out subjects (defacegan.detector_training; 20-30 min a member). A member is trained again only when
 # the generator, the label rule, the drawing (pose, grid, views) or the training code changed since it was made.
 WEIGHT_SEEDS ?= 0 1 2
 # Drawn (in every member's manifest, and in every figure) but not trained on: with it, seed 0's member
@@ -64,15 +64,15 @@ data/members/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src/
 		--without $(WEIGHT_WITHOUT)
 
 # The detector's figures in the README: the shipped detector on held-out heads, k-fold, calibration,
-# the partial-removal sweep, leave-one-family-out (~50 min once the views are drawn and cached, ~80 min with the drawing);
+# the partial-removal sweep, leave-one-family-out (64 min at its last run, 8 of them drawing the views make weights had not cached);
 # then the shipped detector on the heads from outside IXI (bench/outside_heads.py, ~4 min) and on
 # held-out IXI heads whose field of view stops above the neck or below the top of the head (bench/field_of_view.py,
 # a minute), as other scanners would acquire them: thick slices, noise, bias, smoothing, ghosts, motion, tilts (bench/acquisition.py,
 # ~16 min), and on
 # held-out heads defaced by other projects' tools, Quickshear, caideface and deepdefacer (bench/other_defacers.py, 5 min);
 # the pose guard on the shipped column's draws, with it and without (bench/pose_guard.py, ~10 min);
-# and the anatomy's second opinion against the network alone on every family (bench/anatomy.py, ~56 min);
-# and held-out heads re-faced by a Pix2Pix that train.py trains on the others (bench/gan_refaced.py, ~3 min);
+# and the anatomy's second opinion against the network alone on every family (bench/anatomy.py, ~26 min);
+# and held-out heads re-faced by a Pix2Pix that train.py trains on the others (bench/gan_refaced.py, ~5 min);
 # the defacer on moved and posed heads (bench/deface.py, ~30 min) and its registration's pitch search (bench/pitch_search.py, 3 min);
 # whether more heads, more draws of the same heads, a wider network or leaving out the cuts near the rule's line would help the network (bench/learning_curve.py, ~110 min, 43 more to draw the first time);
 # whether training on replace_smooth, with blurred faces shown more often, would (bench/smooth_training.py, ~17 min on learning_curve's draws);
