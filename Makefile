@@ -70,7 +70,7 @@ data/members/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src/
 # a minute), as other scanners would acquire them: thick slices, noise, bias, smoothing, ghosts, motion, tilts (bench/acquisition.py,
 # ~16 min), and on
 # held-out heads defaced by other projects' tools, Quickshear, caideface and deepdefacer (bench/other_defacers.py, 5 min);
-# the pose guard on the shipped column's draws, with it and without (bench/pose_guard.py, ~10 min);
+# the pose guard on the shipped column's draws, with it and without (bench/pose_guard.py, ~6 min);
 # and the anatomy's second opinion against the network alone on every family (bench/anatomy.py, ~26 min);
 # and held-out heads re-faced by a Pix2Pix that train.py trains on the others (bench/gan_refaced.py, ~5 min);
 # the defacer on moved and posed heads (bench/deface.py, ~30 min) and its registration's pitch search (bench/pitch_search.py, 3 min);

@@ -29,20 +29,21 @@ this takes). Then:
 
 Writes ``<out>/detector_eval.json``, ``detector_eval.md``, ``reliability.png``, ``sweep.png``;
 prints the tables. About 50 minutes on 2 cores once the views are drawn (4 k-fold fits of ~8 min,
-12 leave-one-family-out fits of ~1 min; 96 min at f4d6f62 with 47 min of drawing); the first run
+12 leave-one-family-out fits of ~1 min; 64 min at 01d3b4f with 8 min of drawing); the first run
 also registers the 32 heads (under a minute) and draws their views (two processes on a 24 GB
 machine: 31 min for the 64 heads and rounds at 745f5ec), both cached in ``data/bundles`` and
 shared with ``make weights``; ``--no-lofo`` skips the leave-one-family-out fits and
 ``--lofo-only`` adds them later to the report in ``--out``.
 
     python bench/detector_eval.py [--ixi ../shared/data/ixi-t1-2mm] [--folds 4] [--no-lofo | --lofo-only] [--shipped-only]
-    python bench/detector_eval.py --view-mode all_face_texture --no-lofo --out bench/results/detector_eval-texture
-    python bench/detector_eval.py --view-mode all_face_texture --shipped-only --ckpt CANDIDATE.pt --out DIR
+    python bench/detector_eval.py --view-mode all_face --no-lofo --out bench/results/detector_eval-nine
+    python bench/detector_eval.py --view-mode all_face --shipped-only --ckpt PREVIOUS.pt --out DIR
 
-The second fits the k-fold on another contract's views (here with the face's texture view,
-docs/detector.md): no shipped column, since the shipped detector sees the shipped contract's. The
-third is the shipped column of a candidate detector of that contract (an ensemble of ``python -m
-defacegan.detector_training --view-mode all_face_texture`` members), on the same held-out draws.
+The second fits the k-fold on another contract's views (here the nine views, without the face's
+texture, docs/detector.md): no shipped column, since the shipped detector sees the shipped
+contract's. The third is the shipped column of a detector of that contract (the nine-view one,
+``git show a78e2cc:src/defacegan/assets/detector.pt``, or an ensemble of ``python -m
+defacegan.detector_training --view-mode all_face`` members), on the same held-out draws.
 """
 
 from __future__ import annotations

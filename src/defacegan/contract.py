@@ -92,7 +92,7 @@ class InputContract:
     shape: tuple[int, int, int] = (128, 128, 128)
     view_size: int = 64
     #: Ten views: the nine and the face's texture under the skin, which tells a replaced or smoothed
-    #: face from the subject's own (docs/detector.md, "The tenth view").
+    #: face from the subject's own (docs/detector.md, "The recipe").
     view_mode: str = "all_face_texture"
     classes: tuple[str, ...] = VERDICTS
     anchor: str = "head"  # "head": the grid placed by head landmarks; "fov": on the field of view's centre

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--workers", type=int, default=None,
                         help="drawing processes (default: as many as the memory holds at 4 GiB each, at most 2)")
     parser.add_argument("--view-mode", default=InputContract.view_mode, choices=list(VIEW_MODES),
-                        help="the contract's views (the shipped recipe's by default); all_face_texture adds the face's texture")
+                        help="the contract's views (the shipped recipe's by default); all_face leaves out the face's texture, as the nine-view detector did")
     parser.add_argument("--without", nargs="*", default=[], choices=list(FAMILIES), metavar="FAMILY",
                         help="families drawn (they stay in the manifest) but not trained on")
     parser.add_argument("--ensemble", type=Path, nargs="+", metavar="MEMBER",

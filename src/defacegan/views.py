@@ -24,8 +24,7 @@ grid's own resolution: the middle sagittal slice (the nose's and lips' profile),
 the box's depth, and a frontal depth render of the skin (brighter = nearer; the face's shape,
 what face recognition on MRI renders). Whole-head views at 64 px show 4 mm pixels; these show
 the face at 2 mm. ``all_face_texture`` adds a fourth, ``face_texture`` (:func:`_face_texture`): the
-face's fine texture against the head's own, measured on the k-fold and not yet in the shipped
-contract (docs/detector.md).
+face's fine texture against the head's own, which the shipped contract reads (docs/detector.md).
 """
 
 from __future__ import annotations
