@@ -68,6 +68,7 @@ from defacegan.features import FACE_MIN_FRACTION, FEATURES
 from defacegan.inference import SHIPPED_CHECKPOINT, load_network, verdict_of
 from defacegan.io import atomic_write_text
 from defacegan.metrics import expected_calibration_error, wilson_interval
+from defacegan.models.detector import DetectorNet
 from defacegan.report import markdown_table
 from defacegan.views import VIEW_MODES
 from provenance import provenance
@@ -277,34 +278,69 @@ def sweep_png(results: dict, path: Path) -> None:
 
 
 def leave_one_family_out(samples: Samples, contract: InputContract, bundles: list[FaceBundle], folds: int,
-                         epochs: int, seed: int, per_round: int, draws: int, trained: list[str]) -> dict:
-    """Fold 0's split, the first ``draws`` draws of each family in every round of ``per_round``
-    (fewer than the k-fold's, to keep the fits affordable): trained on the ``trained`` families
-    without one, tested on it."""
-    samples = samples.where(samples.number % per_round < draws)
+                         epochs: int, seed: int, per_round: int, draws: int, trained: list[str],
+                         kfold_probabilities: np.ndarray) -> dict:
+    """Fold 0's split, fitted on the first ``draws`` draws of each family in every round of
+    ``per_round`` (fewer than the k-fold's, to keep the fits affordable): trained on the ``trained``
+    families without one, tested on every draw of it. Beside each, on the same test scans, the
+    same fit trained with every family (``with_every_family``: what leaving the family out costs,
+    apart from the smaller fit) and the k-fold's fold-0 network, trained with it on every draw
+    (``kfold_network``, from ``kfold_probabilities``)."""
     fold_of_subject = fold_of(bundles, folds, seed)
     test = sorted(s for s, f in fold_of_subject.items() if f == 0)
     train_subjects, val_subjects = split_subjects([s for s in fold_of_subject if s not in test], val=3, seed=seed)
-    results = {}
+    fewer, at_test = samples.number % per_round < draws, np.isin(samples.subject, test)
+
+    def fitted(families: list[str]) -> tuple[DetectorNet, float]:
+        started = time.perf_counter()
+        recipe = fewer & np.isin(samples.family, families)
+        net = fit(samples.where(recipe & np.isin(samples.subject, train_subjects)), contract, epochs=epochs, seed=seed)
+        calibrate(net, samples.where(recipe & np.isin(samples.subject, val_subjects)))
+        return net, time.perf_counter() - started
+
+    def answers(net: DetectorNet, family: str) -> dict:
+        which = at_test & (samples.family == family)
+        probabilities = torch.softmax(logits_of(net, samples.views[torch.as_tensor(which)]), 1).numpy()  # calibrated: the net divides by its temperature
+        return on_family(samples.where(which), probabilities)
+
+    every, every_seconds = fitted(trained)
+    print(f"with every family: {every_seconds:.0f} s", flush=True)
+    results, with_every, by_kfold = {}, {}, {}
     for family in FAMILIES:
         if family == "none":
             continue
-        started = time.perf_counter()
-        without = np.isin(samples.family, trained) & (samples.family != family)
-        net = fit(samples.where(without & np.isin(samples.subject, train_subjects)), contract, epochs=epochs, seed=seed)
-        calibrate(net, samples.where(without & np.isin(samples.subject, val_subjects)))
-        held = samples.where((samples.family == family) & np.isin(samples.subject, test))
-        said = verdicts(torch.softmax(logits_of(net, held.views), 1).numpy())
-        results[family] = {
-            "labels": {v: int((held.label == i).sum()) for i, v in enumerate(VERDICTS)},
-            "three_way": rate(said == held.label, held.subject),
-            "face_or_not": rate((said == FACE) == (held.label == FACE), held.subject),
-            "replaced_vs_removed": rate(said[held.label != FACE] == held.label[held.label != FACE], held.subject[held.label != FACE]),
-            "fit_seconds": time.perf_counter() - started,
-        }
+        net, seconds = fitted([f for f in trained if f != family]) if family in trained else (every, every_seconds)
+        results[family] = {**answers(net, family), "fit_seconds": seconds}
+        with_every[family] = answers(every, family) if family in trained else None
+        which = at_test & (samples.family == family)
+        by_kfold[family] = on_family(samples.where(which), kfold_probabilities[which]) if family in trained else None
         print(f"without {family}: {rate_text(results[family]['three_way'])} three-way on it "
-              f"({results[family]['fit_seconds']:.0f} s)", flush=True)
-    return {"test_subjects": test, "train_subjects": train_subjects, "draws": draws, "families": results, "run": provenance()}
+              f"({seconds:.0f} s)", flush=True)
+    return {"test_subjects": test, "train_subjects": train_subjects, "draws": draws, "families": results,
+            "with_every_family": with_every, "with_every_family_fit_seconds": every_seconds, "kfold_network": by_kfold,
+            "run": provenance()}
+
+
+def on_family(held: Samples, probabilities: np.ndarray) -> dict:
+    """Leave-one-family-out's rates on one family's test scans."""
+    said = verdicts(probabilities)
+    removed_or_replaced = held.label != FACE
+    return {
+        "labels": {v: int((held.label == i).sum()) for i, v in enumerate(VERDICTS)},
+        "three_way": rate(said == held.label, held.subject),
+        "face_or_not": rate((said == FACE) == (held.label == FACE), held.subject),
+        "replaced_vs_removed": rate(said[removed_or_replaced] == held.label[removed_or_replaced], held.subject[removed_or_replaced]),
+    }
+
+
+def kfold_probabilities_of(report: dict, samples: Samples) -> np.ndarray:
+    """The k-fold's test probabilities of ``samples``, from the report's per-scan rows (which must
+    be these very draws, in this order)."""
+    rows = report["scans"]
+    if len(rows) != len(samples.label) or any((r["subject"], r["family"], r["draw"]) != (s, f, int(n))
+                                              for r, s, f, n in zip(rows, samples.subject, samples.family, samples.number)):
+        raise SystemExit("the report's k-fold scans are not these draws: run again without --lofo-only")
+    return np.array([[r["p"][v] for v in VERDICTS] for r in rows], np.float32)
 
 
 def recipe_families(ckpt: Path, without: list[str] | None) -> list[str]:
@@ -423,11 +459,21 @@ def markdown(report: dict) -> str:
     lofo = report["leave_one_family_out"]
     if not lofo["families"]:
         return "\n".join(lines) + "\n"
+
+    def beside(family: str, key: str) -> list[str]:
+        other = (lofo.get(key) or {}).get(family)
+        return [rate_text(other["three_way"]), rate_text(other["face_or_not"])] if other else ["n/a", "n/a"]
+
     rows = [[family, rate_text(r["three_way"]), rate_text(r["face_or_not"]), rate_text(r["replaced_vs_removed"]),
+             *beside(family, "with_every_family"), *beside(family, "kfold_network"),
              f"{r['three_way']['n']} ({r['three_way']['subjects']})", f"{r['fit_seconds']:.0f}"]
             for family, r in lofo["families"].items()]
-    lines += [f"Leave-one-family-out ({len(lofo['test_subjects'])} test subjects, {lofo['draws']} draw(s) per family and round):", "",
-              table(["held-out family", "three-way", "face or not", "replaced vs removed", "scans (subjects)", "fit s"], rows)]
+    lines += [f"Leave-one-family-out ({len(lofo['test_subjects'])} test subjects, every draw of the family; fits on "
+              f"{lofo['draws']} draw(s) per family and round): trained without the family; the same fit with every family; "
+              "the k-fold's network of those subjects (every draw, with every family):", "",
+              table(["held-out family", "without it: three-way", "without it: face or not", "without it: replaced vs removed",
+                     "same fit with it: three-way", "same fit with it: face or not", "k-fold network: three-way",
+                     "k-fold network: face or not", "scans (subjects)", "fit s"], rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -486,7 +532,8 @@ def main() -> None:
         write_report(report, args.out, started)  # the k-fold's figures survive an interrupted leave-one-family-out
     if not args.no_lofo:
         report["leave_one_family_out"] = leave_one_family_out(samples, contract, bundles, args.folds, args.epochs, args.seed,
-                                                              args.draws, min(args.lofo_draws, args.draws), trained)
+                                                              args.draws, min(args.lofo_draws, args.draws), trained,
+                                                              kfold_probabilities_of(report, samples))
         write_report(report, args.out, started)
 
 
