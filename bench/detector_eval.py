@@ -68,7 +68,7 @@ from defacegan.features import FACE_MIN_FRACTION, FEATURES
 from defacegan.inference import SHIPPED_CHECKPOINT, load_network, verdict_of
 from defacegan.io import atomic_write_text
 from defacegan.metrics import expected_calibration_error, wilson_interval
-from defacegan.models.detector import DetectorNet
+from defacegan.models.detector import DetectorEnsemble, DetectorNet
 from defacegan.report import markdown_table
 from defacegan.views import VIEW_MODES
 from provenance import provenance
@@ -100,30 +100,40 @@ def fold_of(bundles: list[FaceBundle], folds: int, seed: int) -> dict[str, int]:
     return {subjects[i]: n % folds for n, i in enumerate(order)}
 
 
-def kfold(bundles: list[FaceBundle], samples: Samples, contract: InputContract, folds: int, epochs: int, seed: int,
+def kfold(bundles: list[FaceBundle], drawn: list[Samples], contract: InputContract, folds: int, epochs: int, seed: int,
           trained: list[str]):
-    """Test probabilities (calibrated and raw logits) for every sample, each from the fold model
-    that did not see its subject, fitted on the ``trained`` families; plus the fold models and the
-    seconds each fit cost."""
+    """Test probabilities (calibrated, and with temperature 1) for every scan of ``drawn[0]``, each
+    from the fold's networks that did not see its subject, fitted on the ``trained`` families; plus
+    the fold models and the seconds each fold's fits cost.
+
+    A fold fits one network per entry of ``drawn``, each on its own draws, with its own
+    calibration subjects and seed, as ``make weights``' members differ (``drawn[m]`` holds the
+    draws of seed ``seed + m``); their calibrated probabilities are averaged, as
+    :class:`~defacegan.models.detector.DetectorEnsemble` does. All are tested on ``drawn[0]``'s scans.
+    """
     fold_of_subject = fold_of(bundles, folds, seed)
-    recipe = np.isin(samples.family, trained)
+    samples = drawn[0]
     probabilities = np.zeros((len(samples.label), len(VERDICTS)), np.float32)
     raw = np.zeros_like(probabilities)
     models, seconds = {}, []
     for fold in range(folds):
         test = {s for s, f in fold_of_subject.items() if f == fold}
-        train_subjects, val_subjects = split_subjects([s for s in fold_of_subject if s not in test], val=3, seed=seed + fold)
-        started = time.perf_counter()
-        net = fit(samples.where(recipe & np.isin(samples.subject, train_subjects)), contract, epochs=epochs, seed=seed + fold)
-        seconds.append(time.perf_counter() - started)
         at_test = np.isin(samples.subject, sorted(test))
-        logits = logits_of(net, samples.views[torch.as_tensor(at_test)])  # temperature 1 until calibrated
-        raw[at_test] = torch.softmax(logits, 1).numpy()
-        calibrate(net, samples.where(recipe & np.isin(samples.subject, val_subjects)))
-        probabilities[at_test] = torch.softmax(logits / net.temperature, 1).numpy()
-        models.update({s: net for s in test})
+        started, nets = time.perf_counter(), []
+        for member, theirs in enumerate(drawn):
+            member_seed = seed + fold + 100 * member  # member 0: the single network's seeds
+            train_subjects, val_subjects = split_subjects([s for s in fold_of_subject if s not in test], val=3, seed=member_seed)
+            recipe = np.isin(theirs.family, trained)
+            net = fit(theirs.where(recipe & np.isin(theirs.subject, train_subjects)), contract, epochs=epochs, seed=member_seed)
+            logits = logits_of(net, samples.views[torch.as_tensor(at_test)])  # temperature 1 until calibrated
+            raw[at_test] += torch.softmax(logits, 1).numpy() / len(drawn)
+            calibrate(net, theirs.where(recipe & np.isin(theirs.subject, val_subjects)))
+            probabilities[at_test] += torch.softmax(logits / net.temperature, 1).numpy() / len(drawn)
+            nets.append(net)
+        seconds.append(time.perf_counter() - started)
+        models.update({s: nets[0] if len(nets) == 1 else DetectorEnsemble(nets).eval() for s in test})
         print(f"fold {fold}: {len(train_subjects)} train / {len(val_subjects)} val / {len(test)} test subjects, "
-              f"T = {float(net.temperature):.2f}, fit {seconds[-1]:.0f} s", flush=True)
+              f"T = {' / '.join(f'{float(net.temperature):.2f}' for net in nets)}, fit {seconds[-1]:.0f} s", flush=True)
     return probabilities, raw, models, seconds
 
 
@@ -444,8 +454,11 @@ def markdown(report: dict) -> str:
     if "headline" not in report:  # --shipped-only before any full run
         return "\n".join(lines)
     untrained = [family for family in FAMILIES if family not in report.get("trained_families", FAMILIES)]
-    lines += [f"k-fold: {report['subjects']} IXI subjects in {report['folds']} folds, each tested once by one network "
-              f"(one member of the shipped recipe) trained without it ({report['rounds']} rounds of {report['draws']} draws per family and subject, "
+    members = report.get("members", 1)
+    networks = "one network (one member of the shipped recipe)" if members == 1 else \
+        f"an ensemble of {members} networks (members of the shipped recipe, each on its own draws, seed and calibration subjects)"
+    lines += [f"k-fold: {report['subjects']} IXI subjects in {report['folds']} folds, each tested once by {networks} "
+              f"trained without it ({report['rounds']} rounds of {report['draws']} draws per family and subject, "
               f"{report['epochs']} epochs{'; not trained on ' + ', '.join(untrained) if untrained else ''}, tested on every family).", "",
               table(["k-fold test", "rate", "scans (subjects)"], headline_rows(report["headline"])), "",
               table(family_columns, family_rows(report["per_family"])), "", *margin_lines(report)]
@@ -487,6 +500,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--members", type=int, default=1,
+                        help="networks per fold, averaged as make weights' ensemble is (3: the shipped recipe, three times the fits)")
     parser.add_argument("--subjects", type=int, default=None, help="only the first N heads (a quick smoke run)")
     parser.add_argument("--lofo-draws", type=int, default=1, help="draws per family and round in the leave-one-family-out fits")
     parser.add_argument("--no-lofo", action="store_true", help="skip the leave-one-family-out fits")
@@ -521,6 +536,8 @@ def main() -> None:
     bundles = [read_bundle(cache) for cache in caches]
     samples = draw(caches, contract, args.cache, draws=args.draws, seed=args.seed, rounds=args.rounds)
     print(f"{len(samples.label)} scans drawn from {len(bundles)} subjects ({time.perf_counter() - started:.0f} s)", flush=True)
+    drawn = [samples, *(draw(caches, contract, args.cache, draws=args.draws, seed=args.seed + member, rounds=args.rounds)
+                        for member in range(1, 1 if args.lofo_only else args.members))]
     trained = recipe_families(args.ckpt, args.without)
     if args.lofo_only:
         last = args.out / "detector_eval.json"
@@ -528,7 +545,7 @@ def main() -> None:
             raise SystemExit(f"{last}: no k-fold report to add to; run without --lofo-only first")
         report, started = json.loads(last.read_text()), None  # its k-fold's time stays its own
     else:
-        report = kfold_report(args, caches, contract, bundles, samples, trained)
+        report = kfold_report(args, caches, contract, bundles, drawn, trained)
         write_report(report, args.out, started)  # the k-fold's figures survive an interrupted leave-one-family-out
     if not args.no_lofo:
         report["leave_one_family_out"] = leave_one_family_out(samples, contract, bundles, args.folds, args.epochs, args.seed,
@@ -538,16 +555,17 @@ def main() -> None:
 
 
 def kfold_report(args: argparse.Namespace, caches: list[Path], contract: InputContract, bundles: list[FaceBundle],
-                 samples: Samples, trained: list[str]) -> dict:
+                 drawn: list[Samples], trained: list[str]) -> dict:
     """The k-fold's figures (and the shipped column unless ``--subjects``), with both PNGs written."""
-    probabilities, raw, models, seconds = kfold(bundles, samples, contract, args.folds, args.epochs, args.seed, trained)
+    probabilities, raw, models, seconds = kfold(bundles, drawn, contract, args.folds, args.epochs, args.seed, trained)
+    samples = drawn[0]
     args.out.mkdir(parents=True, exist_ok=True)
     reliability_png(probabilities, samples.label, args.out / "reliability.png")
     sweeps = sweep(bundles, models, contract)
     sweep_png(sweeps, args.out / "sweep.png")
     return {
         "shipped": None if args.subjects or contract != InputContract() else shipped(caches, contract, args.cache, args.draws, args.seed, args.ckpt),
-        "subjects": len(bundles), "folds": args.folds, "draws": args.draws, "rounds": args.rounds, "epochs": args.epochs,
+        "subjects": len(bundles), "folds": args.folds, "members": args.members, "draws": args.draws, "rounds": args.rounds, "epochs": args.epochs,
         "trained_families": trained,
         "contract": contract.to_dict(), "fit_seconds": seconds,
         "headline": headline(samples, probabilities, trained=trained),
