@@ -294,8 +294,8 @@ def leave_one_family_out(samples: Samples, contract: InputContract, bundles: lis
     ``per_round`` (fewer than the k-fold's, to keep the fits affordable): trained on the ``trained``
     families without one, tested on every draw of it. Beside each, on the same test scans, the
     same fit trained with every family (``with_every_family``: what leaving the family out costs,
-    apart from the smaller fit) and the k-fold's fold-0 network, trained with it on every draw
-    (``kfold_network``, from ``kfold_probabilities``)."""
+    apart from the smaller fit) and the k-fold's fold-0 network (or ensemble, with ``--members``),
+    trained with it on every draw (``kfold_network``, from ``kfold_probabilities``)."""
     fold_of_subject = fold_of(bundles, folds, seed)
     test = sorted(s for s, f in fold_of_subject.items() if f == 0)
     train_subjects, val_subjects = split_subjects([s for s in fold_of_subject if s not in test], val=3, seed=seed)
