@@ -221,6 +221,13 @@ def fully_removed_by_subject(samples: Samples, probabilities: np.ndarray, traine
     return table
 
 
+def family_rates(labels: np.ndarray, subjects: np.ndarray, said: np.ndarray) -> dict:
+    """One family's test scans: how many of each label, and the verdicts ``said`` right three-way and face or not."""
+    return {"labels": {v: int((labels == i).sum()) for i, v in enumerate(VERDICTS)},
+            "three_way": rate(said == labels, subjects),
+            "face_or_not": rate((said == FACE) == (labels == FACE), subjects)}
+
+
 def per_family(samples: Samples, probabilities: np.ndarray) -> dict[str, dict]:
     said = verdicts(probabilities)
     table = {}
@@ -228,9 +235,7 @@ def per_family(samples: Samples, probabilities: np.ndarray) -> dict[str, dict]:
         which = samples.family == family
         labels, subjects, called_face = samples.label[which], samples.subject[which], said[which] == FACE
         table[family] = {
-            "labels": {v: int((labels == i).sum()) for i, v in enumerate(VERDICTS)},
-            "three_way": rate(said[which] == labels, subjects),
-            "face_or_not": rate(called_face == (labels == FACE), subjects),
+            **family_rates(labels, subjects, said[which]),
             # a family drawn on both sides of the rule's line can be right on one side only
             "face_or_not_by_label": {"face": rate(called_face[labels == FACE], subjects[labels == FACE]),
                                      "not face": rate(~called_face[labels != FACE], subjects[labels != FACE])},
@@ -308,10 +313,8 @@ def leave_one_family_out(samples: Samples, contract: InputContract, bundles: lis
         calibrate(net, samples.where(recipe & np.isin(samples.subject, val_subjects)))
         return net, time.perf_counter() - started
 
-    def answers(net: DetectorNet, family: str) -> dict:
-        which = at_test & (samples.family == family)
-        probabilities = torch.softmax(logits_of(net, samples.views[torch.as_tensor(which)]), 1).numpy()  # calibrated: the net divides by its temperature
-        return on_family(samples.where(which), probabilities)
+    def answers(net: DetectorNet, held: Samples) -> dict:
+        return on_family(held, torch.softmax(logits_of(net, held.views), 1).numpy())  # calibrated: the net divides by its temperature
 
     every, every_seconds = fitted(trained)
     print(f"with every family: {every_seconds:.0f} s", flush=True)
@@ -319,11 +322,12 @@ def leave_one_family_out(samples: Samples, contract: InputContract, bundles: lis
     for family in FAMILIES:
         if family == "none":
             continue
-        net, seconds = fitted([f for f in trained if f != family]) if family in trained else (every, every_seconds)
-        results[family] = {**answers(net, family), "fit_seconds": seconds}
-        with_every[family] = answers(every, family) if family in trained else None
         which = at_test & (samples.family == family)
-        by_kfold[family] = on_family(samples.where(which), kfold_probabilities[which]) if family in trained else None
+        held = samples.where(which)
+        net, seconds = fitted([f for f in trained if f != family]) if family in trained else (every, every_seconds)
+        results[family] = {**answers(net, held), "fit_seconds": seconds}
+        with_every[family] = answers(every, held) if family in trained else None
+        by_kfold[family] = on_family(held, kfold_probabilities[which]) if family in trained else None
         print(f"without {family}: {rate_text(results[family]['three_way'])} three-way on it "
               f"({seconds:.0f} s)", flush=True)
     return {"test_subjects": test, "train_subjects": train_subjects, "draws": draws, "families": results,
@@ -335,12 +339,8 @@ def on_family(held: Samples, probabilities: np.ndarray) -> dict:
     """Leave-one-family-out's rates on one family's test scans."""
     said = verdicts(probabilities)
     removed_or_replaced = held.label != FACE
-    return {
-        "labels": {v: int((held.label == i).sum()) for i, v in enumerate(VERDICTS)},
-        "three_way": rate(said == held.label, held.subject),
-        "face_or_not": rate((said == FACE) == (held.label == FACE), held.subject),
-        "replaced_vs_removed": rate(said[removed_or_replaced] == held.label[removed_or_replaced], held.subject[removed_or_replaced]),
-    }
+    return {**family_rates(held.label, held.subject, said),
+            "replaced_vs_removed": rate(said[removed_or_replaced] == held.label[removed_or_replaced], held.subject[removed_or_replaced])}
 
 
 def kfold_probabilities_of(report: dict, samples: Samples) -> np.ndarray:
