@@ -100,19 +100,18 @@ def fold_of(bundles: list[FaceBundle], folds: int, seed: int) -> dict[str, int]:
     return {subjects[i]: n % folds for n, i in enumerate(order)}
 
 
-def kfold(bundles: list[FaceBundle], drawn: list[Samples], contract: InputContract, folds: int, epochs: int, seed: int,
-          trained: list[str]):
-    """Test probabilities (calibrated, and with temperature 1) for every scan of ``drawn[0]``, each
+def kfold(bundles: list[FaceBundle], samples: Samples, drawn: list[Samples], contract: InputContract, folds: int,
+          epochs: int, seed: int, trained: list[str]):
+    """Test probabilities (calibrated, and with temperature 1) for every scan of ``samples``, each
     from the fold's networks that did not see its subject, fitted on the ``trained`` families; plus
     the fold models and the seconds each fold's fits cost.
 
     A fold fits one network per entry of ``drawn``, each on its own draws, with its own
     calibration subjects and seed, as ``make weights``' members differ (``drawn[m]`` holds the
-    draws of seed ``seed + m``); their calibrated probabilities are averaged, as
-    :class:`~defacegan.models.detector.DetectorEnsemble` does. All are tested on ``drawn[0]``'s scans.
+    draws of seed ``seed + m``, ``samples``' rounds or more); their calibrated probabilities are
+    averaged, as :class:`~defacegan.models.detector.DetectorEnsemble` does.
     """
     fold_of_subject = fold_of(bundles, folds, seed)
-    samples = drawn[0]
     probabilities = np.zeros((len(samples.label), len(VERDICTS)), np.float32)
     raw = np.zeros_like(probabilities)
     models, seconds = {}, []
@@ -458,7 +457,7 @@ def markdown(report: dict) -> str:
     networks = "one network (one member of the shipped recipe)" if members == 1 else \
         f"an ensemble of {members} networks (members of the shipped recipe, each on its own draws, seed and calibration subjects)"
     lines += [f"k-fold: {report['subjects']} IXI subjects in {report['folds']} folds, each tested once by {networks} "
-              f"trained without it ({report['rounds']} rounds of {report['draws']} draws per family and subject, "
+              f"trained without it ({report.get('train_rounds', report['rounds'])} rounds of {report['draws']} draws per family and subject, "
               f"{report['epochs']} epochs{'; not trained on ' + ', '.join(untrained) if untrained else ''}, tested on every family).", "",
               table(["k-fold test", "rate", "scans (subjects)"], headline_rows(report["headline"])), "",
               table(family_columns, family_rows(report["per_family"])), "", *margin_lines(report)]
@@ -497,7 +496,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/detector_eval"))
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--draws", type=int, default=DRAWS, help="draws of every family per head and round")
-    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="rounds of draws the k-fold tests on (and trains on)")
+    parser.add_argument("--train-rounds", type=int, default=None,
+                        help="rounds the k-fold's networks train on, if more than --rounds (tested on the first --rounds alone)")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--members", type=int, default=1,
@@ -536,8 +537,11 @@ def main() -> None:
     bundles = [read_bundle(cache) for cache in caches]
     samples = draw(caches, contract, args.cache, draws=args.draws, seed=args.seed, rounds=args.rounds)
     print(f"{len(samples.label)} scans drawn from {len(bundles)} subjects ({time.perf_counter() - started:.0f} s)", flush=True)
-    drawn = [samples, *(draw(caches, contract, args.cache, draws=args.draws, seed=args.seed + member, rounds=args.rounds)
-                        for member in range(1, 1 if args.lofo_only else args.members))]
+    train_rounds = args.train_rounds or args.rounds
+    drawn = [] if args.lofo_only else [
+        samples if member == 0 and train_rounds == args.rounds else
+        draw(caches, contract, args.cache, draws=args.draws, seed=args.seed + member, rounds=train_rounds)
+        for member in range(args.members)]
     trained = recipe_families(args.ckpt, args.without)
     if args.lofo_only:
         last = args.out / "detector_eval.json"
@@ -545,7 +549,7 @@ def main() -> None:
             raise SystemExit(f"{last}: no k-fold report to add to; run without --lofo-only first")
         report, started = json.loads(last.read_text()), None  # its k-fold's time stays its own
     else:
-        report = kfold_report(args, caches, contract, bundles, drawn, trained)
+        report = kfold_report(args, caches, contract, bundles, samples, drawn, trained)
         write_report(report, args.out, started)  # the k-fold's figures survive an interrupted leave-one-family-out
     if not args.no_lofo:
         report["leave_one_family_out"] = leave_one_family_out(samples, contract, bundles, args.folds, args.epochs, args.seed,
@@ -555,17 +559,18 @@ def main() -> None:
 
 
 def kfold_report(args: argparse.Namespace, caches: list[Path], contract: InputContract, bundles: list[FaceBundle],
-                 drawn: list[Samples], trained: list[str]) -> dict:
-    """The k-fold's figures (and the shipped column unless ``--subjects``), with both PNGs written."""
-    probabilities, raw, models, seconds = kfold(bundles, drawn, contract, args.folds, args.epochs, args.seed, trained)
-    samples = drawn[0]
+                 samples: Samples, drawn: list[Samples], trained: list[str]) -> dict:
+    """The k-fold's figures on the test scans ``samples`` of networks fitted on ``drawn`` (and the
+    shipped column unless ``--subjects``), with both PNGs written."""
+    probabilities, raw, models, seconds = kfold(bundles, samples, drawn, contract, args.folds, args.epochs, args.seed, trained)
     args.out.mkdir(parents=True, exist_ok=True)
     reliability_png(probabilities, samples.label, args.out / "reliability.png")
     sweeps = sweep(bundles, models, contract)
     sweep_png(sweeps, args.out / "sweep.png")
     return {
         "shipped": None if args.subjects or contract != InputContract() else shipped(caches, contract, args.cache, args.draws, args.seed, args.ckpt),
-        "subjects": len(bundles), "folds": args.folds, "members": args.members, "draws": args.draws, "rounds": args.rounds, "epochs": args.epochs,
+        "subjects": len(bundles), "folds": args.folds, "members": args.members, "draws": args.draws, "rounds": args.rounds,
+        "train_rounds": args.train_rounds or args.rounds, "epochs": args.epochs,
         "trained_families": trained,
         "contract": contract.to_dict(), "fit_seconds": seconds,
         "headline": headline(samples, probabilities, trained=trained),
