@@ -83,6 +83,9 @@ figures:
 	cp bench/results/detector_eval/reliability.png docs/detector_reliability.png
 	cp bench/results/detector_eval/sweep.png docs/detector_sweep.png
 	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE) --members 3 --no-lofo --out bench/results/detector_eval-members3
+	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE) --train-rounds 4 --no-lofo --out bench/results/detector_eval-rounds4
+	$(PY) bench/kfold_compare.py bench/results/detector_eval bench/results/detector_eval-rounds4
+	$(PY) bench/kfold_compare.py bench/results/detector_eval-members3 bench/results/detector_eval-rounds4
 	$(PY) bench/outside_heads.py
 	$(PY) bench/field_of_view.py --ixi $(IXI_SOURCE)
 	$(PY) bench/acquisition.py --ixi $(IXI_SOURCE)

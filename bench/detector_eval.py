@@ -38,12 +38,16 @@ shared with ``make weights``; ``--no-lofo`` skips the leave-one-family-out fits 
     python bench/detector_eval.py [--ixi ../shared/data/ixi-t1-2mm] [--folds 4] [--no-lofo | --lofo-only] [--shipped-only]
     python bench/detector_eval.py --view-mode all_face --no-lofo --out bench/results/detector_eval-nine
     python bench/detector_eval.py --view-mode all_face --shipped-only --ckpt PREVIOUS.pt --out DIR
+    python bench/detector_eval.py --train-rounds 4 --no-lofo --out bench/results/detector_eval-rounds4
 
 The second fits the k-fold on another contract's views (here the nine views, without the face's
 texture, docs/detector.md): no shipped column, since the shipped detector sees the shipped
 contract's. The third is the shipped column of a detector of that contract (the nine-view one,
 ``git show a78e2cc:src/defacegan/assets/detector.pt``, or an ensemble of ``python -m
 defacegan.detector_training --view-mode all_face`` members), on the same held-out draws.
+The fourth trains each k-fold network on four rounds of draws instead of two and tests it on the
+same scans as the first (the first two rounds of the test subjects): ``bench/kfold_compare.py``
+reads the two reports side by side.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ on: ``fully_removed_by_subject``'s scans). Reads the reports' per-scan rows (``s
 nothing, runs in seconds.
 
     python bench/kfold_compare.py bench/results/detector_eval bench/results/detector_eval-rounds4 \\
-        [--names "2 rounds" "4 rounds"] [--out bench/results/kfold_compare.json]
+        [--names "2 rounds" "4 rounds"] [--out JSON]
 """
 
 from __future__ import annotations
@@ -87,8 +87,10 @@ def main() -> None:
     parser.add_argument("first", type=Path, help="a detector_eval.py --out folder")
     parser.add_argument("second", type=Path, help="another, on the same test scans")
     parser.add_argument("--names", nargs=2, default=None, help="the two columns' names (default: the folders')")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/kfold_compare.json"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the JSON (default: bench/results/kfold_compare-FIRST-SECOND.json, the folders' names)")
     args = parser.parse_args()
+    args.out = args.out or Path("bench/results") / f"kfold_compare-{args.first.name}-{args.second.name}.json"
     result = compare(args.first, args.second)
     names = args.names or [args.first.name, args.second.name]
     result["names"] = names
