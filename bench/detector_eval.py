@@ -211,12 +211,16 @@ def by_margin(samples: Samples, probabilities: np.ndarray, trained: list[str] | 
     return table
 
 
+def far_from_line(samples: Samples, trained: list[str] | None = None) -> np.ndarray:
+    """Which scans are removed or replaced faces that keep under a tenth of every feature (the
+    first bin of :data:`MARGINS`), of the families ``trained`` on."""
+    return of_families(samples, trained) & (largest_kept(samples) < MARGINS[1]) & (samples.label != FACE)
+
+
 def fully_removed_by_subject(samples: Samples, probabilities: np.ndarray, trained: list[str] | None = None) -> dict[str, dict]:
-    """Removed or replaced faces that keep under a tenth of every feature (the first bin of
-    :data:`MARGINS`, the families ``trained`` on) not called ``face``, per subject: whether the
-    misses far from the rule's line are spread over the heads or sit on a few."""
-    said = verdicts(probabilities)
-    which = of_families(samples, trained) & (largest_kept(samples) < MARGINS[1]) & (samples.label != FACE)
+    """:func:`far_from_line`'s scans not called ``face``, per subject: whether the misses far from
+    the rule's line are spread over the heads or sit on a few."""
+    said, which = verdicts(probabilities), far_from_line(samples, trained)
     table = {}
     for subject in sorted(set(samples.subject[which])):
         theirs = which & (samples.subject == subject)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from detector_eval import MARGINS, headline, largest_kept, of_families, rate, rate_text, table, verdicts
+from detector_eval import FACE, far_from_line, headline, rate, rate_text, table, verdicts
 
 from defacegan.contract import VERDICTS
 from defacegan.detector_data import Samples
@@ -48,8 +48,8 @@ def read(folder: Path) -> tuple[dict, Samples, np.ndarray]:
 def rates(samples: Samples, probabilities: np.ndarray, trained: list[str]) -> dict[str, dict]:
     """``headline``'s rows and the far-from-the-line row."""
     rows = headline(samples, probabilities, trained=trained)
-    far = of_families(samples, trained) & (largest_kept(samples) < MARGINS[1]) & (samples.label != VERDICTS.index("face"))
-    rows[FAR] = rate(verdicts(probabilities[far]) != VERDICTS.index("face"), samples.subject[far])
+    far = far_from_line(samples, trained)
+    rows[FAR] = rate(verdicts(probabilities[far]) != FACE, samples.subject[far])
     return rows
 
 
