@@ -66,9 +66,10 @@ data/members/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src/
 # The detector's figures in the README: the shipped detector on held-out heads, k-fold, calibration,
 # the partial-removal sweep, leave-one-family-out (64 min at its last run, 8 of them drawing the views make weights had not cached);
 # the same k-fold with the shipped recipe itself, three networks a fold (89 min at its last run, 77 of them fitting; the rest drew the held-out heads' views of seeds 1 and 2);
+# the same k-fold with one network a fold trained on four rounds of draws instead of two (54 min), and bench/kfold_compare.py reading it beside both (seconds);
 # then the shipped detector on the heads from outside IXI (bench/outside_heads.py, ~4 min) and on
-# held-out IXI heads whose field of view stops above the neck or below the top of the head (bench/field_of_view.py,
-# a minute), as other scanners would acquire them: thick slices, noise, bias, smoothing, ghosts, motion, tilts (bench/acquisition.py,
+# held-out IXI heads whose field of view stops above the neck, below the top of the head or behind the nose (bench/field_of_view.py,
+# a few minutes), as other scanners would acquire them: thick slices, noise, bias, smoothing, ghosts, motion, tilts (bench/acquisition.py,
 # ~16 min), and on
 # held-out heads defaced by other projects' tools, Quickshear, caideface and deepdefacer (bench/other_defacers.py, 5 min);
 # the pose guard on the shipped column's draws, with it and without (bench/pose_guard.py, ~6 min);
