@@ -529,6 +529,7 @@ def main() -> None:
                         help="the views the k-fold's networks see (another than the shipped contract's: no shipped column, "
                              "but with --shipped-only and a --ckpt detector of that contract)")
     args = parser.parse_args()
+    args.train_rounds = args.train_rounds or args.rounds
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
     contract = InputContract(view_mode=args.view_mode)
@@ -545,10 +546,9 @@ def main() -> None:
     bundles = [read_bundle(cache) for cache in caches]
     samples = draw(caches, contract, args.cache, draws=args.draws, seed=args.seed, rounds=args.rounds)
     print(f"{len(samples.label)} scans drawn from {len(bundles)} subjects ({time.perf_counter() - started:.0f} s)", flush=True)
-    train_rounds = args.train_rounds or args.rounds
     drawn = [] if args.lofo_only else [
-        samples if member == 0 and train_rounds == args.rounds else
-        draw(caches, contract, args.cache, draws=args.draws, seed=args.seed + member, rounds=train_rounds)
+        samples if member == 0 and args.train_rounds == args.rounds else
+        draw(caches, contract, args.cache, draws=args.draws, seed=args.seed + member, rounds=args.train_rounds)
         for member in range(args.members)]
     trained = recipe_families(args.ckpt, args.without)
     if args.lofo_only:
@@ -578,7 +578,7 @@ def kfold_report(args: argparse.Namespace, caches: list[Path], contract: InputCo
     return {
         "shipped": None if args.subjects or contract != InputContract() else shipped(caches, contract, args.cache, args.draws, args.seed, args.ckpt),
         "subjects": len(bundles), "folds": args.folds, "members": args.members, "draws": args.draws, "rounds": args.rounds,
-        "train_rounds": args.train_rounds or args.rounds, "epochs": args.epochs,
+        "train_rounds": args.train_rounds, "epochs": args.epochs,
         "trained_families": trained,
         "contract": contract.to_dict(), "fit_seconds": seconds,
         "headline": headline(samples, probabilities, trained=trained),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from detector_eval import FACE, far_from_line, headline, rate, rate_text, table, verdicts
+from detector_eval import FACE, far_from_line, headline, kfold_probabilities_of, rate, rate_text, table, verdicts
 
 from defacegan.contract import VERDICTS
 from defacegan.detector_data import Samples
@@ -42,7 +42,7 @@ def read(folder: Path) -> tuple[dict, Samples, np.ndarray]:
                       number=np.array([r["draw"] for r in rows]),
                       own=np.array([[r["own"][f] for f in FEATURES] for r in rows], np.float32),
                       foreign=np.zeros((len(rows), len(FEATURES)), np.float32))
-    return report, samples, np.array([[r["p"][v] for v in VERDICTS] for r in rows], np.float32)
+    return report, samples, kfold_probabilities_of(report, samples)
 
 
 def rates(samples: Samples, probabilities: np.ndarray, trained: list[str]) -> dict[str, dict]:
