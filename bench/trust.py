@@ -57,13 +57,12 @@ def ece_row(section: str, what: str, ece: float, scans: int, run: dict | None) -
             "note": "lower is better"}
 
 
-def detector_rows(report: dict, ensemble: dict | None = None) -> list[dict]:
-    """The shipped detector on its held-out subjects, the k-fold (one network a fold, and the shipped
-    recipe's ensemble a fold where ``ensemble``, a ``--members`` run, is given) and leave-one-family-out
-    (network alone)."""
+def detector_rows(report: dict, others: list[dict | None] = ()) -> list[dict]:
+    """The shipped detector on its held-out subjects, the k-folds (``report``'s one network a fold and
+    ``others``, runs with ``--members`` or ``--train-rounds``) and leave-one-family-out (network alone)."""
     shipped, source = report["shipped"], "bench/detector_eval.py"
     held_out = f"shipped, {len(shipped['subjects'])} held-out subjects"
-    kfolds = [(kfold_section(r), r) for r in (report, ensemble) if r and "headline" in r]
+    kfolds = [(kfold_section(r, shipped["training"]), r) for r in (report, *others) if r and "headline" in r]
     rows = []
     for name in [*TARGETS, *WATCHED]:
         rows.append(row(held_out, name, shipped["headline"][name], TARGETS.get(name), source, shipped.get("run")))
@@ -88,9 +87,14 @@ def detector_rows(report: dict, ensemble: dict | None = None) -> list[dict]:
     return rows
 
 
-def kfold_section(report: dict) -> str:
-    members = report.get("members", 1)
-    return "k-fold, one network a fold" if members == 1 else f"k-fold, the shipped recipe: {members} networks a fold"
+def kfold_section(report: dict, shipped: dict) -> str:
+    """The k-fold's recipe, networks a fold and rounds of draws a network, named the shipped one only
+    where it is the recipe of ``shipped``, the shipped detector's training facts."""
+    members, rounds = report.get("members", 1), report.get("train_rounds", report["rounds"])
+    recipe = shipped.get("members", [shipped])
+    is_shipped = (members, rounds) == (len(recipe), recipe[0].get("rounds"))
+    return (f"k-fold, {'one network' if members == 1 else f'{members} networks'} of {rounds} rounds a fold"
+            + (" (the shipped recipe)" if is_shipped else ""))
 
 
 def anatomy_rows(report: dict) -> list[dict]:
@@ -229,8 +233,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.results / 'detector_eval' / 'detector_eval.json'}: missing, its rows left out (bench/detector_eval.py)")
     anatomy = load(args.results, "anatomy.json")
     guard = load(args.results, "pose_guard.json")
-    ensemble = load(args.results / "detector_eval-members3", "detector_eval.json")  # bench/detector_eval.py --members 3
-    rows = [*(detector_rows(report, ensemble) if report else []), *(guard_rows(guard) if guard else []),
+    others = [load(args.results / name, "detector_eval.json")  # --members 3; --train-rounds 4 (make figures)
+              for name in ("detector_eval-members3", "detector_eval-rounds4")]
+    rows = [*(detector_rows(report, others) if report else []), *(guard_rows(guard) if guard else []),
             *(anatomy_rows(anatomy) if anatomy else []),
             *tool_rows(load(args.results, "other_defacers.json"), load(args.results, "gan_refaced.json")),
             *outside_rows(load(args.results, "outside_heads.json")),
