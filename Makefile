@@ -53,15 +53,19 @@ WEIGHT_SEEDS ?= 0 1 2
 # as often, it gave blurred faces back but not the eye-level cuts that keep the eyes; with a quarter of its fills
 # keeping the eyes (labelled face), it lost fewer of those cuts but learned the fills less well (bench/smooth_training.py).
 WEIGHT_WITHOUT ?= replace_smooth
-MEMBERS := $(WEIGHT_SEEDS:%=data/members/seed-%.pt)
+# Rounds of draws a member trains on, member N on seeds N to N+3: one network of four rounds beat one of
+# two on every k-fold row (docs/detector.md, "Four rounds of draws a network").
+WEIGHT_ROUNDS ?= 4
+MEMBER_DIR := data/members-rounds$(WEIGHT_ROUNDS)
+MEMBERS := $(WEIGHT_SEEDS:%=$(MEMBER_DIR)/seed-%.pt)
 
 weights: $(MEMBERS)
 	$(PY) -m defacegan.detector_training --ensemble $(MEMBERS) --out src/defacegan/assets/detector.pt
 
-data/members/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src/defacegan/detector_data.py src/defacegan/detector_training.py \
+$(MEMBER_DIR)/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src/defacegan/detector_data.py src/defacegan/detector_training.py \
                         src/defacegan/augment.py src/defacegan/contract.py src/defacegan/views.py
-	$(PY) -m defacegan.detector_training --source $(IXI_SOURCE) --seed $* --out $@ --manifest data/members/seed-$*.tsv \
-		--without $(WEIGHT_WITHOUT)
+	$(PY) -m defacegan.detector_training --source $(IXI_SOURCE) --seed $* --rounds $(WEIGHT_ROUNDS) --out $@ \
+		--manifest $(MEMBER_DIR)/seed-$*.tsv --without $(WEIGHT_WITHOUT)
 
 # The detector's figures in the README: the shipped detector on held-out heads, k-fold, calibration,
 # the partial-removal sweep, leave-one-family-out (64 min at its last run, 8 of them drawing the views make weights had not cached);

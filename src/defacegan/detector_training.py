@@ -5,12 +5,13 @@ The drawn, labelled views (:mod:`defacegan.detector_data`, cached) →
 A fit costs a few minutes once the views are drawn; fitting lives apart from drawing so that a
 change here leaves the cached draws as they are.
 
-``make weights`` runs :func:`main` once per seed in ``WEIGHT_SEEDS`` (Makefile): all families,
-the IXI subset less :data:`HELD_OUT` (kept out so that the shipped detector's figures and the
-real-anatomy tests use heads it never saw), 4 of its subjects for calibration, drawn by the seed;
-then ``--ensemble`` writes the members as the one shipped checkpoint (:func:`save_ensemble`). Each
-run also writes its drawn volumes' manifest (``data/members/seed-N.tsv``): per volume its
-subject, family, draw, label and each feature's share of own and of foreign tissue.
+``make weights`` runs :func:`main` once per seed in ``WEIGHT_SEEDS`` (Makefile), on ``WEIGHT_ROUNDS``
+rounds of draws: all families, the IXI subset less :data:`HELD_OUT` (kept out so that the shipped
+detector's figures and the real-anatomy tests use heads it never saw), 4 of its subjects for
+calibration, drawn by the seed; then ``--ensemble`` writes the members as the one shipped checkpoint
+(:func:`save_ensemble`). Each run also writes its drawn volumes' manifest (``--manifest``; ``make
+weights``' are ``data/members-rounds4/seed-N.tsv``): per volume its subject, family, draw, label and
+each feature's share of own and of foreign tissue.
 """
 
 from __future__ import annotations
