@@ -44,7 +44,7 @@ train: demo
 
 # The three-way detector shipped in the package (src/defacegan/assets/detector.pt): an ensemble of
 # detectors, one per seed, each trained on every defacing family drawn on the IXI subset less its
-# held-out subjects (defacegan.detector_training; 20-30 min a member). A member is trained again only when
+# held-out subjects (defacegan.detector_training; 16-17 min a member with its draws cached). A member is trained again only when
 # the generator, the label rule, the drawing (pose, grid, views) or the training code changed since it was made.
 WEIGHT_SEEDS ?= 0 1 2
 # Drawn (in every member's manifest, and in every figure) but not trained on: with it, seed 0's member
