@@ -96,7 +96,8 @@ def main() -> None:
     parser.add_argument("--names", nargs=2, default=None, help="the two columns' names (default: the folders')")
     parser.add_argument("--shipped", action="store_true", help="compare the reports' shipped columns, not their k-folds")
     parser.add_argument("--out", type=Path, default=None,
-                        help="the JSON (default: bench/results/kfold_compare-FIRST-SECOND.json, the folders' names)")
+                        help="the JSON (default: bench/results/kfold_compare-FIRST-SECOND.json, the folders' names; "
+                             "shipped_compare-... with --shipped)")
     args = parser.parse_args()
     args.out = args.out or Path("bench/results") / (f"{'shipped' if args.shipped else 'kfold'}_compare-"
                                                     f"{args.first.name}-{args.second.name}.json")
