@@ -40,6 +40,9 @@ def read(folder: Path, shipped: bool = False) -> tuple[dict, Samples, np.ndarray
     report = json.loads((folder / "detector_eval.json").read_text())
     if shipped:
         report = report["shipped"]
+        trained, ece = trained_families(report["training"]), report["ece"]
+    else:
+        trained, ece = report["trained_families"], report["calibration"]["ece_calibrated"]
     rows = report["scans"]
     samples = Samples(torch.empty(len(rows), 0),
                       label=np.array([VERDICTS.index(r["label"]) for r in rows]),
@@ -47,10 +50,7 @@ def read(folder: Path, shipped: bool = False) -> tuple[dict, Samples, np.ndarray
                       number=np.array([r["draw"] for r in rows]),
                       own=np.array([[r["own"][f] for f in FEATURES] for r in rows], np.float32),
                       foreign=np.zeros((len(rows), len(FEATURES)), np.float32))
-    if shipped:
-        return report["run"], samples, kfold_probabilities_of(report, samples), trained_families(report["training"]), report["ece"]
-    return (report["run"], samples, kfold_probabilities_of(report, samples), report["trained_families"],
-            report["calibration"]["ece_calibrated"])
+    return report["run"], samples, kfold_probabilities_of(report, samples), trained, ece
 
 
 def rates(samples: Samples, probabilities: np.ndarray, trained: list[str]) -> dict[str, dict]:
