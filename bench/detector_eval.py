@@ -71,7 +71,7 @@ from defacegan.families import FAMILIES, SWEEP_MODES, FaceBundle, families_but, 
 from defacegan.features import FACE_MIN_FRACTION, FEATURES
 from defacegan.inference import SHIPPED_CHECKPOINT, load_network, verdict_of
 from defacegan.io import atomic_write_text
-from defacegan.metrics import expected_calibration_error, wilson_interval
+from defacegan.metrics import expected_calibration_error, subject_bootstrap_interval, wilson_interval
 from defacegan.models.detector import DetectorEnsemble, DetectorNet
 from defacegan.report import markdown_table
 from defacegan.views import VIEW_MODES
@@ -84,11 +84,16 @@ THRESHOLDS = (0.1, 0.2, 0.3, 0.5)
 
 
 def rate(hits: np.ndarray, subjects: np.ndarray) -> dict:
-    """A rate with its Wilson interval, scan count and subject count."""
+    """A rate with its Wilson interval, scan count and subject count, and its interval with the
+    heads resampled (``heads_low``, ``heads_high``: :func:`subject_bootstrap_interval`). Wilson's
+    takes every scan for an independent trial; a head's draws are alike, so with few heads the
+    resampled interval is the wider and the more honest of the two."""
+    hits, subjects = np.asarray(hits, dtype=float), np.asarray(subjects)
     k, n = int(np.sum(hits)), int(np.size(hits))
     low, high = wilson_interval(k, n)
+    heads_low, heads_high = subject_bootstrap_interval(lambda i: hits[i].mean(), subjects) if n else (float("nan"),) * 2
     return {"rate": k / n if n else float("nan"), "low": low, "high": high, "k": k, "n": n,
-            "subjects": int(np.unique(subjects).size)}
+            "subjects": int(np.unique(subjects).size), "heads_low": heads_low, "heads_high": heads_high}
 
 
 def rate_text(entry: dict) -> str:

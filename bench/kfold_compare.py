@@ -35,11 +35,15 @@ FAR = "removed or replaced faces keeping under 10 % of every feature (families t
 
 
 def read(folder: Path, shipped: bool = False) -> tuple[dict, Samples, np.ndarray, list[str], float]:
-    """A report's k-fold (or ``shipped`` column): its run, test scans (facts only, no views), their
-    probabilities, the families trained on and the ECE (temperature-scaled)."""
+    """:func:`scans_of` the report in ``folder``, its k-fold or its ``shipped`` column."""
     report = json.loads((folder / "detector_eval.json").read_text())
+    return scans_of(report["shipped"] if shipped else report, shipped)
+
+
+def scans_of(report: dict, shipped: bool = False) -> tuple[dict, Samples, np.ndarray, list[str], float]:
+    """A report's k-fold (or its ``shipped`` column): its run, test scans (facts only, no views), their
+    probabilities, the families trained on and the ECE (temperature-scaled)."""
     if shipped:
-        report = report["shipped"]
         trained, ece = trained_families(report["training"]), report["ece"]
     else:
         trained, ece = report["trained_families"], report["calibration"]["ece_calibrated"]

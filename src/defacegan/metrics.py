@@ -35,6 +35,26 @@ def expected_calibration_error(probabilities, labels, bins: int = 15) -> float:
                      for b in range(bins) if (which == b).any()))
 
 
+def subject_bootstrap_interval(statistic, subjects, rounds: int = 2000, seed: int = 0,
+                               level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of ``statistic(indices)`` (indices into the scans) over ``rounds``
+    resamplings of whole subjects with replacement: a head's scans are not independent trials, the
+    heads are, so the interval is as wide as the number of heads makes it."""
+    subjects = np.asarray(subjects)
+    scans_of = [np.flatnonzero(subjects == subject) for subject in np.unique(subjects)]
+    rng = np.random.default_rng(seed)
+    values = [statistic(np.concatenate([scans_of[i] for i in rng.integers(len(scans_of), size=len(scans_of))]))
+              for _ in range(rounds)]
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def ece_interval(probabilities, labels, subjects, bins: int = 15) -> tuple[float, float]:
+    """The expected calibration error's 95 % interval, heads resampled (:func:`subject_bootstrap_interval`)."""
+    probabilities, labels = np.asarray(probabilities, dtype=float), np.asarray(labels)
+    return subject_bootstrap_interval(lambda i: expected_calibration_error(probabilities[i], labels[i], bins), subjects)
+
+
 def classification_metrics(labels, probabilities, threshold: float = 0.5) -> dict:
     """Accuracy, precision, recall, F1 (defaced = positive), ROC AUC and the confusion matrix.
 
