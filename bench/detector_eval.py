@@ -97,9 +97,11 @@ def rate(hits: np.ndarray, subjects: np.ndarray) -> dict:
 
 
 def rate_text(entry: dict) -> str:
+    """The rate [Wilson 95 %; heads resampled 95 %, where the entry has it]."""
     if not entry["n"]:
         return "n/a"
-    return f"{entry['rate']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
+    heads = f"; heads {entry['heads_low']:.3f}, {entry['heads_high']:.3f}" if "heads_low" in entry else ""
+    return f"{entry['rate']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}{heads}]"
 
 
 def fold_of(bundles: list[FaceBundle], folds: int, seed: int) -> dict[str, int]:
@@ -454,7 +456,7 @@ def markdown(report: dict) -> str:
         members = len(ship["training"].get("members", [])) or 1
         name = "The shipped detector" if ship["ckpt"] == str(SHIPPED_CHECKPOINT) else f"The detector {ship['ckpt']}"
         lines += [f"{name} ({members} member{'s' * (members > 1)}) on the {len(ship['subjects'])} IXI subjects it never saw, {ship['draws']} fresh "
-                  f"draws of every family each; rate [Wilson 95 %], scans (subjects); ECE {ship['ece']:.3f}.", "",
+                  f"draws of every family each; rate [Wilson 95 %; heads resampled 95 %], scans (subjects); ECE {ship['ece']:.3f}.", "",
                   table(["shipped detector, held-out subjects", "rate", "scans (subjects)"], headline_rows(ship["headline"])), "",
                   table(family_columns, family_rows(ship["per_family"])), "",
                   *margin_lines(ship),
