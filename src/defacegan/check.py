@@ -132,6 +132,7 @@ class CheckResult:
     pose_margin: float | None = None  # the template head's match upright minus turned (defacegan.pose); < 0: pose not understood
     righted: str | None = None  # the turn the header's axes were read with, where the pose guard found them turned
     registered_upright: bool = False  # the pose guard could not read the pose; a registration of the template found the head upright
+    evened_p_face: float | None = None  # p(face) with the bias field taken off, where the network did not see a face (defacegan.bias_field)
 
     @classmethod
     def from_prediction(cls, prediction: Prediction, scan: ScanFile) -> CheckResult:
@@ -141,7 +142,8 @@ class CheckResult:
         return cls(str(scan.path), scan.subject, scan.session, scan.contrast, *fields,
                    tissue=prediction.tissue, texture=prediction.texture, overruled=prediction.overruled,
                    straightened=prediction.straightened, nodded=prediction.unnodded, pose_margin=prediction.pose_margin,
-                   righted=prediction.righted, registered_upright=prediction.registered_upright)
+                   righted=prediction.righted, registered_upright=prediction.registered_upright,
+                   evened_p_face=prediction.evened_p_face)
 
     @property
     def status(self) -> str:
@@ -152,6 +154,17 @@ class CheckResult:
     def verdict(self) -> str:
         return {"error": f"error: {self.error}", "face": "FACE PRESENT", "removed": "face removed",
                 "replaced": "face replaced"}[self.status]
+
+    @property
+    def evened_to_face(self) -> bool:
+        """Called ``face`` because the network saw one once the bias field was taken off (it is looked
+        at only where nothing else saw a face)."""
+        return self.status == "face" and self.evened_p_face is not None
+
+    @property
+    def found_by_a_second_opinion(self) -> bool:
+        """The network called the face removed or replaced; the anatomy or the evened intensities found it."""
+        return self.overruled or self.evened_to_face
 
     @property
     def near_the_line(self) -> bool:
@@ -181,6 +194,10 @@ class CheckResult:
             own = f" with the head's own texture ({self.texture:.2f})" if said == "replaced" else ""
             notes.append(f"the network saw the face {said} (p(face) {self.probability('face'):.2f}), "
                          f"but feature regions still hold tissue ({regions}){own}: look at it")
+        if self.evened_to_face:
+            notes.append(f"the network saw the face {likelier_defacing(self.probabilities)} (p(face) "
+                         f"{self.probability('face'):.2f}), but with the scan's intensities evened (its bias field "
+                         f"taken off, N4) it sees one (p(face) {self.evened_p_face:.2f}): look at it")
         if self.near_the_line:
             notes.append(f"p(face) {self.probability('face'):.2f}, near the line: look at it")
         if self.straightened is not None:
@@ -226,6 +243,7 @@ class CheckResult:
             **({"nodded": self.nodded} if self.nodded is not None else {}),
             **({"righted": self.righted} if self.righted is not None else {}),
             **({"registered_upright": True} if self.registered_upright else {}),
+            **({"evened_p_face": self.evened_p_face} if self.evened_p_face is not None else {}),
             **{f"tissue_{name}": share if share == share else None for name, share in (self.tissue or {}).items()},
             **({"face_texture": self.texture if self.texture == self.texture else None} if self.texture is not None else {}),
             "views_png": self.views_png,
@@ -235,7 +253,8 @@ class CheckResult:
 @dataclass(frozen=True)
 class Summary:
     """What a run found: scans checked, those with a face (``overruled``: of them, those the network
-    called removed or replaced and the anatomy's second opinion found the head's own face in), those
+    called removed or replaced and a second opinion, the anatomy's or the evened intensities', found
+    the head's own face in), those
     unreadable, those called defaced near the line (:data:`LOOK_FLOOR`); and its wall-clock seconds."""
 
     scanned: int
@@ -249,12 +268,12 @@ class Summary:
     def of(cls, results: Sequence[CheckResult], seconds: float) -> Summary:
         statuses = [result.status for result in results]
         near = sum(result.near_the_line for result in results)
-        overruled = sum(result.overruled for result in results)
+        overruled = sum(result.found_by_a_second_opinion for result in results)
         return cls(len(results), statuses.count("face"), statuses.count("error"), near, seconds, overruled)
 
     @property
     def line(self) -> str:
-        by_anatomy = f" ({self.overruled} found by the anatomy's second opinion)" if self.overruled else ""
+        by_anatomy = f" ({self.overruled} found by a second opinion)" if self.overruled else ""
         near = f", {self.near} more near the line (p(face) ≥ {LOOK_FLOOR:g}: look at them)" if self.near else ""
         return (f"{self.scanned} scanned, {self.faces} with a face{by_anatomy}{near}, {self.unreadable} unreadable, "
                 f"{self.seconds:.1f} s")

@@ -25,6 +25,11 @@ not with ``anatomy="never"``), it is called ``face`` whatever the network saw: t
 trained on such grids, calls intact faces lying sideways ``removed``. A head that registration finds
 upright but nodded beyond the training poses is judged with the nod taken off, however sure the
 network was of it as it lay.
+
+A scan that the network and the anatomy call ``removed`` or ``replaced`` is judged once more with
+its bias field taken off (:mod:`defacegan.bias_field`, N4, under a second), and called ``face`` if
+the network then sees one (``evened_p_face``): a coil's field that darkens the face reads as a face
+that is gone. Not with ``anatomy="never"``, the network alone.
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ class Prediction:
     pose_margin: float | None = None  # the template's match upright minus turned (defacegan.pose); < 0: pose not understood
     righted: str | None = None  # the turn its header's axes were read with, when the pose guard found them turned (defacegan.pose)
     registered_upright: bool = False  # the pose guard could not read the pose; a registration found the head upright
+    evened_p_face: float | None = None  # p(face) with the bias field taken off, where the network did not see a face (defacegan.bias_field)
 
     @property
     def pose_understood(self) -> bool:
@@ -265,14 +271,17 @@ class Detector:
                     unnodded = nod_to_undo(named["face"], reading.nod, straightened, registered) if reading is not None else None
                     if unnodded is not None:
                         named, v = self.judge_unnodded(scan or self.scan_of(items[b["index"]], b["righting"]), unnodded)
+                    tissue, nod, texture = reading if reading is not None else (None, None, None)
+                    verdict, evened = verdict_of(named, self.threshold, tissue, texture), None
+                    if upright and verdict != "face" and self.anatomy != "never":
+                        evened = self.judge_evened(scan or self.scan_of(items[b["index"]], b["righting"]), unnodded or 0.0)
                 except ScanError as error:
                     predictions[b["index"]] = Prediction(b["source"], error=str(error))
                     continue
-                tissue, nod, texture = reading if reading is not None else (None, None, None)
-                verdict = verdict_of(named, self.threshold, tissue, texture)
-                predictions[b["index"]] = Prediction(b["source"], named, verdict if upright else "face",
+                predictions[b["index"]] = Prediction(b["source"], named, verdict if upright and not self.sees_face(evened) else "face",
                                                      views=v if keep_views else None, tissue=tissue, nod=nod, texture=texture,
                                                      unnodded=unnodded, overruled=verdict != verdict_of(named, self.threshold),
+                                                     evened_p_face=evened,
                                                      straightened=b["straightened"], pose_margin=b["pose_margin"],
                                                      righted=None if b["righting"] is None else describe_turn(b["righting"]),
                                                      registered_upright=registered)
@@ -288,6 +297,17 @@ class Detector:
         volume = self.contract.volume(scan.data, scan.affine, self.contract.place(scan.data, scan.affine, nod))
         views = self.contract.views(volume[None].to(self.device))
         return self.judge(views)[0], views.cpu().numpy()[0]
+
+    def judge_evened(self, scan: Scan, nod: float) -> float:
+        """p(face) for ``scan`` with its bias field taken off (:func:`defacegan.bias_field.evened`), placed
+        on the grid again: a field that darkens the face moves where the head's extent is found."""
+        from defacegan.bias_field import evened
+
+        return self.judge_unnodded(evened(scan), nod)[0]["face"]
+
+    def sees_face(self, p_face: float | None) -> bool:
+        """Whether a second look's p(face) (None: none taken) reaches the threshold."""
+        return p_face is not None and p_face >= self.threshold
 
     def judge(self, views: torch.Tensor) -> list[dict[str, float]]:
         """The network's probabilities per verdict for each scan's ``views``."""
