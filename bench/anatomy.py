@@ -6,8 +6,9 @@ by ``check``'s path — the shipped network alone (``--no-anatomy``), and with t
 opinion (:mod:`defacegan.anatomy`: a head nodded beyond the training poses that the network is unsure
 of is judged again with the nod taken off; a ``removed`` verdict the network is unsure of whose eye
 or nose region still holds tissue becomes ``face``, and so does a ``replaced`` one whose face also has
-the rest of the head's fine texture) measured on every scan (``--anatomy``, so that
-every scan's shares and nod are in the JSON) — and the detector's target rates are printed side by side, per
+the rest of the head's fine texture; then a verdict still not ``face`` judged once more with the
+bias field taken off, :mod:`defacegan.bias_field`, its p(face) in the rows' ``p_face_evened``)
+measured on every scan (``--anatomy``, so that every scan's shares and nod are in the JSON) — and the detector's target rates are printed side by side, per
 family too, with the scans judged again and how. Then
 ``check``'s default, which measures the anatomy only where it could overrule, judges the same
 volumes again: it must give the same verdicts, and its time per scan and the share of scans it
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
         print_vacancy_report(vacancy_report(rows))
         return report
     detector.anatomy, detector.workers = "always", 2
-    parts, alone_probabilities, probabilities, tissue, texture, nods, seconds = [], [], [], [], [], [], 0.0
+    parts, alone_probabilities, probabilities, tissue, texture, nods, evened, seconds = [], [], [], [], [], [], [], 0.0
     default_seconds, registered, same, failures, guard, said = 0.0, 0, True, [], [], {"network": [], "anatomy": []}
     for cache in bundle_caches(paths, detector.contract, args.cache):
         bundle = read_bundle(cache)
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         tissue += [p.tissue for p in predictions]
         texture += [p.texture for p in predictions]
         nods += [(p.nod, p.unnodded) for p in predictions]
+        evened += [p.evened_p_face for p in predictions]
         print(f"{bundle.subject}: {len(batch)} volumes, {int((~keep).sum())} not judged", flush=True)
     samples, probabilities, alone_probabilities = Samples.join(parts), np.array(probabilities), np.array(alone_probabilities)
     # check's verdicts as it gave them: a head whose pose was not understood is face whatever its probabilities
@@ -192,14 +194,18 @@ def main(argv: list[str] | None = None) -> dict:
              **{f"p_{v}": float(p) for v, p in zip(VERDICTS, probability)}, "tissue": t, "texture": x, "nod": nod, "unnodded": unnodded,
              "p_face_unnodded": float(checked_probability[0]) if unnodded is not None else None,
              "network": VERDICTS[a], "anatomy": VERDICTS[b], "righted": righted, "pose_understood": understood,
-             "registered_upright": registered_upright}
-            for s, f, n, label, probability, checked_probability, t, x, (nod, unnodded), a, b, (righted, understood, registered_upright)
+             "registered_upright": registered_upright, "p_face_evened": e}
+            for s, f, n, label, probability, checked_probability, t, x, (nod, unnodded), a, b, (righted, understood, registered_upright), e
             in zip(samples.subject, samples.family, samples.number, samples.label, alone_probabilities, probabilities, tissue,
-                   texture, nods, said["network"], said["anatomy"], guard)]
+                   texture, nods, said["network"], said["anatomy"], guard, evened)]
     unnodded = [row for row in rows if row["unnodded"] is not None]
     print(f"judged again with the nod taken off: {len(unnodded)} of {len(rows)} scans: "
           + ", ".join(f"{row['family']} {row['subject']} (nod {row['nod']:.0f}: p(face) {row['p_face']:.2f} -> "
                       f"{row['p_face_unnodded']:.2f})" for row in unnodded))
+    looked = [row for row in rows if row["p_face_evened"] is not None]
+    turned = Counter(row["label"] for row in looked if row["anatomy"] == "face")
+    print(f"judged again with the bias field taken off (every verdict not face): {len(looked)} of {len(rows)} scans; turned to "
+          f"face: {sum(turned.values())} (by label: {dict(turned) or 'none'})")
     result = write_result(args, detector, started, subjects=n_subjects, draws=args.draws, seed=args.seed, subjects_drawn=args.subjects,
                           seconds_per_scan=round(per_scan, 2), default_seconds_per_scan=round(default_per_scan, 2),
                           default_registered=registered, default_same_verdicts=same, network=alone, anatomy=checked,
