@@ -138,7 +138,7 @@ def add_detector_options(parser) -> None:
                         f"p(face) >= {NETWORK_UNSURE} becomes 'face' when the eye or nose region still holds tissue, and so does any "
                         "'replaced' one whose face also has the fine texture of the rest of the head; "
                         "a template registration, 2-3 s a scan; and every scan called 'removed' or 'replaced' is "
-                        "judged again with its bias field taken off, N4, under a second)")
+                        "judged again with its bias field taken off, N4, about a second)")
     parser.add_argument("--no-anatomy", dest="anatomy", action="store_const", const="never",
                         help="the network alone: no registration, no second opinion, no second look with the bias field taken off")
     parser.add_argument("--no-pose-check", dest="pose_check", action="store_false",

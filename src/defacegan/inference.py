@@ -27,7 +27,7 @@ upright but nodded beyond the training poses is judged with the nod taken off, h
 network was of it as it lay.
 
 A scan that the network and the anatomy call ``removed`` or ``replaced`` is judged once more with
-its bias field taken off (:mod:`defacegan.bias_field`, N4, under a second), and called ``face`` if
+its bias field taken off (:mod:`defacegan.bias_field`, N4, about a second), and called ``face`` if
 the network then sees one (``evened_p_face``): a coil's field that darkens the face reads as a face
 that is gone. Not with ``anatomy="never"``, the network alone.
 """
