@@ -92,9 +92,10 @@ def judge_conditions(detector: Detector, bundles: list[FaceBundle],
 
 def print_conditions(title: str, rows: list[dict]) -> None:
     """``judge_conditions``' rows as a table: right answers [Wilson 95 %], p(face), the verdicts the
-    anatomy turned to ``face`` and those the second look with the bias field taken off did, the scans whose pose was not understood (called ``face``), those
-    judged with their header's axes turned back (righted) and those the guard could not read that a
-    registration found upright, per case and condition."""
+    anatomy turned to ``face`` and those the second look with the bias field taken off did, the
+    scans whose pose was not understood (called ``face``), those judged with their header's axes
+    turned back (righted) and those the guard could not read that a registration found upright, per
+    case and condition."""
     table = Table(title=title)
     for column in ("case", "expected", "condition", "right [Wilson 95 %]", "p(face) mean (min-max)", "anatomy: face",
                    "evened: face", "pose not understood", "righted", "registered upright"):
