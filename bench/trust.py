@@ -21,7 +21,9 @@ import argparse
 import json
 from pathlib import Path
 
-from defacegan.contract import VERDICTS
+import numpy as np
+
+from defacegan.detector_data import Samples
 from defacegan.io import atomic_write_text
 from defacegan.metrics import ece_interval, wilson_interval
 from detector_eval import headline
@@ -58,34 +60,34 @@ def row(section: str, what: str, figure: dict, target: float | None, source: str
             "run": run_text(run), "note": note}
 
 
-def ece_row(section: str, what: str, ece: float, scans: list[dict], run: dict | None) -> dict:
+def ece_row(section: str, what: str, ece: float, samples: Samples, probabilities: np.ndarray, run: dict | None) -> dict:
     """An expected calibration error beside its target (lower is better), with its 95 % interval over
-    the heads of ``scans`` (the report's per-scan rows, resampled by subject: :func:`ece_interval`);
-    "met" as for a rate, the interval's upper end taken for the lower end."""
-    probabilities = [[scan["p"][verdict] for verdict in VERDICTS] for scan in scans]
-    labels = [VERDICTS.index(scan["label"]) for scan in scans]
-    low, high = ece_interval(probabilities, labels, [scan["subject"] for scan in scans])
+    the heads of the report's test scans (``samples``, ``probabilities``: :func:`kfold_compare.scans_of`;
+    :func:`ece_interval`); "met" as for a rate, the interval's upper end taken for the lower end."""
+    low, high = ece_interval(probabilities, samples.label, samples.subject)
     met = "no" if ece > ECE_TARGET else "yes" if high <= ECE_TARGET else "point only"
-    return {"section": section, "what": what, "value": ece, "low": low, "high": high, "n": len(scans),
-            "subjects": len({scan["subject"] for scan in scans}), "target": ECE_TARGET, "met": met,
+    return {"section": section, "what": what, "value": ece, "low": low, "high": high, "n": len(samples.label),
+            "subjects": int(np.unique(samples.subject).size), "target": ECE_TARGET, "met": met,
             "source": "bench/detector_eval.py", "run": run_text(run), "note": "lower is better"}
 
 
 def detector_rows(report: dict, others: list[dict | None] = ()) -> list[dict]:
     """The shipped detector on its held-out subjects, the k-folds (``report``'s one network a fold and
-    ``others``, runs with ``--members`` or ``--train-rounds``) and leave-one-family-out (network alone)."""
+    ``others``, runs with ``--members`` or ``--train-rounds``) and leave-one-family-out (network alone).
+    The rates are scored again from each report's per-scan rows (:func:`kfold_compare.scans_of`): the
+    same counts as the report's, with the interval over resampled heads that reports written before
+    :func:`detector_eval.rate` gave it lack."""
     shipped, source = report["shipped"], "bench/detector_eval.py"
-    held_out = f"shipped, {len(shipped['subjects'])} held-out subjects"
-    kfolds = [(kfold_section(r, shipped["training"]), r) for r in (report, *others) if r and "headline" in r]
-    shipped_rates, *kfold_rates = [rescored(shipped, True), *(rescored(r) for _, r in kfolds)]
+    columns = [(f"shipped, {len(shipped['subjects'])} held-out subjects", "expected calibration error", shipped, True),
+               *((kfold_section(r, shipped["training"]), "expected calibration error, temperature-scaled", r, False)
+                 for r in (report, *others) if r and "headline" in r)]
+    scored = [(section, what, r.get("run"), *scans_of(r, is_shipped)[1:]) for section, what, r, is_shipped in columns]
+    rates = [headline(samples, probabilities, trained=trained) for *_, samples, probabilities, trained, _ in scored]
     rows = []
     for name in [*TARGETS, *WATCHED]:
-        rows.append(row(held_out, name, shipped_rates[name], TARGETS.get(name), source, shipped.get("run")))
-        rows += [row(section, name, rates[name], TARGETS.get(name), source, r.get("run"))
-                 for (section, r), rates in zip(kfolds, kfold_rates)]
-    rows.append(ece_row(held_out, "expected calibration error", shipped["ece"], shipped["scans"], shipped.get("run")))
-    rows += [ece_row(section, "expected calibration error, temperature-scaled", r["calibration"]["ece_calibrated"],
-                     r["scans"], r.get("run")) for section, r in kfolds]
+        rows += [row(section, name, rate[name], TARGETS.get(name), source, run) for (section, _, run, *_), rate in zip(scored, rates)]
+    rows += [ece_row(section, what, ece, samples, probabilities, run)
+             for section, what, run, samples, probabilities, _, ece in scored]
     lofo = report.get("leave_one_family_out", {})
     if lofo.get("families"):
         right = [family for family, r in lofo["families"].items() if r["face_or_not"]["rate"] >= LOFO_TARGET]
@@ -100,14 +102,6 @@ def detector_rows(report: dict, others: list[dict | None] = ()) -> list[dict]:
                         counted(len(right), len(lofo["families"]), len(lofo["test_subjects"]), "families"), 1.0, source,
                         lofo.get("run"), note))
     return rows
-
-
-def rescored(report: dict, shipped: bool = False) -> dict[str, dict]:
-    """``detector_eval.headline``'s rates scored again from a report's per-scan rows (its k-fold, or
-    its ``shipped`` column): the same counts as the report's, with the interval over resampled heads
-    that reports written before :func:`detector_eval.rate` gave it lack."""
-    _, samples, probabilities, trained, _ = scans_of(report, shipped)
-    return headline(samples, probabilities, trained=trained)
 
 
 def kfold_section(report: dict, shipped: dict) -> str:
