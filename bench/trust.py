@@ -9,7 +9,7 @@ them all; a bench that has not run leaves its rows out) and the commit that benc
 record), so a row is as fresh as that bench's last run and says so. A rate carries two 95 %
 intervals: Wilson's, which takes every scan for an independent trial, and one from resampling the
 heads (bootstrap), since a head's draws are alike and the heads are what is independent; the
-detector's rows are scored again from the reports' per-scan rows (:func:`rescored`) so that older
+detector's rows are scored again from the reports' per-scan rows (:func:`detector_rows`) so that older
 reports get the second too. "met" is "yes" when the lower end of both reaches the target, "point
 only" when the rate does and an interval does not, else "no"; for the expected calibration error
 (lower is better, interval from resampled heads) the same with the upper end.
@@ -81,13 +81,14 @@ def detector_rows(report: dict, others: list[dict | None] = ()) -> list[dict]:
     columns = [(f"shipped, {len(shipped['subjects'])} held-out subjects", "expected calibration error", shipped, True),
                *((kfold_section(r, shipped["training"]), "expected calibration error, temperature-scaled", r, False)
                  for r in (report, *others) if r and "headline" in r)]
-    scored = [(section, what, r.get("run"), *scans_of(r, is_shipped)[1:]) for section, what, r, is_shipped in columns]
-    rates = [headline(samples, probabilities, trained=trained) for *_, samples, probabilities, trained, _ in scored]
-    rows = []
-    for name in [*TARGETS, *WATCHED]:
-        rows += [row(section, name, rate[name], TARGETS.get(name), source, run) for (section, _, run, *_), rate in zip(scored, rates)]
-    rows += [ece_row(section, what, ece, samples, probabilities, run)
-             for section, what, run, samples, probabilities, _, ece in scored]
+    scored = []  # per column: its section, run, headline rates and ECE row
+    for section, what, column, is_shipped in columns:
+        run, samples, probabilities, trained, ece = scans_of(column, is_shipped)
+        scored.append((section, run, headline(samples, probabilities, trained=trained),
+                       ece_row(section, what, ece, samples, probabilities, run)))
+    rows = [row(section, name, rates[name], TARGETS.get(name), source, run)
+            for name in [*TARGETS, *WATCHED] for section, run, rates, _ in scored]
+    rows += [ece for *_, ece in scored]
     lofo = report.get("leave_one_family_out", {})
     if lofo.get("families"):
         right = [family for family, r in lofo["families"].items() if r["face_or_not"]["rate"] >= LOFO_TARGET]

@@ -41,9 +41,9 @@ def subject_bootstrap_interval(statistic, subjects, rounds: int = 2000, seed: in
     resamplings of whole subjects with replacement: a head's scans are not independent trials, the
     heads are, so the interval is as wide as the number of heads makes it."""
     subjects = np.asarray(subjects)
-    scans_of = [np.flatnonzero(subjects == subject) for subject in np.unique(subjects)]
+    by_subject = [np.flatnonzero(subjects == subject) for subject in np.unique(subjects)]
     rng = np.random.default_rng(seed)
-    values = [statistic(np.concatenate([scans_of[i] for i in rng.integers(len(scans_of), size=len(scans_of))]))
+    values = [statistic(np.concatenate([by_subject[i] for i in rng.integers(len(by_subject), size=len(by_subject))]))
               for _ in range(rounds)]
     low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
