@@ -7,7 +7,8 @@ opinion (:mod:`defacegan.anatomy`: a head nodded beyond the training poses that 
 of is judged again with the nod taken off; a ``removed`` verdict the network is unsure of whose eye
 or nose region still holds tissue becomes ``face``, and so does a ``replaced`` one whose face also has
 the rest of the head's fine texture; then a verdict still not ``face`` judged once more with the
-bias field taken off, :mod:`defacegan.bias_field`, its p(face) in the rows' ``p_face_evened``)
+bias field taken off, :mod:`defacegan.bias_field`, its p(face) in the rows' ``p_face_evened`` and,
+where that reaches the line, the evened scan's tissue shares in ``tissue_evened``)
 measured on every scan (``--anatomy``, so that every scan's shares and nod are in the JSON) — and the detector's target rates are printed side by side, per
 family too, with the scans judged again and how. Then
 ``check``'s default, which measures the anatomy only where it could overrule, judges the same
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
         tissue += [p.tissue for p in predictions]
         texture += [p.texture for p in predictions]
         nods += [(p.nod, p.unnodded) for p in predictions]
-        evened += [p.evened_p_face for p in predictions]
+        evened += [(p.evened_p_face, p.evened_tissue) for p in predictions]
         print(f"{bundle.subject}: {len(batch)} volumes, {int((~keep).sum())} not judged", flush=True)
     samples, probabilities, alone_probabilities = Samples.join(parts), np.array(probabilities), np.array(alone_probabilities)
     # check's verdicts as it gave them: a head whose pose was not understood is face whatever its probabilities
@@ -194,8 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
              **{f"p_{v}": float(p) for v, p in zip(VERDICTS, probability)}, "tissue": t, "texture": x, "nod": nod, "unnodded": unnodded,
              "p_face_unnodded": float(checked_probability[0]) if unnodded is not None else None,
              "network": VERDICTS[a], "anatomy": VERDICTS[b], "righted": righted, "pose_understood": understood,
-             "registered_upright": registered_upright, "p_face_evened": e}
-            for s, f, n, label, probability, checked_probability, t, x, (nod, unnodded), a, b, (righted, understood, registered_upright), e
+             "registered_upright": registered_upright, "p_face_evened": e, "tissue_evened": et}
+            for s, f, n, label, probability, checked_probability, t, x, (nod, unnodded), a, b, (righted, understood, registered_upright), (e, et)
             in zip(samples.subject, samples.family, samples.number, samples.label, alone_probabilities, probabilities, tissue,
                    texture, nods, said["network"], said["anatomy"], guard, evened)]
     unnodded = [row for row in rows if row["unnodded"] is not None]
@@ -204,8 +205,10 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{row['p_face_unnodded']:.2f})" for row in unnodded))
     looked = [row for row in rows if row["p_face_evened"] is not None]
     turned = Counter(row["label"] for row in looked if row["anatomy"] == "face")
+    unconfirmed = Counter(row["label"] for row in looked if row["tissue_evened"] is not None and row["anatomy"] != "face")
     print(f"judged again with the bias field taken off (every verdict not face): {len(looked)} of {len(rows)} scans; turned to "
-          f"face: {sum(turned.values())} (by label: {dict(turned) or 'none'})")
+          f"face: {sum(turned.values())} (by label: {dict(turned) or 'none'}); a face seen but no eye or nose region "
+          f"holding tissue, so not turned: {sum(unconfirmed.values())} (by label: {dict(unconfirmed) or 'none'})")
     result = write_result(args, detector, started, subjects=n_subjects, draws=args.draws, seed=args.seed, subjects_drawn=args.subjects,
                           seconds_per_scan=round(per_scan, 2), default_seconds_per_scan=round(default_per_scan, 2),
                           default_registered=registered, default_same_verdicts=same, network=alone, anatomy=checked,

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from defacegan.anatomy import kept_features
 from defacegan.bias_field import evened
 from defacegan.check import CheckResult, Summary
 from defacegan.deface import face_region, register_template
@@ -52,7 +53,22 @@ def test_a_face_darkened_by_a_bias_field_is_face_and_a_removed_one_stays_removed
     assert alone.verdict != "face" and alone.evened_p_face is None, alone.probabilities
     checked, still_defaced = Detector().predict([intact, defaced])
     assert checked.verdict == "face" and checked.evened_p_face >= 0.5, (checked.probabilities, checked.evened_p_face)
+    assert set(kept_features(checked.evened_tissue)) == {"eyes", "nose"}, checked.evened_tissue
     assert still_defaced.verdict != "face" and still_defaced.evened_p_face < 0.5
     result = CheckResult.from_prediction(checked, ScanFile(Path("darkened.nii.gz")))
-    assert "intensities evened" in result.note and result.record()["evened_p_face"] == pytest.approx(checked.evened_p_face)
+    assert "intensities evened" in result.note and "eyes" in result.note and result.record()["evened_p_face"] == pytest.approx(checked.evened_p_face)
     assert Summary.of([result], 1.0).overruled == 1
+
+
+def test_the_evened_look_turns_a_verdict_only_where_the_eyes_or_nose_hold_tissue():
+    """The network saw faces in defaced heads once they were evened (a mask-defaced head under Rician
+    noise, bench/acquisition.py): its face counts only where the anatomy finds the eye or nose region
+    on the evened scan; otherwise the verdict stays, with a note to look at it."""
+    detector = Detector(anatomy="never")  # the rule alone; the network is not run
+    gone = {"eyes": 0.0, "nose": 0.12, "mouth": 0.5, "chin": 0.9}
+    assert detector.evened_shows_face(0.9, {**gone, "eyes": 0.8})
+    assert not detector.evened_shows_face(0.9, gone)
+    assert not detector.evened_shows_face(0.3, {**gone, "eyes": 0.8}) and not detector.evened_shows_face(None, None)
+    left = CheckResult("scan.nii.gz", probabilities={"face": 0.3, "removed": 0.6, "replaced": 0.1}, answer="removed",
+                       evened_p_face=0.9, evened_tissue=gone)
+    assert left.evened_unconfirmed and not left.evened_to_face and "no eye or nose region holds tissue" in left.note

@@ -133,6 +133,7 @@ class CheckResult:
     righted: str | None = None  # the turn the header's axes were read with, where the pose guard found them turned
     registered_upright: bool = False  # the pose guard could not read the pose; a registration of the template found the head upright
     evened_p_face: float | None = None  # p(face) with the bias field taken off, where the network did not see a face (defacegan.bias_field)
+    evened_tissue: dict[str, float] | None = None  # the feature regions' tissue shares on the evened scan, where the network saw a face in it
 
     @classmethod
     def from_prediction(cls, prediction: Prediction, scan: ScanFile) -> CheckResult:
@@ -143,7 +144,7 @@ class CheckResult:
                    tissue=prediction.tissue, texture=prediction.texture, overruled=prediction.overruled,
                    straightened=prediction.straightened, nodded=prediction.unnodded, pose_margin=prediction.pose_margin,
                    righted=prediction.righted, registered_upright=prediction.registered_upright,
-                   evened_p_face=prediction.evened_p_face)
+                   evened_p_face=prediction.evened_p_face, evened_tissue=prediction.evened_tissue)
 
     @property
     def status(self) -> str:
@@ -157,9 +158,15 @@ class CheckResult:
 
     @property
     def evened_to_face(self) -> bool:
-        """Called ``face`` because the network saw one once the bias field was taken off (it is looked
-        at only where nothing else saw a face)."""
+        """Called ``face`` because, once the bias field was taken off, the network saw one and the eye or
+        nose region held tissue (it is looked at only where nothing else saw a face)."""
         return self.status == "face" and self.evened_p_face is not None
+
+    @property
+    def evened_unconfirmed(self) -> bool:
+        """Called ``removed`` or ``replaced`` though the network saw a face once the bias field was taken
+        off: no eye or nose region held tissue on the evened scan."""
+        return self.status in ("removed", "replaced") and self.evened_tissue is not None
 
     @property
     def found_by_a_second_opinion(self) -> bool:
@@ -189,7 +196,7 @@ class CheckResult:
                          f"misstated in the header, or a head lying far from upright): judged with the header's axes "
                          f"turned {self.righted}, look at it")
         if self.overruled:
-            regions = ", ".join(f"{name} {self.tissue[name]:.2f}" for name in kept_features(self.tissue))
+            regions = self.regions_text(self.tissue)
             said = likelier_defacing(self.probabilities)
             own = f" with the head's own texture ({self.texture:.2f})" if said == "replaced" else ""
             notes.append(f"the network saw the face {said} (p(face) {self.probability('face'):.2f}), "
@@ -197,7 +204,11 @@ class CheckResult:
         if self.evened_to_face:
             notes.append(f"the network saw the face {likelier_defacing(self.probabilities)} (p(face) "
                          f"{self.probability('face'):.2f}), but with the scan's intensities evened (its bias field "
-                         f"taken off, N4) it sees one (p(face) {self.evened_p_face:.2f}): look at it")
+                         f"taken off, N4) it sees one (p(face) {self.evened_p_face:.2f}) and feature regions hold "
+                         f"tissue ({self.regions_text(self.evened_tissue)}): look at it")
+        if self.evened_unconfirmed:
+            notes.append(f"with the scan's intensities evened (its bias field taken off, N4) the network sees a face "
+                         f"(p(face) {self.evened_p_face:.2f}), but no eye or nose region holds tissue: look at it")
         if self.near_the_line:
             notes.append(f"p(face) {self.probability('face'):.2f}, near the line: look at it")
         if self.straightened is not None:
@@ -210,6 +221,11 @@ class CheckResult:
         if self.contrast and self.contrast != VALIDATED_CONTRAST:
             notes.append(f"{self.contrast}: detector validated on {VALIDATED_CONTRAST} only")
         return "; ".join(notes) or None
+
+    @staticmethod
+    def regions_text(tissue: dict[str, float]) -> str:
+        """The eye and nose regions that hold tissue, with their shares: "eyes 0.94, nose 0.99"."""
+        return ", ".join(f"{name} {tissue[name]:.2f}" for name in kept_features(tissue))
 
     @property
     def verdict_text(self) -> str:

@@ -28,8 +28,9 @@ network was of it as it lay.
 
 A scan that the network and the anatomy call ``removed`` or ``replaced`` is judged once more with
 its bias field taken off (:mod:`defacegan.bias_field`, N4, about a second), and called ``face`` if
-the network then sees one (``evened_p_face``): a coil's field that darkens the face reads as a face
-that is gone. Not with ``anatomy="never"``, the network alone.
+the network then sees one (``evened_p_face``) and the anatomy, read on the evened scan, finds the eye
+or nose region holding tissue (``evened_tissue``): a coil's field that darkens the face reads as a
+face that is gone. Not with ``anatomy="never"``, the network alone.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from defacegan import anatomy as second_opinion
-from defacegan.anatomy import needs_reading, nod_to_undo, overrules
+from defacegan.anatomy import kept_features, needs_reading, nod_to_undo, overrules
 from defacegan.contract import InputContract, Placement, turned
 from defacegan.io import Scan, ScanError, load_scan, require_head_extent, validate_volume
 from defacegan.models.detector import DetectorEnsemble, DetectorNet
@@ -83,6 +84,7 @@ class Prediction:
     righted: str | None = None  # the turn its header's axes were read with, when the pose guard found them turned (defacegan.pose)
     registered_upright: bool = False  # the pose guard could not read the pose; a registration found the head upright
     evened_p_face: float | None = None  # p(face) with the bias field taken off, where the network did not see a face (defacegan.bias_field)
+    evened_tissue: dict[str, float] | None = None  # the feature regions' tissue shares on the evened scan, where the network saw a face in it
 
     @property
     def pose_understood(self) -> bool:
@@ -272,16 +274,16 @@ class Detector:
                     if unnodded is not None:
                         named, v = self.judge_unnodded(scan or self.scan_of(items[b["index"]], b["righting"]), unnodded)
                     tissue, nod, texture = reading if reading is not None else (None, None, None)
-                    verdict, evened = verdict_of(named, self.threshold, tissue, texture), None
+                    verdict, evened = verdict_of(named, self.threshold, tissue, texture), (None, None)
                     if upright and verdict != "face" and self.anatomy != "never":
-                        evened = self.judge_evened(scan or self.scan_of(items[b["index"]], b["righting"]), unnodded or 0.0)
+                        evened = self.look_evened(scan or self.scan_of(items[b["index"]], b["righting"]), unnodded or 0.0)
                 except ScanError as error:
                     predictions[b["index"]] = Prediction(b["source"], error=str(error))
                     continue
-                predictions[b["index"]] = Prediction(b["source"], named, verdict if upright and not self.sees_face(evened) else "face",
+                predictions[b["index"]] = Prediction(b["source"], named, verdict if upright and not self.evened_shows_face(*evened) else "face",
                                                      views=v if keep_views else None, tissue=tissue, nod=nod, texture=texture,
                                                      unnodded=unnodded, overruled=verdict != verdict_of(named, self.threshold),
-                                                     evened_p_face=evened,
+                                                     evened_p_face=evened[0], evened_tissue=evened[1],
                                                      straightened=b["straightened"], pose_margin=b["pose_margin"],
                                                      righted=None if b["righting"] is None else describe_turn(b["righting"]),
                                                      registered_upright=registered)
@@ -298,16 +300,22 @@ class Detector:
         views = self.contract.views(volume[None].to(self.device))
         return self.judge(views)[0], views.cpu().numpy()[0]
 
-    def judge_evened(self, scan: Scan, nod: float) -> float:
+    def look_evened(self, scan: Scan, nod: float) -> tuple[float, dict[str, float] | None]:
         """p(face) for ``scan`` with its bias field taken off (:func:`defacegan.bias_field.evened`), placed
-        on the grid again: a field that darkens the face moves where the head's extent is found."""
+        on the grid again (a field that darkens the face moves where the head's extent is found); and,
+        where that reaches the threshold, the feature regions' tissue shares read on the evened scan."""
         from defacegan.bias_field import evened
 
-        return self.judge_unnodded(evened(scan), nod)[0]["face"]
+        flat = evened(scan)
+        p_face = self.judge_unnodded(flat, nod)[0]["face"]
+        return p_face, second_opinion.read(flat).tissue if p_face >= self.threshold else None
 
-    def sees_face(self, p_face: float | None) -> bool:
-        """Whether a second look's p(face) (None: none taken) reaches the threshold."""
-        return p_face is not None and p_face >= self.threshold
+    def evened_shows_face(self, p_face: float | None, tissue: dict[str, float] | None) -> bool:
+        """Whether the evened look (:meth:`look_evened`; None: none taken) sees a face: the network does
+        and the eye or nose region holds tissue (:func:`defacegan.anatomy.kept_features`). Both, because
+        the network alone, on evened scans it was never trained on, saw faces in defaced heads too (a
+        mask-defaced head under Rician noise, bench/acquisition.py)."""
+        return p_face is not None and p_face >= self.threshold and bool(kept_features(tissue or {}))
 
     def judge(self, views: torch.Tensor) -> list[dict[str, float]]:
         """The network's probabilities per verdict for each scan's ``views``."""
