@@ -17,9 +17,12 @@ dataset's scans were acquired and then defaced. One scan per head, case and cond
 random draw (seeded by the subject): the 8 subjects are the trials (Wilson 95 % intervals).
 
     python bench/acquisition.py [--ixi ../shared/data/ixi-t1-2mm] [--ckpt CKPT] [--conditions TEXT] [--no-pose-check]
+    python bench/acquisition.py --subjects training --conditions "bias field" --out bench/results/acquisition-training.json
 
 ``--conditions``: only the conditions whose name holds TEXT; ``--no-pose-check``: ``check
---no-pose-check``, the headers' axes trusted.
+--no-pose-check``, the headers' axes trusted; ``--subjects training``: the 24 heads the detector
+was trained on instead (their faces it has seen, but not under these conditions), where a line for
+``check``'s second looks can be chosen without spending the held-out heads.
 
 Prints a table and writes JSON (default bench/results/acquisition.json).
 """
@@ -136,8 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
     args, detector, held = held_out_setup(__doc__, "acquisition.json", argv, [("--conditions", str, "")])
     bundles = [read_bundle(cache) for cache in bundle_caches(held, detector.contract, args.cache)]
     rows = judge_conditions(detector, bundles, {name: acquire for name, acquire in CONDITIONS.items() if args.conditions in name})
-    print_conditions(f"other acquisitions: {detector.checkpoint}, {len(bundles)} held-out IXI heads", rows)
-    return write_result(args, detector, started, subjects=[b.subject for b in bundles], rows=rows)
+    print_conditions(f"other acquisitions: {detector.checkpoint}, {len(bundles)} {args.subjects} IXI heads", rows)
+    return write_result(args, detector, started, subjects=[b.subject for b in bundles], subjects_drawn=args.subjects, rows=rows)
 
 
 if __name__ == "__main__":

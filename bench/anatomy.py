@@ -43,8 +43,7 @@ from rich.table import Table
 
 from defacegan.anatomy import NETWORK_SURE, NETWORK_UNSURE, overrules
 from defacegan.contract import VERDICTS
-from defacegan.detector_data import Samples, bundle_caches, draw_volumes, read_bundle, subject_of
-from defacegan.detector_training import HELD_OUT
+from defacegan.detector_data import Samples, bundle_caches, draw_volumes, read_bundle
 from defacegan.families import FAMILIES
 from defacegan.features import FEATURES
 from defacegan.io import Scan
@@ -119,9 +118,7 @@ def print_floor_report(report: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     args, detector, paths = held_out_setup(__doc__, "anatomy.json", argv, extra=[("--draws", int, 4), ("--rows", Path, None),
-                                                                                            ("--seed", int, SEED), ("--subjects", str, "held-out")])
-    if args.subjects == "training":  # where the anatomy's lines are chosen: heads the network was trained on
-        paths = [path for path in sorted(args.ixi.glob("*.nii*")) if subject_of(path) not in HELD_OUT]
+                                                                                            ("--seed", int, SEED)])
     if args.rows:
         rows = json.loads(args.rows.read_text())["rows"]
         report = floor_report(rows)

@@ -34,9 +34,9 @@ CASES = {
 
 def held_out_setup(doc: str, result: str, argv: list[str] | None,
                    extra: list[tuple[str, type, object]] = ()) -> tuple[argparse.Namespace, Detector, list[Path]]:
-    """(options, the detector on the CPU, the held-out heads' files) for a script whose docstring
-    is ``doc`` and whose JSON goes to ``bench/results/<result>`` unless ``--out`` says otherwise;
-    ``extra`` options are (flag, type, default)."""
+    """(options, the detector on the CPU, the held-out heads' files, or with ``--subjects training``
+    the training heads') for a script whose docstring is ``doc`` and whose JSON goes to
+    ``bench/results/<result>`` unless ``--out`` says otherwise; ``extra`` options are (flag, type, default)."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--ixi", type=Path, default=Path("../shared/data/ixi-t1-2mm"))
     parser.add_argument("--cache", type=Path, default=Path("data/bundles"))
@@ -44,10 +44,13 @@ def held_out_setup(doc: str, result: str, argv: list[str] | None,
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / result)
     parser.add_argument("--no-pose-check", dest="pose_check", action="store_false",
                         help="trust the headers' axes (check --no-pose-check): what the pose guard changes")
+    parser.add_argument("--subjects", choices=("held-out", "training"), default="held-out",
+                        help="the heads judged: the 8 the detector never saw (HELD_OUT, the default), or the 24 it was "
+                             "trained on, where a line is chosen without spending the held-out heads")
     for flag, kind, default in extra:
         parser.add_argument(flag, type=kind, default=default)
     args = parser.parse_args(argv)
-    paths = [path for path in sorted(args.ixi.glob("*.nii*")) if subject_of(path) in HELD_OUT]
+    paths = [path for path in sorted(args.ixi.glob("*.nii*")) if (subject_of(path) in HELD_OUT) == (args.subjects == "held-out")]
     return args, Detector(args.ckpt, device="cpu", pose_check=args.pose_check), paths
 
 
