@@ -74,7 +74,7 @@ $(MEMBER_DIR)/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src
 # then the shipped detector on the heads from outside IXI (bench/outside_heads.py, ~4 min) and on
 # held-out IXI heads whose field of view stops above the neck, below the top of the head or behind the nose (bench/field_of_view.py,
 # a few minutes), as other scanners would acquire them: thick slices, noise, bias, smoothing, ghosts, motion, tilts (bench/acquisition.py,
-# ~13 min), and on
+# ~17 min; its bias fields again on the 24 training heads, where check's second look can be judged without the held-out ones, ~15 min), and on
 # held-out heads defaced by other projects' tools, Quickshear, caideface and deepdefacer (bench/other_defacers.py, 5 min);
 # the pose guard on the shipped column's draws, with it and without (bench/pose_guard.py, ~6 min);
 # and the anatomy's second opinion against the network alone on every family (bench/anatomy.py, ~32 min);
@@ -94,6 +94,7 @@ figures:
 	$(PY) bench/outside_heads.py
 	$(PY) bench/field_of_view.py --ixi $(IXI_SOURCE)
 	$(PY) bench/acquisition.py --ixi $(IXI_SOURCE)
+	$(PY) bench/acquisition.py --ixi $(IXI_SOURCE) --subjects training --conditions "bias field" --out bench/results/acquisition-training.json
 	$(PY) bench/other_defacers.py --ixi $(IXI_SOURCE)
 	$(PY) bench/pose_guard.py --ixi $(IXI_SOURCE)
 	$(PY) bench/anatomy.py --ixi $(IXI_SOURCE)
