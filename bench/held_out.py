@@ -75,15 +75,18 @@ def judge_conditions(detector: Detector, bundles: list[FaceBundle],
                      conditions: dict[str, Callable[[FaceBundle, Variant], Scan]]) -> list[dict]:
     """Every case of :data:`CASES` of every head, acquired as each of ``conditions`` says (the head's
     bundle and the case's volume → the scan ``check`` gets), judged by ``check``'s path: a row per case
-    and condition, one scan per head, so the heads are the trials."""
+    and condition, one scan per head, so the heads are the trials. A scan ``check`` could not judge
+    (an error, exit 2) counts as a wrong answer, and the row names it under ``failed``."""
     rows = []
     for case, (make, expected) in CASES.items():
         variants = [(bundle, make(bundle)) for bundle in bundles]
         for condition, acquire in conditions.items():
             predictions = detector.predict([acquire(bundle, variant) for bundle, variant in variants])
-            p_face = [p.probabilities["face"] for p in predictions]
+            failed = {bundle.subject: p.error for (bundle, _), p in zip(variants, predictions) if p.error}
+            p_face = [p.probabilities["face"] for p in predictions if not p.error] or [float("nan")]
             rows.append({"case": case, "expected": expected, "condition": condition,
-                         **right_rate([(p.verdict == "face") == (expected == "face") for p in predictions]),
+                         **right_rate([not p.error and (p.verdict == "face") == (expected == "face") for p in predictions]),
+                         "failed": failed,
                          "p_face_mean": float(np.mean(p_face)), "p_face_min": float(np.min(p_face)),
                          "p_face_max": float(np.max(p_face)), "overruled": sum(p.overruled for p in predictions),
                          "pose_not_understood": sum(not p.pose_understood for p in predictions),
@@ -112,3 +115,6 @@ def print_conditions(title: str, rows: list[dict]) -> None:
                       str(row.get("evened_to_face", "")), str(row.get("evened_unconfirmed", "")),
                       str(row["pose_not_understood"]), str(row["righted"]), str(row["registered_upright"]))
     Console().print(table)
+    for row in rows:
+        for subject, error in row.get("failed", {}).items():
+            print(f"not judged (counted wrong): {row['case']}, {row['condition']}, {subject}: {error}")
