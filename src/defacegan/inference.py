@@ -274,16 +274,16 @@ class Detector:
                     if unnodded is not None:
                         named, v = self.judge_unnodded(scan or self.scan_of(items[b["index"]], b["righting"]), unnodded)
                     tissue, nod, texture = reading if reading is not None else (None, None, None)
-                    verdict, evened = verdict_of(named, self.threshold, tissue, texture), (None, None)
+                    verdict, (evened, evened_tissue) = verdict_of(named, self.threshold, tissue, texture), (None, None)
                     if upright and verdict != "face" and self.anatomy != "never":
-                        evened = self.look_evened(scan or self.scan_of(items[b["index"]], b["righting"]), unnodded or 0.0)
+                        evened, evened_tissue = self.look_evened(scan or self.scan_of(items[b["index"]], b["righting"]), unnodded or 0.0)
                 except ScanError as error:
                     predictions[b["index"]] = Prediction(b["source"], error=str(error))
                     continue
-                predictions[b["index"]] = Prediction(b["source"], named, verdict if upright and not self.evened_shows_face(*evened) else "face",
+                predictions[b["index"]] = Prediction(b["source"], named, verdict if upright and not self.evened_shows_face(evened, evened_tissue) else "face",
                                                      views=v if keep_views else None, tissue=tissue, nod=nod, texture=texture,
                                                      unnodded=unnodded, overruled=verdict != verdict_of(named, self.threshold),
-                                                     evened_p_face=evened[0], evened_tissue=evened[1],
+                                                     evened_p_face=evened, evened_tissue=evened_tissue,
                                                      straightened=b["straightened"], pose_margin=b["pose_margin"],
                                                      righted=None if b["righting"] is None else describe_turn(b["righting"]),
                                                      registered_upright=registered)
