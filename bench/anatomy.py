@@ -8,7 +8,8 @@ of is judged again with the nod taken off; a ``removed`` verdict the network is 
 or nose region still holds tissue becomes ``face``, and so does a ``replaced`` one whose face also has
 the rest of the head's fine texture; then a verdict still not ``face`` judged once more with the
 bias field taken off, :mod:`defacegan.bias_field`, its p(face) in the rows' ``p_face_evened`` and,
-where that reaches the line, the evened scan's tissue shares in ``tissue_evened``)
+where that reaches the line, the evened scan's tissue shares in ``tissue_evened``; ``registered_evened``
+where the template would register onto the evened scan alone)
 measured on every scan (``--anatomy``, so that every scan's shares and nod are in the JSON) — and the detector's target rates are printed side by side, per
 family too, with the scans judged again and how. Then
 ``check``'s default, which measures the anatomy only where it could overrule, judges the same
@@ -46,6 +47,7 @@ from defacegan.contract import VERDICTS
 from defacegan.detector_data import Samples, bundle_caches, draw_volumes, read_bundle
 from defacegan.families import FAMILIES
 from defacegan.features import FEATURES
+from defacegan.inference import left_by_evened_look, turned_by_evened_look
 from defacegan.io import Scan
 from detector_eval import headline, rate, rate_text
 from held_out import held_out_setup, write_result
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         tissue += [p.tissue for p in predictions]
         texture += [p.texture for p in predictions]
         nods += [(p.nod, p.unnodded) for p in predictions]
-        evened += [(p.evened_p_face, p.evened_tissue) for p in predictions]
+        evened += [(p.evened_p_face, p.evened_tissue, p.registered_evened) for p in predictions]
         print(f"{bundle.subject}: {len(batch)} volumes, {int((~keep).sum())} not judged", flush=True)
     samples, probabilities, alone_probabilities = Samples.join(parts), np.array(probabilities), np.array(alone_probabilities)
     # check's verdicts as it gave them: a head whose pose was not understood is face whatever its probabilities
@@ -192,8 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
              **{f"p_{v}": float(p) for v, p in zip(VERDICTS, probability)}, "tissue": t, "texture": x, "nod": nod, "unnodded": unnodded,
              "p_face_unnodded": float(checked_probability[0]) if unnodded is not None else None,
              "network": VERDICTS[a], "anatomy": VERDICTS[b], "righted": righted, "pose_understood": understood,
-             "registered_upright": registered_upright, "p_face_evened": e, "tissue_evened": et}
-            for s, f, n, label, probability, checked_probability, t, x, (nod, unnodded), a, b, (righted, understood, registered_upright), (e, et)
+             "registered_upright": registered_upright, "p_face_evened": e, "tissue_evened": et, "registered_evened": flat}
+            for s, f, n, label, probability, checked_probability, t, x, (nod, unnodded), a, b, (righted, understood, registered_upright), (e, et, flat)
             in zip(samples.subject, samples.family, samples.number, samples.label, alone_probabilities, probabilities, tissue,
                    texture, nods, said["network"], said["anatomy"], guard, evened)]
     unnodded = [row for row in rows if row["unnodded"] is not None]
@@ -201,8 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
           + ", ".join(f"{row['family']} {row['subject']} (nod {row['nod']:.0f}: p(face) {row['p_face']:.2f} -> "
                       f"{row['p_face_unnodded']:.2f})" for row in unnodded))
     looked = [row for row in rows if row["p_face_evened"] is not None]
-    turned = Counter(row["label"] for row in looked if row["anatomy"] == "face")
-    unconfirmed = Counter(row["label"] for row in looked if row["tissue_evened"] is not None and row["anatomy"] != "face")
+    turned = Counter(row["label"] for row in looked if turned_by_evened_look(row["anatomy"], row["p_face_evened"]))
+    unconfirmed = Counter(row["label"] for row in looked if left_by_evened_look(row["anatomy"], row["tissue_evened"]))
     print(f"judged again with the bias field taken off (every verdict not face): {len(looked)} of {len(rows)} scans; turned to "
           f"face: {sum(turned.values())} (by label: {dict(turned) or 'none'}); a face seen but no eye or nose region "
           f"holding tissue, so not turned: {sum(unconfirmed.values())} (by label: {dict(unconfirmed) or 'none'})")
@@ -212,7 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
                           per_family=families, floor=floor_report(rows), vacancy=vacancy_report(rows), failures=failures, rows=rows)
     print(f"the pose guard (--anatomy): {sum(r['righted'] is not None for r in rows)} of {len(rows)} scans judged righted, "
           f"{sum(r['registered_upright'] for r in rows)} it could not read found upright by a registration and judged as they lie, "
-          f"{sum(not r['pose_understood'] for r in rows)} not understood (called face); {len(failures)} scans not judged"
+          f"{sum(not r['pose_understood'] for r in rows)} not understood (called face), {sum(r['registered_evened'] for r in rows)} "
+          f"registered onto the evened scan alone; {len(failures)} scans not judged"
           + "".join(f"\n  {failure}" for failure in failures))
     print_floor_report(result["floor"])
     print_vacancy_report(result["vacancy"])

@@ -92,8 +92,9 @@ def judge_conditions(detector: Detector, bundles: list[FaceBundle],
                          "pose_not_understood": sum(not p.pose_understood for p in predictions),
                          "righted": sum(p.righted is not None for p in predictions),
                          "registered_upright": sum(p.registered_upright for p in predictions),
-                         "evened_to_face": sum(p.evened_p_face is not None and p.verdict == "face" for p in predictions),
-                         "evened_unconfirmed": sum(p.evened_tissue is not None and p.verdict != "face" for p in predictions)})
+                         "evened_to_face": sum(p.evened_to_face for p in predictions),
+                         "evened_unconfirmed": sum(p.evened_unconfirmed for p in predictions),
+                         "registered_evened": sum(p.registered_evened for p in predictions)})
     return rows
 
 
@@ -102,18 +103,20 @@ def print_conditions(title: str, rows: list[dict]) -> None:
     anatomy turned to ``face`` and those the second look with the bias field taken off did (and those
     where it saw a face but no eye or nose region held tissue on the evened scan, left as they were), the
     scans whose pose was not understood (called ``face``), those judged with their header's axes
-    turned back (righted) and those the guard could not read that a registration found upright, per
-    case and condition."""
+    turned back (righted), those the guard could not read that a registration found upright and
+    those the template registered onto only once evened, per case and condition."""
     table = Table(title=title)
     for column in ("case", "expected", "condition", "right [Wilson 95 %]", "p(face) mean (min-max)", "anatomy: face",
-                   "evened: face", "evened: face, no tissue", "pose not understood", "righted", "registered upright"):
+                   "evened: face", "evened: face, no tissue", "pose not understood", "righted", "registered upright",
+                   "registered evened"):
         table.add_column(column)
     for row in rows:
         table.add_row(row["case"], row["expected"], row["condition"],
                       f"{row['right']}/{row['n']} [{row['low']:.2f}, {row['high']:.2f}]",
                       f"{row['p_face_mean']:.2f} ({row['p_face_min']:.2f}-{row['p_face_max']:.2f})", str(row["overruled"]),
                       str(row.get("evened_to_face", "")), str(row.get("evened_unconfirmed", "")),
-                      str(row["pose_not_understood"]), str(row["righted"]), str(row["registered_upright"]))
+                      str(row["pose_not_understood"]), str(row["righted"]), str(row["registered_upright"]),
+                      str(row.get("registered_evened", "")))
     Console().print(table)
     for row in rows:
         for subject, error in row.get("failed", {}).items():

@@ -182,7 +182,8 @@ def test_check_anatomy_calls_a_cut_below_the_eyes_face_and_writes_the_regions(he
 
 def test_a_scan_whose_second_opinion_fails_is_an_error_naming_it_and_the_others_are_answered(held_out_head, tmp_path, monkeypatch):
     """check's default registers only the unsure `removed` scans; when that registration fails the
-    scan is an error (exit 2 in `check`), not a silent network verdict, and the batch carries on."""
+    scan is an error (exit 2 in `check`), not a silent network verdict (tried on the scan as it is and
+    evened alike), and the batch carries on."""
     scan = load_scan(held_out_head)
     cut = tmp_path / "below_the_eyes.nii.gz"
     nib.save(nib.Nifti1Image(np.where(below_the_eyes(scan, register_template(scan)), 0, scan.data), scan.affine), cut)

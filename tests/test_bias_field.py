@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torchio as tio
 
 from defacegan.anatomy import kept_features
 from defacegan.bias_field import evened
 from defacegan.check import CheckResult, Summary
+from defacegan.contract import InputContract
 from defacegan.deface import face_region, register_template
+from defacegan.detector_data import subject_of
+from defacegan.families import FaceBundle, Variant, generate, make_bundle, remove_share
 from defacegan.inference import Detector
-from defacegan.io import Scan, ScanFile, load_scan
+from defacegan.io import Scan, ScanError, ScanFile, load_scan
 
 
 def darkened_towards_the_front(scan: Scan, strength: float) -> Scan:
@@ -20,6 +26,14 @@ def darkened_towards_the_front(scan: Scan, strength: float) -> Scan:
     back of the head, e^-strength at the front edge of the field of view, e^strength at the back."""
     front = np.linspace(-1, 1, scan.data.shape[1])[None, :, None]
     return Scan((np.asarray(scan.data, dtype=np.float32) * np.exp(-strength * front)).astype(np.float32), scan.affine)
+
+
+def under_bias_field(bundle: FaceBundle, variant: Variant, coefficients: float) -> Scan:
+    """``variant`` under TorchIO's random bias field, drawn with the seed bench/acquisition.py gives its head."""
+    torch.manual_seed(zlib.crc32(bundle.subject.encode()))
+    image = tio.RandomBiasField(coefficients=coefficients)(tio.ScalarImage(tensor=torch.from_numpy(variant.volume[None].copy()),
+                                                                            affine=bundle.affine))
+    return Scan(image.data[0].numpy(), image.affine)
 
 
 def test_evened_takes_a_smooth_field_off_a_textured_head():
@@ -72,3 +86,21 @@ def test_the_evened_look_turns_a_verdict_only_where_the_eyes_or_nose_hold_tissue
     left = CheckResult("scan.nii.gz", probabilities={"face": 0.3, "removed": 0.6, "replaced": 0.1}, answer="removed",
                        evened_p_face=0.9, evened_tissue=gone)
     assert left.evened_unconfirmed and not left.evened_to_face and "no eye or nose region holds tissue" in left.note
+
+
+def test_a_scan_the_template_will_not_register_onto_is_read_evened(ixi_scans):
+    """TorchIO's bias field with coefficients up to 1 keeps the template from registering onto this
+    real head as it is (an implausible scaling: ``check`` said error, exit 2, before). Evened, it
+    registers: the cut that keeps the eyes and nose is ``face`` (the anatomy finds them), the
+    mask-defaced head is not, and the note says where the anatomy was read."""
+    bundle = make_bundle(load_scan(next(p for p in ixi_scans if subject_of(p) == "IXI527")), "IXI527", InputContract())
+    partial, defaced = (under_bias_field(bundle, variant, 1.0) for variant in
+                        (remove_share(bundle, 0.4, "below"), generate(bundle, "mask", np.random.default_rng(0))))
+    for scan in (partial, defaced):
+        with pytest.raises(ScanError, match="registration failed"):
+            register_template(scan)
+    kept, gone = Detector().predict([partial, defaced])
+    assert kept.verdict == "face" and kept.registered_evened and set(kept_features(kept.tissue)) == {"eyes", "nose"}, kept
+    assert gone.verdict != "face" and gone.registered_evened and not kept_features(gone.tissue), gone
+    result = CheckResult.from_prediction(kept, ScanFile(Path("biased.nii.gz")))
+    assert "would not register onto the scan as it is" in result.note and result.record()["registered_evened"] is True

@@ -35,7 +35,8 @@ ITERATIONS = (50, 50, 50)
 
 
 def evened(scan: Scan) -> Scan:
-    """``scan`` divided by the bias field N4 finds in its Otsu foreground (the head)."""
+    """``scan`` divided by the bias field N4 finds in its Otsu foreground (the head); its path kept, so
+    that an error on it names the file."""
     import SimpleITK as sitk  # imported where it is first used: a check that needs none starts faster
 
     data = np.asarray(scan.data, dtype=np.float32)
@@ -46,4 +47,4 @@ def evened(scan: Scan) -> Scan:
     corrector.SetMaximumNumberOfIterations(list(ITERATIONS))
     corrector.Execute(sitk.Shrink(image, shrink), sitk.Shrink(sitk.OtsuThreshold(image, 0, 1), shrink))
     field = np.exp(sitk.GetArrayFromImage(corrector.GetLogBiasFieldAsImage(image)))
-    return Scan((data / field).astype(np.float32), scan.affine)
+    return Scan((data / field).astype(np.float32), scan.affine, path=scan.path)

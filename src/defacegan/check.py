@@ -46,7 +46,7 @@ from rich.text import Text
 from defacegan.anatomy import kept_features
 from defacegan.contract import VERDICTS
 from defacegan.dicom import contrast_of
-from defacegan.inference import Detector, Prediction, likelier_defacing
+from defacegan.inference import Detector, Prediction, left_by_evened_look, likelier_defacing, turned_by_evened_look
 from defacegan import bids
 from defacegan.io import ScanFile, atomic_write_bytes, atomic_write_text, find_scans, stem
 from defacegan.pose import understood
@@ -134,6 +134,7 @@ class CheckResult:
     registered_upright: bool = False  # the pose guard could not read the pose; a registration of the template found the head upright
     evened_p_face: float | None = None  # p(face) with the bias field taken off, where the network did not see a face (defacegan.bias_field)
     evened_tissue: dict[str, float] | None = None  # the feature regions' tissue shares on the evened scan, where the network saw a face in it
+    registered_evened: bool = False  # the template would not register onto the scan as it is; it did onto the evened scan
 
     @classmethod
     def from_prediction(cls, prediction: Prediction, scan: ScanFile) -> CheckResult:
@@ -144,7 +145,8 @@ class CheckResult:
                    tissue=prediction.tissue, texture=prediction.texture, overruled=prediction.overruled,
                    straightened=prediction.straightened, nodded=prediction.unnodded, pose_margin=prediction.pose_margin,
                    righted=prediction.righted, registered_upright=prediction.registered_upright,
-                   evened_p_face=prediction.evened_p_face, evened_tissue=prediction.evened_tissue)
+                   evened_p_face=prediction.evened_p_face, evened_tissue=prediction.evened_tissue,
+                   registered_evened=prediction.registered_evened)
 
     @property
     def status(self) -> str:
@@ -158,15 +160,11 @@ class CheckResult:
 
     @property
     def evened_to_face(self) -> bool:
-        """Called ``face`` because, once the bias field was taken off, the network saw one and the eye or
-        nose region held tissue (it is looked at only where nothing else saw a face)."""
-        return self.status == "face" and self.evened_p_face is not None
+        return turned_by_evened_look(self.status, self.evened_p_face)
 
     @property
     def evened_unconfirmed(self) -> bool:
-        """Called ``removed`` or ``replaced`` though the network saw a face once the bias field was taken
-        off: no eye or nose region held tissue on the evened scan."""
-        return self.status in ("removed", "replaced") and self.evened_tissue is not None
+        return left_by_evened_look(self.status, self.evened_tissue)
 
     @property
     def found_by_a_second_opinion(self) -> bool:
@@ -209,6 +207,9 @@ class CheckResult:
         if self.evened_unconfirmed:
             notes.append(f"with the scan's intensities evened (its bias field taken off, N4) the network sees a face "
                          f"(p(face) {self.evened_p_face:.2f}), but no eye or nose region holds tissue: look at it")
+        if self.registered_evened:
+            notes.append("the template would not register onto the scan as it is (a strong bias field?); it did with "
+                         "the scan's intensities evened (its bias field taken off, N4), and the anatomy was read there")
         if self.near_the_line:
             notes.append(f"p(face) {self.probability('face'):.2f}, near the line: look at it")
         if self.straightened is not None:
@@ -243,7 +244,8 @@ class CheckResult:
         """The JSON/TSV row (no arrays); ``brain_removed`` only where deface recorded it,
         ``straightened`` and ``nodded`` (degrees) only where the head was judged turned with them, ``righted``
         only where its header's axes were read turned, ``registered_upright`` only where a registration
-        found upright a head whose pose the guard could not read."""
+        found upright a head whose pose the guard could not read, ``registered_evened`` only where the
+        template registered onto the evened scan alone."""
         return {
             "subject": self.subject,
             "session": self.session,
@@ -260,6 +262,7 @@ class CheckResult:
             **({"righted": self.righted} if self.righted is not None else {}),
             **({"registered_upright": True} if self.registered_upright else {}),
             **({"evened_p_face": self.evened_p_face} if self.evened_p_face is not None else {}),
+            **({"registered_evened": True} if self.registered_evened else {}),
             **{f"tissue_{name}": share if share == share else None for name, share in (self.tissue or {}).items()},
             **({"face_texture": self.texture if self.texture == self.texture else None} if self.texture is not None else {}),
             "views_png": self.views_png,

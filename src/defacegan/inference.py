@@ -31,6 +31,11 @@ its bias field taken off (:mod:`defacegan.bias_field`, N4, about a second), and 
 the network then sees one (``evened_p_face``) and the anatomy, read on the evened scan, finds the eye
 or nose region holding tissue (``evened_tissue``): a coil's field that darkens the face reads as a
 face that is gone. Not with ``anatomy="never"``, the network alone.
+
+A field strong enough to darken the face can also keep the template from registering onto the scan
+as it is (an implausible scaling, or no upright pose found). Each registration that fails on the scan
+as it is is tried once more on the evened scan (:class:`Reread`), whose geometry is the same; the
+network still judges the scan as it is.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -85,10 +91,31 @@ class Prediction:
     registered_upright: bool = False  # the pose guard could not read the pose; a registration found the head upright
     evened_p_face: float | None = None  # p(face) with the bias field taken off, where the network did not see a face (defacegan.bias_field)
     evened_tissue: dict[str, float] | None = None  # the feature regions' tissue shares on the evened scan, where the network saw a face in it
+    registered_evened: bool = False  # the template would not register onto the scan as it is; it did onto the evened scan
 
     @property
     def pose_understood(self) -> bool:
         return understood(self.pose_margin) or self.registered_upright
+
+    @property
+    def evened_to_face(self) -> bool:
+        return turned_by_evened_look(self.verdict, self.evened_p_face)
+
+    @property
+    def evened_unconfirmed(self) -> bool:
+        return left_by_evened_look(self.verdict, self.evened_tissue)
+
+
+def turned_by_evened_look(verdict: str | None, evened_p_face: float | None) -> bool:
+    """Called ``face`` because, once the bias field was taken off, the network saw one and the eye or
+    nose region held tissue (the evened look is taken only where nothing else saw a face)."""
+    return verdict == "face" and evened_p_face is not None
+
+
+def left_by_evened_look(verdict: str | None, evened_tissue: dict[str, float] | None) -> bool:
+    """Called ``removed`` or ``replaced`` though the network saw a face once the bias field was taken
+    off: no eye or nose region held tissue on the evened scan."""
+    return verdict in ("removed", "replaced") and evened_tissue is not None
 
 
 def needs_anatomy(probabilities: dict[str, float], threshold: float, straightened: bool = False) -> bool:
@@ -142,6 +169,45 @@ def registered_upright(scan: Scan, contract: InputContract) -> PitchSearch | Non
     return second_opinion.registered_upright(scan, with_header_turned(scan, righting_turn(scan.data, scan.affine, contract)))
 
 
+class Reread:
+    """One judged scan read again from its source for the registrations and judgements after the
+    network's first look (its header turned as the pose guard righted it): loaded at most once,
+    evened (:func:`defacegan.bias_field.evened`) at most once, and registered onto the evened scan
+    from the first registration that fails on the scan as it is (``registers_evened``)."""
+
+    def __init__(self, item: ScanInput, righting: np.ndarray | None = None):
+        self.item, self.righting, self.registers_evened = item, righting, False
+
+    @cached_property
+    def scan(self) -> Scan:
+        return with_header_turned(as_scan(self.item), self.righting)
+
+    @cached_property
+    def flat(self) -> Scan:
+        from defacegan.bias_field import evened
+
+        return evened(self.scan)
+
+    def registered_upright(self, contract: InputContract) -> PitchSearch | None:
+        """:func:`registered_upright` on the scan as it is, else on the evened scan."""
+        search = registered_upright(self.scan, contract)
+        if search is None and not self.registers_evened:
+            search = registered_upright(self.flat, contract)
+            self.registers_evened = search is not None
+        return search
+
+    def read(self, search: PitchSearch | None = None) -> second_opinion.Reading:
+        """:func:`defacegan.anatomy.read` (``search`` from :meth:`registered_upright`) on the scan
+        registrations go to; where the scan as it is will not register, on the evened scan. Raises
+        :class:`~defacegan.io.ScanError` when neither does."""
+        if not self.registers_evened:
+            try:
+                return second_opinion.read(self.scan, search=search)
+            except ScanError:
+                self.registers_evened, search = True, None  # that search was the scan's as it is
+        return second_opinion.read(self.flat, search=search)
+
+
 class GridDataset(Dataset):
     """Scans as the contract's 3D input (and the anatomy's reading, :func:`defacegan.anatomy.read`,
     with ``anatomy``); failures are returned, not raised."""
@@ -171,8 +237,10 @@ class GridDataset(Dataset):
                     scan, placed, volume, margin = turned_back, placed_back, volume_back, margin_back
                 else:
                     righting = None
-            reading = second_opinion.read(scan) if self.anatomy else None
+            again = Reread(scan)
+            reading = again.read() if self.anatomy else None
             return {"index": index, "source": source, "volume": volume, "reading": reading, "error": "",
+                    "registered_evened": again.registers_evened,
                     "straightened": placed.degrees if placed.straightened else None, "pose_margin": margin,
                     "righting": righting}
         except ScanError as error:
@@ -260,23 +328,23 @@ class Detector:
                 continue
             views = self.contract.views(torch.stack([b["volume"] for b in good]).to(self.device))
             for b, named, v in zip(good, self.judge(views), views.cpu().numpy()):
-                reading, unnodded, scan, search, registered = b["reading"], None, None, None, False
+                again = Reread(items[b["index"]], b["righting"])  # not righted where the pose is not understood: a righted one is
+                again.registers_evened = b["registered_evened"]
+                reading, unnodded, search, registered, evened, evened_tissue = b["reading"], None, None, False, None, None
                 try:
                     straightened, upright = b["straightened"] is not None, understood(b["pose_margin"])
                     if not upright and self.anatomy != "never":
-                        scan = self.scan_of(items[b["index"]], None)  # not righted: a righted pose is understood
-                        search = registered_upright(scan, self.contract)
+                        search = again.registered_upright(self.contract)
                         registered = upright = search is not None
                     if self.anatomy == "unsure" and upright and (registered or needs_anatomy(named, self.threshold, straightened)):
-                        scan = scan or self.scan_of(items[b["index"]], b["righting"])  # read once, for the registration and a second judgement alike
-                        reading = second_opinion.read(scan, search=search)
+                        reading = again.read(search)
                     unnodded = nod_to_undo(named["face"], reading.nod, straightened, registered) if reading is not None else None
                     if unnodded is not None:
-                        named, v = self.judge_unnodded(scan or self.scan_of(items[b["index"]], b["righting"]), unnodded)
+                        named, v = self.judge_unnodded(again.scan, unnodded)
                     tissue, nod, texture = reading if reading is not None else (None, None, None)
-                    verdict, (evened, evened_tissue) = verdict_of(named, self.threshold, tissue, texture), (None, None)
+                    verdict = verdict_of(named, self.threshold, tissue, texture)
                     if upright and verdict != "face" and self.anatomy != "never":
-                        evened, evened_tissue = self.look_evened(scan or self.scan_of(items[b["index"]], b["righting"]), unnodded or 0.0)
+                        evened, evened_tissue = self.look_evened(again, unnodded or 0.0)
                 except ScanError as error:
                     predictions[b["index"]] = Prediction(b["source"], error=str(error))
                     continue
@@ -286,13 +354,8 @@ class Detector:
                                                      evened_p_face=evened, evened_tissue=evened_tissue,
                                                      straightened=b["straightened"], pose_margin=b["pose_margin"],
                                                      righted=None if b["righting"] is None else describe_turn(b["righting"]),
-                                                     registered_upright=registered)
+                                                     registered_upright=registered, registered_evened=again.registers_evened)
         return predictions
-
-    @staticmethod
-    def scan_of(item: ScanInput, righting: np.ndarray | None) -> Scan:
-        """``item`` read as the loader judged it: its header turned by ``righting`` where the pose guard found it turned."""
-        return with_header_turned(as_scan(item), righting)
 
     def judge_unnodded(self, scan: Scan, nod: float) -> tuple[dict[str, float], np.ndarray]:
         """The network's probabilities and the views for ``scan`` on a grid turned by ``nod`` degrees."""
@@ -300,15 +363,12 @@ class Detector:
         views = self.contract.views(volume[None].to(self.device))
         return self.judge(views)[0], views.cpu().numpy()[0]
 
-    def look_evened(self, scan: Scan, nod: float) -> tuple[float, dict[str, float] | None]:
-        """p(face) for ``scan`` with its bias field taken off (:func:`defacegan.bias_field.evened`), placed
+    def look_evened(self, again: Reread, nod: float) -> tuple[float, dict[str, float] | None]:
+        """p(face) for the scan with its bias field taken off (:func:`defacegan.bias_field.evened`), placed
         on the grid again (a field that darkens the face moves where the head's extent is found); and,
         where that reaches the threshold, the feature regions' tissue shares read on the evened scan."""
-        from defacegan.bias_field import evened
-
-        flat = evened(scan)
-        p_face = self.judge_unnodded(flat, nod)[0]["face"]
-        return p_face, second_opinion.read(flat).tissue if p_face >= self.threshold else None
+        p_face = self.judge_unnodded(again.flat, nod)[0]["face"]
+        return p_face, second_opinion.read(again.flat).tissue if p_face >= self.threshold else None
 
     def evened_shows_face(self, p_face: float | None, tissue: dict[str, float] | None) -> bool:
         """Whether the evened look (:meth:`look_evened`; None: none taken) sees a face: the network does
