@@ -17,8 +17,9 @@ from defacegan.contract import InputContract
 from defacegan.deface import face_region, register_template
 from defacegan.detector_data import subject_of
 from defacegan.families import FaceBundle, Variant, generate, make_bundle, remove_share
-from defacegan.inference import Detector
+from defacegan.inference import Detector, registered_upright
 from defacegan.io import Scan, ScanError, ScanFile, load_scan
+from defacegan.pose import understood
 
 
 def darkened_towards_the_front(scan: Scan, strength: float) -> Scan:
@@ -104,3 +105,15 @@ def test_a_scan_the_template_will_not_register_onto_is_read_evened(ixi_scans):
     assert gone.verdict != "face" and gone.registered_evened and not kept_features(gone.tissue), gone
     result = CheckResult.from_prediction(kept, ScanFile(Path("biased.nii.gz")))
     assert "would not register onto the scan as it is" in result.note and result.record()["registered_evened"] is True
+
+
+def test_a_head_whose_pose_only_the_evened_scan_shows_upright_is_judged_as_it_lies(ixi_scans):
+    """A held-out head, mask-defaced, under the same field: the pose guard does not understand its
+    pose and the template's registration onto the scan as it is finds it not upright, so it used to be
+    called ``face`` whatever it held; registered onto the evened scan, it is upright and ``removed``."""
+    bundle = make_bundle(load_scan(next(p for p in ixi_scans if subject_of(p) == "IXI338")), "IXI338", InputContract())
+    scan = under_bias_field(bundle, generate(bundle, "mask", np.random.default_rng(0)), 1.0)
+    assert registered_upright(scan, Detector().contract) is None
+    checked = Detector().predict([scan])[0]
+    assert not understood(checked.pose_margin) and checked.registered_upright and checked.registered_evened, checked
+    assert checked.verdict == "removed" and not kept_features(checked.tissue), checked
