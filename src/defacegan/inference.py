@@ -175,8 +175,8 @@ class Reread:
     evened (:func:`defacegan.bias_field.evened`) at most once, and registered onto the evened scan
     from the first registration that fails on the scan as it is (``registers_evened``)."""
 
-    def __init__(self, item: ScanInput, righting: np.ndarray | None = None):
-        self.item, self.righting, self.registers_evened = item, righting, False
+    def __init__(self, item: ScanInput, righting: np.ndarray | None = None, registers_evened: bool = False):
+        self.item, self.righting, self.registers_evened = item, righting, registers_evened
 
     @cached_property
     def scan(self) -> Scan:
@@ -189,11 +189,12 @@ class Reread:
         return evened(self.scan)
 
     def registered_upright(self, contract: InputContract) -> PitchSearch | None:
-        """:func:`registered_upright` on the scan as it is, else on the evened scan."""
-        search = registered_upright(self.scan, contract)
-        if search is None and not self.registers_evened:
-            search = registered_upright(self.flat, contract)
-            self.registers_evened = search is not None
+        """:func:`registered_upright` on the scan as it is (unless registrations already go to the
+        evened scan), else on the evened scan."""
+        if not self.registers_evened and (search := registered_upright(self.scan, contract)) is not None:
+            return search
+        search = registered_upright(self.flat, contract)
+        self.registers_evened |= search is not None
         return search
 
     def read(self, search: PitchSearch | None = None) -> second_opinion.Reading:
@@ -328,8 +329,8 @@ class Detector:
                 continue
             views = self.contract.views(torch.stack([b["volume"] for b in good]).to(self.device))
             for b, named, v in zip(good, self.judge(views), views.cpu().numpy()):
-                again = Reread(items[b["index"]], b["righting"])  # not righted where the pose is not understood: a righted one is
-                again.registers_evened = b["registered_evened"]
+                # not righted where the pose is not understood (a righted one is); evened where the loader's reading had to be
+                again = Reread(items[b["index"]], b["righting"], b["registered_evened"])
                 reading, unnodded, search, registered, evened, evened_tissue = b["reading"], None, None, False, None, None
                 try:
                     straightened, upright = b["straightened"] is not None, understood(b["pose_margin"])
