@@ -74,10 +74,10 @@ $(MEMBER_DIR)/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src
 # then the shipped detector on the heads from outside IXI (bench/outside_heads.py, ~4 min) and on
 # held-out IXI heads whose field of view stops above the neck, below the top of the head or behind the nose (bench/field_of_view.py,
 # a few minutes), as other scanners would acquire them: thick slices, noise, bias, smoothing, ghosts, motion, tilts (bench/acquisition.py,
-# ~17 min; its bias fields again on the 24 training heads, where check's second look can be judged without the held-out ones, ~15 min), and on
+# ~15 min; its bias fields again on the 24 training heads, where check's second look can be judged without the held-out ones, ~9 min), and on
 # held-out heads defaced by other projects' tools, Quickshear, caideface and deepdefacer (bench/other_defacers.py, 5 min);
 # the pose guard on the shipped column's draws, with it and without (bench/pose_guard.py, ~6 min);
-# and the anatomy's second opinion against the network alone on every family (bench/anatomy.py, ~32 min);
+# and the anatomy's second opinion against the network alone on every family (bench/anatomy.py, ~38 min);
 # and held-out heads re-faced by a Pix2Pix that train.py trains on the others (bench/gan_refaced.py, ~5 min);
 # the defacer on moved and posed heads (bench/deface.py, ~30 min) and its registration's pitch search (bench/pitch_search.py, 3 min);
 # whether more heads, more draws of the same heads, a wider network or leaving out the cuts near the rule's line would help the network (bench/learning_curve.py, ~110 min, 43 more to draw the first time);
