@@ -121,6 +121,15 @@ def anatomy_rows(report: dict) -> list[dict]:
                 TARGETS.get(name), "bench/anatomy.py", report.get("run")) for name in [*TARGETS, *WATCHED] if name in report["anatomy"]]
 
 
+def sweep_rows(report: dict) -> list[dict]:
+    """The partial-removal sweep through ``check``'s default (bench/sweep_check.py): cuts of known
+    extent, from below, from the front and of the nose alone, on the heads the detector never saw."""
+    section = f"`check`, partial-removal sweep, {len(report['subjects'])} held-out subjects"
+    return [row(section, name, r["check"], TARGETS["partial defacings leaving eyes and nose called face"] if "eyes and nose" in name else None,
+                "bench/sweep_check.py", report.get("run"), f"network alone {r['network']['rate']:.3f}")
+            for name, r in report["rates"].items()]
+
+
 def guard_rows(report: dict) -> list[dict]:
     """The network alone through ``check``'s path with its pose guard, on the shipped column's draws:
     the targets' rates as the guard leaves them (``--no-anatomy``; beside them, with the guard's flags
@@ -256,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
               for name in ("detector_eval-members3", "detector_eval-rounds4")]
     rows = [*(detector_rows(report, others) if report else []), *(guard_rows(guard) if guard else []),
             *(anatomy_rows(anatomy) if anatomy else []),
+            *(sweep_rows(sweep) if (sweep := load(args.results, "sweep_check.json")) else []),
             *tool_rows(load(args.results, "other_defacers.json"), load(args.results, "gan_refaced.json")),
             *outside_rows(load(args.results, "outside_heads.json")),
             *condition_rows(load(args.results, "field_of_view.json"), "field of view, held-out", "bench/field_of_view.py"),
