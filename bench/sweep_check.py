@@ -11,6 +11,7 @@ path, and by the network alone (``--no-anatomy``) beside it, and scored by the f
 - cuts that leave the eyes and the nose (each keeps at least :data:`~defacegan.features.FACE_MIN_FRACTION`
   of its own tissue) called ``face``: the error a privacy check must not make is a miss here;
 - cuts that leave the eyes but take the nose called ``face`` (the rule labels them ``face``);
+- every cut the rule labels ``face`` (some keep only the mouth or the chin) called ``face``;
 - cuts the rule labels ``removed`` not called ``face`` (false alarms are misses here).
 
 The steps of one head are not independent trials: each rate carries Wilson's interval, which takes
@@ -42,6 +43,7 @@ from held_out import held_out_setup, write_result
 GROUPS = {
     "sweep cuts leaving eyes and nose called face": (lambda r: r["label"] == "face" and r["eyes_kept"] and r["nose_kept"], "face"),
     "sweep cuts leaving the eyes but not the nose called face": (lambda r: r["label"] == "face" and r["eyes_kept"] and not r["nose_kept"], "face"),
+    "sweep cuts the rule labels face called face": (lambda r: r["label"] == "face", "face"),
     "sweep cuts the rule labels removed not called face": (lambda r: r["label"] == "removed", "not face"),
 }
 #: How a sweep's verdicts are reached: ``check``'s default, and the network alone.
