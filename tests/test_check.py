@@ -177,8 +177,9 @@ def test_report_files_and_inputs_untouched(bids_root, tmp_path, capsys, detector
     assert code == EXIT_FACE
     assert sha256_tree(bids_root) == before
     table = pd.read_csv(out / "results.tsv", sep="\t", dtype=str, keep_default_na=False)
+    # the scans called removed were looked at again with the bias field taken off: its p(face) is a column
     assert list(table.columns) == ["subject", "session", "contrast", "file", "p_face", "p_removed", "p_replaced",
-                                   "verdict", "note", "pose_margin", "views_png"]
+                                   "verdict", "note", "pose_margin", "evened_p_face", "views_png"]
     assert sorted(table.verdict) == ["face", "removed", "removed"]
     assert sorted(zip(table.subject, table.session)) == [("01", "n/a"), ("02", "1"), ("02", "1")]
     document = json.loads((out / "results.json").read_text())

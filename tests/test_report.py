@@ -12,7 +12,7 @@ import pytest
 from support.browser import chromium_page
 from support.detector_fixture import write_head
 
-from defacegan.check import BRAIN_REMOVED_KEY, MISSING
+from defacegan.check import BRAIN_REMOVED_KEY, MISSING, CheckResult, tsv_columns
 from defacegan.cli import EXIT_UNREADABLE, main
 
 #: name → generated kind (None: an unreadable file)
@@ -41,9 +41,10 @@ def test_report_page_is_self_contained_beside_its_tables(report):
     assert "http://" not in page and "https://" not in page and "<link" not in page
     assert page.count('src="data:image/png;base64,') == 5  # a thumbnail for each readable scan
     table = pd.read_csv(report / "results.tsv", sep="\t", dtype=str, keep_default_na=False)
-    # the replaced face (sub-03) is measured by the anatomy, however sure the network is: its columns are there
+    # the replaced face (sub-03) is measured by the anatomy, however sure the network is: its columns are there;
+    # the scans called defaced were looked at again with the bias field taken off: its p(face) too
     assert list(table.columns) == ["subject", "session", "contrast", "file", "p_face", "p_removed", "p_replaced",
-                                   "verdict", "note", "pose_margin", "brain_removed", "tissue_eyes", "tissue_nose",
+                                   "verdict", "note", "pose_margin", "brain_removed", "evened_p_face", "tissue_eyes", "tissue_nose",
                                    "tissue_mouth", "tissue_chin", "face_texture", "views_png"]
     brain = dict(zip(table.file.map(lambda file: Path(file).name), table.brain_removed))
     assert brain["sub-01_T1w.nii.gz"] == "0.2500" and brain["sub-02_T1w.nii.gz"] == MISSING
@@ -80,3 +81,17 @@ def test_report_in_headless_chromium_summary_rows_and_sorting(report, tmp_path):
     assert thumbnails
     assert reversed_verdicts[-1] == "FACE PRESENT" and reversed_verdicts[-2].startswith("error:")
     assert by_face == sorted(by_face, reverse=True)
+
+
+def test_every_key_a_record_has_is_a_column_in_the_records_order():
+    """A column only some scans have (here the second look's, with the bias field taken off) is in
+    the TSV, where the record puts it, even when the first scan lacks it."""
+    probabilities = {"face": 0.3, "removed": 0.6, "replaced": 0.1}
+    plain = CheckResult("plain.nii.gz", probabilities=probabilities, answer="removed").record()
+    evened = CheckResult("evened.nii.gz", probabilities=probabilities, answer="removed", evened_p_face=0.2, registered_evened=True,
+                         tissue={"eyes": 0.0, "nose": 0.1, "mouth": 0.0, "chin": 0.0}, texture=0.8).record()
+    columns = tsv_columns([plain, evened])
+    assert set(columns) == (set(plain) | set(evened)) - {"error"}
+    assert columns[:10] == ["subject", "session", "contrast", "file", "p_face", "p_removed", "p_replaced", "verdict", "note", "pose_margin"]
+    assert columns[10:] == ["evened_p_face", "registered_evened", "tissue_eyes", "tissue_nose", "tissue_mouth", "tissue_chin",
+                            "face_texture", "views_png"]

@@ -441,6 +441,20 @@ def tsv_text(records: Sequence[dict], columns: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
+def tsv_columns(records: Sequence[dict]) -> list[str]:
+    """Every key any of ``records`` has (:meth:`CheckResult.record`) but ``error``, whose text the
+    note and the verdict carry, in the records' order: a key only some have (``brain_removed``, the
+    anatomy's ``tissue_*``, ``registered_evened``...) goes after the key it follows in the first that has it."""
+    columns: list[str] = []
+    for record in records:
+        at = 0
+        for key in record:
+            if key not in columns:
+                columns.insert(at, key)
+            at = columns.index(key) + 1
+    return [column for column in columns if column != "error"]
+
+
 def write_report(results: Sequence[CheckResult], summary: Summary, detector: Detector, out: str | os.PathLike) -> Path:
     """Write ``views/*.png``, ``results.tsv``, ``results.json`` and ``index.html`` into ``out``.
 
@@ -453,11 +467,8 @@ def write_report(results: Sequence[CheckResult], summary: Summary, detector: Det
             atomic_write_bytes(out / "views" / name, result_png(result, detector.view_names))
             result.views_png = f"views/{name}"
     records = [result.record() for result in results]
-    optional = [name for name in ("brain_removed", "straightened", "nodded", "righted", "registered_upright") if any(name in record for record in records)]
-    with_brain = "brain_removed" in optional
-    tissue = list(dict.fromkeys(f"tissue_{name}" for result in results for name in result.tissue or {}))
-    columns = ["subject", "session", "contrast", "file", *(f"p_{verdict}" for verdict in VERDICTS), "verdict",
-               "note", "pose_margin", *optional, *tissue, *(["face_texture"] if any("face_texture" in r for r in records) else []), "views_png"]
+    columns = tsv_columns(records)
+    with_brain = "brain_removed" in columns
     atomic_write_text(out / "results.tsv", tsv_text(records, columns))
     atomic_write_text(out / "results.json", json.dumps(results_document(results, summary, detector), indent=2) + "\n")
     ordered = report_order(results)
