@@ -78,7 +78,7 @@ $(MEMBER_DIR)/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src
 # held-out heads defaced by other projects' tools, Quickshear, caideface and deepdefacer (bench/other_defacers.py, 5 min);
 # the pose guard on the shipped column's draws, with it and without (bench/pose_guard.py, ~6 min);
 # and the anatomy's second opinion against the network alone on every family (bench/anatomy.py, ~38 min);
-# the partial-removal sweep (from below, from the front, the nose alone) through check and the network alone (bench/sweep_check.py, ~5 min);
+# the partial-removal sweep (from below, from the front, the nose alone) through check and the network alone (bench/sweep_check.py, ~5 min), and on Colin27 (1 min);
 # and held-out heads re-faced by a Pix2Pix that train.py trains on the others (bench/gan_refaced.py, ~5 min);
 # the defacer on moved and posed heads (bench/deface.py, ~30 min) and its registration's pitch search (bench/pitch_search.py, 3 min);
 # whether more heads, more draws of the same heads, a wider network or leaving out the cuts near the rule's line would help the network (bench/learning_curve.py, ~110 min, 43 more to draw the first time);
@@ -100,6 +100,7 @@ figures:
 	$(PY) bench/pose_guard.py --ixi $(IXI_SOURCE)
 	$(PY) bench/anatomy.py --ixi $(IXI_SOURCE)
 	$(PY) bench/sweep_check.py --ixi $(IXI_SOURCE)
+	$(PY) bench/sweep_check.py --head /usr/share/mricron/templates/ch2.nii.gz --out bench/results/sweep_check-colin27.json
 	$(PY) bench/gan_refaced.py --ixi $(IXI_SOURCE)
 	$(PY) bench/deface.py --trials 5 --data $(IXI_SOURCE) --scans 8 --brain-scans 0
 	$(PY) bench/pitch_search.py --data $(IXI_SOURCE)

@@ -20,6 +20,11 @@ scan ``check`` could not judge (an error, exit 2) counts as a wrong answer. The 
 randomness: the same heads give the same scans.
 
     python bench/sweep_check.py [--ixi ../shared/data/ixi-t1-2mm] [--ckpt CKPT] [--subjects training]
+    python bench/sweep_check.py --head /usr/share/mricron/templates/ch2.nii.gz --out bench/results/sweep_check-colin27.json
+
+The second sweeps one head from outside IXI instead: Colin27 (another scanner, MNI space, 27 scans
+of one man averaged), which installs with the project (bench/outside_heads.py); one head is one
+trial, so its rows are counts of cuts, not a rate that generalises.
 
 Prints tables and writes JSON (default bench/results/sweep_check.json). About 10 minutes on 2 cores.
 """
@@ -27,6 +32,7 @@ Prints tables and writes JSON (default bench/results/sweep_check.json). About 10
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -82,7 +88,8 @@ def step_table(rows: list[dict]) -> Table:
 
 def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
-    args, detector, paths = held_out_setup(__doc__, "sweep_check.json", argv)
+    args, detector, paths = held_out_setup(__doc__, "sweep_check.json", argv, extra=[("--head", Path, None)])
+    paths = [args.head] if args.head else paths
     rows = []
     for cache in bundle_caches(paths, detector.contract, args.cache):
         bundle = read_bundle(cache)
@@ -103,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     detector.anatomy = "unsure"
     rates = group_rates(rows)
     n_subjects = len({r["subject"] for r in rows})
-    table = Table(title=f"The partial-removal sweep through check ({n_subjects} {args.subjects} IXI heads, {detector.checkpoint})")
+    heads = f"{n_subjects} {args.subjects} IXI heads" if not args.head else f"{args.head.name}, one head from outside IXI"
+    table = Table(title=f"The partial-removal sweep through check ({heads}, {detector.checkpoint})")
     for column in ("rate", "check (default)", "network alone", "scans (subjects)"):
         table.add_column(column)
     for name, r in rates.items():
@@ -117,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"wrong: {r['subject']} {r['mode']} {r['share']:.0%} (rule {r['label']}): check {r['check']}, network {r['network']} "
               f"p(face) {r['p_face'] if r['p_face'] is None else round(r['p_face'], 2)}; tissue read: {tissue or 'not read'}"
               + (f"; {r['error']}" if r["error"] else ""))
-    return write_result(args, detector, started, subjects=sorted({r["subject"] for r in rows}), subjects_drawn=args.subjects,
+    return write_result(args, detector, started, subjects=sorted({r["subject"] for r in rows}),
+                        subjects_drawn=str(args.head) if args.head else args.subjects,
                         rates=rates, rows=rows)
 
 

@@ -133,13 +133,19 @@ def anatomy_rows(report: dict) -> list[dict]:
                 TARGETS.get(name), "bench/anatomy.py", report.get("run")) for name in [*TARGETS, *WATCHED] if name in report["anatomy"]]
 
 
-def sweep_rows(report: dict) -> list[dict]:
+def sweep_rows(report: dict, outside: dict | None = None) -> list[dict]:
     """The partial-removal sweep through ``check``'s default (bench/sweep_check.py): cuts of known
-    extent, from below, from the front and of the nose alone, on the heads the detector never saw."""
+    extent, from below, from the front and of the nose alone, on the heads the detector never saw;
+    and on Colin27 (``outside``), one head from outside IXI, whose cuts are counted, not rated."""
     section = f"`check`, partial-removal sweep, {len(report['subjects'])} held-out subjects"
-    return [row(section, name, r["check"], TARGETS["partial defacings leaving eyes and nose called face"] if "eyes and nose" in name else None,
+    rows = [row(section, name, r["check"], TARGETS["partial defacings leaving eyes and nose called face"] if "eyes and nose" in name else None,
                 "bench/sweep_check.py", report.get("run"), f"network alone {r['network']['rate']:.3f}")
             for name, r in report["rates"].items()]
+    for name, r in (outside or {}).get("rates", {}).items():
+        rows.append(row("`check`, partial-removal sweep, Colin27 (outside IXI)", name,
+                        counted(r["check"]["k"], r["check"]["n"], 1, "cuts"), None, "bench/sweep_check.py", outside.get("run"),
+                        f"network alone {r['network']['k']} of {r['network']['n']}"))
+    return rows
 
 
 def guard_rows(report: dict) -> list[dict]:
@@ -246,7 +252,7 @@ def figure_text(r: dict) -> str:
     if r["n"] == 0:
         return "n/a"
     if r.get("unit", "scans") != "scans":
-        return f"{r['k']} of {r['n']} {r['unit']} ({r['subjects']} subjects each)"
+        return f"{r['k']} of {r['n']} {r['unit']} ({r['subjects']} subjects each)" if r["subjects"] > 1 else f"{r['k']} of {r['n']} {r['unit']} (one head)"
     heads = f"; heads {r['heads_low']:.2f}, {r['heads_high']:.2f}" if "heads_low" in r else ""
     return f"{r['rate']:.3f} [{r['low']:.2f}, {r['high']:.2f}{heads}], {r['k']} of {r['n']} scans ({r['subjects']} subjects)"
 
@@ -277,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
               for name in ("detector_eval-members3", "detector_eval-rounds4")]
     rows = [*(detector_rows(report, others) if report else []), *(guard_rows(guard) if guard else []),
             *(anatomy_rows(anatomy) if anatomy else []),
-            *(sweep_rows(sweep) if (sweep := load(args.results, "sweep_check.json")) else []),
+            *(sweep_rows(sweep, load(args.results, "sweep_check-colin27.json")) if (sweep := load(args.results, "sweep_check.json")) else []),
             *tool_rows(load(args.results, "other_defacers.json"), load(args.results, "gan_refaced.json")),
             *outside_rows(load(args.results, "outside_heads.json")),
             *condition_rows(load(args.results, "field_of_view.json"), "field of view, held-out", "bench/field_of_view.py"),
