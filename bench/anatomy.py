@@ -40,7 +40,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.table import Table
 
 from defacegan.anatomy import NETWORK_SURE, NETWORK_UNSURE, overrules
 from defacegan.contract import VERDICTS
@@ -49,8 +48,8 @@ from defacegan.families import FAMILIES
 from defacegan.features import FEATURES
 from defacegan.inference import left_by_evened_look, turned_by_evened_look
 from defacegan.io import Scan
-from detector_eval import headline, rate, rate_text
-from held_out import held_out_setup, write_result
+from detector_eval import headline, rate
+from held_out import held_out_setup, rate_table, write_result
 
 SEED = 1000  # the shipped column's draws (bench/detector_eval.py)
 #: The lines and p(face) ceilings :func:`vacancy_report` tries (None: no ceiling; the other, where
@@ -173,19 +172,11 @@ def main(argv: list[str] | None = None) -> dict:
                 for family in FAMILIES if (which := samples.family == family).any()}
 
     n_subjects = len(set(samples.subject))
-    table = Table(title=f"{args.subjects.capitalize()} IXI ({n_subjects} subjects, {args.draws} draws per family): network alone vs --anatomy")
-    for column in ("rate", "network alone", "--anatomy", "scans (subjects)"):
-        table.add_column(column)
-    for name in alone:
-        table.add_row(name, rate_text(alone[name]), rate_text(checked[name]), f"{alone[name]['n']} ({alone[name]['subjects']})")
-    per_family = Table(title="Face or not, per family")
-    for column in ("family", "network alone", "--anatomy", "scans (subjects)"):
-        per_family.add_column(column)
-    for family, r in families.items():
-        per_family.add_row(family, rate_text(r["network"]), rate_text(r["anatomy"]), f"{r['network']['n']} ({r['network']['subjects']})")
+    columns = {"network alone": "network", "--anatomy": "anatomy"}
     console = Console(width=160)
-    console.print(table)
-    console.print(per_family)
+    console.print(rate_table(f"{args.subjects.capitalize()} IXI ({n_subjects} subjects, {args.draws} draws per family): network alone vs --anatomy",
+                             "rate", columns, {name: {"network": alone[name], "anatomy": checked[name]} for name in alone}))
+    console.print(rate_table("Face or not, per family", "family", columns, families))
     per_scan, default_per_scan = seconds / len(samples.label), default_seconds / len(samples.label)
     print(f"check --anatomy: {per_scan:.2f} s a scan ({detector.workers} loader workers)")
     print(f"check (default): {default_per_scan:.2f} s a scan, {registered} of {len(samples.label)} scans registered; "

@@ -20,6 +20,7 @@ from defacegan.families import FaceBundle, Variant, generate, remove_share
 from defacegan.inference import Detector
 from defacegan.io import Scan, atomic_write_text
 from defacegan.metrics import wilson_interval
+from detector_eval import rate_text
 from provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +97,18 @@ def judge_conditions(detector: Detector, bundles: list[FaceBundle],
                          "evened_unconfirmed": sum(p.evened_unconfirmed for p in predictions),
                          "registered_evened": sum(p.registered_evened for p in predictions)})
     return rows
+
+
+def rate_table(title: str, first: str, answers: dict[str, str], rates: dict[str, dict[str, dict]]) -> Table:
+    """``rates`` (row name → answer → :func:`detector_eval.rate`) as a table: the rows under ``first``,
+    a column per answer (title → key in ``answers``), and the scans and subjects behind each row."""
+    table = Table(title=title)
+    for column in (first, *answers, "scans (subjects)"):
+        table.add_column(column)
+    for name, by_answer in rates.items():
+        counted = next(iter(by_answer.values()))
+        table.add_row(name, *(rate_text(by_answer[key]) for key in answers.values()), f"{counted['n']} ({counted['subjects']})")
+    return table
 
 
 def print_conditions(title: str, rows: list[dict]) -> None:

@@ -42,8 +42,8 @@ from defacegan.detector_data import bundle_caches, read_bundle
 from defacegan.families import SWEEP_MODES, remove_share
 from defacegan.features import FACE_MIN_FRACTION
 from defacegan.io import Scan
-from detector_eval import SWEEP_STEPS, rate, rate_text
-from held_out import held_out_setup, write_result
+from detector_eval import SWEEP_STEPS, rate
+from held_out import held_out_setup, rate_table, write_result
 
 #: The rates this bench states: name → (which rows it counts, which answer is right).
 GROUPS = {
@@ -111,13 +111,9 @@ def main(argv: list[str] | None = None) -> dict:
     rates = group_rates(rows)
     n_subjects = len({r["subject"] for r in rows})
     heads = f"{n_subjects} {args.subjects} IXI heads" if not args.head else f"{args.head.name}, one head from outside IXI"
-    table = Table(title=f"The partial-removal sweep through check ({heads}, {detector.checkpoint})")
-    for column in ("rate", "check (default)", "network alone", "scans (subjects)"):
-        table.add_column(column)
-    for name, r in rates.items():
-        table.add_row(name, rate_text(r["check"]), rate_text(r["network"]), f"{r['check']['n']} ({r['check']['subjects']})")
     console = Console(width=160)
-    console.print(table)
+    console.print(rate_table(f"The partial-removal sweep through check ({heads}, {detector.checkpoint})", "rate",
+                             {"check (default)": "check", "network alone": "network"}, rates))
     console.print(step_table(rows))
     misses = [r for r in rows if any(which(r) and not right(r["check"], expected) for which, expected in GROUPS.values())]
     for r in misses:
