@@ -39,6 +39,8 @@ TARGETS = {
 }
 #: Rows worth stating without a target of their own: the unsafe errors' neighbours.
 WATCHED = ["partial defacings leaving the eyes but not the nose called face", "every face-labelled variant called face"]
+#: ... and, where ``check``'s own path is measured (bench/anatomy.py), the learned defacer's cut that leaves the eyes.
+EYE_LEVEL = "eye-level cuts leaving the eyes but not the nose called face"
 ECE_TARGET, LOFO_TARGET = 0.05, 0.90
 
 
@@ -127,10 +129,12 @@ def kfold_section(report: dict, shipped: dict) -> str:
             + (" (the shipped recipe)" if is_shipped else ""))
 
 
-def anatomy_rows(report: dict) -> list[dict]:
-    """What ``check`` answers by default: the network, and the anatomy where the network is unsure."""
-    return [row("`check` (with the anatomy), held-out", name, report["anatomy"][name],
-                TARGETS.get(name), "bench/anatomy.py", report.get("run")) for name in [*TARGETS, *WATCHED] if name in report["anatomy"]]
+def anatomy_rows(report: dict, section: str = "`check` (with the anatomy), held-out") -> list[dict]:
+    """What ``check`` answers by default: the network, and the anatomy where the network is unsure
+    (the rows a run's families give scans to)."""
+    return [row(section, name, report["anatomy"][name], TARGETS.get(name), "bench/anatomy.py", report.get("run"),
+                f"network alone {report['network'][name]['rate']:.3f}")
+            for name in [*TARGETS, *WATCHED, EYE_LEVEL] if report["anatomy"].get(name, {}).get("n")]
 
 
 def sweep_rows(report: dict, outside: dict | None = None) -> list[dict]:
@@ -283,6 +287,8 @@ def main(argv: list[str] | None = None) -> None:
               for name in ("detector_eval-members3", "detector_eval-rounds4")]
     rows = [*(detector_rows(report, others) if report else []), *(guard_rows(guard) if guard else []),
             *(anatomy_rows(anatomy) if anatomy else []),
+            *(anatomy_rows(partial, "`check` (with the anatomy), held-out, partial and eye-level draws only")
+              if (partial := load(args.results, "anatomy-partial.json")) else []),
             *(sweep_rows(sweep, load(args.results, "sweep_check-colin27.json")) if (sweep := load(args.results, "sweep_check.json")) else []),
             *tool_rows(load(args.results, "other_defacers.json"), load(args.results, "gan_refaced.json")),
             *outside_rows(load(args.results, "outside_heads.json")),
