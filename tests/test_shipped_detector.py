@@ -18,7 +18,7 @@ from quickshear import quickshear
 
 from defacegan.brain import brain_mask
 from defacegan.contract import InputContract, plane_rotation, turned
-from defacegan.detector_data import rule_label, subject_of
+from defacegan.detector_data import draw_volumes, rule_label, subject_of
 from defacegan.detector_training import HELD_OUT
 from defacegan.families import families_but, generate, remove_share
 from defacegan.features import FACE_MIN_FRACTION, FEATURES
@@ -213,3 +213,26 @@ def test_a_removed_face_whose_header_misstates_its_axes_is_not_a_face(detector, 
             (prediction,) = detector.predict([with_header_turned(Scan(variant.volume, bundle.affine), rotation)])
             assert prediction.righted == describe_turn(rotation.T)
             assert prediction.verdict == "removed", (bundle.subject, prediction.probabilities)
+            assert prediction.unrighted is None  # the registration did not find it upright as stored
+
+
+def test_a_face_the_guard_would_right_by_a_turn_it_does_not_have_is_judged_as_it_lies(detector, bundles):
+    """A partial defacing that keeps the mouth and chin (``face`` by the rule), posed as
+    ``bench/anatomy.py --families partial,eye_level --draws 12 --seed 3000`` drew it: the pose guard
+    rights it by a half turn its header does not have, and upside down the network calls it
+    ``replaced`` (p(face) 0.02), an unsafe error. A registration finds the head upright as stored,
+    so ``check`` judges it as it lies: ``face``, with the refuted turn in the record and a note."""
+    from defacegan.check import CheckResult
+    from defacegan.io import ScanFile
+
+    bundle = bundles[0]
+    assert bundle.subject == "IXI012"
+    batch, facts = draw_volumes(bundle, detector.contract, ["partial", "eye_level"], draws=12, seed=3000)
+    assert (facts["family"][3], facts["number"][3], facts["label"][3]) == ("partial", 3, 0)  # label 0: face
+    scan = Scan(batch[3, 0].numpy(), bundle.affine)
+    alone = Detector(device="cpu", anatomy="never").predict([scan])[0]
+    assert alone.righted == "180° about A-S" and alone.verdict == "replaced", alone
+    checked = detector.predict([scan])[0]
+    assert checked.verdict == "face" and checked.righted is None and checked.unrighted == "180° about A-S", checked
+    record = CheckResult.from_prediction(checked, ScanFile(Path("partial.nii.gz"))).record()
+    assert record["unrighted"] == "180° about A-S" and "found it upright as stored" in record["note"]

@@ -135,6 +135,7 @@ class CheckResult:
     evened_p_face: float | None = None  # p(face) with the bias field taken off, where the network did not see a face (defacegan.bias_field)
     evened_tissue: dict[str, float] | None = None  # the feature regions' tissue shares on the evened scan, where the network saw a face in it
     registered_evened: bool = False  # the template would not register onto the scan as it is; it did onto the evened scan
+    unrighted: str | None = None  # the turn the pose guard read the head's axes with, where a registration found it upright as stored
 
     @classmethod
     def from_prediction(cls, prediction: Prediction, scan: ScanFile) -> CheckResult:
@@ -146,7 +147,7 @@ class CheckResult:
                    straightened=prediction.straightened, nodded=prediction.unnodded, pose_margin=prediction.pose_margin,
                    righted=prediction.righted, registered_upright=prediction.registered_upright,
                    evened_p_face=prediction.evened_p_face, evened_tissue=prediction.evened_tissue,
-                   registered_evened=prediction.registered_evened)
+                   registered_evened=prediction.registered_evened, unrighted=prediction.unrighted)
 
     @property
     def status(self) -> str:
@@ -182,7 +183,11 @@ class CheckResult:
         overruled the network, p(face) close to the line, a head lying beyond the training poses, or
         a contrast the detector was not validated on."""
         notes = []
-        if self.registered_upright:
+        if self.unrighted is not None:
+            notes.append(f"the head looked turned a quarter or half way (the template head matched it so with its "
+                         f"header's axes turned {self.unrighted}), but a registration of the template found it upright "
+                         f"as stored: judged as it lies")
+        elif self.registered_upright:
             notes.append("the template head matched the head about as well turned a quarter or half way; a registration "
                          "of the template found it upright: judged as it lies")
         elif not understood(self.pose_margin):
@@ -245,7 +250,8 @@ class CheckResult:
         ``straightened`` and ``nodded`` (degrees) only where the head was judged turned with them, ``righted``
         only where its header's axes were read turned, ``registered_upright`` only where a registration
         found upright a head whose pose the guard could not read, ``registered_evened`` only where the
-        template registered onto the evened scan alone."""
+        template registered onto the evened scan alone, ``unrighted`` only where a registration found
+        upright as stored a head the guard would have righted."""
         return {
             "subject": self.subject,
             "session": self.session,
@@ -263,6 +269,7 @@ class CheckResult:
             **({"registered_upright": True} if self.registered_upright else {}),
             **({"evened_p_face": self.evened_p_face} if self.evened_p_face is not None else {}),
             **({"registered_evened": True} if self.registered_evened else {}),
+            **({"unrighted": self.unrighted} if self.unrighted is not None else {}),
             **{f"tissue_{name}": share if share == share else None for name, share in (self.tissue or {}).items()},
             **({"face_texture": self.texture if self.texture == self.texture else None} if self.texture is not None else {}),
             "views_png": self.views_png,

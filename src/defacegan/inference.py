@@ -92,6 +92,7 @@ class Prediction:
     evened_p_face: float | None = None  # p(face) with the bias field taken off, where the network did not see a face (defacegan.bias_field)
     evened_tissue: dict[str, float] | None = None  # the feature regions' tissue shares on the evened scan, where the network saw a face in it
     registered_evened: bool = False  # the template would not register onto the scan as it is; it did onto the evened scan
+    unrighted: str | None = None  # the turn the pose guard read the head's axes with, where a registration found it upright as stored
 
     @property
     def pose_understood(self) -> bool:
@@ -249,10 +250,14 @@ class GridDataset(Dataset):
                     "pose_margin": None, "righting": None, "error": str(error)}
 
     def on_grid(self, scan: Scan) -> tuple[Placement, torch.Tensor, float | None]:
-        """Where the grid goes on ``scan``, the model's input there, and the pose guard's margin (None: not checked)."""
-        placed = self.contract.place(scan.data, scan.affine)
-        volume = self.contract.volume(scan.data, scan.affine, placed)
-        return placed, volume, upright_margin(volume, self.contract.spacing) if self.pose_check else None
+        return on_grid(scan, self.contract, self.pose_check)
+
+
+def on_grid(scan: Scan, contract: InputContract, pose_check: bool = True) -> tuple[Placement, torch.Tensor, float | None]:
+    """Where ``contract``'s grid goes on ``scan``, the model's input there, and the pose guard's margin (None: not checked)."""
+    placed = contract.place(scan.data, scan.affine)
+    volume = contract.volume(scan.data, scan.affine, placed)
+    return placed, volume, upright_margin(volume, contract.spacing) if pose_check else None
 
 
 def collate(items: list[dict]) -> list[dict]:
@@ -329,34 +334,66 @@ class Detector:
                 continue
             views = self.contract.views(torch.stack([b["volume"] for b in good]).to(self.device))
             for b, named, v in zip(good, self.judge(views), views.cpu().numpy()):
-                # not righted where the pose is not understood (a righted one is); evened where the loader's reading had to be
-                again = Reread(items[b["index"]], b["righting"], b["registered_evened"])
-                reading, unnodded, search, registered, evened, evened_tissue = b["reading"], None, None, False, None, None
-                try:
-                    straightened, upright = b["straightened"] is not None, understood(b["pose_margin"])
-                    if not upright and self.anatomy != "never":
-                        search = again.registered_upright(self.contract)
-                        registered = upright = search is not None
-                    if self.anatomy == "unsure" and upright and (registered or needs_anatomy(named, self.threshold, straightened)):
-                        reading = again.read(search)
-                    unnodded = nod_to_undo(named["face"], reading.nod, straightened, registered) if reading is not None else None
-                    if unnodded is not None:
-                        named, v = self.judge_unnodded(again.scan, unnodded)
-                    tissue, nod, texture = reading if reading is not None else (None, None, None)
-                    verdict = verdict_of(named, self.threshold, tissue, texture)
-                    if upright and verdict != "face" and self.anatomy != "never":
-                        evened, evened_tissue = self.look_evened(again, unnodded or 0.0)
-                except ScanError as error:
-                    predictions[b["index"]] = Prediction(b["source"], error=str(error))
-                    continue
-                predictions[b["index"]] = Prediction(b["source"], named, verdict if upright and not self.evened_shows_face(evened, evened_tissue) else "face",
-                                                     views=v if keep_views else None, tissue=tissue, nod=nod, texture=texture,
-                                                     unnodded=unnodded, overruled=verdict != verdict_of(named, self.threshold),
-                                                     evened_p_face=evened, evened_tissue=evened_tissue,
-                                                     straightened=b["straightened"], pose_margin=b["pose_margin"],
-                                                     righted=None if b["righting"] is None else describe_turn(b["righting"]),
-                                                     registered_upright=registered, registered_evened=again.registers_evened)
+                predictions[b["index"]] = self.conclude(items[b["index"]], b, named, v, keep_views)
         return predictions
+
+    def conclude(self, item: ScanInput, b: dict, named: dict[str, float], v: np.ndarray, keep_views: bool,
+                 as_stored: tuple[PitchSearch, str] | None = None) -> Prediction:
+        """The verdict on one scan from the network's first look (``named``, ``v``) and the loader's
+        facts ``b``, with the pose guard's, the anatomy's and the evened look's say. ``as_stored``:
+        the scan as it lies, the guard's righting refuted by a registration (:meth:`judged_as_stored`):
+        that registration's search, and the turn refuted."""
+        # not righted where the pose is not understood (a righted one is); evened where the loader's reading had to be
+        again = Reread(item, b["righting"], b["registered_evened"])
+        reading, unnodded, evened, evened_tissue = b["reading"], None, None, None
+        search, registered = as_stored[0] if as_stored else None, as_stored is not None
+        try:
+            straightened, upright = b["straightened"] is not None, understood(b["pose_margin"]) or registered
+            if not upright and self.anatomy != "never":
+                search = again.registered_upright(self.contract)
+                registered = upright = search is not None
+            if upright and reading is None and (self.anatomy == "always" or self.anatomy == "unsure" and (
+                    registered or needs_anatomy(named, self.threshold, straightened))):
+                reading = again.read(search)
+            unnodded = nod_to_undo(named["face"], reading.nod, straightened, registered) if reading is not None else None
+            if unnodded is not None:
+                named, v = self.judge_unnodded(again.scan, unnodded)
+            tissue, nod, texture = reading if reading is not None else (None, None, None)
+            verdict = verdict_of(named, self.threshold, tissue, texture)
+            if b["righting"] is not None and verdict != "face" and self.anatomy != "never":
+                stored = self.judged_as_stored(item, again.scan, b)
+                if stored is not None:
+                    facts, first_look, views, found = stored
+                    return self.conclude(item, facts, first_look, views, keep_views, as_stored=found)
+            if upright and verdict != "face" and self.anatomy != "never":
+                evened, evened_tissue = self.look_evened(again, unnodded or 0.0)
+        except ScanError as error:
+            return Prediction(b["source"], error=str(error))
+        return Prediction(b["source"], named, verdict if upright and not self.evened_shows_face(evened, evened_tissue) else "face",
+                          views=v if keep_views else None, tissue=tissue, nod=nod, texture=texture,
+                          unnodded=unnodded, overruled=verdict != verdict_of(named, self.threshold),
+                          evened_p_face=evened, evened_tissue=evened_tissue,
+                          straightened=b["straightened"], pose_margin=b["pose_margin"],
+                          righted=None if b["righting"] is None else describe_turn(b["righting"]),
+                          registered_upright=registered and not understood(b["pose_margin"]),
+                          unrighted=as_stored[1] if as_stored else None, registered_evened=again.registers_evened)
+
+    def judged_as_stored(self, item: ScanInput, righted: Scan, b: dict) -> tuple[dict, dict[str, float], np.ndarray, tuple] | None:
+        """Where the pose guard righted a head (``righted``, the scan read with its header's axes turned
+        back) and it would not be called ``face``, whether a registration of the template finds the head
+        upright as stored (:func:`defacegan.anatomy.registered_upright`): a guard that rights a head it
+        should not have, a face with the eyes and nose cut off and the mouth and chin left, turned it
+        upside down and called it ``replaced``. If it does, the facts, the network's first look and
+        the registration's search for judging the scan as it lies (:meth:`conclude`); None otherwise."""
+        scan = as_scan(item)
+        search = second_opinion.registered_upright(scan, righted)
+        if search is None:
+            return None
+        placed, volume, margin = on_grid(scan, self.contract, self.pose_check)
+        views = self.contract.views(volume[None].to(self.device))
+        stored = {**b, "righting": None, "reading": None, "registered_evened": False, "pose_margin": margin,
+                  "straightened": placed.degrees if placed.straightened else None}
+        return stored, self.judge(views)[0], views.cpu().numpy()[0], (search, describe_turn(b["righting"]))
 
     def judge_unnodded(self, scan: Scan, nod: float) -> tuple[dict[str, float], np.ndarray]:
         """The network's probabilities and the views for ``scan`` on a grid turned by ``nod`` degrees."""
