@@ -24,7 +24,9 @@ unless a registration of the template finds it upright after all (:func:`defaceg
 not with ``anatomy="never"``), it is called ``face`` whatever the network saw: the network, never
 trained on such grids, calls intact faces lying sideways ``removed``. A head that registration finds
 upright but nodded beyond the training poses is judged with the nod taken off, however sure the
-network was of it as it lay.
+network was of it as it lay. A righted head that would not be called ``face`` is registered as stored
+too: where the template finds it upright so, the guard turned it by a turn it did not have (a face cut
+above the mouth, turned upside down, read ``replaced``), and it is judged as it lies (``unrighted``).
 
 A scan that the network and the anatomy call ``removed`` or ``replaced`` is judged once more with
 its bias field taken off (:mod:`defacegan.bias_field`, N4, about a second), and called ``face`` if
