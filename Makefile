@@ -77,7 +77,7 @@ $(MEMBER_DIR)/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src
 # ~15 min; its bias fields again on the 24 training heads, where check's second look can be judged without the held-out ones, ~9 min), and on
 # held-out heads defaced by other projects' tools, Quickshear, caideface and deepdefacer (bench/other_defacers.py, 5 min);
 # the pose guard on the shipped column's draws, with it and without (bench/pose_guard.py, ~6 min);
-# and the anatomy's second opinion against the network alone on every family (bench/anatomy.py, ~38 min);
+# and the anatomy's second opinion against the network alone on every family (bench/anatomy.py, ~38 min), and on fresh partial and eye-level draws alone (15 min);
 # the partial-removal sweep (from below, from the front, the nose alone) through check and the network alone (bench/sweep_check.py, ~5 min), and on Colin27 (1 min);
 # and held-out heads re-faced by a Pix2Pix that train.py trains on the others (bench/gan_refaced.py, ~5 min);
 # the defacer on moved and posed heads (bench/deface.py, ~30 min) and its registration's pitch search (bench/pitch_search.py, 3 min);
@@ -99,6 +99,7 @@ figures:
 	$(PY) bench/other_defacers.py --ixi $(IXI_SOURCE)
 	$(PY) bench/pose_guard.py --ixi $(IXI_SOURCE)
 	$(PY) bench/anatomy.py --ixi $(IXI_SOURCE)
+	$(PY) bench/anatomy.py --ixi $(IXI_SOURCE) --families partial,eye_level --draws 12 --seed 3000 --out bench/results/anatomy-partial.json
 	$(PY) bench/sweep_check.py --ixi $(IXI_SOURCE)
 	$(PY) bench/sweep_check.py --head /usr/share/mricron/templates/ch2.nii.gz --out bench/results/sweep_check-colin27.json
 	$(PY) bench/gan_refaced.py --ixi $(IXI_SOURCE)

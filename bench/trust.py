@@ -256,7 +256,8 @@ def figure_text(r: dict) -> str:
     if r["n"] == 0:
         return "n/a"
     if r.get("unit", "scans") != "scans":
-        return f"{r['k']} of {r['n']} {r['unit']} ({r['subjects']} subjects each)" if r["subjects"] > 1 else f"{r['k']} of {r['n']} {r['unit']} (one head)"
+        each = f"{r['subjects']} subjects each" if r["subjects"] > 1 else "one head"
+        return f"{r['k']} of {r['n']} {r['unit']} ({each})"
     heads = f"; heads {r['heads_low']:.2f}, {r['heads_high']:.2f}" if "heads_low" in r else ""
     return f"{r['rate']:.3f} [{r['low']:.2f}, {r['high']:.2f}{heads}], {r['k']} of {r['n']} scans ({r['subjects']} subjects)"
 
