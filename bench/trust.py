@@ -51,13 +51,16 @@ def counted(k: int, n: int, subjects: int, unit: str = "scans") -> dict:
     return {"rate": k / n if n else float("nan"), "low": low, "high": high, "k": k, "n": n, "subjects": subjects, "unit": unit}
 
 
+def every_head_right(figure: dict) -> bool:
+    """Every head got every scan right: resampling the heads shows no spread (interval [1, 1])."""
+    return figure.get("heads_low") == 1.0 and bool(figure.get("subjects"))
+
+
 def heads_low(figure: dict) -> float:
-    """The lower end of a rate's interval over its heads: resampled (bootstrap), or where every head
-    got every scan right, which resampling them cannot question, Wilson's over the heads, each head
+    """The lower end of a rate's interval over its heads: resampled (bootstrap), or where
+    :func:`every_head_right`, which resampling cannot question, Wilson's over the heads, each head
     one trial (8 of 8 heads: 0.68)."""
-    if figure.get("heads_low") == 1.0 and figure.get("subjects"):
-        return wilson_interval(figure["subjects"], figure["subjects"])[0]
-    return figure.get("heads_low", 1.0)
+    return wilson_interval(figure["subjects"], figure["subjects"])[0] if every_head_right(figure) else figure.get("heads_low", 1.0)
 
 
 def row(section: str, what: str, figure: dict, target: float | None, source: str, run: dict | None,
@@ -67,7 +70,7 @@ def row(section: str, what: str, figure: dict, target: float | None, source: str
     if target is not None:  # a count of conditions or families has no interval: its rate is all there is
         sure = figure.get("unit", "scans") != "scans" or min(figure["low"], heads_low(figure)) >= target
         met = "no" if figure["rate"] < target else "yes" if sure else "point only"
-    if figure.get("heads_low") == 1.0 and figure.get("subjects"):
+    if every_head_right(figure):
         note = "; ".join(filter(None, [note, f"every head right on all: Wilson over its {figure['subjects']} heads "
                                               f"[{heads_low(figure):.2f}, 1.00]"]))
     return {"section": section, "what": what, **figure, "target": target, "met": met, "source": source,
