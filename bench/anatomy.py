@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     args, detector, paths = held_out_setup(__doc__, "anatomy.json", argv, extra=[("--draws", int, 4), ("--rows", Path, None),
                                                                                             ("--seed", int, SEED),
                                                                                             ("--families", str, ",".join(FAMILIES))])
+    drawn = args.families.split(",")
     if args.rows:
         rows = json.loads(args.rows.read_text())["rows"]
         report = floor_report(rows)
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     default_seconds, registered, same, failures, guard, said = 0.0, 0, True, [], [], {"network": [], "anatomy": []}
     for cache in bundle_caches(paths, detector.contract, args.cache):
         bundle = read_bundle(cache)
-        batch, facts = draw_volumes(bundle, detector.contract, args.families.split(","), draws=args.draws, seed=args.seed)
+        batch, facts = draw_volumes(bundle, detector.contract, drawn, draws=args.draws, seed=args.seed)
         scans = [Scan(volume[0].numpy(), bundle.affine) for volume in batch]
         clock = time.perf_counter()
         predictions = detector.predict(scans)
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"face: {sum(turned.values())} (by label: {dict(turned) or 'none'}); a face seen but no eye or nose region "
           f"holding tissue, so not turned: {sum(unconfirmed.values())} (by label: {dict(unconfirmed) or 'none'})")
     result = write_result(args, detector, started, subjects=n_subjects, draws=args.draws, seed=args.seed, subjects_drawn=args.subjects,
-                          families=args.families.split(","),
+                          families=drawn,
                           seconds_per_scan=round(per_scan, 2), default_seconds_per_scan=round(default_per_scan, 2),
                           default_registered=registered, default_same_verdicts=same, network=alone, anatomy=checked,
                           per_family=families, floor=floor_report(rows), vacancy=vacancy_report(rows), failures=failures, rows=rows)

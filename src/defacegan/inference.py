@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -182,8 +182,13 @@ class Reread:
         self.item, self.righting, self.registers_evened = item, righting, registers_evened
 
     @cached_property
+    def stored(self) -> Scan:
+        """The scan as stored, its header not turned."""
+        return as_scan(self.item)
+
+    @cached_property
     def scan(self) -> Scan:
-        return with_header_turned(as_scan(self.item), self.righting)
+        return with_header_turned(self.stored, self.righting)
 
     @cached_property
     def flat(self) -> Scan:
@@ -210,6 +215,15 @@ class Reread:
             except ScanError:
                 self.registers_evened, search = True, None  # that search was the scan's as it is
         return second_opinion.read(self.flat, search=search)
+
+
+class AsStored(NamedTuple):
+    """A righted scan to be judged as it lies (:meth:`Detector.judged_as_stored`): read again as
+    stored, the registration that found it upright so, and the guard's turn it refuted."""
+
+    again: Reread
+    search: PitchSearch
+    turn: str
 
 
 class GridDataset(Dataset):
@@ -340,15 +354,14 @@ class Detector:
         return predictions
 
     def conclude(self, item: ScanInput, b: dict, named: dict[str, float], v: np.ndarray, keep_views: bool,
-                 as_stored: tuple[PitchSearch, str] | None = None) -> Prediction:
+                 as_stored: AsStored | None = None) -> Prediction:
         """The verdict on one scan from the network's first look (``named``, ``v``) and the loader's
-        facts ``b``, with the pose guard's, the anatomy's and the evened look's say. ``as_stored``:
-        the scan as it lies, the guard's righting refuted by a registration (:meth:`judged_as_stored`):
-        that registration's search, and the turn refuted."""
+        facts ``b``, with the pose guard's, the anatomy's and the evened look's say; ``as_stored``:
+        the scan as it lies, the guard's righting refuted (:meth:`judged_as_stored`)."""
         # not righted where the pose is not understood (a righted one is); evened where the loader's reading had to be
-        again = Reread(item, b["righting"], b["registered_evened"])
+        again = as_stored.again if as_stored else Reread(item, b["righting"], b["registered_evened"])
         reading, unnodded, evened, evened_tissue = b["reading"], None, None, None
-        search, registered = as_stored[0] if as_stored else None, as_stored is not None
+        search, registered = as_stored.search if as_stored else None, as_stored is not None
         try:
             straightened, upright = b["straightened"] is not None, understood(b["pose_margin"]) or registered
             if not upright and self.anatomy != "never":
@@ -363,7 +376,7 @@ class Detector:
             tissue, nod, texture = reading if reading is not None else (None, None, None)
             verdict = verdict_of(named, self.threshold, tissue, texture)
             if b["righting"] is not None and verdict != "face" and self.anatomy != "never":
-                stored = self.judged_as_stored(item, again.scan, b)
+                stored = self.judged_as_stored(again, b)
                 if stored is not None:
                     facts, first_look, views, found = stored
                     return self.conclude(item, facts, first_look, views, keep_views, as_stored=found)
@@ -378,24 +391,23 @@ class Detector:
                           straightened=b["straightened"], pose_margin=b["pose_margin"],
                           righted=None if b["righting"] is None else describe_turn(b["righting"]),
                           registered_upright=registered and not understood(b["pose_margin"]),
-                          unrighted=as_stored[1] if as_stored else None, registered_evened=again.registers_evened)
+                          unrighted=as_stored.turn if as_stored else None, registered_evened=again.registers_evened)
 
-    def judged_as_stored(self, item: ScanInput, righted: Scan, b: dict) -> tuple[dict, dict[str, float], np.ndarray, tuple] | None:
-        """Where the pose guard righted a head (``righted``, the scan read with its header's axes turned
+    def judged_as_stored(self, righted: Reread, b: dict) -> tuple[dict, dict[str, float], np.ndarray, AsStored] | None:
+        """Where the pose guard righted a head (``righted``: the scan read with its header's axes turned
         back) and it would not be called ``face``, whether a registration of the template finds the head
         upright as stored (:func:`defacegan.anatomy.registered_upright`): a guard that rights a head it
         should not have, a face with the eyes and nose cut off and the mouth and chin left, turned it
         upside down and called it ``replaced``. If it does, the facts, the network's first look and
-        the registration's search for judging the scan as it lies (:meth:`conclude`); None otherwise."""
-        scan = as_scan(item)
-        search = second_opinion.registered_upright(scan, righted)
+        the scan as stored (:class:`AsStored`) for judging it as it lies (:meth:`conclude`); None otherwise."""
+        again = Reread(righted.stored)  # the scan already loaded, not read again
+        search = second_opinion.registered_upright(again.scan, righted.scan)
         if search is None:
             return None
-        placed, volume, margin = on_grid(scan, self.contract, self.pose_check)
+        placed, volume, margin = on_grid(again.scan, self.contract, self.pose_check)
         views = self.contract.views(volume[None].to(self.device))
-        stored = {**b, "righting": None, "reading": None, "registered_evened": False, "pose_margin": margin,
-                  "straightened": placed.degrees if placed.straightened else None}
-        return stored, self.judge(views)[0], views.cpu().numpy()[0], (search, describe_turn(b["righting"]))
+        stored = {**b, "righting": None, "reading": None, "pose_margin": margin, "straightened": placed.degrees if placed.straightened else None}
+        return stored, self.judge(views)[0], views.cpu().numpy()[0], AsStored(again, search, describe_turn(b["righting"]))
 
     def judge_unnodded(self, scan: Scan, nod: float) -> tuple[dict[str, float], np.ndarray]:
         """The network's probabilities and the views for ``scan`` on a grid turned by ``nod`` degrees."""
