@@ -236,3 +236,21 @@ def test_a_face_the_guard_would_right_by_a_turn_it_does_not_have_is_judged_as_it
     assert checked.verdict == "face" and checked.righted is None and checked.unrighted == "180° about A-S", checked
     record = CheckResult.from_prediction(checked, ScanFile(Path("partial.nii.gz"))).record()
     assert record["unrighted"] == "180° about A-S" and "found it upright as stored" in record["note"]
+
+
+def test_a_defaced_head_the_guard_rights_by_a_turn_it_does_not_have_is_not_a_face(detector, bundles):
+    """The converse: a plane-defaced and a shell-replaced face, posed near upright as ``bench/anatomy.py``
+    draws them (seed 1000, 4 draws a family), that the guard rights by half turns their headers do not
+    have. Upside down the network sees a face in the first, and the anatomy in the second (false alarms,
+    before every righting was checked). A registration finds them upright as stored, so ``check`` judges
+    them as they lie: ``removed`` and ``replaced``."""
+    bundle = bundles[0]
+    batch, facts = draw_volumes(bundle, detector.contract, draws=4, seed=1000)
+    picked = [8, 44]
+    assert [(facts["family"][i], facts["number"][i], facts["label"][i]) for i in picked] == [("plane", 0, 1), ("replace_shell", 0, 2)]
+    scans = [Scan(batch[i, 0].numpy(), bundle.affine) for i in picked]
+    alone = Detector(device="cpu", anatomy="never").predict(scans)
+    assert [p.righted for p in alone] == ["180° about S", "180° about R"] and alone[0].verdict == "face", alone
+    checked = detector.predict(scans)
+    assert [(p.verdict, p.righted, p.unrighted) for p in checked] == [("removed", None, "180° about S"),
+                                                                       ("replaced", None, "180° about R")], checked

@@ -24,9 +24,9 @@ unless a registration of the template finds it upright after all (:func:`defaceg
 not with ``anatomy="never"``), it is called ``face`` whatever the network saw: the network, never
 trained on such grids, calls intact faces lying sideways ``removed``. A head that registration finds
 upright but nodded beyond the training poses is judged with the nod taken off, however sure the
-network was of it as it lay. A righted head that would not be called ``face`` is registered as stored
-too: where the template finds it upright so, the guard turned it by a turn it did not have (a face cut
-above the mouth, turned upside down, read ``replaced``), and it is judged as it lies (``unrighted``).
+network was of it as it lay. A righted head is registered as stored too: where the template finds
+it upright so, the guard turned it by a turn it did not have (a face cut above the mouth, turned upside
+down, read ``replaced``; a defaced head, turned, read ``face``), and it is judged as it lies (``unrighted``).
 
 A scan that the network and the anatomy call ``removed`` or ``replaced`` is judged once more with
 its bias field taken off (:mod:`defacegan.bias_field`, N4, about a second), and called ``face`` if
@@ -375,7 +375,7 @@ class Detector:
                 named, v = self.judge_unnodded(again.scan, unnodded)
             tissue, nod, texture = reading if reading is not None else (None, None, None)
             verdict = verdict_of(named, self.threshold, tissue, texture)
-            if b["righting"] is not None and verdict != "face" and self.anatomy != "never":
+            if b["righting"] is not None and self.anatomy != "never":
                 stored = self.judged_as_stored(again, b)
                 if stored is not None:
                     facts, first_look, views, found = stored
@@ -395,11 +395,12 @@ class Detector:
 
     def judged_as_stored(self, righted: Reread, b: dict) -> tuple[dict, dict[str, float], np.ndarray, AsStored] | None:
         """Where the pose guard righted a head (``righted``: the scan read with its header's axes turned
-        back) and it would not be called ``face``, whether a registration of the template finds the head
-        upright as stored (:func:`defacegan.anatomy.registered_upright`): a guard that rights a head it
-        should not have, a face with the eyes and nose cut off and the mouth and chin left, turned it
-        upside down and called it ``replaced``. If it does, the facts, the network's first look and
-        the scan as stored (:class:`AsStored`) for judging it as it lies (:meth:`conclude`); None otherwise."""
+        back), whether a registration of the template finds the head upright as stored
+        (:func:`defacegan.anatomy.registered_upright`): a guard that rights a head it should not have
+        turned a face with the eyes and nose cut off and the mouth and chin left upside down and called
+        it ``replaced``, and turned plane-defaced heads into ones the network calls ``face``. If it does,
+        the facts, the network's first look and the scan as stored (:class:`AsStored`) for judging it as
+        it lies (:meth:`conclude`); None otherwise."""
         again = Reread(righted.stored)  # the scan already loaded, not read again
         search = second_opinion.registered_upright(again.scan, righted.scan)
         if search is None:
