@@ -30,7 +30,8 @@ Prints tables and writes JSON (default bench/results/anatomy.json), with what th
 (:data:`~defacegan.anatomy.NETWORK_UNSURE`) changed on the run: the anatomy's false alarms and the
 faces it recovered, had every ``removed`` verdict been open to it, and what the converse rule (a
 ``face`` verdict turned ``removed`` where no feature region reads tissue) would turn, by label.
-``--rows RUN.json`` prints both for a stored run (e.g. an earlier detector's: ``--ckpt PREVIOUS
+And what the nod rule changed: the faces and the defaced heads whose ``face`` verdict it took away or
+gave. ``--rows RUN.json`` prints all three for a stored run (e.g. an earlier detector's: ``--ckpt PREVIOUS
 --out RUN.json``) without drawing.
 """
 
@@ -102,6 +103,26 @@ def vacancy_report(rows: list[dict]) -> dict:
     return {"called_face": len(called_face), "rules": rules}
 
 
+def nod_report(rows: list[dict], threshold: float = 0.5) -> dict:
+    """What the nod rule (:func:`~defacegan.anatomy.nod_to_undo`) changed on a run's rows: of the scans
+    judged again with the nod taken off, by label, how many the network called ``face`` as they lay
+    and not with the nod off (``lost``: a face lost is the unsafe error; a defaced head, recovered)
+    and the converse (``gained``: a face gained; a defaced head, a false alarm made)."""
+    judged = [row for row in rows if row["unnodded"] is not None]
+    def crossed(row: dict, before: bool) -> bool:
+        return (row["p_face"] >= threshold) == before and (row["p_face_unnodded"] >= threshold) != before
+    return {"judged": len(judged), "of": len(rows),
+            **{label: {"judged": sum(row["label"] == label for row in judged),
+                       "lost": sum(row["label"] == label and crossed(row, True) for row in judged),
+                       "gained": sum(row["label"] == label and crossed(row, False) for row in judged)} for label in VERDICTS}}
+
+
+def print_nod_report(report: dict) -> None:
+    print(f"the nod rule judged {report['judged']} of {report['of']} scans again with the nod taken off; the network's "
+          "face verdict lost / gained by it, by label (a face lost: the unsafe error; a defaced head lost: recovered): "
+          + "; ".join(f"{label} {report[label]['lost']} / {report[label]['gained']} of {report[label]['judged']}" for label in VERDICTS))
+
+
 def print_vacancy_report(report: dict) -> None:
     print(f"had check called `removed` the faces whose every feature region reads under the line (p(face) under the ceiling): "
           f"scans turned, by label (face: faces lost), of {report['called_face']} called face")
@@ -132,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{args.rows}:")
         print_floor_report(report)
         print_vacancy_report(vacancy_report(rows))
+        print_nod_report(nod_report(rows, detector.threshold))
         return report
     detector.anatomy, detector.workers = "always", 2
     parts, alone_probabilities, probabilities, tissue, texture, nods, evened, seconds = [], [], [], [], [], [], [], 0.0
@@ -209,7 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
                           families=drawn,
                           seconds_per_scan=round(per_scan, 2), default_seconds_per_scan=round(default_per_scan, 2),
                           default_registered=registered, default_same_verdicts=same, network=alone, anatomy=checked,
-                          per_family=families, floor=floor_report(rows), vacancy=vacancy_report(rows), failures=failures, rows=rows)
+                          per_family=families, floor=floor_report(rows), vacancy=vacancy_report(rows),
+                          nod=nod_report(rows, detector.threshold), failures=failures, rows=rows)
     print(f"the pose guard (--anatomy): {sum(r['righted'] is not None for r in rows)} of {len(rows)} scans judged righted, "
           f"{sum(r['registered_upright'] for r in rows)} it could not read found upright by a registration and judged as they lie, "
           f"{sum(not r['pose_understood'] for r in rows)} not understood (called face), {sum(r['registered_evened'] for r in rows)} "
@@ -217,6 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
           + "".join(f"\n  {failure}" for failure in failures))
     print_floor_report(result["floor"])
     print_vacancy_report(result["vacancy"])
+    print_nod_report(result["nod"])
     if not same:
         raise SystemExit("check's default and --anatomy disagree on a verdict (see the JSON)")
     return result
