@@ -191,7 +191,8 @@ def test_a_held_out_head_whose_header_misstates_its_axes_is_judged_turned_back(d
     is: without the guard, `check` called 6 of 32 such intact heads and 14 of 32 eyes-and-nose partial
     cuts not a face (`bench/acquisition.py --no-pose-check --conditions "header's axes"`). The pose
     guard reads each with its header turned back, the same voxels on the same grid as stored, so
-    the same answer. As stored, none is flagged."""
+    the same answer, and the registration that checks every righting does not refute it. As stored,
+    none is flagged."""
     scans = [load_scan(path) for path in held_out[:4]]
     upright = detector.predict(scans)
     assert all(p.pose_understood and p.righted is None for p in upright)
@@ -200,6 +201,7 @@ def test_a_held_out_head_whose_header_misstates_its_axes_is_judged_turned_back(d
         turned_scans = [with_header_turned(scan, rotation) for scan in scans]
         for scan, stored, prediction in zip(held_out, upright, detector.predict(turned_scans)):
             assert prediction.righted == describe_turn(rotation.T), (scan.name, a, b, degrees, prediction.pose_margin)
+            assert prediction.unrighted is None  # a registration does not find the turned head upright as stored
             assert prediction.verdict == stored.verdict == "face"
             assert prediction.probabilities == pytest.approx(stored.probabilities, abs=1e-5)
 
