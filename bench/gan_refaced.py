@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
                     rows.append({"head": bundle.subject, "method": method, "stage": stage, "expected": label,
                                  "filled_share": float(filled.sum() / max(gone.sum(), 1)) if foreign is not None else 0.0,
                                  "verdict": network, **{f"p_{k}": v for k, v in prediction.probabilities.items()},
-                                 "anatomy_verdict": prediction.verdict, "tissue": prediction.tissue})
+                                 "anatomy_verdict": prediction.verdict, "tissue": prediction.tissue,
+                                 "righted": prediction.righted, "unrighted": prediction.unrighted})
     summary = []
     for method in METHODS:
         for stage in ("defaced", "re-faced"):

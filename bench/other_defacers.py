@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
                              "spacing_mm": float(np.mean(scan.spacing)), "expected": label, "own_share": own,
                              "verdict": network, **{f"p_{k}": v for k, v in prediction.probabilities.items()},
                              "right": (network == "face") == (label == "face"), "tissue": prediction.tissue,
-                             "anatomy_verdict": prediction.verdict,
+                             "anatomy_verdict": prediction.verdict, "righted": prediction.righted, "unrighted": prediction.unrighted,
                              "anatomy_right": (prediction.verdict == "face") == (label == "face")})
     summary = []
     for tool, setting, _ in TOOLS:

@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
             right, right_anatomy = met(expected, network), met(expected, prediction.verdict)
             rows.append({"ckpt": str(detector.checkpoint), "head": head, "case": case, "expected": expected,
                          "verdict": network, **{f"p_{k}": round(v, 4) for k, v in p.items()}, "right": right,
-                         "tissue": prediction.tissue, "texture": prediction.texture, "anatomy_verdict": prediction.verdict, "anatomy_right": right_anatomy})
+                         "tissue": prediction.tissue, "texture": prediction.texture, "anatomy_verdict": prediction.verdict, "anatomy_right": right_anatomy,
+                         "righted": prediction.righted, "unrighted": prediction.unrighted})
             mark = {True: "yes", False: "[red]NO[/red]", None: ""}
             table.add_row(head, case, expected or "(none)", network, *(f"{v:.3f}" for v in p.values()), mark[right],
                           " / ".join(f"{v:.2f}" for v in prediction.tissue.values()), f"{prediction.texture:.2f}", prediction.verdict,

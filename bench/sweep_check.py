@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "own": own, "eyes_kept": bool(own["eyes"] >= FACE_MIN_FRACTION), "nose_kept": bool(own["nose"] >= FACE_MIN_FRACTION),
                          "check": None if judged.error else judged.verdict, "network": None if alone.error else alone.verdict,
                          "p_face": None if alone.error else alone.probabilities["face"], "overruled": judged.overruled,
-                         "tissue": judged.tissue, "pose_understood": judged.pose_understood, "error": judged.error or alone.error})
+                         "tissue": judged.tissue, "pose_understood": judged.pose_understood, "righted": judged.righted,
+                         "unrighted": judged.unrighted, "error": judged.error or alone.error})
         print(f"{bundle.subject}: {len(cases)} cuts, check called {sum(r['check'] == 'face' for r in rows[-len(cases):])} face", flush=True)
     detector.anatomy = "unsure"
     rates = group_rates(rows)
