@@ -363,6 +363,11 @@ class Detector:
         reading, unnodded, evened, evened_tissue = b["reading"], None, None, None
         search, registered = as_stored.search if as_stored else None, as_stored is not None
         try:
+            if b["righting"] is not None and self.anatomy != "never":  # checked before the righted scan is judged
+                stored = self.judged_as_stored(again, b)
+                if stored is not None:
+                    facts, first_look, views, found = stored
+                    return self.conclude(item, facts, first_look, views, keep_views, as_stored=found)
             straightened, upright = b["straightened"] is not None, understood(b["pose_margin"]) or registered
             if not upright and self.anatomy != "never":
                 search = again.registered_upright(self.contract)
@@ -375,11 +380,6 @@ class Detector:
                 named, v = self.judge_unnodded(again.scan, unnodded)
             tissue, nod, texture = reading if reading is not None else (None, None, None)
             verdict = verdict_of(named, self.threshold, tissue, texture)
-            if b["righting"] is not None and self.anatomy != "never":
-                stored = self.judged_as_stored(again, b)
-                if stored is not None:
-                    facts, first_look, views, found = stored
-                    return self.conclude(item, facts, first_look, views, keep_views, as_stored=found)
             if upright and verdict != "face" and self.anatomy != "never":
                 evened, evened_tissue = self.look_evened(again, unnodded or 0.0)
         except ScanError as error:
