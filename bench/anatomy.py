@@ -103,11 +103,13 @@ def vacancy_report(rows: list[dict]) -> dict:
     return {"called_face": len(called_face), "rules": rules}
 
 
-def nod_report(rows: list[dict], threshold: float = 0.5) -> dict:
+def nod_report(rows: list[dict], threshold: float) -> dict:
     """What the nod rule (:func:`~defacegan.anatomy.nod_to_undo`) changed on a run's rows: of the scans
     judged again with the nod taken off, by label, how many the network called ``face`` as they lay
     and not with the nod off (``lost``: a face lost is the unsafe error; a defaced head, recovered)
-    and the converse (``gained``: a face gained; a defaced head, a false alarm made)."""
+    and the converse (``gained``: a face gained; a defaced head, a false alarm made). "As they lay" is
+    the network alone's look, after the guard's righting, which only the anatomy's path checks: on a
+    scan whose righting that path refuted (``unrighted``), the change also holds the turn undone."""
     judged = [row for row in rows if row["unnodded"] is not None]
     def crossed(row: dict, before: bool) -> bool:
         return (row["p_face"] >= threshold) == before and (row["p_face_unnodded"] >= threshold) != before
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
         registered += sum(p.tissue is not None for p in defaults)
         same &= [p.verdict for p in predictions] == [p.verdict for p in defaults]
         parts.append(Samples(torch.zeros(len(batch), 0), **facts).where(keep))
-        guard += [(p.righted, p.pose_understood, p.registered_upright) for p in predictions]  # with the registration's say
+        guard += [(p.righted, p.unrighted, p.pose_understood, p.registered_upright) for p in predictions]  # with the registration's say
         said["network"] += [VERDICTS.index(p.verdict) for p in alone]
         said["anatomy"] += [VERDICTS.index(p.verdict) for p in predictions]
         alone_probabilities += [[p.probabilities[v] for v in VERDICTS] for p in alone]
@@ -212,9 +214,9 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [{"subject": str(s), "family": str(f), "draw": int(n), "label": VERDICTS[label],
              **{f"p_{v}": float(p) for v, p in zip(VERDICTS, probability)}, "tissue": t, "texture": x, "nod": nod, "unnodded": unnodded,
              "p_face_unnodded": float(checked_probability[0]) if unnodded is not None else None,
-             "network": VERDICTS[a], "anatomy": VERDICTS[b], "righted": righted, "pose_understood": understood,
+             "network": VERDICTS[a], "anatomy": VERDICTS[b], "righted": righted, "unrighted": unrighted, "pose_understood": understood,
              "registered_upright": registered_upright, "p_face_evened": e, "tissue_evened": et, "registered_evened": flat}
-            for s, f, n, label, probability, checked_probability, t, x, (nod, unnodded), a, b, (righted, understood, registered_upright), (e, et, flat)
+            for s, f, n, label, probability, checked_probability, t, x, (nod, unnodded), a, b, (righted, unrighted, understood, registered_upright), (e, et, flat)
             in zip(samples.subject, samples.family, samples.number, samples.label, alone_probabilities, probabilities, tissue,
                    texture, nods, said["network"], said["anatomy"], guard, evened)]
     unnodded = [row for row in rows if row["unnodded"] is not None]
