@@ -31,7 +31,9 @@ Prints tables and writes JSON (default bench/results/anatomy.json), with what th
 faces it recovered, had every ``removed`` verdict been open to it, and what the converse rule (a
 ``face`` verdict turned ``removed`` where no feature region reads tissue) would turn, by label.
 And what the nod rule changed: the faces and the defaced heads whose ``face`` verdict it took away or
-gave. ``--rows RUN.json`` prints all three for a stored run (e.g. an earlier detector's: ``--ckpt PREVIOUS
+gave. And how the anatomy's reading of each feature region agrees with the share of it the label
+rule keeps (the rows hold both), and why each face called defaced got past the anatomy.
+``--rows RUN.json`` prints these for a stored run (e.g. an earlier detector's: ``--ckpt PREVIOUS
 --out RUN.json``) without drawing.
 """
 
@@ -46,11 +48,11 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from defacegan.anatomy import NETWORK_SURE, NETWORK_UNSURE, overrules
+from defacegan.anatomy import NETWORK_SURE, NETWORK_UNSURE, OVERRULING, TISSUE_MIN_SHARE, overrules
 from defacegan.contract import VERDICTS
 from defacegan.detector_data import Samples, bundle_caches, draw_volumes, read_bundle
 from defacegan.families import FAMILIES
-from defacegan.features import FEATURES
+from defacegan.features import FACE_MIN_FRACTION, FEATURES
 from defacegan.inference import left_by_evened_look, turned_by_evened_look
 from defacegan.io import Scan
 from detector_eval import headline, rate
@@ -119,6 +121,44 @@ def nod_report(rows: list[dict], threshold: float) -> dict:
                        "gained": sum(row["label"] == label and crossed(row, False) for row in judged)} for label in VERDICTS}}
 
 
+def reading_report(rows: list[dict]) -> dict:
+    """How the anatomy's reading of each feature region (``tissue``, :func:`~defacegan.anatomy.feature_tissue`)
+    agrees with the share of the feature the label rule counts as the subject's own (``own``, known
+    from how the scan was made): of the scans where the rule keeps the feature (own share at least
+    :data:`~defacegan.features.FACE_MIN_FRACTION`), how many read at the anatomy's line
+    (:data:`~defacegan.anatomy.TISSUE_MIN_SHARE`) or more, and of those where it does not, how many
+    read so all the same; with the mean reading minus own share where the rule keeps it. And the
+    face-labelled scans ``check`` called defaced, by why the anatomy let them pass: an eye or nose
+    the rule keeps read under the line, or only the mouth or chin kept (regions it does not overrule on)."""
+    read = [row for row in rows if row["tissue"] is not None]
+    def share(value: float) -> float:
+        return value if value == value else 0.0  # NaN: outside the field of view, none
+    features = {}
+    for name in FEATURES:
+        kept = [row for row in read if share(row["own"][name]) >= FACE_MIN_FRACTION]
+        gone = [row for row in read if share(row["own"][name]) < FACE_MIN_FRACTION]
+        features[name] = {"kept": len(kept), "kept_read": sum(share(row["tissue"][name]) >= TISSUE_MIN_SHARE for row in kept),
+                          "kept_bias": float(np.mean([share(row["tissue"][name]) - row["own"][name] for row in kept])) if kept else None,
+                          "gone": len(gone), "gone_read": sum(share(row["tissue"][name]) >= TISSUE_MIN_SHARE for row in gone)}
+    missed = [row for row in read if row["label"] == "face" and row["anatomy"] != "face"]
+    unread = [row for row in missed if any(share(row["own"][name]) >= FACE_MIN_FRACTION for name in OVERRULING)]
+    return {"read": len(read), "of": len(rows), "features": features, "faces_called_defaced": len(missed),
+            "eyes_or_nose_kept_read_under_line": [f"{row['subject']} {row['family']} {row['draw']}" for row in unread],
+            "only_mouth_or_chin_kept": len(missed) - len(unread)}
+
+
+def print_reading_report(report: dict) -> None:
+    print(f"the anatomy's reading against the share the label rule keeps (own >= {FACE_MIN_FRACTION}), {report['read']} of "
+          f"{report['of']} scans read; read at the line ({TISSUE_MIN_SHARE}) or more, where kept / where not kept:")
+    for name, f in report["features"].items():
+        bias = "" if f["kept_bias"] is None else f", reading minus own share where kept {f['kept_bias']:+.2f}"
+        print(f"  {name}: {f['kept_read']} of {f['kept']} / {f['gone_read']} of {f['gone']}{bias}")
+    unread = report["eyes_or_nose_kept_read_under_line"]
+    which = f" ({', '.join(unread)})" if unread else ""
+    print(f"face-labelled scans check called defaced: {report['faces_called_defaced']}; an eye or nose kept but read under the line: "
+          f"{len(unread)}{which}; only the mouth or chin kept: {report['only_mouth_or_chin_kept']}")
+
+
 def print_nod_report(report: dict) -> None:
     print(f"the nod rule judged {report['judged']} of {report['of']} scans again with the nod taken off; the network's "
           "face verdict lost / gained by it, by label (a face lost: the unsafe error; a defaced head lost: recovered): "
@@ -156,6 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
         print_floor_report(report)
         print_vacancy_report(vacancy_report(rows))
         print_nod_report(nod_report(rows, detector.threshold))
+        if "own" in rows[0]:  # runs stored before the rows held the rule's shares cannot say
+            print_reading_report(reading_report(rows))
         return report
     detector.anatomy, detector.workers = "always", 2
     parts, alone_probabilities, probabilities, tissue, texture, nods, evened, seconds = [], [], [], [], [], [], [], 0.0
@@ -212,12 +254,15 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"check (default): {default_per_scan:.2f} s a scan, {registered} of {len(samples.label)} scans registered; "
           f"verdicts {'the same as' if same else 'NOT the same as'} --anatomy's")
     rows = [{"subject": str(s), "family": str(f), "draw": int(n), "label": VERDICTS[label],
+             "own": dict(zip(FEATURES, map(float, own))), "foreign": dict(zip(FEATURES, map(float, foreign))),
              **{f"p_{v}": float(p) for v, p in zip(VERDICTS, probability)}, "tissue": t, "texture": x, "nod": nod, "unnodded": unnodded,
              "p_face_unnodded": float(checked_probability[0]) if unnodded is not None else None,
              "network": VERDICTS[a], "anatomy": VERDICTS[b], "righted": righted, "unrighted": unrighted, "pose_understood": understood,
              "registered_upright": registered_upright, "p_face_evened": e, "tissue_evened": et, "registered_evened": flat}
-            for s, f, n, label, probability, checked_probability, t, x, (nod, unnodded), a, b, (righted, unrighted, understood, registered_upright), (e, et, flat)
-            in zip(samples.subject, samples.family, samples.number, samples.label, alone_probabilities, probabilities, tissue,
+            for s, f, n, label, own, foreign, probability, checked_probability, t, x, (nod, unnodded), a, b,
+            (righted, unrighted, understood, registered_upright), (e, et, flat)
+            in zip(samples.subject, samples.family, samples.number, samples.label, samples.own, samples.foreign,
+                   alone_probabilities, probabilities, tissue,
                    texture, nods, said["network"], said["anatomy"], guard, evened)]
     unnodded = [row for row in rows if row["unnodded"] is not None]
     print(f"judged again with the nod taken off: {len(unnodded)} of {len(rows)} scans: "
@@ -234,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
                           seconds_per_scan=round(per_scan, 2), default_seconds_per_scan=round(default_per_scan, 2),
                           default_registered=registered, default_same_verdicts=same, network=alone, anatomy=checked,
                           per_family=families, floor=floor_report(rows), vacancy=vacancy_report(rows),
-                          nod=nod_report(rows, detector.threshold), failures=failures, rows=rows)
+                          nod=nod_report(rows, detector.threshold), reading=reading_report(rows), failures=failures, rows=rows)
     print(f"the pose guard (--anatomy): {sum(r['righted'] is not None for r in rows)} of {len(rows)} scans judged righted, "
           f"{sum(r['registered_upright'] for r in rows)} it could not read found upright by a registration and judged as they lie, "
           f"{sum(not r['pose_understood'] for r in rows)} not understood (called face), {sum(r['registered_evened'] for r in rows)} "
@@ -243,6 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
     print_floor_report(result["floor"])
     print_vacancy_report(result["vacancy"])
     print_nod_report(result["nod"])
+    print_reading_report(result["reading"])
     if not same:
         raise SystemExit("check's default and --anatomy disagree on a verdict (see the JSON)")
     return result
