@@ -14,10 +14,15 @@ a fill keeps neither) and, for comparison, the anatomy's own texture measure
 (:func:`defacegan.anatomy.face_texture`: a blur and a fill are both smooth). Then what the converse
 rule guarded by ``likeness`` at ``--line`` would turn, by label, and how many of those the network
 was sure of (p(face) ≥ :data:`~defacegan.anatomy.NETWORK_SURE`): ``check`` registers none of them
-today, and reaching them would cost a registration (2-3 s) on every scan it calls ``face``.
+today, and reaching them would cost a registration (2-3 s) on every scan it calls ``face``, unless
+something free says which ones to look at. The network's own ``face_texture`` view is free: the
+face's fine texture against the head's (:func:`face_smoothness`), low for a blur, a fill or a pasted
+face and about 1 or more for a face of the scan's own tissue. So the rule is also counted on the
+scans under ``--smooth`` alone, and with vacancy read on the eye and nose regions only (the mouth
+and chin regions hold neck tissue on some defaced heads).
 
     python bench/blur_or_fill.py --subjects training --draws 1 --seed 2000 --out bench/results/blur_or_fill-training.json
-    python bench/blur_or_fill.py [--draws 4] [--line 0.8]
+    python bench/blur_or_fill.py [--draws 4] [--line 0.8] [--smooth 0.6]
 
 The first chooses the line on the 24 training heads; the second checks it on the 8 held-out ones.
 Verdicts are the network's alone (``check --no-anatomy``): the anatomy only ever turns a verdict
@@ -36,7 +41,7 @@ from rich.table import Table
 from scipy import ndimage
 
 from defacegan import anatomy, deface
-from defacegan.anatomy import NETWORK_SURE
+from defacegan.anatomy import NETWORK_SURE, OVERRULING
 from defacegan.contract import VERDICTS
 from defacegan.detector_data import bundle_caches, draw_volumes, read_bundle
 from defacegan.features import FEATURES, head_mask
@@ -68,6 +73,16 @@ def likeness(scan: Scan, transform) -> float:
     return float(np.corrcoef(ours, theirs)[0, 1]) if face.sum() > 20 and ours.std() > 0 and theirs.std() > 0 else float("nan")
 
 
+def face_smoothness(views: np.ndarray, names: list[str]) -> float:
+    """The face's fine texture against the head's, from the network's ``face_texture`` view (the
+    median of its pixels that show skin, the view's halving undone; NaN where the contract has no
+    such view or it shows no skin)."""
+    if "face_texture" not in names:
+        return float("nan")
+    view = views[names.index("face_texture")]
+    return float(np.median(view[view > 0]) * 2) if (view > 0).any() else float("nan")
+
+
 def measure(scan: Scan) -> dict:
     """One registration of the template onto ``scan``: its feature regions' tissue shares, the
     face's texture and its likeness."""
@@ -77,9 +92,9 @@ def measure(scan: Scan) -> dict:
             "likeness": likeness(scan, transform)}
 
 
-def vacant(row: dict) -> bool:
-    """No feature region reads :data:`VACANT` of tissue (NaN, outside the field of view: none)."""
-    return all(not share >= VACANT for share in row["tissue"].values())
+def vacant(row: dict, features: tuple[str, ...] = FEATURES) -> bool:
+    """No region of ``features`` reads :data:`VACANT` of tissue (NaN, outside the field of view: none)."""
+    return all(not row["tissue"][name] >= VACANT for name in features)
 
 
 def auc(higher: list[float], lower: list[float]) -> float:
@@ -102,24 +117,35 @@ def separation(rows: list[dict]) -> dict:
     return report
 
 
-def converse(rows: list[dict], line: float) -> dict:
-    """What the converse rule guarded by likeness would turn: network ``face`` verdicts on vacant scans
-    whose likeness is under ``line``; by label, with the rates it would give and how many it reaches
-    only where the network was sure (p(face) ≥ NETWORK_SURE)."""
+def converse(rows: list[dict], line: float, smooth: float | None, features: tuple[str, ...]) -> dict:
+    """What the converse rule guarded by likeness would turn: network ``face`` verdicts on scans vacant
+    in ``features``' regions whose likeness is under ``line`` (and, unless ``smooth`` is None, whose
+    face is smoother than ``smooth``, :func:`face_smoothness`); by label, with the rates it would give,
+    how many it turns where the network was sure (p(face) ≥ NETWORK_SURE) and how many face verdicts
+    it would have to register."""
     faces = [row for row in rows if row["network"] == "face"]
-    turned = [row for row in faces if vacant(row) and row["likeness"] < line]
+    looked_at = [row for row in faces if smooth is None or row["smoothness"] < smooth]
+    turned = [row for row in looked_at if vacant(row, features) and row["likeness"] < line]
     wrong = [row for row in faces if row["label"] != "face"]
-    kept_faces = [row for row in rows if row["label"] == "face" and vacant(row)]
-    return {"line": line, "face_verdicts": len(faces), "turned": {label: sum(row["label"] == label for row in turned) for label in VERDICTS},
+    return {"line": line, "smooth": smooth, "features": list(features), "face_verdicts": len(faces), "registered": len(looked_at),
+            "turned": {label: sum(row["label"] == label for row in turned) for label in VERDICTS},
             "faces_turned": dict(Counter(row["family"] for row in turned if row["label"] == "face")),
             "turned_sure": sum(row["p_face"] >= NETWORK_SURE for row in turned),
-            "face_verdicts_sure": sum(row["p_face"] >= NETWORK_SURE for row in faces),
-            "defaced_called_face_recovered": rate(np.array([row in turned for row in wrong]), np.array([row["subject"] for row in wrong])) if wrong else None,
-            "vacant_faces_kept": rate(np.array([row not in turned for row in kept_faces]), np.array([row["subject"] for row in kept_faces])) if kept_faces else None}
+            "defaced_called_face_recovered": rate(np.array([row in turned for row in wrong]), np.array([row["subject"] for row in wrong])) if wrong else None}
 
 
-def print_report(title: str, split: dict, rule: dict) -> None:
-    """:func:`separation`'s table and :func:`converse`'s counts and rates."""
+def smoothness_ranges(rows: list[dict]) -> dict:
+    """Each family's range of :func:`face_smoothness` on the scans the network calls ``face``, split by label."""
+    ranges = {}
+    for row in rows:
+        if row["network"] == "face" and row["smoothness"] == row["smoothness"]:
+            low, high = ranges.get((row["family"], row["label"]), (np.inf, -np.inf))
+            ranges[(row["family"], row["label"])] = (min(low, row["smoothness"]), max(high, row["smoothness"]))
+    return {f"{family} ({label})": [float(low), float(high)] for (family, label), (low, high) in sorted(ranges.items())}
+
+
+def print_report(title: str, split: dict, smoothness: dict, rules: list[dict]) -> None:
+    """:func:`separation`'s table, the smoothness ranges and each :func:`converse` rule's counts and rates."""
     table = Table(title=f"{title}: {split['vacant']} scans with no region holding tissue, {split['blurred']} of them blurred faces")
     for column in ("measure", "AUC blurred over the rest", "blurred faces", "the rest"):
         table.add_column(column)
@@ -129,26 +155,30 @@ def print_report(title: str, split: dict, rule: dict) -> None:
         table.add_row(name, f"{entry['auc']:.3f}", *ranges)
     Console(width=160).print(table)
     print(f"the rest: {split['other']}")
-    print(f"converse rule at likeness < {rule['line']}: of {rule['face_verdicts']} face verdicts it turns {rule['turned']} "
-          f"(faces: {rule['faces_turned'] or 'none'}); {rule['turned_sure']} of them at p(face) ≥ {NETWORK_SURE}, "
-          f"where check registers none of its {rule['face_verdicts_sure']} face verdicts")
-    for name, label in (("defaced_called_face_recovered", "defaced scans called face it recovers"), ("vacant_faces_kept", "vacant faces it leaves face")):
-        if rule[name]:
-            r = rule[name]
-            print(f"  {label}: {r['k']} of {r['n']} ({r['subjects']} subjects), {r['rate']:.3f} [{r['low']:.2f}, {r['high']:.2f}; heads {r['heads_low']:.2f}, {r['heads_high']:.2f}]")
+    print("face smoothness of the scans the network calls face: " + "; ".join(f"{name} {low:.2f}-{high:.2f}" for name, (low, high) in smoothness.items()))
+    for rule in rules:
+        gate = f"smoothness < {rule['smooth']}" if rule["smooth"] is not None else "every face verdict"
+        print(f"converse rule, likeness < {rule['line']}, {'+'.join(rule['features'])} vacant, {gate} ({rule['registered']} of "
+              f"{rule['face_verdicts']} face verdicts registered): turns {rule['turned']} (faces: {rule['faces_turned'] or 'none'}), "
+              f"{rule['turned_sure']} of them at p(face) ≥ {NETWORK_SURE}")
+        if rule["defaced_called_face_recovered"]:
+            r = rule["defaced_called_face_recovered"]
+            print(f"  defaced scans called face it recovers: {r['k']} of {r['n']} ({r['subjects']} subjects), {r['rate']:.3f} "
+                  f"[{r['low']:.2f}, {r['high']:.2f}; heads {r['heads_low']:.2f}, {r['heads_high']:.2f}]")
 
 
 def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     args, detector, paths = held_out_setup(__doc__, "blur_or_fill.json", argv, extra=[("--draws", int, 4), ("--seed", int, SEED),
-                                                                                          ("--line", float, 0.8)])
+                                                                                          ("--line", float, 0.8), ("--smooth", float, 0.6)])
     detector.anatomy = "never"
+    names = detector.contract.view_names
     rows, failures = [], []
     for cache in bundle_caches(paths, detector.contract, args.cache):
         bundle = read_bundle(cache)
         batch, facts = draw_volumes(bundle, detector.contract, FAMILIES, draws=args.draws, seed=args.seed)
         scans = [Scan(volume[0].numpy(), bundle.affine) for volume in batch]
-        for i, (scan, prediction) in enumerate(zip(scans, detector.predict(scans))):
+        for i, (scan, prediction) in enumerate(zip(scans, detector.predict(scans, keep_views=True))):
             name = f"{bundle.subject} {facts['family'][i]} draw {facts['number'][i]}"
             try:
                 if prediction.error:
@@ -159,14 +189,17 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             rows.append({"subject": bundle.subject, "family": str(facts["family"][i]), "draw": int(facts["number"][i]),
                          "label": VERDICTS[int(facts["label"][i])], "own": dict(zip(FEATURES, map(float, facts["own"][i]))),
-                         "network": prediction.verdict, "p_face": prediction.probabilities["face"], **measured})
+                         "network": prediction.verdict, "p_face": prediction.probabilities["face"],
+                         "smoothness": face_smoothness(prediction.views, names), **measured})
         print(f"{bundle.subject}: {len(scans)} volumes", flush=True)
-    split, rule = separation(rows), converse(rows, args.line)
-    print_report(f"{args.subjects.capitalize()} IXI ({len({row['subject'] for row in rows})} subjects, {args.draws} draws a family)", split, rule)
+    split, smoothness = separation(rows), smoothness_ranges(rows)
+    rules = [converse(rows, args.line, smooth, features) for smooth in (None, args.smooth) for features in (FEATURES, OVERRULING)]
+    print_report(f"{args.subjects.capitalize()} IXI ({len({row['subject'] for row in rows})} subjects, {args.draws} draws a family)",
+                 split, smoothness, rules)
     for failure in failures:
         print(f"not judged: {failure}")
     return write_result(args, detector, started, subjects=args.subjects, draws=args.draws, seed=args.seed, families=list(FAMILIES),
-                        separation=split, converse=rule, failures=failures, rows=rows)
+                        separation=split, smoothness=smoothness, converse=rules, failures=failures, rows=rows)
 
 
 if __name__ == "__main__":
