@@ -83,6 +83,8 @@ $(MEMBER_DIR)/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src
 # the defacer on moved and posed heads (bench/deface.py, ~30 min) and its registration's pitch search (bench/pitch_search.py, 3 min);
 # whether more heads, more draws of the same heads, a wider network or leaving out the cuts near the rule's line would help the network (bench/learning_curve.py, ~110 min, 43 more to draw the first time);
 # whether training on replace_smooth, with blurred faces shown more often, would (bench/smooth_training.py, ~17 min on learning_curve's draws);
+# whether a registration tells a blurred face from a smooth fill where no feature region holds tissue, what a converse rule would need
+# (bench/blur_or_fill.py: its lines looked at on the 24 training heads, ~25 min, then the 8 held-out ones, ~35 min);
 # last, all of their trust figures in one table beside the detector's targets (bench/trust.py, which only reads them).
 figures:
 	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE)
@@ -107,6 +109,8 @@ figures:
 	$(PY) bench/pitch_search.py --data $(IXI_SOURCE)
 	$(PY) bench/learning_curve.py --ixi $(IXI_SOURCE)
 	$(PY) bench/smooth_training.py --ixi $(IXI_SOURCE)
+	$(PY) bench/blur_or_fill.py --ixi $(IXI_SOURCE) --subjects training --draws 1 --seed 2000 --out bench/results/blur_or_fill-training.json
+	$(PY) bench/blur_or_fill.py --ixi $(IXI_SOURCE)
 	$(PY) bench/trust.py
 
 # The re-facing audit's figures in the README: k-fold over every IXI head, Pix2Pix, CycleGAN and the baselines
