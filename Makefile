@@ -84,7 +84,7 @@ $(MEMBER_DIR)/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src
 # whether more heads, more draws of the same heads, a wider network or leaving out the cuts near the rule's line would help the network (bench/learning_curve.py, ~110 min, 43 more to draw the first time);
 # whether training on replace_smooth, with blurred faces shown more often, would (bench/smooth_training.py, ~17 min on learning_curve's draws);
 # whether a registration tells a blurred face from a smooth fill where no feature region holds tissue, what a converse rule would need
-# (bench/blur_or_fill.py: its lines looked at on the 24 training heads, ~25 min, then the 8 held-out ones, ~35 min);
+# (bench/blur_or_fill.py: its lines looked at on the 24 training heads, then checked on the 8 held-out ones; 35 and 47 min run side by side);
 # last, all of their trust figures in one table beside the detector's targets (bench/trust.py, which only reads them).
 figures:
 	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE)
