@@ -41,6 +41,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 from scipy import ndimage
+from sklearn.metrics import roc_auc_score
 
 from defacegan import anatomy, deface
 from defacegan.anatomy import NETWORK_SURE, OVERRULING
@@ -100,11 +101,11 @@ def vacant(row: dict, features: tuple[str, ...] = FEATURES) -> bool:
 
 
 def auc(higher: list[float], lower: list[float]) -> float:
-    """The chance that a value of ``higher`` exceeds one of ``lower`` (ties count half)."""
-    higher, lower = np.array([x for x in higher if x == x]), np.array([x for x in lower if x == x])
-    if not higher.size or not lower.size:
+    """The chance that a value of ``higher`` exceeds one of ``lower`` (ties count half; NaN left out)."""
+    higher, lower = [x for x in higher if x == x], [x for x in lower if x == x]
+    if not higher or not lower:
         return float("nan")
-    return float(((higher[:, None] > lower[None]) + 0.5 * (higher[:, None] == lower[None])).mean())
+    return float(roc_auc_score([1] * len(higher) + [0] * len(lower), higher + lower))
 
 
 def separation(rows: list[dict]) -> dict:
@@ -120,12 +121,12 @@ def separation(rows: list[dict]) -> dict:
 
 
 def converse(rows: list[dict], line: float, smooth: float | None, features: tuple[str, ...]) -> dict:
-    """What the converse rule guarded by likeness would turn: network ``face`` verdicts on scans vacant
+    """What the converse rule guarded by likeness would turn: ``face`` verdicts on scans vacant
     in ``features``' regions whose likeness is under ``line`` (and, unless ``smooth`` is None, whose
     face is smoother than ``smooth``, :func:`face_smoothness`); by label, with the rates it would give,
     how many it turns where the network was sure (p(face) ≥ NETWORK_SURE) and how many face verdicts
     it would have to register."""
-    faces = [row for row in rows if row["network"] == "face"]
+    faces = [row for row in rows if row["verdict"] == "face"]
     looked_at = [row for row in faces if smooth is None or row["smoothness"] < smooth]
     turned = [row for row in looked_at if vacant(row, features) and row["likeness"] < line]
     wrong = [row for row in faces if row["label"] != "face"]
@@ -137,10 +138,10 @@ def converse(rows: list[dict], line: float, smooth: float | None, features: tupl
 
 
 def smoothness_ranges(rows: list[dict]) -> dict:
-    """Each family's range of :func:`face_smoothness` on the scans the network calls ``face``, split by label."""
+    """Each family's range of :func:`face_smoothness` on the scans called ``face``, split by label."""
     ranges = {}
     for row in rows:
-        if row["network"] == "face" and row["smoothness"] == row["smoothness"]:
+        if row["verdict"] == "face" and row["smoothness"] == row["smoothness"]:
             low, high = ranges.get((row["family"], row["label"]), (np.inf, -np.inf))
             ranges[(row["family"], row["label"])] = (min(low, row["smoothness"]), max(high, row["smoothness"]))
     return {f"{family} ({label})": [float(low), float(high)] for (family, label), (low, high) in sorted(ranges.items())}
@@ -157,7 +158,7 @@ def print_report(title: str, split: dict, smoothness: dict, rules: list[dict]) -
         table.add_row(name, f"{entry['auc']:.3f}", *ranges)
     Console(width=160).print(table)
     print(f"the rest: {split['other']}")
-    print("face smoothness of the scans the network calls face: " + "; ".join(f"{name} {low:.2f}-{high:.2f}" for name, (low, high) in smoothness.items()))
+    print("face smoothness of the scans called face: " + "; ".join(f"{name} {low:.2f}-{high:.2f}" for name, (low, high) in smoothness.items()))
     for rule in rules:
         gate = f"smoothness < {rule['smooth']}" if rule["smooth"] is not None else "every face verdict"
         print(f"converse rule, likeness < {rule['line']}, {'+'.join(rule['features'])} vacant, {gate} ({rule['registered']} of "
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             rows.append({"subject": bundle.subject, "family": str(facts["family"][i]), "draw": int(facts["number"][i]),
                          "label": VERDICTS[int(facts["label"][i])], "own": dict(zip(FEATURES, map(float, facts["own"][i]))),
-                         "network": prediction.verdict, "p_face": prediction.probabilities["face"],
+                         "verdict": prediction.verdict, "p_face": prediction.probabilities["face"],
                          "smoothness": face_smoothness(prediction.views, names), **measured})
         print(f"{bundle.subject}: {len(scans)} volumes", flush=True)
     split, smoothness = separation(rows), smoothness_ranges(rows)
