@@ -1,0 +1,132 @@
+"""The shipped detector on faces replaced by faces it never trained on: does ``replaced`` mean "a face
+that is not this head's", or "pydeface's mean face"?
+
+The ``replace_template`` family pastes one face, pydeface's mean head's, into every head it draws.
+Refacing tools paste their own: AFNI's refacer an average face of its own population, mri_reface an
+average face fitted to the head. Here every held-out head's face is replaced exactly as
+``replace_template`` replaces it (the same region, smooth warp, intensity scaling, noise and feathered
+edge, drawn with the same seeds), but by other faces:
+
+- ``pydeface mean face``: the family's own material, the reference;
+- ``Colin27``: one man's face (27 scans of him averaged; Debian's ``mricron-data``), another scanner's;
+- ``IXI average``: the mean of the training heads' faces (the heads outside ``HELD_OUT``), each
+  registered to pydeface's template, an average of another population;
+- ``another held-out head``: the next held-out head's own face, a face swap: a real face, unseen in
+  training, that is not this head's.
+
+Where a donor has no tissue (Colin27's field of view ends at the mouth; air in front of a flatter
+face), the pasted voxels count as removed, not foreign. Each donor head is registered to pydeface's template once (:func:`defacegan.deface.register_template`,
+affine) and resampled into its space, then carried onto each head by that head's own registration,
+as the template is for the family. The feature rule labels each scan from what was pasted where (the
+same rule as training); a face the rule calls ``replaced`` should not be called ``face``, and should be
+called ``replaced``. Verdicts are ``check``'s default (the anatomy asked where the network is unsure or
+calls a scan ``replaced``).
+
+    python bench/other_faces.py [--draws 3] [--ixi ../shared/data/ixi-t1-2mm] [--ckpt DETECTOR]
+
+Prints a table and writes JSON (default bench/results/other_faces.json).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from defacegan import deface
+from defacegan.detector_data import bundle_caches, read_bundle, subject_of
+from defacegan.detector_training import HELD_OUT
+from defacegan.families import replace_template
+from defacegan.inference import verdict_of
+from defacegan.io import Scan, head_threshold, load_scan
+from detector_eval import rate, rate_text
+from held_out import held_out_setup, write_result
+
+PYDEFACE, COLIN, AVERAGE, SWAP = "pydeface mean face", "Colin27", "IXI average", "another held-out head"
+#: Pasted voxels count as foreign tissue above this (scaled) intensity, as the family's warp takes
+#: its tissue (:func:`defacegan.families._foreign_face`); below it, what was pasted is air: removed.
+FOREIGN_TISSUE = 0.05
+
+
+def registered(scan: Scan) -> tuple[object, np.ndarray]:
+    """(the template's registration onto ``scan``, as the bundles' (seed 0); ``scan`` resampled into the
+    template's space, scaled by its head's 99th intensity percentile so that heads average alike)."""
+    template = deface.template_masks().head
+    transform = deface.register_template(scan, 0)
+    scaled = scan.data / np.percentile(scan.data[scan.data > head_threshold(scan.data)], 99)
+    return transform, deface.warp(deface.to_sitk(scaled, scan.affine), transform.GetInverse(), template.shape, template.affine)
+
+
+def onto_grid(donor: np.ndarray, scan: Scan, transform, contract) -> np.ndarray:
+    """A donor face (in the template's space) carried onto ``scan`` by its registration and put on the
+    contract's grid as the bundle's ``template_face`` is (:func:`defacegan.families.make_bundle`)."""
+    template = deface.template_masks().head
+    moved = deface.warp(deface.to_sitk(donor, template.affine), transform, scan.data.shape, scan.affine)
+    return contract.volume(moved, scan.affine, contract.place(scan.data, scan.affine), zero_air=False)[0].numpy()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    started = time.perf_counter()
+    args, detector, held = held_out_setup(__doc__, "other_faces.json", argv, extra=[("--draws", int, 3)])
+    contract = detector.contract
+    bundles = [read_bundle(cache) for cache in bundle_caches(held, contract, args.cache)]
+    scans = [load_scan(path) for path in held]
+    fits = [registered(scan) for scan in scans]
+    donors = {}
+    if deface.COLIN27.is_file():
+        donors[COLIN] = registered(load_scan(deface.COLIN27))[1]
+    else:
+        print(f"{deface.COLIN27} missing (Debian's mricron-data): no Colin27 face")
+    training = [path for path in sorted(args.ixi.glob("*.nii*")) if subject_of(path) not in HELD_OUT]
+    donors[AVERAGE] = np.mean([registered(load_scan(path))[1] for path in training], axis=0)
+    print(f"donors registered, {time.perf_counter() - started:.0f} s", flush=True)
+
+    rows = []
+    for i, (bundle, scan, (transform, _)) in enumerate(zip(bundles, scans, fits)):
+        faces = {PYDEFACE: bundle.template_face,
+                 **{name: onto_grid(donor, scan, transform, contract) for name, donor in donors.items()},
+                 SWAP: onto_grid(fits[(i + 1) % len(fits)][1], scan, transform, contract)}
+        for donor, face in faces.items():
+            pasted = dataclasses.replace(bundle, template_face=face)
+            for draw in range(args.draws):
+                drawn = replace_template(pasted, np.random.default_rng([draw, i]))
+                tissue = drawn.foreign & (drawn.volume > FOREIGN_TISSUE)  # Colin27's field of view ends at the mouth
+                variant = dataclasses.replace(drawn, removed=drawn.foreign & ~tissue, foreign=tissue)
+                own, foreign = variant.shares(bundle.features)
+                prediction = detector.predict([Scan(variant.volume, bundle.affine)])[0]
+                if prediction.error:
+                    raise SystemExit(f"{bundle.subject}, {donor}: {prediction.error}")
+                rows.append({"head": bundle.subject, "donor": donor, "draw": draw, "label": variant.label(bundle.features),
+                             "own": own, "foreign": foreign, "verdict": prediction.verdict,
+                             "network": verdict_of(prediction.probabilities, detector.threshold),
+                             **{f"p_{k}": v for k, v in prediction.probabilities.items()}})
+        print(f"{bundle.subject}: {time.perf_counter() - started:.0f} s", flush=True)
+
+    summary = []
+    for donor in dict.fromkeys(row["donor"] for row in rows):
+        scored = [row for row in rows if row["donor"] == donor and row["label"] == "replaced"]
+        subjects = [row["head"] for row in scored]
+        summary.append({"donor": donor, "n": len(scored), "drawn": sum(row["donor"] == donor for row in rows),
+                        **{f"{answer}_{key}": rate([row[answer] != "face" if key == "not_face" else row[answer] == "replaced"
+                                                    for row in scored], subjects)
+                           for answer in ("verdict", "network") for key in ("not_face", "replaced")}})
+    table = Table(title=f"{len(bundles)} held-out IXI heads, face replaced by: {detector.checkpoint}")
+    for column in ("face pasted in", "labelled replaced (of drawn)", "not called face", "called replaced",
+                   "network alone: not face", "network alone: replaced", "verdicts"):
+        table.add_column(column)
+    for s in summary:
+        verdicts = {v: sum(row["verdict"] == v for row in rows if row["donor"] == s["donor"]) for v in ("face", "removed", "replaced")}
+        table.add_row(s["donor"], f"{s['n']} of {s['drawn']} ({s['verdict_not_face']['subjects']} subjects)",
+                      *(f"{s[key]['k']}/{s[key]['n']} {rate_text(s[key])}" for key in
+                        ("verdict_not_face", "verdict_replaced", "network_not_face", "network_replaced")),
+                      ", ".join(f"{v} {k}" for v, k in verdicts.items()))
+    Console(width=220).print(table)
+    return write_result(args, detector, started, subjects=[b.subject for b in bundles], draws=args.draws,
+                        donors_average_of=[subject_of(path) for path in training], rows=rows, summary=summary)
+
+
+if __name__ == "__main__":
+    main()
