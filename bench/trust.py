@@ -189,6 +189,18 @@ def tool_rows(other_defacers: dict | None, gan_refaced: dict | None) -> list[dic
     return rows
 
 
+def other_face_rows(report: dict | None) -> list[dict]:
+    """Held-out heads whose face was replaced, as the ``replace_template`` family does it, by faces the
+    detector never trained on (bench/other_faces.py), as ``check`` answers by default."""
+    rows = []
+    for s in (report or {}).get("summary", []):
+        labels = ", ".join(f"{s['labels'][v]} {v}" for v in ("removed", "replaced") if s["labels"][v])
+        rows.append(row("faces replaced by other faces, held-out", f"{s['donor']}: not called face",
+                        s["verdict"]["not_face"], TARGETS["removed faces not called face"], "bench/other_faces.py",
+                        report.get("run"), f"rule: {labels}; network alone {s['network']['not_face']['rate']:.3f}"))
+    return rows
+
+
 def outside_rows(outside: dict | None) -> list[dict]:
     if not outside:
         return []
@@ -295,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
               if (partial := load(args.results, "anatomy-partial.json")) else []),
             *(sweep_rows(sweep, load(args.results, "sweep_check-colin27.json")) if (sweep := load(args.results, "sweep_check.json")) else []),
             *tool_rows(load(args.results, "other_defacers.json"), load(args.results, "gan_refaced.json")),
+            *other_face_rows(load(args.results, "other_faces.json")),
             *outside_rows(load(args.results, "outside_heads.json")),
             *condition_rows(load(args.results, "field_of_view.json"), "field of view, held-out", "bench/field_of_view.py"),
             *condition_rows(load(args.results, "acquisition.json"), "acquisitions, held-out", "bench/acquisition.py"),
