@@ -1,0 +1,122 @@
+"""Would training on faces pasted from other heads teach the detector that a face not the head's own
+is ``replaced``, without costing real faces?
+
+``bench/other_faces.py`` found the shipped detector's ``replaced`` to mean pydeface's mean face: the
+same pasting with another held-out head's face is called ``face`` on every head. This bench draws
+that pasting for training, as an experiment outside the shipped recipe (no family is added to
+:data:`defacegan.families.FAMILIES` here): ``replace_other``, each training head's face replaced as
+``replace_template`` replaces it (:func:`defacegan.families.replace_template`, its region, warp,
+intensity, noise and feathered edge), by the face of another training head drawn at random
+(registered as ``bench/other_faces.py`` registers its donors; :data:`DRAWS` donors a head, one draw
+each). Seed 0's member of ``make weights``' recipe is fitted twice on the same draws (round 0 of the
+24 training heads, shared with ``make weights``; 20 training and 4 calibration heads by seed 0): as
+shipped (without ``replace_smooth``), and with the ``replace_other`` draws added. Each fit is judged as
+the shipped column of ``bench/detector_eval.py`` judges the shipped detector (the 8 held-out heads,
+seed 1000's draws, network alone), and by ``bench/other_faces.py --ckpt`` (``check``'s default with
+the fit as its network).
+
+    python bench/swap_training.py [--ixi ../shared/data/ixi-t1-2mm]
+
+Draws round 0 of the training heads once (about 40 min here, cached in ``data/bundles``), then the
+face swaps (cached in ``data/swap_training``), two fits and their judging. Prints a table and writes
+JSON (default bench/results/swap_training.json) and the fits to ``data/swap_training/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import other_faces
+from defacegan.contract import InputContract
+from defacegan.detector_data import DRAWS, Samples, bundle_caches, draw, draw_bundle, read_bundle, subject_of
+from defacegan.detector_training import HELD_OUT, fit_member, save_detector, split_subjects
+from defacegan.families import families_but
+from defacegan.io import atomic_write_text, load_scan
+from defacegan.report import markdown_table
+from detector_eval import rate_text, shipped
+from provenance import provenance
+from smooth_training import ROWS
+
+SWAP = "replace_other"
+
+
+def swaps(paths: list[Path], caches: list[Path], contract: InputContract, store: Path, seed: int) -> Samples:
+    """:data:`DRAWS` draws of ``replace_other`` for every head of ``paths`` (their bundles ``caches``),
+    each with another of these heads' faces, chosen with ``seed``; cached in ``store``."""
+    target = store / f"swaps-seed{seed}.npz"
+    if target.is_file():
+        with np.load(target) as stored:
+            return Samples(torch.from_numpy(stored["views"]), *(stored[k] for k in Samples.FACTS))
+    scans = [load_scan(path) for path in paths]
+    fits = [other_faces.registered(scan) for scan in scans]
+    rng = np.random.default_rng(seed)
+    parts = []
+    for i, (cache, scan, (transform, _)) in enumerate(zip(caches, scans, fits)):
+        bundle = read_bundle(cache)
+        for number, donor in enumerate(rng.choice([j for j in range(len(paths)) if j != i], DRAWS, replace=False)):
+            pasted = dataclasses.replace(bundle, template_face=other_faces.onto_grid(fits[donor][1], scan, transform, contract))
+            part = draw_bundle(pasted, contract, ("replace_template",), draws=1, seed=seed + number)
+            parts.append(dataclasses.replace(part, family=np.array([SWAP]), number=np.array([number])))
+        print(f"{bundle.subject}: {DRAWS} face swaps drawn", flush=True)
+    samples = Samples.join(parts)
+    store.mkdir(parents=True, exist_ok=True)
+    np.savez(target, views=samples.views.numpy(), **{k: getattr(samples, k) for k in Samples.FACTS})
+    return samples
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ixi", type=Path, default=Path("../shared/data/ixi-t1-2mm"))
+    parser.add_argument("--cache", type=Path, default=Path("data/bundles"))
+    parser.add_argument("--fits", type=Path, default=Path("data/swap_training"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/swap_training.json"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    contract = InputContract()
+    paths = sorted(args.ixi.glob("*.nii*"))
+    caches = bundle_caches(paths, contract, args.cache)
+    known = [(path, cache) for path, cache in zip(paths, caches) if subject_of(path) not in HELD_OUT]
+    train_heads, val_heads = split_subjects(sorted({subject_of(path) for path, _ in known}), val=4, seed=args.seed)
+    drawn = draw([cache for _, cache in known], contract, args.cache, seed=args.seed)
+    swapped = swaps([path for path, _ in known], [cache for _, cache in known], contract, args.fits, args.seed)
+    samples = Samples.join([drawn, dataclasses.replace(swapped, views=swapped.views.to(drawn.views.dtype))])
+    results, faces = {}, {}
+    for number, (name, extra) in enumerate({"as shipped": [], f"with {SWAP}": [SWAP]}.items()):
+        trained = families_but(["replace_smooth"]) + extra
+        net, temperature, train = fit_member(samples, contract, trained, train_heads, val_heads, args.seed)
+        facts = {"train_subjects": train_heads, "val_subjects": val_heads, "held_out": list(HELD_OUT),
+                 "families": trained, "temperature": temperature, "seed": args.seed}
+        path = save_detector(net, contract, args.fits / f"fit-{number}.pt", facts)
+        results[name] = shipped(caches, contract, args.cache, DRAWS, args.seed, path)
+        results[name]["views"] = len(train.label)
+        faces[name] = other_faces.main(["--ckpt", str(path), "--ixi", str(args.ixi), "--cache", str(args.cache),
+                                        "--out", str(args.fits / f"other_faces-{number}.json")])
+        print(f"{name}: {path}, {len(train.label)} training views ({time.perf_counter() - started:.0f} s)", flush=True)
+    first = "held-out, 8 subjects"
+    rows = [{first: f"{row} (network alone)", **{name: rate_text(r["headline"][row]) for name, r in results.items()}}
+            for row in ROWS]
+    rows.append({first: "expected calibration error (network alone)", **{name: f"{r['ece']:.3f}" for name, r in results.items()}})
+    for donor in (s["donor"] for s in next(iter(faces.values()))["summary"]):
+        for answer, what in (("network", "network alone"), ("verdict", "check's default")):
+            rows.append({first: f"face replaced by {donor}: not called face ({what})",
+                         **{name: rate_text(next(s for s in f["summary"] if s["donor"] == donor)[answer]["not_face"])
+                            for name, f in faces.items()}})
+    print(markdown_table(rows, list(rows[0])))
+    result = {"fits": {name: {k: v for k, v in r.items() if k != "scans"} for name, r in results.items()},
+              "other_faces": {name: f["summary"] for name, f in faces.items()}, "rows": rows,
+              "seconds": time.perf_counter() - started, "run": provenance()}
+    atomic_write_text(args.out, json.dumps(result, indent=2, default=float) + "\n")
+    print(f"written to {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
