@@ -71,6 +71,12 @@ def onto_grid(donor: np.ndarray, scan: Scan, transform, contract) -> np.ndarray:
     return contract.volume(moved, scan.affine, contract.place(scan.data, scan.affine), zero_air=False)[0].numpy()
 
 
+def p_face_range(rows: list[dict], donor: str) -> str:
+    """The lowest and highest p(face) of the scans with ``donor``'s face that ``check`` called ``face``."""
+    p_face = [row["p_face"] for row in rows if row["donor"] == donor and row["verdict"] == "face"]
+    return f"{min(p_face):.2f}-{max(p_face):.2f}" if p_face else ""
+
+
 def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     args, detector, held = held_out_setup(__doc__, "other_faces.json", argv, extra=[("--draws", int, 3)])
@@ -120,13 +126,13 @@ def main(argv: list[str] | None = None) -> dict:
         summary.append(entry)
     table = Table(title=f"{len(bundles)} held-out IXI heads, face replaced by: {detector.checkpoint}")
     for column in ("face pasted in", "rule: removed / replaced / face", "not called face", "called as the rule says",
-                   "network alone: not face", "verdicts: face / removed / replaced"):
+                   "network alone: not face", "verdicts: face / removed / replaced", "p(face) of those called face"):
         table.add_column(column)
     for s in summary:
         table.add_row(s["donor"], " / ".join(str(s["labels"][v]) for v in ("removed", "replaced", "face")),
                       *(f"{s[answer][key]['k']}/{s[answer][key]['n']} {rate_text(s[answer][key])}" for answer, key in
                         (("verdict", "not_face"), ("verdict", "as_labelled"), ("network", "not_face"))),
-                      " / ".join(str(s["verdicts"][v]) for v in VERDICTS))
+                      " / ".join(str(s["verdicts"][v]) for v in VERDICTS), p_face_range(rows, s["donor"]))
     Console(width=220).print(table)
     print(f"scored: the scans the rule labels removed or replaced ({len({row['head'] for row in rows})} subjects)")
     return write_result(args, detector, started, subjects=[b.subject for b in bundles], draws=args.draws,
