@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from defacegan.contract import InputContract
-from defacegan.detector_data import DRAWS, bundle_caches, draw, subject_of
+from defacegan.detector_data import DRAWS, Samples, bundle_caches, draw, subject_of
 from defacegan.detector_training import HELD_OUT, fit_member, save_detector, split_subjects
 from defacegan.families import families_but
 from defacegan.io import atomic_write_text
@@ -53,21 +53,34 @@ def fits(blur_times: int) -> dict[str, tuple[list[str], int]]:
             f"all 13, blur shown {blur_times} times": ([], blur_times)}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def options(doc: str, name: str) -> argparse.ArgumentParser:
+    """The options of a bench that fits seed ``--seed``'s member on round 0 of the training heads:
+    its fits go to ``data/<name>``, its JSON to ``bench/results/<name>.json``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--ixi", type=Path, default=Path("../shared/data/ixi-t1-2mm"))
     parser.add_argument("--cache", type=Path, default=Path("data/bundles"))
-    parser.add_argument("--fits", type=Path, default=Path("data/smooth_training"))
-    parser.add_argument("--out", type=Path, default=Path("bench/results/smooth_training.json"))
-    parser.add_argument("--blur-times", type=int, default=3)
+    parser.add_argument("--fits", type=Path, default=Path("data") / name)
+    parser.add_argument("--out", type=Path, default=Path("bench/results") / f"{name}.json")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
+    return parser
+
+
+def round_zero(args: argparse.Namespace) -> tuple[InputContract, list[Path], list[str], list[str], Samples]:
+    """(the contract, every head's bundle cache, seed ``args.seed``'s training and calibration heads, the
+    training heads' round-0 draws): what a member of ``make weights``' recipe is fitted on."""
     contract = InputContract()
     caches = bundle_caches(sorted(args.ixi.glob("*.nii*")), contract, args.cache)
     known = [cache for cache in caches if subject_of(cache) not in HELD_OUT]
     train_heads, val_heads = split_subjects(sorted({subject_of(c) for c in known}), val=4, seed=args.seed)
-    samples = draw(known, contract, args.cache, seed=args.seed)
+    return contract, caches, train_heads, val_heads, draw(known, contract, args.cache, seed=args.seed)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = options(__doc__, "smooth_training")
+    parser.add_argument("--blur-times", type=int, default=3)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    contract, caches, train_heads, val_heads, samples = round_zero(args)
     results = {}
     for number, (name, (without, blur_times)) in enumerate(fits(args.blur_times).items()):
         net, temperature, train = fit_member(samples, contract, families_but(without), train_heads, val_heads, args.seed,

@@ -24,7 +24,6 @@ JSON (default bench/results/swap_training.json) and the fits to ``data/swap_trai
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -35,14 +34,14 @@ import torch
 
 import other_faces
 from defacegan.contract import InputContract
-from defacegan.detector_data import DRAWS, Samples, bundle_caches, draw, draw_bundle, read_bundle, subject_of
-from defacegan.detector_training import HELD_OUT, fit_member, save_detector, split_subjects
+from defacegan.detector_data import DRAWS, Samples, draw_bundle, read_bundle, subject_of
+from defacegan.detector_training import HELD_OUT, fit_member, save_detector
 from defacegan.families import families_but
 from defacegan.io import atomic_write_text, load_scan
 from defacegan.report import markdown_table
 from detector_eval import rate_text, shipped
 from provenance import provenance
-from smooth_training import ROWS
+from smooth_training import ROWS, options, round_zero
 
 SWAP = "replace_other"
 
@@ -72,21 +71,11 @@ def swaps(paths: list[Path], caches: list[Path], contract: InputContract, store:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ixi", type=Path, default=Path("../shared/data/ixi-t1-2mm"))
-    parser.add_argument("--cache", type=Path, default=Path("data/bundles"))
-    parser.add_argument("--fits", type=Path, default=Path("data/swap_training"))
-    parser.add_argument("--out", type=Path, default=Path("bench/results/swap_training.json"))
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = options(__doc__, "swap_training").parse_args(argv)
     started = time.perf_counter()
-    contract = InputContract()
-    paths = sorted(args.ixi.glob("*.nii*"))
-    caches = bundle_caches(paths, contract, args.cache)
-    known = [(path, cache) for path, cache in zip(paths, caches) if subject_of(path) not in HELD_OUT]
-    train_heads, val_heads = split_subjects(sorted({subject_of(path) for path, _ in known}), val=4, seed=args.seed)
-    drawn = draw([cache for _, cache in known], contract, args.cache, seed=args.seed)
-    swapped = swaps([path for path, _ in known], [cache for _, cache in known], contract, args.fits, args.seed)
+    contract, caches, train_heads, val_heads, drawn = round_zero(args)
+    known = [path for path in sorted(args.ixi.glob("*.nii*")) if subject_of(path) not in HELD_OUT]
+    swapped = swaps(known, [cache for cache in caches if subject_of(cache) not in HELD_OUT], contract, args.fits, args.seed)
     samples = Samples.join([drawn, dataclasses.replace(swapped, views=swapped.views.to(drawn.views.dtype))])
     results, faces = {}, {}
     for number, (name, extra) in enumerate({"as shipped": [], f"with {SWAP}": [SWAP]}.items()):
