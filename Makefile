@@ -84,7 +84,8 @@ $(MEMBER_DIR)/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src
 # the defacer on moved and posed heads (bench/deface.py, ~30 min) and its registration's pitch search (bench/pitch_search.py, 3 min);
 # whether more heads, more draws of the same heads, a wider network or leaving out the cuts near the rule's line would help the network (bench/learning_curve.py, ~110 min, 43 more to draw the first time);
 # whether training on replace_smooth, with blurred faces shown more often, would (bench/smooth_training.py, ~17 min on learning_curve's draws);
-# whether face swaps between the training heads, added to training, teach it those (bench/swap_training.py, ~30 min on smooth_training's draws);
+# whether face swaps between the training heads, added to training, teach it those (bench/swap_training.py, ~20 min on smooth_training's draws),
+# and its two fits through check's default on real faces and on every family (bench/anatomy.py --ckpt, ~50 min);
 # whether a registration tells a blurred face from a smooth fill where no feature region holds tissue, what a converse rule would need
 # (bench/blur_or_fill.py: its lines looked at on the 24 training heads, then checked on the 8 held-out ones; 35 and 47 min run side by side);
 # last, all of their trust figures in one table beside the detector's targets (bench/trust.py, which only reads them).
@@ -113,6 +114,9 @@ figures:
 	$(PY) bench/learning_curve.py --ixi $(IXI_SOURCE)
 	$(PY) bench/smooth_training.py --ixi $(IXI_SOURCE)
 	$(PY) bench/swap_training.py --ixi $(IXI_SOURCE)
+	for n in 0 1; do $(PY) bench/anatomy.py --ixi $(IXI_SOURCE) --ckpt data/swap_training/fit-$$n.pt --families none --draws 8 \
+		--out data/swap_training/anatomy-none-$$n.json && $(PY) bench/anatomy.py --ixi $(IXI_SOURCE) --ckpt data/swap_training/fit-$$n.pt \
+		--draws 2 --out data/swap_training/anatomy-$$n.json || exit 1; done
 	$(PY) bench/blur_or_fill.py --ixi $(IXI_SOURCE) --subjects training --draws 1 --seed 2000 --out bench/results/blur_or_fill-training.json
 	$(PY) bench/blur_or_fill.py --ixi $(IXI_SOURCE)
 	$(PY) bench/trust.py
