@@ -35,11 +35,12 @@ import dataclasses
 import time
 
 import numpy as np
+import SimpleITK as sitk
 from rich.console import Console
 from rich.table import Table
 
 from defacegan import deface
-from defacegan.contract import VERDICTS
+from defacegan.contract import VERDICTS, InputContract
 from defacegan.detector_data import bundle_caches, read_bundle, subject_of
 from defacegan.detector_training import HELD_OUT
 from defacegan.families import replace_template
@@ -54,7 +55,7 @@ PYDEFACE, COLIN, AVERAGE, SWAP = "pydeface mean face", "Colin27", "IXI average",
 FOREIGN_TISSUE = 0.05
 
 
-def registered(scan: Scan) -> tuple[object, np.ndarray]:
+def registered(scan: Scan) -> tuple[sitk.Transform, np.ndarray]:
     """(the template's registration onto ``scan``, as the bundles' (seed 0); ``scan`` resampled into the
     template's space, scaled by its head's 99th intensity percentile so that heads average alike)."""
     template = deface.template_masks().head
@@ -63,7 +64,7 @@ def registered(scan: Scan) -> tuple[object, np.ndarray]:
     return transform, deface.warp(deface.to_sitk(scaled, scan.affine), transform.GetInverse(), template.shape, template.affine)
 
 
-def onto_grid(donor: np.ndarray, scan: Scan, transform, contract) -> np.ndarray:
+def onto_grid(donor: np.ndarray, scan: Scan, transform: sitk.Transform, contract: InputContract) -> np.ndarray:
     """A donor face (in the template's space) carried onto ``scan`` by its registration and put on the
     contract's grid as the bundle's ``template_face`` is (:func:`defacegan.families.make_bundle`)."""
     template = deface.template_masks().head

@@ -43,7 +43,7 @@ from detector_eval import rate_text, shipped
 from provenance import provenance
 from smooth_training import ROWS, options, round_zero
 
-SWAP = "replace_other"
+FAMILY = "replace_other"
 
 
 def swaps(paths: list[Path], caches: list[Path], contract: InputContract, store: Path, seed: int) -> Samples:
@@ -62,7 +62,7 @@ def swaps(paths: list[Path], caches: list[Path], contract: InputContract, store:
         for number, donor in enumerate(rng.choice([j for j in range(len(paths)) if j != i], DRAWS, replace=False)):
             pasted = dataclasses.replace(bundle, template_face=other_faces.onto_grid(fits[donor][1], scan, transform, contract))
             part = draw_bundle(pasted, contract, ("replace_template",), draws=1, seed=seed + number)
-            parts.append(dataclasses.replace(part, family=np.array([SWAP]), number=np.array([number])))
+            parts.append(dataclasses.replace(part, family=np.array([FAMILY]), number=np.array([number])))
         print(f"{bundle.subject}: {DRAWS} face swaps drawn", flush=True)
     samples = Samples.join(parts)
     store.mkdir(parents=True, exist_ok=True)
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     swapped = swaps(known, [cache for cache in caches if subject_of(cache) not in HELD_OUT], contract, args.fits, args.seed)
     samples = Samples.join([drawn, dataclasses.replace(swapped, views=swapped.views.to(drawn.views.dtype))])
     results, faces = {}, {}
-    for number, (name, extra) in enumerate({"as shipped": [], f"with {SWAP}": [SWAP]}.items()):
+    for number, (name, extra) in enumerate({"as shipped": [], f"with {FAMILY}": [FAMILY]}.items()):
         trained = families_but(["replace_smooth"]) + extra
         net, temperature, train = fit_member(samples, contract, trained, train_heads, val_heads, args.seed)
         facts = {"train_subjects": train_heads, "val_subjects": val_heads, "held_out": list(HELD_OUT),
