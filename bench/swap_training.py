@@ -17,7 +17,7 @@ the fit as its network).
 
     python bench/swap_training.py [--ixi ../shared/data/ixi-t1-2mm]
 
-Draws round 0 of the training heads once (about 40 min here, cached in ``data/bundles``), then the
+Draws round 0 of the training heads once (18 min here in two processes, cached in ``data/bundles``), then the
 face swaps (cached in ``data/swap_training``), two fits and their judging. Prints a table and writes
 JSON (default bench/results/swap_training.json) and the fits to ``data/swap_training/``.
 """
