@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -55,9 +57,12 @@ PYDEFACE, COLIN, AVERAGE, SWAP = "pydeface mean face", "Colin27", "IXI average",
 FOREIGN_TISSUE = 0.05
 
 
-def registered(scan: Scan) -> tuple[sitk.Transform, np.ndarray]:
-    """(the template's registration onto ``scan``, as the bundles' (seed 0); ``scan`` resampled into the
-    template's space, scaled by its head's 99th intensity percentile so that heads average alike)."""
+@lru_cache(maxsize=None)
+def registered(path: Path) -> tuple[sitk.Transform, np.ndarray]:
+    """(the template's registration onto the head in ``path``, as the bundles' (seed 0); the head
+    resampled into the template's space, scaled by its 99th intensity percentile so that heads average
+    alike). Cached: bench/swap_training.py asks for the same heads again in one run."""
+    scan = load_scan(path)
     template = deface.template_masks().head
     transform = deface.register_template(scan, 0)
     scaled = scan.data / np.percentile(scan.data[scan.data > head_threshold(scan.data)], 99)
@@ -84,14 +89,14 @@ def main(argv: list[str] | None = None) -> dict:
     contract = detector.contract
     bundles = [read_bundle(cache) for cache in bundle_caches(held, contract, args.cache)]
     scans = [load_scan(path) for path in held]
-    fits = [registered(scan) for scan in scans]
+    fits = [registered(path) for path in held]
     donors = {}
     if deface.COLIN27.is_file():
-        donors[COLIN] = registered(load_scan(deface.COLIN27))[1]
+        donors[COLIN] = registered(deface.COLIN27)[1]
     else:
         print(f"{deface.COLIN27} missing (Debian's mricron-data): no Colin27 face")
     training = [path for path in sorted(args.ixi.glob("*.nii*")) if subject_of(path) not in HELD_OUT]
-    donors[AVERAGE] = np.mean([registered(load_scan(path))[1] for path in training], axis=0)
+    donors[AVERAGE] = np.mean([registered(path)[1] for path in training], axis=0)
     print(f"donors registered, {time.perf_counter() - started:.0f} s", flush=True)
 
     rows = []

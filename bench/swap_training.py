@@ -34,7 +34,7 @@ import torch
 
 import other_faces
 from defacegan.contract import InputContract
-from defacegan.detector_data import DRAWS, Samples, draw_bundle, read_bundle, subject_of
+from defacegan.detector_data import DRAWS, Samples, _save_npz, draw_bundle, read_bundle, subject_of
 from defacegan.detector_training import HELD_OUT, fit_member, save_detector
 from defacegan.families import families_but
 from defacegan.io import atomic_write_text, load_scan
@@ -54,7 +54,7 @@ def swaps(paths: list[Path], caches: list[Path], contract: InputContract, store:
         with np.load(target) as stored:
             return Samples(torch.from_numpy(stored["views"]), *(stored[k] for k in Samples.FACTS))
     scans = [load_scan(path) for path in paths]
-    fits = [other_faces.registered(scan) for scan in scans]
+    fits = [other_faces.registered(path) for path in paths]
     rng = np.random.default_rng(seed)
     parts = []
     for i, (cache, scan, (transform, _)) in enumerate(zip(caches, scans, fits)):
@@ -65,8 +65,7 @@ def swaps(paths: list[Path], caches: list[Path], contract: InputContract, store:
             parts.append(dataclasses.replace(part, family=np.array([FAMILY]), number=np.array([number])))
         print(f"{bundle.subject}: {DRAWS} face swaps drawn", flush=True)
     samples = Samples.join(parts)
-    store.mkdir(parents=True, exist_ok=True)
-    np.savez(target, views=samples.views.numpy(), **{k: getattr(samples, k) for k in Samples.FACTS})
+    _save_npz(target, {"views": samples.views.numpy(), **{k: getattr(samples, k) for k in Samples.FACTS}})  # as the draws' cache
     return samples
 
 
