@@ -11,6 +11,9 @@ edge, drawn with the same seeds), but by other faces:
 - ``Colin27``: one man's face (27 scans of him averaged; Debian's ``mricron-data``), another scanner's;
 - ``IXI average``: the mean of the training heads' faces (the heads outside ``HELD_OUT``), each
   registered to pydeface's template, an average of another population;
+- ``held-out average``: the mean of the other held-out heads' faces, registered alike: an average face
+  of heads no fit trained on (``bench/swap_training.py --donors average`` trains on averages of the
+  training heads, which makes the ``IXI average`` row close to its training material);
 - ``another held-out head``: the next held-out head's own face, a face swap: a real face, unseen in
   training, that is not this head's.
 
@@ -51,7 +54,8 @@ from defacegan.io import Scan, head_threshold, load_scan
 from detector_eval import rate, rate_text
 from held_out import held_out_setup, write_result
 
-PYDEFACE, COLIN, AVERAGE, SWAP = "pydeface mean face", "Colin27", "IXI average", "another held-out head"
+PYDEFACE, COLIN, AVERAGE, HELD_AVERAGE, SWAP = ("pydeface mean face", "Colin27", "IXI average", "held-out average",
+                                                "another held-out head")
 #: Pasted voxels count as foreign tissue above this (scaled) intensity, as the family's warp takes
 #: its tissue (:func:`defacegan.families._foreign_face`); below it, what was pasted is air: removed.
 FOREIGN_TISSUE = 0.05
@@ -103,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
     for i, (bundle, scan, (transform, _)) in enumerate(zip(bundles, scans, fits)):
         faces = {PYDEFACE: bundle.template_face,
                  **{name: onto_grid(donor, scan, transform, contract) for name, donor in donors.items()},
+                 HELD_AVERAGE: onto_grid(np.mean([face for j, (_, face) in enumerate(fits) if j != i], axis=0), scan,
+                                         transform, contract),
                  SWAP: onto_grid(fits[(i + 1) % len(fits)][1], scan, transform, contract)}
         for donor, face in faces.items():
             pasted = dataclasses.replace(bundle, template_face=face)

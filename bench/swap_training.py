@@ -1,5 +1,5 @@
-"""Would training on faces pasted from other heads teach the detector that a face not the head's own
-is ``replaced``, without costing real faces?
+"""Would training on faces pasted from other heads, or on their average, teach the detector that a face
+not the head's own is ``replaced``, without costing real faces?
 
 ``bench/other_faces.py`` found the shipped detector's ``replaced`` to mean pydeface's mean face: the
 same pasting with another held-out head's face is called ``face`` on every head. This bench draws
@@ -8,7 +8,9 @@ that pasting for training, as an experiment outside the shipped recipe (no famil
 ``replace_template`` replaces it (:func:`defacegan.families.replace_template`, its region, warp,
 intensity, noise and feathered edge), by the face of another training head drawn at random
 (registered as ``bench/other_faces.py`` registers its donors; :data:`DRAWS` donors a head, one draw
-each). Seed 0's member of ``make weights``' recipe is fitted twice on the same draws (round 0 of the
+each). With ``--donors average`` the family is ``replace_average`` instead: each training head's face
+replaced by the mean of the other training heads' faces (:data:`DRAWS` draws a head), the average face a
+refacing tool pastes, made of another population's heads. Seed 0's member of ``make weights``' recipe is fitted twice on the same draws (round 0 of the
 24 training heads, shared with ``make weights``; 20 training and 4 calibration heads by seed 0): as
 shipped (without ``replace_smooth``), and with the ``replace_other`` draws added. Each fit is judged as
 the shipped column of ``bench/detector_eval.py`` judges the shipped detector (the 8 held-out heads,
@@ -16,9 +18,10 @@ seed 1000's draws, network alone), and by ``bench/other_faces.py --ckpt`` (``che
 the fit as its network).
 
     python bench/swap_training.py [--ixi ../shared/data/ixi-t1-2mm]
+    python bench/swap_training.py --donors average --fits data/average_training --out bench/results/average_training.json
 
 Draws round 0 of the training heads once (18 min here in two processes, cached in ``data/bundles``), then the
-face swaps (cached in ``data/swap_training``), two fits and their judging. Prints a table and writes
+face swaps or averages (cached in ``--fits``), two fits and their judging. Prints a table and writes
 JSON (default bench/results/swap_training.json) and the fits to ``data/swap_training/``.
 """
 
@@ -43,13 +46,25 @@ from detector_eval import rate_text, shipped
 from provenance import provenance
 from smooth_training import ROWS, options, round_zero
 
-FAMILY = "replace_other"
+#: The experiment's family for each kind of donor (``--donors``).
+FAMILIES = {"other": "replace_other", "average": "replace_average"}
 
 
-def swaps(paths: list[Path], caches: list[Path], contract: InputContract, store: Path, seed: int) -> Samples:
-    """:data:`DRAWS` draws of ``replace_other`` for every head of ``paths`` (their bundles ``caches``),
-    each with another of these heads' faces, chosen with ``seed``; cached in ``store``."""
-    target = store / f"swaps-seed{seed}.npz"
+def donor_faces(donors: str, faces: list[np.ndarray], i: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """:data:`DRAWS` faces (in the template's space) to paste onto head ``i`` of ``faces``: other heads'
+    faces chosen with ``rng``, or the mean of the other heads' faces for every draw."""
+    others = [j for j in range(len(faces)) if j != i]
+    if donors == "other":
+        return [faces[j] for j in rng.choice(others, DRAWS, replace=False)]
+    return [np.mean([faces[j] for j in others], axis=0)] * DRAWS
+
+
+def swaps(paths: list[Path], caches: list[Path], contract: InputContract, store: Path, seed: int,
+          donors: str = "other") -> Samples:
+    """:data:`DRAWS` draws of ``FAMILIES[donors]`` for every head of ``paths`` (their bundles
+    ``caches``), with the faces :func:`donor_faces` gives; cached in ``store``."""
+    family = FAMILIES[donors]
+    target = store / f"{family}-seed{seed}.npz"
     if target.is_file():
         with np.load(target) as stored:
             return Samples(torch.from_numpy(stored["views"]), *(stored[k] for k in Samples.FACTS))
@@ -59,25 +74,30 @@ def swaps(paths: list[Path], caches: list[Path], contract: InputContract, store:
     parts = []
     for i, (cache, scan, (transform, _)) in enumerate(zip(caches, scans, fits)):
         bundle = read_bundle(cache)
-        for number, donor in enumerate(rng.choice([j for j in range(len(paths)) if j != i], DRAWS, replace=False)):
-            pasted = dataclasses.replace(bundle, template_face=other_faces.onto_grid(fits[donor][1], scan, transform, contract))
+        for number, face in enumerate(donor_faces(donors, [face for _, face in fits], i, rng)):
+            pasted = dataclasses.replace(bundle, template_face=other_faces.onto_grid(face, scan, transform, contract))
             part = draw_bundle(pasted, contract, ("replace_template",), draws=1, seed=seed + number)
-            parts.append(dataclasses.replace(part, family=np.array([FAMILY]), number=np.array([number])))
-        print(f"{bundle.subject}: {DRAWS} face swaps drawn", flush=True)
+            parts.append(dataclasses.replace(part, family=np.array([family]), number=np.array([number])))
+        print(f"{bundle.subject}: {DRAWS} {family} draws", flush=True)
     samples = Samples.join(parts)
     _save_npz(target, {"views": samples.views.numpy(), **{k: getattr(samples, k) for k in Samples.FACTS}})  # as the draws' cache
     return samples
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = options(__doc__, "swap_training").parse_args(argv)
+    parser = options(__doc__, "swap_training")
+    parser.add_argument("--donors", choices=list(FAMILIES), default="other",
+                        help="paste other training heads' faces, or their average (give it its own --fits and --out)")
+    args = parser.parse_args(argv)
     started = time.perf_counter()
+    family = FAMILIES[args.donors]
     contract, caches, train_heads, val_heads, drawn = round_zero(args)
     known = [path for path in sorted(args.ixi.glob("*.nii*")) if subject_of(path) not in HELD_OUT]
-    swapped = swaps(known, [cache for cache in caches if subject_of(cache) not in HELD_OUT], contract, args.fits, args.seed)
+    swapped = swaps(known, [cache for cache in caches if subject_of(cache) not in HELD_OUT], contract, args.fits, args.seed,
+                    args.donors)
     samples = Samples.join([drawn, dataclasses.replace(swapped, views=swapped.views.to(drawn.views.dtype))])
     results, faces = {}, {}
-    for number, (name, extra) in enumerate({"as shipped": [], f"with {FAMILY}": [FAMILY]}.items()):
+    for number, (name, extra) in enumerate({"as shipped": [], f"with {family}": [family]}.items()):
         trained = families_but(["replace_smooth"]) + extra
         net, temperature, train = fit_member(samples, contract, trained, train_heads, val_heads, args.seed)
         facts = {"train_subjects": train_heads, "val_subjects": val_heads, "held_out": list(HELD_OUT),
