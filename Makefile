@@ -80,12 +80,14 @@ $(MEMBER_DIR)/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src
 # and the anatomy's second opinion against the network alone on every family (bench/anatomy.py, ~38 min), and on fresh partial and eye-level draws alone (15 min);
 # the partial-removal sweep (from below, from the front, the nose alone) through check and the network alone (bench/sweep_check.py, ~5 min), and on Colin27 (1 min);
 # and held-out heads re-faced by a Pix2Pix that train.py trains on the others (bench/gan_refaced.py, ~5 min);
-# held-out heads whose face is replaced by faces the detector never trained on: Colin27's, the training heads' average, another held-out head's (bench/other_faces.py, 5 min);
+# held-out heads whose face is replaced by faces the detector never trained on: Colin27's, the training heads' average, the other held-out heads' average, another held-out head's (bench/other_faces.py, 7 min);
 # the defacer on moved and posed heads (bench/deface.py, ~30 min) and its registration's pitch search (bench/pitch_search.py, 3 min);
 # whether more heads, more draws of the same heads, a wider network or leaving out the cuts near the rule's line would help the network (bench/learning_curve.py, ~110 min, 43 more to draw the first time);
 # whether training on replace_smooth, with blurred faces shown more often, would (bench/smooth_training.py, ~17 min on learning_curve's draws);
 # whether face swaps between the training heads, added to training, teach it those (bench/swap_training.py, ~20 min on smooth_training's draws),
 # and its two fits through check's default on real faces and on every family (bench/anatomy.py --ckpt, ~50 min);
+# whether the average of the other training heads' faces does instead (bench/swap_training.py --donors average, ~27 min),
+# and its second fit through check's default (the first is the face swaps' own; ~20 min);
 # whether a registration tells a blurred face from a smooth fill where no feature region holds tissue, what a converse rule would need
 # (bench/blur_or_fill.py: its lines looked at on the 24 training heads, then checked on the 8 held-out ones; 35 and 47 min run side by side);
 # last, all of their trust figures in one table beside the detector's targets (bench/trust.py, which only reads them).
@@ -117,6 +119,10 @@ figures:
 	for n in 0 1; do $(PY) bench/anatomy.py --ixi $(IXI_SOURCE) --ckpt data/swap_training/fit-$$n.pt --families none --draws 8 \
 		--out data/swap_training/anatomy-none-$$n.json && $(PY) bench/anatomy.py --ixi $(IXI_SOURCE) --ckpt data/swap_training/fit-$$n.pt \
 		--draws 2 --out data/swap_training/anatomy-$$n.json || exit 1; done
+	$(PY) bench/swap_training.py --ixi $(IXI_SOURCE) --donors average --fits data/average_training --out bench/results/average_training.json
+	$(PY) bench/anatomy.py --ixi $(IXI_SOURCE) --ckpt data/average_training/fit-1.pt --families none --draws 8 \
+		--out data/average_training/anatomy-none-1.json
+	$(PY) bench/anatomy.py --ixi $(IXI_SOURCE) --ckpt data/average_training/fit-1.pt --draws 2 --out data/average_training/anatomy-1.json
 	$(PY) bench/blur_or_fill.py --ixi $(IXI_SOURCE) --subjects training --draws 1 --seed 2000 --out bench/results/blur_or_fill-training.json
 	$(PY) bench/blur_or_fill.py --ixi $(IXI_SOURCE)
 	$(PY) bench/trust.py
