@@ -42,6 +42,8 @@ def held_out_setup(doc: str, result: str, argv: list[str] | None,
     parser.add_argument("--ixi", type=Path, default=Path("../shared/data/ixi-t1-2mm"))
     parser.add_argument("--cache", type=Path, default=Path("data/bundles"))
     parser.add_argument("--ckpt", default=None, help="detector checkpoint (default: the shipped one)")
+    parser.add_argument("--member", type=int, default=None,
+                        help="judge this member (0, 1, ...) of the checkpoint's ensemble alone, at its own temperature")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / result)
     parser.add_argument("--no-pose-check", dest="pose_check", action="store_false",
                         help="trust the headers' axes (check --no-pose-check): what the pose guard changes")
@@ -52,13 +54,16 @@ def held_out_setup(doc: str, result: str, argv: list[str] | None,
         parser.add_argument(flag, type=kind, default=default)
     args = parser.parse_args(argv)
     paths = [path for path in sorted(args.ixi.glob("*.nii*")) if (subject_of(path) in HELD_OUT) == (args.subjects == "held-out")]
-    return args, Detector(args.ckpt, device="cpu", pose_check=args.pose_check), paths
+    detector = Detector(args.ckpt, device="cpu", pose_check=args.pose_check)
+    if args.member is not None:
+        detector.net = detector.net.members[args.member]
+    return args, detector, paths
 
 
 def write_result(args: argparse.Namespace, detector: Detector, started: float, **fields) -> dict:
     """The script's JSON (the checkpoint, whether the pose guard was on, ``fields``, the seconds since
     ``started``, the code it ran: :func:`provenance`), written atomically."""
-    result = {"ckpt": str(detector.checkpoint), "pose_check": detector.pose_check, **fields,
+    result = {"ckpt": str(detector.checkpoint), "member": args.member, "pose_check": detector.pose_check, **fields,
               "seconds": round(time.perf_counter() - started, 1), "run": provenance()}
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"written to {args.out}")

@@ -22,7 +22,8 @@ the fit as its network).
 
 Draws round 0 of the training heads once (18 min here in two processes, cached in ``data/bundles``), then the
 face swaps or averages (cached in ``--fits``), two fits and their judging. Prints a table and writes
-JSON (default bench/results/swap_training.json) and the fits to ``data/swap_training/``.
+JSON to ``--out`` (default bench/results/swap_training.json) and the fits to ``--fits`` (default
+``data/swap_training/``).
 """
 
 from __future__ import annotations
