@@ -80,7 +80,7 @@ $(MEMBER_DIR)/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src
 # and the anatomy's second opinion against the network alone on every family (bench/anatomy.py, ~38 min), and on fresh partial and eye-level draws alone (15 min);
 # the partial-removal sweep (from below, from the front, the nose alone) through check and the network alone (bench/sweep_check.py, ~5 min), and on Colin27 (1 min);
 # and held-out heads re-faced by a Pix2Pix that train.py trains on the others (bench/gan_refaced.py, ~5 min);
-# held-out heads whose face is replaced by faces the detector never trained on: Colin27's, the training heads' average, the other held-out heads' average, another held-out head's (bench/other_faces.py, 7 min);
+# held-out heads whose face is replaced by faces the detector never trained on: Colin27's, the training heads' average, the other held-out heads' average, another held-out head's (bench/other_faces.py, 7 min), and by each of the shipped ensemble's members alone (--member, 6 min each);
 # the defacer on moved and posed heads (bench/deface.py, ~30 min) and its registration's pitch search (bench/pitch_search.py, 3 min);
 # whether more heads, more draws of the same heads, a wider network or leaving out the cuts near the rule's line would help the network (bench/learning_curve.py, ~110 min, 43 more to draw the first time);
 # whether training on replace_smooth, with blurred faces shown more often, would (bench/smooth_training.py, ~17 min on learning_curve's draws);
@@ -111,6 +111,7 @@ figures:
 	$(PY) bench/sweep_check.py --head /usr/share/mricron/templates/ch2.nii.gz --out bench/results/sweep_check-colin27.json
 	$(PY) bench/gan_refaced.py --ixi $(IXI_SOURCE)
 	$(PY) bench/other_faces.py --ixi $(IXI_SOURCE)
+	for n in 0 1 2; do $(PY) bench/other_faces.py --ixi $(IXI_SOURCE) --member $$n --out bench/results/other_faces-member$$n.json || exit 1; done
 	$(PY) bench/deface.py --trials 5 --data $(IXI_SOURCE) --scans 8 --brain-scans 0
 	$(PY) bench/pitch_search.py --data $(IXI_SOURCE)
 	$(PY) bench/learning_curve.py --ixi $(IXI_SOURCE)
