@@ -56,7 +56,10 @@ def held_out_setup(doc: str, result: str, argv: list[str] | None,
     paths = [path for path in sorted(args.ixi.glob("*.nii*")) if (subject_of(path) in HELD_OUT) == (args.subjects == "held-out")]
     detector = Detector(args.ckpt, device="cpu", pose_check=args.pose_check)
     if args.member is not None:
-        detector.net = detector.net.members[args.member]
+        members = getattr(detector.net, "members", [])
+        if not 0 <= args.member < len(members):
+            parser.error(f"--member {args.member}: {detector.checkpoint} holds {len(members) or 'no'} ensemble members")
+        detector.net = members[args.member]
     return args, detector, paths
 
 

@@ -12,7 +12,7 @@ each). With ``--donors average`` the family is ``replace_average`` instead: each
 replaced by the mean of the other training heads' faces (:data:`DRAWS` draws a head), the average face a
 refacing tool pastes, made of another population's heads. Seed 0's member of ``make weights``' recipe is fitted twice on the same draws (round 0 of the
 24 training heads, shared with ``make weights``; 20 training and 4 calibration heads by seed 0): as
-shipped (without ``replace_smooth``), and with the ``replace_other`` draws added. Each fit is judged as
+shipped (without ``replace_smooth``), and with the experiment's draws added. Each fit is judged as
 the shipped column of ``bench/detector_eval.py`` judges the shipped detector (the 8 held-out heads,
 seed 1000's draws, network alone), and by ``bench/other_faces.py --ckpt`` (``check``'s default with
 the fit as its network).
@@ -47,8 +47,8 @@ from detector_eval import rate_text, shipped
 from provenance import provenance
 from smooth_training import ROWS, options, round_zero
 
-#: The experiment's family for each kind of donor (``--donors``).
-FAMILIES = {"other": "replace_other", "average": "replace_average"}
+#: The experiment's family for each kind of donor (``--donors``); none is in defacegan.families.FAMILIES.
+EXPERIMENT_FAMILIES = {"other": "replace_other", "average": "replace_average"}
 
 
 def donor_faces(donors: str, faces: list[np.ndarray], i: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -62,9 +62,9 @@ def donor_faces(donors: str, faces: list[np.ndarray], i: int, rng: np.random.Gen
 
 def swaps(paths: list[Path], caches: list[Path], contract: InputContract, store: Path, seed: int,
           donors: str = "other") -> Samples:
-    """:data:`DRAWS` draws of ``FAMILIES[donors]`` for every head of ``paths`` (their bundles
+    """:data:`DRAWS` draws of ``EXPERIMENT_FAMILIES[donors]`` for every head of ``paths`` (their bundles
     ``caches``), with the faces :func:`donor_faces` gives; cached in ``store``."""
-    family = FAMILIES[donors]
+    family = EXPERIMENT_FAMILIES[donors]
     target = store / f"{family}-seed{seed}.npz"
     if target.is_file():
         with np.load(target) as stored:
@@ -87,11 +87,11 @@ def swaps(paths: list[Path], caches: list[Path], contract: InputContract, store:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = options(__doc__, "swap_training")
-    parser.add_argument("--donors", choices=list(FAMILIES), default="other",
+    parser.add_argument("--donors", choices=list(EXPERIMENT_FAMILIES), default="other",
                         help="paste other training heads' faces, or their average (give it its own --fits and --out)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    family = FAMILIES[args.donors]
+    family = EXPERIMENT_FAMILIES[args.donors]
     contract, caches, train_heads, val_heads, drawn = round_zero(args)
     known = [path for path in sorted(args.ixi.glob("*.nii*")) if subject_of(path) not in HELD_OUT]
     swapped = swaps(known, [cache for cache in caches if subject_of(cache) not in HELD_OUT], contract, args.fits, args.seed,
