@@ -38,6 +38,7 @@ import dataclasses
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -61,23 +62,34 @@ PYDEFACE, COLIN, AVERAGE, HELD_AVERAGE, SWAP = ("pydeface mean face", "Colin27",
 FOREIGN_TISSUE = 0.05
 
 
-@lru_cache(maxsize=None)
-def registered(path: Path) -> tuple[sitk.Transform, np.ndarray]:
-    """(the template's registration onto the head in ``path``, as the bundles' (seed 0); the head
+class Registered(NamedTuple):
+    """A head as loaded, the template's registration onto it (as the bundles', seed 0), and the head
     resampled into the template's space, scaled by its 99th intensity percentile so that heads average
-    alike). Cached: bench/swap_training.py asks for the same heads again in one run."""
+    alike: its ``face`` as a donor."""
+
+    scan: Scan
+    transform: sitk.Transform
+    face: np.ndarray
+
+
+@lru_cache(maxsize=None)
+def registered(path: Path) -> Registered:
+    """The head in ``path``, loaded and registered once: bench/swap_training.py asks for the same heads
+    again in one run."""
     scan = load_scan(path)
     template = deface.template_masks().head
     transform = deface.register_template(scan, 0)
     scaled = scan.data / np.percentile(scan.data[scan.data > head_threshold(scan.data)], 99)
-    return transform, deface.warp(deface.to_sitk(scaled, scan.affine), transform.GetInverse(), template.shape, template.affine)
+    return Registered(scan, transform, deface.warp(deface.to_sitk(scaled, scan.affine), transform.GetInverse(),
+                                                   template.shape, template.affine))
 
 
-def onto_grid(donor: np.ndarray, scan: Scan, transform: sitk.Transform, contract: InputContract) -> np.ndarray:
-    """A donor face (in the template's space) carried onto ``scan`` by its registration and put on the
+def onto_grid(donor: np.ndarray, head: Registered, contract: InputContract) -> np.ndarray:
+    """A donor face (in the template's space) carried onto ``head`` by its registration and put on the
     contract's grid as the bundle's ``template_face`` is (:func:`defacegan.families.make_bundle`)."""
     template = deface.template_masks().head
-    moved = deface.warp(deface.to_sitk(donor, template.affine), transform, scan.data.shape, scan.affine)
+    scan = head.scan
+    moved = deface.warp(deface.to_sitk(donor, template.affine), head.transform, scan.data.shape, scan.affine)
     return contract.volume(moved, scan.affine, contract.place(scan.data, scan.affine), zero_air=False)[0].numpy()
 
 
@@ -92,24 +104,22 @@ def main(argv: list[str] | None = None) -> dict:
     args, detector, held = held_out_setup(__doc__, "other_faces.json", argv, extra=[("--draws", int, 3)])
     contract = detector.contract
     bundles = [read_bundle(cache) for cache in bundle_caches(held, contract, args.cache)]
-    scans = [load_scan(path) for path in held]
     fits = [registered(path) for path in held]
     donors = {}
     if deface.COLIN27.is_file():
-        donors[COLIN] = registered(deface.COLIN27)[1]
+        donors[COLIN] = registered(deface.COLIN27).face
     else:
         print(f"{deface.COLIN27} missing (Debian's mricron-data): no Colin27 face")
     training = [path for path in sorted(args.ixi.glob("*.nii*")) if subject_of(path) not in HELD_OUT]
-    donors[AVERAGE] = np.mean([registered(path)[1] for path in training], axis=0)
+    donors[AVERAGE] = np.mean([registered(path).face for path in training], axis=0)
     print(f"donors registered, {time.perf_counter() - started:.0f} s", flush=True)
 
     rows = []
-    for i, (bundle, scan, (transform, _)) in enumerate(zip(bundles, scans, fits)):
+    for i, (bundle, head) in enumerate(zip(bundles, fits)):
         faces = {PYDEFACE: bundle.template_face,
-                 **{name: onto_grid(donor, scan, transform, contract) for name, donor in donors.items()},
-                 HELD_AVERAGE: onto_grid(np.mean([face for j, (_, face) in enumerate(fits) if j != i], axis=0), scan,
-                                         transform, contract),
-                 SWAP: onto_grid(fits[(i + 1) % len(fits)][1], scan, transform, contract)}
+                 **{name: onto_grid(donor, head, contract) for name, donor in donors.items()},
+                 HELD_AVERAGE: onto_grid(np.mean([other.face for j, other in enumerate(fits) if j != i], axis=0), head, contract),
+                 SWAP: onto_grid(fits[(i + 1) % len(fits)].face, head, contract)}
         for donor, face in faces.items():
             pasted = dataclasses.replace(bundle, template_face=face)
             for draw in range(args.draws):

@@ -41,7 +41,7 @@ from defacegan.contract import InputContract
 from defacegan.detector_data import DRAWS, Samples, _save_npz, draw_bundle, read_bundle, subject_of
 from defacegan.detector_training import HELD_OUT, fit_member, save_detector
 from defacegan.families import families_but
-from defacegan.io import atomic_write_text, load_scan
+from defacegan.io import atomic_write_text
 from defacegan.report import markdown_table
 from detector_eval import rate_text, shipped
 from provenance import provenance
@@ -69,14 +69,13 @@ def swaps(paths: list[Path], caches: list[Path], contract: InputContract, store:
     if target.is_file():
         with np.load(target) as stored:
             return Samples(torch.from_numpy(stored["views"]), *(stored[k] for k in Samples.FACTS))
-    scans = [load_scan(path) for path in paths]
     fits = [other_faces.registered(path) for path in paths]
     rng = np.random.default_rng(seed)
     parts = []
-    for i, (cache, scan, (transform, _)) in enumerate(zip(caches, scans, fits)):
+    for i, (cache, head) in enumerate(zip(caches, fits)):
         bundle = read_bundle(cache)
-        for number, face in enumerate(donor_faces(donors, [face for _, face in fits], i, rng)):
-            pasted = dataclasses.replace(bundle, template_face=other_faces.onto_grid(face, scan, transform, contract))
+        for number, face in enumerate(donor_faces(donors, [fit.face for fit in fits], i, rng)):
+            pasted = dataclasses.replace(bundle, template_face=other_faces.onto_grid(face, head, contract))
             part = draw_bundle(pasted, contract, ("replace_template",), draws=1, seed=seed + number)
             parts.append(dataclasses.replace(part, family=np.array([family]), number=np.array([number])))
         print(f"{bundle.subject}: {DRAWS} {family} draws", flush=True)
