@@ -244,3 +244,19 @@ def test_the_draw_cache_key_follows_the_code_not_its_comments_or_docstrings(tmp_
     reworded.write_text('"""Module, reworded\nover two lines."""\n\n\ndef cut(x):\n    """Why, said otherwise."""\n    return (x\n            + 1)\n')
     changed.write_text('"""Module."""\n\ndef cut(x):\n    """Why."""\n    return x + 2  # one\n')
     assert source_key(first) == source_key(reworded) != source_key(changed)
+
+
+def test_a_coil_field_darkens_the_own_tissue_and_leaves_what_the_defacer_wrote(bundle):
+    """A bias field is the scanner's: it scales the subject's own voxels smoothly and never the
+    voxels a defacer zeroed, filled or pasted after the scan; the same generator draws the same field."""
+    from defacegan.detector_data import with_bias_field
+
+    variant = generate(bundle, "replace_template", np.random.default_rng(0))
+    biased = with_bias_field(variant, 0.8, np.random.default_rng(1))
+    written = variant.removed | variant.foreign
+    assert np.array_equal(biased.volume[written], variant.volume[written])
+    own = ~written & (variant.volume > 0.1 * variant.volume.max())
+    ratio = biased.volume[own] / variant.volume[own]
+    assert ratio.min() < 0.8 and ratio.max() > 1.2, (ratio.min(), ratio.max())
+    assert np.array_equal(biased.volume, with_bias_field(variant, 0.8, np.random.default_rng(1)).volume)
+    assert (biased.family, biased.removed is variant.removed, biased.foreign is variant.foreign) == ("replace_template", True, True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import io
+import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -81,6 +82,10 @@ POSE_CHUNK = 8
 #: field of view alone must not decide the verdict: trained on IXI's necks only, defaced heads
 #: whose scan stopped above the mouth drifted towards `face` (Colin27's MNI box, IXI heads cut so).
 FIELD_OF_VIEW = {"prob": 0.3, "above_chin_mm": [-20.0, 60.0]}
+#: A receive coil's field over the subject's own tissue (``bias_field``; not in the shipped recipe):
+#: on a share of the draws, TorchIO's polynomial field of this order, each coefficient drawn up to
+#: this magnitude (TorchIO's default is 0.5). ``detector_training --bias-field PROB COEFFICIENTS``.
+BIAS_FIELD_ORDER = 3
 
 
 @dataclass
@@ -200,15 +205,30 @@ def rule_label(bundle: FaceBundle, contract: InputContract, scan: Scan, removed:
     return variant.label(bundle.features), variant.shares(bundle.features)[0]
 
 
+def with_bias_field(variant: Variant, coefficients: float, rng: np.random.Generator, order: int = BIAS_FIELD_ORDER) -> Variant:
+    """``variant`` acquired under a receive coil's field (TorchIO's polynomial bias field, each
+    coefficient uniform in ±``coefficients``, drawn by ``rng``). Only the subject's own tissue was
+    acquired: removed, filled and pasted voxels were written after the scan and keep their values."""
+    import torchio as tio
+
+    count = math.comb(order + 3, 3)  # TorchIO's coefficients: one per monomial x^i y^j z^k, i + j + k <= order
+    field = tio.BiasField(coefficients=rng.uniform(-coefficients, coefficients, count).tolist(), order=order)
+    biased = field(tio.ScalarImage(tensor=torch.from_numpy(variant.volume)[None])).data[0].numpy()
+    written = variant.removed | variant.foreign
+    return Variant(variant.family, np.where(written, variant.volume, biased).astype(np.float32), variant.removed, variant.foreign)
+
+
 def _seed_of(seed: int, *names: str) -> list[int]:
     return [seed, *(int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) for name in names)]
 
 
 def draw_volumes(bundle: FaceBundle, contract: InputContract, families: Sequence[str] = tuple(FAMILIES),
                  draws: int = DRAWS, seed: int = 0, pose: dict | None = POSE,
-                 field_of_view: dict | None = FIELD_OF_VIEW) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+                 field_of_view: dict | None = FIELD_OF_VIEW,
+                 bias_field: dict | None = None) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
     """``draws`` random variants of each family of one head, some in a tighter field of view
-    (``field_of_view``), posed: volumes (N, 1, X, Y, Z) on the contract's grid and their facts
+    (``field_of_view``), some under a coil's field (``bias_field``: ``prob``, ``coefficients``;
+    :func:`with_bias_field`), posed: volumes (N, 1, X, Y, Z) on the contract's grid and their facts
     (:attr:`Samples.FACTS`). A posed volume is placed on the grid again by its head and scaled,
     as ``check`` does with a file (:meth:`InputContract.volume`).
 
@@ -225,6 +245,8 @@ def draw_volumes(bundle: FaceBundle, contract: InputContract, families: Sequence
             variant = generate(bundle, family, rng)
             if field_of_view and rng.random() < field_of_view["prob"]:
                 variant = cut_below(bundle, variant, rng.uniform(*field_of_view["above_chin_mm"]))
+            if bias_field and rng.random() < bias_field["prob"]:
+                variant = with_bias_field(variant, bias_field["coefficients"], rng)
             own, foreign = variant.shares(bundle.features)
             volumes.append(torch.from_numpy(variant.volume))
             labels.append(VERDICTS.index(label_from(own, foreign)))
@@ -258,17 +280,17 @@ def draw_bundle(bundle: FaceBundle, contract: InputContract, *args, **options) -
 
 
 def _draw_job(args: tuple) -> str:
-    bundle_cache, contract, families, draws, seed, pose, field_of_view, target = args
+    bundle_cache, contract, families, draws, seed, pose, field_of_view, bias_field, target = args
     torch.set_num_threads(1)
     bundle = read_bundle(Path(bundle_cache))
-    samples = draw_bundle(bundle, InputContract.from_dict(contract), families, draws, seed, pose, field_of_view)
+    samples = draw_bundle(bundle, InputContract.from_dict(contract), families, draws, seed, pose, field_of_view, bias_field)
     _save_npz(Path(target), {"views": samples.views.numpy(), **{k: getattr(samples, k) for k in Samples.FACTS}})
     return bundle.subject
 
 
 def draw(bundle_caches: Sequence[Path], contract: InputContract, cache_dir: Path, families: Sequence[str] = tuple(FAMILIES),
          draws: int = DRAWS, seed: int = 0, pose: dict | None = POSE, field_of_view: dict | None = FIELD_OF_VIEW,
-         workers: int | None = None, rounds: int = 1) -> Samples:
+         workers: int | None = None, rounds: int = 1, bias_field: dict | None = None) -> Samples:
     """:func:`draw_bundle` for every cached bundle, in ``workers`` processes, each head's views
     cached under ``cache_dir`` (keyed by the recipe and the generator's source, so a change to
     the families or the label rule draws again).
@@ -281,13 +303,13 @@ def draw(bundle_caches: Sequence[Path], contract: InputContract, cache_dir: Path
     values, families = contract.to_dict(), list(families)
     targets, jobs = [], []
     for round_seed in range(seed, seed + rounds):
-        recipe = repr((values, families, draws, round_seed, pose, field_of_view, GENERATOR_SOURCE))
+        recipe = repr((values, families, draws, round_seed, pose, field_of_view, bias_field, GENERATOR_SOURCE))
         key = hashlib.sha1(recipe.encode()).hexdigest()[:10]
         for path in bundle_caches:
             target = cache_dir / f"{path.stem}-draws-{key}.npz"
             targets.append((round_seed - seed, target))
             if not target.exists():
-                jobs.append((str(path), values, families, draws, round_seed, pose, field_of_view, str(target)))
+                jobs.append((str(path), values, families, draws, round_seed, pose, field_of_view, bias_field, str(target)))
     _in_processes(_draw_job, jobs, workers or draw_workers(), f"drawing (cached in {cache_dir})")
     parts = []
     for round_index, target in targets:

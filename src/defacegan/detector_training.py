@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--seed", type=int, default=0, help="seeds the draws, the calibration subjects and the fit")
     parser.add_argument("--pose-degrees", type=float, default=POSE["affine"]["degrees"],
                         help="largest rotation of a drawn head about each axis (the recipe's by default)")
+    parser.add_argument("--bias-field", type=float, nargs=2, metavar=("PROB", "COEFFICIENTS"),
+                        help="draw this share of the volumes under a coil's field of coefficients up to this "
+                             "(detector_data.with_bias_field; not in the shipped recipe)")
     parser.add_argument("--workers", type=int, default=None,
                         help="drawing processes (default: as many as the memory holds at 4 GiB each, at most 2)")
     parser.add_argument("--view-mode", default=InputContract.view_mode, choices=list(VIEW_MODES),
@@ -162,14 +165,15 @@ def main(argv: list[str] | None = None) -> Path:
     caches = bundle_caches(paths, contract, args.cache)
     train_subjects, val_subjects = split_subjects([subject_of(p) for p in paths], val=4, seed=args.seed)
     pose = {**POSE, "affine": {**POSE["affine"], "degrees": args.pose_degrees}}
+    bias_field = dict(zip(("prob", "coefficients"), args.bias_field)) if args.bias_field else None
     samples = draw(caches, contract, args.cache, draws=args.draws, seed=args.seed, pose=pose, rounds=args.rounds,
-                   workers=args.workers)
+                   workers=args.workers, bias_field=bias_field)
     atomic_write_text(args.manifest, samples.manifest())
     trained = families_but(args.without)
     net, temperature, train = fit_member(samples, contract, trained, train_subjects, val_subjects, args.seed, args.epochs)
     facts = {"train_subjects": train_subjects, "val_subjects": val_subjects, "held_out": list(HELD_OUT),
              "families": trained, "draws": args.draws, "rounds": args.rounds, "epochs": args.epochs, "temperature": temperature,
-             "seed": args.seed, "pose_degrees": args.pose_degrees}
+             "seed": args.seed, "pose_degrees": args.pose_degrees, "bias_field": bias_field}
     path = save_detector(net, contract, args.out, facts)
     print(f"{path}: {len(train.label)} training views of {len(train_subjects)} subjects, T = {temperature:.2f}, "
           f"{time.perf_counter() - started:.0f} s")
