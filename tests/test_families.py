@@ -223,6 +223,21 @@ def test_a_second_round_adds_draws_and_keeps_the_first(bundle, tmp_path):
     assert torch.equal(both.views[2:], next_seed.views)
 
 
+def test_draws_under_a_coil_field_are_cached_apart_from_the_plain_ones(bundle, tmp_path):
+    """``bias_field`` is part of the recipe: drawn with it, the views go to their own cache file and
+    differ from the plain draws; without it, the draws are the plain ones."""
+    from defacegan.contract import InputContract
+    from defacegan.detector_data import draw, draw_bundle, write_bundle
+
+    contract = InputContract()
+    cache = write_bundle(bundle, tmp_path / f"{bundle.subject}-bundle.npz")
+    options = {"families": ("none",), "draws": 1, "seed": 5, "pose": None, "field_of_view": None}
+    plain = draw([cache], contract, tmp_path, workers=1, **options)
+    biased = draw([cache], contract, tmp_path, workers=1, bias_field={"prob": 1.0, "coefficients": 0.6}, **options)
+    assert len(list(tmp_path.glob("*-draws-*.npz"))) == 2 and not torch.equal(plain.views, biased.views)
+    assert torch.equal(plain.views, draw_bundle(bundle, contract, **options).views)
+
+
 def test_a_field_of_view_that_stops_above_the_mouth_keeps_the_verdict_of_the_rest(bundle):
     """`cut_below` (the field of view's lower edge, raised on some draws of every family) removes
     the mouth and chin and nothing above: an intact head stays `face`, a defaced one `removed`."""
