@@ -88,6 +88,8 @@ $(MEMBER_DIR)/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src
 # and its two fits through check's default on real faces and on every family (bench/anatomy.py --ckpt, ~50 min);
 # whether the average of the other training heads' faces does instead (bench/swap_training.py --donors average, ~27 min),
 # and its second fit through check's default (the first is the face swaps' own; ~20 min);
+# whether drawing the training heads under a receive coil's field makes it hold under one (bench/bias_training.py: round 0 drawn
+# under the field, ~25 min, and a fit, ~12 min; the plain fit again unless data/bias_training holds it; then the held-out draws under two fields);
 # whether a registration tells a blurred face from a smooth fill where no feature region holds tissue, what a converse rule would need
 # (bench/blur_or_fill.py: its lines looked at on the 24 training heads, then checked on the 8 held-out ones; 35 and 47 min run side by side);
 # last, all of their trust figures in one table beside the detector's targets (bench/trust.py, which only reads them).
@@ -124,6 +126,7 @@ figures:
 	$(PY) bench/anatomy.py --ixi $(IXI_SOURCE) --ckpt data/average_training/fit-1.pt --families none --draws 8 \
 		--out data/average_training/anatomy-none-1.json
 	$(PY) bench/anatomy.py --ixi $(IXI_SOURCE) --ckpt data/average_training/fit-1.pt --draws 2 --out data/average_training/anatomy-1.json
+	$(PY) bench/bias_training.py --ixi $(IXI_SOURCE)
 	$(PY) bench/blur_or_fill.py --ixi $(IXI_SOURCE) --subjects training --draws 1 --seed 2000 --out bench/results/blur_or_fill-training.json
 	$(PY) bench/blur_or_fill.py --ixi $(IXI_SOURCE)
 	$(PY) bench/trust.py

@@ -1,0 +1,110 @@
+"""Would drawing training heads under a receive coil's field make the detector hold on scans with one,
+without costing the rows it is judged by?
+
+No drawn volume of the shipped recipe carries a bias field, and a field that darkens the face is
+what ``bench/acquisition.py`` finds the detector weakest against (its "bias field up to 1" rows;
+``check``'s second look with the field taken off mends part of it). This bench fits seed
+``--seed``'s member of ``make weights``' recipe on round 0 of the 24 training heads twice: as
+shipped, and with ``--bias-field PROB COEFFICIENTS`` (``python -m defacegan.detector_training
+--bias-field``: that share of the volumes drawn under TorchIO's polynomial field, each coefficient
+uniform up to COEFFICIENTS, over the subject's own tissue only; :func:`defacegan.detector_data.with_bias_field`).
+A fit already in ``--fits`` whose facts match (families, seed, field) is used as it is. Each fit, and
+the shipped ensemble beside them, is judged by the network alone on the 8 held-out heads' test draws
+(seed 1000, as ``bench/detector_eval.py``'s shipped column), then on the very same draws under a field
+of coefficients up to each of :data:`TEST_FIELDS` (every draw, paired: same variant and pose, the
+field added), then the two fits through ``check``'s path on ``bench/acquisition.py``'s bias-field
+conditions (``--ckpt``; written to ``--fits``).
+
+    python bench/bias_training.py [--ixi ../shared/data/ixi-t1-2mm] [--bias-field 0.5 0.6]
+
+Prints a table and writes JSON to ``--out`` (default bench/results/bias_training.json).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import acquisition
+from defacegan.detector_data import DRAWS, bundle_caches, draw, subject_of
+from defacegan.detector_training import HELD_OUT, logits_of
+from defacegan.detector_training import main as train_member
+from defacegan.families import families_but
+from defacegan.inference import SHIPPED_CHECKPOINT, load_network
+from defacegan.io import atomic_write_text
+from defacegan.metrics import expected_calibration_error
+from defacegan.report import markdown_table
+from detector_eval import headline, rate_text, trained_families
+from provenance import provenance
+from smooth_training import ROWS, options
+
+#: The test draws' fields: none (the shipped column's draws), TorchIO's default strength, and the
+#: strength of acquisition.py's strongest field, beyond the training field's default.
+TEST_FIELDS = (None, 0.5, 1.0)
+FIRST = "8 held-out subjects"
+
+
+def fitted(args, number: int, bias_field: dict | None) -> Path:
+    """Seed ``args.seed``'s member at one round (``--without replace_smooth``, as shipped), drawn with
+    ``bias_field`` or without: ``--fits/fit-<number>.pt``, fitted unless a fit of that recipe is there."""
+    path = args.fits / f"fit-{number}.pt"
+    if path.exists():
+        facts = load_network(path)[2]
+        if (facts.get("families"), facts.get("seed"), facts.get("bias_field")) == (families_but(["replace_smooth"]), args.seed, bias_field):
+            print(f"{path}: fitted before with this recipe, used as it is")
+            return path
+    field = ["--bias-field", *(str(bias_field[k]) for k in ("prob", "coefficients"))] if bias_field else []
+    return train_member(["--source", str(args.ixi), "--cache", str(args.cache), "--seed", str(args.seed), "--rounds", "1",
+                         "--without", "replace_smooth", "--out", str(path), "--manifest", str(args.fits / f"fit-{number}.tsv"),
+                         *field])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = options(__doc__, "bias_training")
+    parser.add_argument("--bias-field", type=float, nargs=2, default=(0.5, 0.6), metavar=("PROB", "COEFFICIENTS"))
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    trained_field = dict(zip(("prob", "coefficients"), args.bias_field))
+    fits = {"as shipped": fitted(args, 0, None), "with a coil field": fitted(args, 1, trained_field)}
+    judged = {"shipped ensemble": Path(str(SHIPPED_CHECKPOINT)), **fits}
+    networks = {name: load_network(path) for name, path in judged.items()}
+    contract = next(iter(networks.values()))[1]
+    held = bundle_caches([path for path in sorted(args.ixi.glob("*.nii*")) if subject_of(path) in HELD_OUT], contract, args.cache)
+    rows, results = [], {}
+    for strength in TEST_FIELDS:
+        field = {"prob": 1.0, "coefficients": strength} if strength else None
+        samples = draw(held, contract, args.cache, draws=DRAWS, seed=args.seed + 1000, bias_field=field)
+        test = "held-out draws" + (f", coil field up to {strength:g}" if strength else "")
+        for name, (net, _, facts) in networks.items():
+            with torch.no_grad():
+                probabilities = torch.softmax(logits_of(net, samples.views), 1).numpy()
+            results.setdefault(name, {})[test] = {
+                "headline": headline(samples, probabilities, trained=trained_families(facts)),
+                "ece": expected_calibration_error(probabilities, samples.label)}
+        for row in ROWS:
+            rows.append({FIRST: f"{test}: {row} (network alone)",
+                         **{name: rate_text(results[name][test]["headline"][row]) for name in judged}})
+        rows.append({FIRST: f"{test}: expected calibration error (network alone)",
+                     **{name: f"{results[name][test]['ece']:.3f}" for name in judged}})
+    conditions = {}
+    for number, (name, path) in enumerate(fits.items()):
+        conditions[name] = acquisition.main(["--ixi", str(args.ixi), "--cache", str(args.cache), "--ckpt", str(path),
+                                             "--conditions", "bias field", "--out", str(args.fits / f"acquisition-{number}.json")])["rows"]
+    for i, condition in enumerate(conditions["as shipped"]):
+        rows.append({FIRST: f"{condition['case']}, {condition['condition']}: heads answered right (check's default)",
+                     "shipped ensemble": "",
+                     **{name: f"{by_fit[i]['right']}/{by_fit[i]['n']}" for name, by_fit in conditions.items()}})
+    print(markdown_table(rows, list(rows[0])))
+    result = {"fits": {name: str(path) for name, path in fits.items()}, "trained_field": trained_field,
+              "test_fields": list(TEST_FIELDS), "results": results, "acquisition": conditions, "rows": rows,
+              "seconds": time.perf_counter() - started, "run": provenance()}
+    atomic_write_text(args.out, json.dumps(result, indent=2, default=float) + "\n")
+    print(f"written to {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
