@@ -19,12 +19,16 @@ registered are printed. Real tools' defacings are in bench/other_defacers.py, wh
     python bench/anatomy.py [--ixi ../shared/data/ixi-t1-2mm] [--draws 4]
     python bench/anatomy.py --subjects training --draws 1 --seed 2000 --out bench/results/anatomy-training.json
     python bench/anatomy.py --families partial,eye_level --draws 12 --seed 3000 --out bench/results/anatomy-partial.json
+    python bench/anatomy.py --families none,partial,eye_level,blur --bias-field 0.5 --out bench/results/anatomy-bias0.5.json
 
 The second draws on the 24 heads the detector was trained on instead: where the anatomy's lines
 are looked at without touching the held-out heads. The third draws only the two families whose cuts
 keep the eyes or the nose on some draws (failed and partial defacings, the learned defacer's
 eye-level cut), fresh ones and three times as many: the unsafe error, a face left and called
-defaced, lives there, and 4 draws a family leave few such cuts to count.
+defaced, lives there, and 4 draws a family leave few such cuts to count. The fourth draws the
+face-labelled families' volumes, each under a receive coil's field of coefficients up to
+``--bias-field`` (:func:`defacegan.detector_data.with_bias_field`; every other draw as without it):
+a field that darkens the face is what the network is weakest against (bench/bias_training.py).
 
 Prints tables and writes JSON (default bench/results/anatomy.json), with what the floor
 (:data:`~defacegan.anatomy.NETWORK_UNSURE`) changed on the run: the anatomy's false alarms and the
@@ -187,8 +191,10 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     args, detector, paths = held_out_setup(__doc__, "anatomy.json", argv, extra=[("--draws", int, 4), ("--rows", Path, None),
                                                                                             ("--seed", int, SEED),
-                                                                                            ("--families", str, ",".join(FAMILIES))])
+                                                                                            ("--families", str, ",".join(FAMILIES)),
+                                                                                            ("--bias-field", float, None)])
     drawn = args.families.split(",")
+    field = {"prob": 1.0, "coefficients": args.bias_field} if args.bias_field else None
     if args.rows:
         rows = json.loads(args.rows.read_text())["rows"]
         report = floor_report(rows)
@@ -204,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
     default_seconds, registered, same, failures, guard, said = 0.0, 0, True, [], [], {"network": [], "anatomy": []}
     for cache in bundle_caches(paths, detector.contract, args.cache):
         bundle = read_bundle(cache)
-        batch, facts = draw_volumes(bundle, detector.contract, drawn, draws=args.draws, seed=args.seed)
+        batch, facts = draw_volumes(bundle, detector.contract, drawn, draws=args.draws, seed=args.seed, bias_field=field)
         scans = [Scan(volume[0].numpy(), bundle.affine) for volume in batch]
         clock = time.perf_counter()
         predictions = detector.predict(scans)
@@ -275,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"face: {sum(turned.values())} (by label: {dict(turned) or 'none'}); a face seen but no eye or nose region "
           f"holding tissue, so not turned: {sum(unconfirmed.values())} (by label: {dict(unconfirmed) or 'none'})")
     result = write_result(args, detector, started, subjects=n_subjects, draws=args.draws, seed=args.seed, subjects_drawn=args.subjects,
-                          families=drawn,
+                          families=drawn, bias_field=field,
                           seconds_per_scan=round(per_scan, 2), default_seconds_per_scan=round(default_per_scan, 2),
                           default_registered=registered, default_same_verdicts=same, network=alone, anatomy=checked,
                           per_family=families, floor=floor_report(rows), vacancy=vacancy_report(rows),
