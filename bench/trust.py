@@ -42,6 +42,8 @@ WATCHED = ["partial defacings leaving the eyes but not the nose called face", "e
 #: ... and, where ``check``'s own path is measured (bench/anatomy.py), the learned defacer's cut that leaves the eyes.
 EYE_LEVEL = "eye-level cuts leaving the eyes but not the nose called face"
 ECE_TARGET, LOFO_TARGET = 0.05, 0.90
+#: The coil fields' strengths under which bench/anatomy.py --bias-field judged the face-labelled families.
+COIL_FIELDS = ("0.5", "1.0")
 
 
 def counted(k: int, n: int, subjects: int, unit: str = "scans") -> dict:
@@ -305,6 +307,8 @@ def main(argv: list[str] | None = None) -> None:
             *(anatomy_rows(anatomy) if anatomy else []),
             *(anatomy_rows(partial, "`check` (with the anatomy), held-out, partial and eye-level draws only")
               if (partial := load(args.results, "anatomy-partial.json")) else []),
+            *[row for strength in COIL_FIELDS if (field := load(args.results, f"anatomy-bias{strength}.json"))
+              for row in anatomy_rows(field, f"`check` (with the anatomy), held-out, faces under a coil's field up to {strength}")],
             *(sweep_rows(sweep, load(args.results, "sweep_check-colin27.json")) if (sweep := load(args.results, "sweep_check.json")) else []),
             *tool_rows(load(args.results, "other_defacers.json"), load(args.results, "gan_refaced.json")),
             *other_face_rows(load(args.results, "other_faces.json")),
