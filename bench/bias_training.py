@@ -22,7 +22,6 @@ Prints a table and writes JSON to ``--out`` (default bench/results/bias_training
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -34,12 +33,9 @@ from defacegan.detector_training import HELD_OUT, logits_of
 from defacegan.detector_training import main as train_member
 from defacegan.families import families_but
 from defacegan.inference import SHIPPED_CHECKPOINT, load_network
-from defacegan.io import atomic_write_text
 from defacegan.metrics import expected_calibration_error
-from defacegan.report import markdown_table
 from detector_eval import headline, rate_text, trained_families
-from provenance import provenance
-from smooth_training import ROWS, options
+from smooth_training import ROWS, options, write_table
 
 #: The test draws' fields: none (the shipped column's draws), TorchIO's default strength, and the
 #: strength of acquisition.py's strongest field, beyond the training field's default.
@@ -97,13 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append({FIRST: f"{condition['case']}, {condition['condition']}: heads answered right (check's default)",
                      "shipped ensemble": "",
                      **{name: f"{by_fit[i]['right']}/{by_fit[i]['n']}" for name, by_fit in conditions.items()}})
-    print(markdown_table(rows, list(rows[0])))
-    result = {"fits": {name: str(path) for name, path in fits.items()}, "trained_field": trained_field,
-              "test_fields": list(TEST_FIELDS), "results": results, "acquisition": conditions, "rows": rows,
-              "seconds": time.perf_counter() - started, "run": provenance()}
-    atomic_write_text(args.out, json.dumps(result, indent=2, default=float) + "\n")
-    print(f"written to {args.out}")
-    return result
+    return write_table(args, rows, {"fits": {name: str(path) for name, path in fits.items()}, "trained_field": trained_field,
+                                    "test_fields": list(TEST_FIELDS), "results": results, "acquisition": conditions}, started)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from defacegan.families import families_but
 from defacegan.io import atomic_write_text
 from defacegan.report import markdown_table
 from detector_eval import rate_text, shipped
+from provenance import provenance
 
 #: The rates of the table (rows of :func:`detector_eval.headline`), then the families whose
 #: face-or-not rate the choice moves.
@@ -63,6 +64,16 @@ def options(doc: str, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("bench/results") / f"{name}.json")
     parser.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def write_table(args: argparse.Namespace, rows: list[dict], result: dict, started: float) -> dict:
+    """Print ``rows`` as a table and write ``result`` with them, the seconds since ``started`` and the
+    code it ran (:func:`provenance`) to ``args.out`` as JSON, atomically; return it."""
+    print(markdown_table(rows, list(rows[0])))
+    result = {**result, "rows": rows, "seconds": time.perf_counter() - started, "run": provenance()}
+    atomic_write_text(args.out, json.dumps(result, indent=2, default=float) + "\n")
+    print(f"written to {args.out}")
+    return result
 
 
 def round_zero(args: argparse.Namespace) -> tuple[InputContract, list[Path], list[str], list[str], Samples]:
@@ -103,12 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
                          **{name: rate_text(r["per_family"][family]["face_or_not_by_label"][side]) for name, r in results.items()}})
     rows.append({"held-out, 8 subjects, network alone": "expected calibration error",
                  **{name: f"{r['ece']:.3f}" for name, r in results.items()}})
-    print(markdown_table(rows, list(rows[0])))
-    result = {"fits": {name: {k: v for k, v in r.items() if k != "scans"} for name, r in results.items()},
-              "seconds": time.perf_counter() - started}
-    atomic_write_text(args.out, json.dumps(result, indent=2, default=float) + "\n")
-    print(f"written to {args.out}")
-    return result
+    return write_table(args, rows, {"fits": {name: {k: v for k, v in r.items() if k != "scans"} for name, r in results.items()}},
+                       started)
 
 
 if __name__ == "__main__":

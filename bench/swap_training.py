@@ -29,7 +29,6 @@ JSON to ``--out`` (default bench/results/swap_training.json) and the fits to ``-
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -41,11 +40,8 @@ from defacegan.contract import InputContract
 from defacegan.detector_data import DRAWS, Samples, _save_npz, draw_bundle, read_bundle, subject_of
 from defacegan.detector_training import HELD_OUT, fit_member, save_detector
 from defacegan.families import families_but
-from defacegan.io import atomic_write_text
-from defacegan.report import markdown_table
 from detector_eval import rate_text, shipped
-from provenance import provenance
-from smooth_training import ROWS, options, round_zero
+from smooth_training import ROWS, options, round_zero, write_table
 
 #: The experiment's family for each kind of donor (``--donors``); none is in defacegan.families.FAMILIES.
 EXPERIMENT_FAMILIES = {"other": "replace_other", "average": "replace_average"}
@@ -117,13 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append({first: f"face replaced by {donor}: not called face ({what})",
                          **{name: rate_text(next(s for s in f["summary"] if s["donor"] == donor)[answer]["not_face"])
                             for name, f in faces.items()}})
-    print(markdown_table(rows, list(rows[0])))
-    result = {"fits": {name: {k: v for k, v in r.items() if k != "scans"} for name, r in results.items()},
-              "other_faces": {name: f["summary"] for name, f in faces.items()}, "rows": rows,
-              "seconds": time.perf_counter() - started, "run": provenance()}
-    atomic_write_text(args.out, json.dumps(result, indent=2, default=float) + "\n")
-    print(f"written to {args.out}")
-    return result
+    return write_table(args, rows, {"fits": {name: {k: v for k, v in r.items() if k != "scans"} for name, r in results.items()},
+                                    "other_faces": {name: f["summary"] for name, f in faces.items()}}, started)
 
 
 if __name__ == "__main__":
