@@ -82,9 +82,9 @@ POSE_CHUNK = 8
 #: field of view alone must not decide the verdict: trained on IXI's necks only, defaced heads
 #: whose scan stopped above the mouth drifted towards `face` (Colin27's MNI box, IXI heads cut so).
 FIELD_OF_VIEW = {"prob": 0.3, "above_chin_mm": [-20.0, 60.0]}
-#: A receive coil's field over the subject's own tissue (``bias_field``; not in the shipped recipe):
-#: on a share of the draws, TorchIO's polynomial field of this order, each coefficient drawn up to
-#: this magnitude (TorchIO's default is 0.5). ``detector_training --bias-field PROB COEFFICIENTS``.
+#: The order of the receive coil's field some draws can be made under (``bias_field``: on its ``prob``
+#: share of the draws, TorchIO's polynomial field, each coefficient uniform up to its ``coefficients``;
+#: TorchIO's default is 0.5). Not in the shipped recipe: ``detector_training --bias-field PROB COEFFICIENTS``.
 BIAS_FIELD_ORDER = 3
 
 
