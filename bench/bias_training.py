@@ -35,7 +35,7 @@ from defacegan.families import families_but
 from defacegan.inference import SHIPPED_CHECKPOINT, load_network
 from defacegan.metrics import expected_calibration_error
 from detector_eval import headline, rate_text, trained_families
-from smooth_training import ROWS, options, write_table
+from smooth_training import ROWS, SHIPPED_WITHOUT, options, write_table
 
 #: The test draws' fields: none (the shipped column's draws), TorchIO's default strength, and the
 #: strength of acquisition.py's strongest field, beyond the training field's default.
@@ -44,17 +44,17 @@ FIRST = "8 held-out subjects"
 
 
 def fitted(args, number: int, bias_field: dict | None) -> Path:
-    """Seed ``args.seed``'s member at one round (``--without replace_smooth``, as shipped), drawn with
+    """Seed ``args.seed``'s member at one round (without :data:`SHIPPED_WITHOUT`, as shipped), drawn with
     ``bias_field`` or without: ``--fits/fit-<number>.pt``, fitted unless a fit of that recipe is there."""
     path = args.fits / f"fit-{number}.pt"
     if path.exists():
         facts = load_network(path)[2]
-        if (facts.get("families"), facts.get("seed"), facts.get("bias_field")) == (families_but(["replace_smooth"]), args.seed, bias_field):
+        if (facts.get("families"), facts.get("seed"), facts.get("bias_field")) == (families_but(SHIPPED_WITHOUT), args.seed, bias_field):
             print(f"{path}: fitted before with this recipe, used as it is")
             return path
     field = ["--bias-field", *(str(bias_field[k]) for k in ("prob", "coefficients"))] if bias_field else []
     return train_member(["--source", str(args.ixi), "--cache", str(args.cache), "--seed", str(args.seed), "--rounds", "1",
-                         "--without", "replace_smooth", "--out", str(path), "--manifest", str(args.fits / f"fit-{number}.tsv"),
+                         "--without", *SHIPPED_WITHOUT, "--out", str(path), "--manifest", str(args.fits / f"fit-{number}.tsv"),
                          *field])
 
 

@@ -41,7 +41,7 @@ from defacegan.detector_data import DRAWS, Samples, _save_npz, draw_bundle, read
 from defacegan.detector_training import HELD_OUT, fit_member, save_detector
 from defacegan.families import families_but
 from detector_eval import rate_text, shipped
-from smooth_training import ROWS, options, round_zero, write_table
+from smooth_training import ROWS, SHIPPED_WITHOUT, options, round_zero, write_table
 
 #: The experiment's family for each kind of donor (``--donors``); none is in defacegan.families.FAMILIES.
 EXPERIMENT_FAMILIES = {"other": "replace_other", "average": "replace_average"}
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     samples = Samples.join([drawn, dataclasses.replace(swapped, views=swapped.views.to(drawn.views.dtype))])
     results, faces = {}, {}
     for number, (name, extra) in enumerate({"as shipped": [], f"with {family}": [family]}.items()):
-        trained = families_but(["replace_smooth"]) + extra
+        trained = families_but(SHIPPED_WITHOUT) + extra
         net, temperature, train = fit_member(samples, contract, trained, train_heads, val_heads, args.seed)
         facts = {"train_subjects": train_heads, "val_subjects": val_heads, "held_out": list(HELD_OUT),
                  "families": trained, "temperature": temperature, "seed": args.seed}
