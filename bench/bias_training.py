@@ -15,7 +15,12 @@ of coefficients up to each of :data:`TEST_FIELDS` (every draw, paired: same vari
 field added), then the two fits through ``check``'s path on ``bench/acquisition.py``'s bias-field
 conditions (``--ckpt``; written to ``--fits``).
 
-    python bench/bias_training.py [--ixi ../shared/data/ixi-t1-2mm] [--bias-field 0.5 0.6]
+``--flatten-mm MM`` asks the other way round: the second fit's contract divides every volume by its
+tissue's local mean before the views (:func:`defacegan.contract.flattened`), drawn under a field too
+unless ``--bias-field 0 0``. Each network is judged on draws made with its own contract (the same
+variants, poses and fields: the draws are seeded alike).
+
+    python bench/bias_training.py [--ixi ../shared/data/ixi-t1-2mm] [--bias-field 0.5 0.6] [--flatten-mm MM]
 
 Prints a table and writes JSON to ``--out`` (default bench/results/bias_training.json).
 """
@@ -43,38 +48,52 @@ TEST_FIELDS = (None, 0.5, 1.0)
 FIRST = "8 held-out subjects"
 
 
-def fitted(args, number: int, bias_field: dict | None) -> Path:
+def fitted(args, number: int, bias_field: dict | None, flatten_mm: float | None = None) -> Path:
     """Seed ``args.seed``'s member at one round (without :data:`SHIPPED_WITHOUT`, as shipped), drawn with
-    ``bias_field`` or without: ``--fits/fit-<number>.pt``, fitted unless a fit of that recipe is there."""
+    ``bias_field`` or without, on a contract that flattens (``flatten_mm``) or not: ``--fits/fit-<number>.pt``,
+    fitted unless a fit of that recipe is there."""
     path = args.fits / f"fit-{number}.pt"
     if path.exists():
-        facts = load_network(path)[2]
-        if (facts.get("families"), facts.get("seed"), facts.get("bias_field")) == (families_but(SHIPPED_WITHOUT), args.seed, bias_field):
+        _, contract, facts = load_network(path)
+        if (facts.get("families"), facts.get("seed"), facts.get("bias_field"), contract.flatten_mm) == (
+                families_but(SHIPPED_WITHOUT), args.seed, bias_field, flatten_mm):
             print(f"{path}: fitted before with this recipe, used as it is")
             return path
     field = ["--bias-field", *(str(bias_field[k]) for k in ("prob", "coefficients"))] if bias_field else []
+    flatten = ["--flatten-mm", str(flatten_mm)] if flatten_mm else []
     return train_member(["--source", str(args.ixi), "--cache", str(args.cache), "--seed", str(args.seed), "--rounds", "1",
                          "--without", *SHIPPED_WITHOUT, "--out", str(path), "--manifest", str(args.fits / f"fit-{number}.tsv"),
-                         *field])
+                         *field, *flatten])
+
+
+def second_fit_name(bias_field: dict | None, flatten_mm: float | None) -> str:
+    """The column of the fit that is not as shipped."""
+    parts = ([f"flattened (σ {flatten_mm:g} mm)"] if flatten_mm else []) + (["with a coil field"] if bias_field else [])
+    return ", ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = options(__doc__, "bias_training")
-    parser.add_argument("--bias-field", type=float, nargs=2, default=(0.5, 0.6), metavar=("PROB", "COEFFICIENTS"))
+    parser.add_argument("--bias-field", type=float, nargs=2, default=(0.5, 0.6), metavar=("PROB", "COEFFICIENTS"),
+                        help="the second fit's draws under a field (PROB 0: none)")
+    parser.add_argument("--flatten-mm", type=float, default=None, metavar="MM", help="the second fit's contract flattens")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    trained_field = dict(zip(("prob", "coefficients"), args.bias_field))
-    fits = {"as shipped": fitted(args, 0, None), "with a coil field": fitted(args, 1, trained_field)}
+    trained_field = dict(zip(("prob", "coefficients"), args.bias_field)) if args.bias_field[0] else None
+    if not (trained_field or args.flatten_mm):
+        parser.error("the second fit would be the first: give it a --bias-field or --flatten-mm")
+    fits = {"as shipped": fitted(args, 0, None),
+            second_fit_name(trained_field, args.flatten_mm): fitted(args, 1, trained_field, args.flatten_mm)}
     judged = {"shipped ensemble": Path(str(SHIPPED_CHECKPOINT)), **fits}
     networks = {name: load_network(path) for name, path in judged.items()}
-    contract = next(iter(networks.values()))[1]
-    held = bundle_caches([path for path in sorted(args.ixi.glob("*.nii*")) if subject_of(path) in HELD_OUT], contract, args.cache)
+    held_paths = [path for path in sorted(args.ixi.glob("*.nii*")) if subject_of(path) in HELD_OUT]
     rows, results = [], {}
     for strength in TEST_FIELDS:
         field = {"prob": 1.0, "coefficients": strength} if strength else None
-        samples = draw(held, contract, args.cache, draws=DRAWS, seed=args.seed + 1000, bias_field=field)
         test = "held-out draws" + (f", coil field up to {strength:g}" if strength else "")
-        for name, (net, _, facts) in networks.items():
+        for name, (net, contract, facts) in networks.items():  # each on its own contract's draws, cached
+            held = bundle_caches(held_paths, contract, args.cache)
+            samples = draw(held, contract, args.cache, draws=DRAWS, seed=args.seed + 1000, bias_field=field)
             with torch.no_grad():
                 probabilities = torch.softmax(logits_of(net, samples.views), 1).numpy()
             results.setdefault(name, {})[test] = {

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from defacegan.contract import InputContract, Placement, box_means, gaussian_blur, plane_rotation, turned, without_air
+from defacegan.contract import InputContract, Placement, box_means, flattened, gaussian_blur, plane_rotation, turned, without_air
 from defacegan.detector_data import draw_bundle, subject_of
 from defacegan.features import ball_closing, fill_holes, head_mask
 from defacegan.inference import GridDataset
@@ -121,7 +121,7 @@ def test_the_mirror_readings_blur_is_scipys(sigma):
 
 def test_the_contract_round_trips_through_a_plain_dict():
     values = COARSE.to_dict()
-    assert all(isinstance(v, (int, float, str, list)) for v in values.values())
+    assert all(v is None or isinstance(v, (int, float, str, list)) for v in values.values())
     assert InputContract.from_dict(values) == COARSE
     with pytest.raises(ValueError, match="view_mode"):
         InputContract(view_mode="diagonal")
@@ -163,6 +163,24 @@ def test_noisy_air_is_set_to_zero_and_zero_air_is_left_alone(ixi_scans):
     # what differs: the noise on the head's edge, which the head the step finds takes in, and the
     # faint rim IXI's own masking left around the head, which it leaves out (0.010 on this head)
     assert (model_input - clean).abs().mean() < 0.015
+
+
+def test_flattening_divides_a_coil_field_out_and_leaves_a_void_empty(ixi_scans):
+    """With ``flatten_mm`` the views of a real head under TorchIO's bias field (coefficients 0.5)
+    lie much nearer its views without one than the plain contract's do; a defacer's void stays 0."""
+    import torchio as tio
+
+    plain, flat = InputContract(), InputContract(flatten_mm=20.0)
+    scan = load_scan(next(path for path in ixi_scans if subject_of(path) == "IXI012"))
+    volume = plain.volume(scan.data, scan.affine)
+    coefficients = np.random.default_rng(0).uniform(-0.5, 0.5, 20).tolist()  # order 3: 20 terms
+    darkened = plain.intensities(tio.BiasField(coefficients, order=3)(tio.ScalarImage(tensor=volume)).data[None])
+    moved = {name: float((c.views(darkened) - c.views(volume[None])).abs().mean()) for name, c in (("plain", plain), ("flat", flat))}
+    assert moved["flat"] < 0.4 * moved["plain"], moved
+    assert flat.to_dict()["flatten_mm"] == 20.0 and InputContract.from_dict(flat.to_dict()) == flat
+    void = volume.clone()
+    void[0, :, 96:, :60] = 0  # the front and bottom of the grid, as a defacer leaves it
+    assert torch.equal(flattened(void[None], 10.0)[0, 0, :, 96:, :60], torch.zeros_like(void[0, :, 96:, :60]))
 
 
 def test_the_heads_closing_and_hole_filling_are_simpleitks_to_the_bit(ixi_scans):

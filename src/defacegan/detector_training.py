@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> Path:
                         help="drawing processes (default: as many as the memory holds at 4 GiB each, at most 2)")
     parser.add_argument("--view-mode", default=InputContract.view_mode, choices=list(VIEW_MODES),
                         help="the contract's views (the shipped recipe's by default); all_face leaves out the face's texture, as the nine-view detector did")
+    parser.add_argument("--flatten-mm", type=float, default=None, metavar="MM",
+                        help="divide each volume by its tissue's local mean over a Gaussian of this σ before the views "
+                             "(the contract's flatten_mm; not in the shipped recipe)")
     parser.add_argument("--without", nargs="*", default=[], choices=list(FAMILIES), metavar="FAMILY",
                         help="families drawn (they stay in the manifest) but not trained on")
     parser.add_argument("--ensemble", type=Path, nargs="+", metavar="MEMBER",
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"{path}: an ensemble of {len(args.ensemble)} detectors")
         return path
     started = time.perf_counter()
-    contract = InputContract(view_mode=args.view_mode)
+    contract = InputContract(view_mode=args.view_mode, flatten_mm=args.flatten_mm)
     paths = sorted(p for p in args.source.glob("*.nii*") if subject_of(p) not in HELD_OUT)
     caches = bundle_caches(paths, contract, args.cache)
     train_subjects, val_subjects = split_subjects([subject_of(p) for p in paths], val=4, seed=args.seed)
