@@ -105,7 +105,7 @@ class InputContract:
     straighten_beyond: float = 10.0
     #: Where set, the grid volume is divided by its tissue's local mean, a Gaussian of this σ (mm),
     #: before the views (:func:`flattened`), so that a receive coil's smooth field divides out. Not
-    #: in the shipped recipe (None): docs/detector.md, "Flattening the field out of the views".
+    #: in the shipped recipe (None); measured by ``bench/bias_training.py --flatten-mm``.
     flatten_mm: float | None = None
 
     def __post_init__(self):
