@@ -91,9 +91,13 @@ def main(argv: list[str] | None = None) -> dict:
     for strength in TEST_FIELDS:
         field = {"prob": 1.0, "coefficients": strength} if strength else None
         test = "held-out draws" + (f", coil field up to {strength:g}" if strength else "")
-        for name, (net, contract, facts) in networks.items():  # each on its own contract's draws, cached
-            held = bundle_caches(held_paths, contract, args.cache)
-            samples = draw(held, contract, args.cache, draws=DRAWS, seed=args.seed + 1000, bias_field=field)
+        drawn = {}  # each contract's draws under this field, read once for the networks that share it
+        for name, (net, contract, facts) in networks.items():
+            key = repr(contract.to_dict())
+            if key not in drawn:
+                drawn[key] = draw(bundle_caches(held_paths, contract, args.cache), contract, args.cache, draws=DRAWS,
+                                  seed=args.seed + 1000, bias_field=field)
+            samples = drawn[key]
             with torch.no_grad():
                 probabilities = torch.softmax(logits_of(net, samples.views), 1).numpy()
             results.setdefault(name, {})[test] = {
