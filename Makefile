@@ -91,7 +91,8 @@ $(MEMBER_DIR)/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src
 # whether drawing the training heads under a receive coil's field makes it hold under one (bench/bias_training.py: round 0 drawn
 # under the field, ~25 min, and a fit, ~12 min; the plain fit again unless data/bias_training holds it; then the held-out draws under two fields),
 # and again with every draw under a milder field (~40 min; the plain fit copied from the first run's), and on a contract that
-# divides each volume by its tissue's local mean before the views (--flatten-mm, ~60 min: its own draws, held-out ones too);
+# divides each volume by its tissue's local mean before the views (--flatten-mm, ~60 min: its own draws, held-out ones too),
+# and that pair again for seed 1's member (~60 min: round 0 of seed 1 drawn on both contracts, both fitted; the same test draws);
 # and check's default on the face-labelled families' held-out draws under those two fields and without one (bench/anatomy.py --bias-field, 15, 24 and 8 min);
 # whether a registration tells a blurred face from a smooth fill where no feature region holds tissue, what a converse rule would need
 # (bench/blur_or_fill.py: its lines looked at on the 24 training heads, then checked on the 8 held-out ones; 35 and 47 min run side by side);
@@ -136,6 +137,8 @@ figures:
 	mkdir -p data/flatten_training && cp data/bias_training/fit-0.pt data/bias_training/fit-0.tsv data/flatten_training/
 	$(PY) bench/bias_training.py --ixi $(IXI_SOURCE) --bias-field 0 0 --flatten-mm 20 --fits data/flatten_training \
 		--out bench/results/flatten_training.json
+	$(PY) bench/bias_training.py --ixi $(IXI_SOURCE) --seed 1 --bias-field 0 0 --flatten-mm 20 \
+		--fits data/flatten_training_seed1 --out bench/results/flatten_training-seed1.json
 	for c in 0.5 1.0; do $(PY) bench/anatomy.py --ixi $(IXI_SOURCE) --families none,partial,eye_level,blur --bias-field $$c \
 		--out bench/results/anatomy-bias$$c.json || exit 1; done
 	$(PY) bench/anatomy.py --ixi $(IXI_SOURCE) --families none,partial,eye_level,blur --out bench/results/anatomy-faces.json
