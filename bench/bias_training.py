@@ -8,12 +8,12 @@ what ``bench/acquisition.py`` finds the detector weakest against (its "bias fiel
 shipped, and with ``--bias-field PROB COEFFICIENTS`` (``python -m defacegan.detector_training
 --bias-field``: that share of the volumes drawn under TorchIO's polynomial field, each coefficient
 uniform up to COEFFICIENTS, over the subject's own tissue only; :func:`defacegan.detector_data.with_bias_field`).
-A fit already in ``--fits`` whose facts match (families, seed, field) is used as it is. Each fit, and
+A fit already in ``--fits`` whose facts match (families, seed, field, flattening) is used as it is. Each fit, and
 the shipped ensemble beside them, is judged by the network alone on the 8 held-out heads' test draws
 (seed 1000 whatever ``--seed``, as ``bench/detector_eval.py``'s shipped column), then on the very same
 draws under a field of coefficients up to each of :data:`TEST_FIELDS` (every draw, paired: same variant
-and pose, the field added), then the two fits through ``check``'s path on ``bench/acquisition.py``'s bias-field
-conditions (``--ckpt``; written to ``--fits``).
+and pose, the field added), then the two fits through ``check``'s path on ``bench/acquisition.py``'s
+bias-field conditions (``--ckpt``; written to ``--fits``).
 
 ``--flatten-mm MM`` asks the other way round: the second fit's contract divides every volume by its
 tissue's local mean before the views (:func:`defacegan.contract.flattened`), drawn under a field too
@@ -94,11 +94,10 @@ def main(argv: list[str] | None = None) -> dict:
         test = "held-out draws" + (f", coil field up to {strength:g}" if strength else "")
         drawn = {}  # each contract's draws under this field, read once for the networks that share it
         for name, (net, contract, facts) in networks.items():
-            key = repr(contract.to_dict())
-            if key not in drawn:
-                drawn[key] = draw(bundle_caches(held_paths, contract, args.cache), contract, args.cache, draws=DRAWS,
-                                  seed=TEST_SEED, bias_field=field)
-            samples = drawn[key]
+            if contract not in drawn:
+                drawn[contract] = draw(bundle_caches(held_paths, contract, args.cache), contract, args.cache,
+                                       draws=DRAWS, seed=TEST_SEED, bias_field=field)
+            samples = drawn[contract]
             with torch.no_grad():
                 probabilities = torch.softmax(logits_of(net, samples.views), 1).numpy()
             results.setdefault(name, {})[test] = {
