@@ -12,7 +12,7 @@ A fit already in ``--fits`` whose facts match (families, seed, field, flattening
 the shipped ensemble beside them, is judged by the network alone on the 8 held-out heads' test draws
 (seed 1000 whatever ``--seed``, as ``bench/detector_eval.py``'s shipped column), then on the very same
 draws under a field of coefficients up to each of :data:`TEST_FIELDS` (every draw, paired: same variant
-and pose, the field added), then the two fits through ``check``'s path on ``bench/acquisition.py``'s
+and pose, the field added), each replacement family trained on also on its own (:data:`REPLACEMENTS`), then the two fits through ``check``'s path on ``bench/acquisition.py``'s
 bias-field conditions (``--ckpt``; written to ``--fits``).
 
 ``--flatten-mm MM`` asks the other way round: the second fit's contract divides every volume by its
@@ -39,7 +39,7 @@ from defacegan.detector_training import main as train_member
 from defacegan.families import families_but
 from defacegan.inference import SHIPPED_CHECKPOINT, load_network
 from defacegan.metrics import expected_calibration_error
-from detector_eval import headline, rate_text, trained_families
+from detector_eval import headline, per_family, rate_text, trained_families
 from smooth_training import ROWS, SHIPPED_WITHOUT, options, write_table
 
 #: The test draws' fields: none (the shipped column's draws), TorchIO's default strength, and the
@@ -47,6 +47,9 @@ from smooth_training import ROWS, SHIPPED_WITHOUT, options, write_table
 TEST_FIELDS = (None, 0.5, 1.0)
 FIRST = "8 held-out subjects"
 TEST_SEED = 1000  # the shipped column's draws (bench/detector_eval.py), whatever seed the fits have
+#: The replacements trained on, each family's scans answered right three-way: which of them a contract
+#: loses when it loses replaced faces (a pasted face's seam is contrast that flattening can even out).
+REPLACEMENTS = ("replace_template", "replace_shell")
 
 
 def fitted(args, number: int, bias_field: dict | None, flatten_mm: float | None = None) -> Path:
@@ -102,10 +105,14 @@ def main(argv: list[str] | None = None) -> dict:
                 probabilities = torch.softmax(logits_of(net, samples.views), 1).numpy()
             results.setdefault(name, {})[test] = {
                 "headline": headline(samples, probabilities, trained=trained_families(facts)),
-                "ece": expected_calibration_error(probabilities, samples.label)}
+                "ece": expected_calibration_error(probabilities, samples.label),
+                "per_family": per_family(samples, probabilities)}
         for row in ROWS:
             rows.append({FIRST: f"{test}: {row} (network alone)",
                          **{name: rate_text(results[name][test]["headline"][row]) for name in judged}})
+        for family in REPLACEMENTS:
+            rows.append({FIRST: f"{test}: `{family}` answered right three-way (network alone)",
+                         **{name: rate_text(results[name][test]["per_family"][family]["three_way"]) for name in judged}})
         rows.append({FIRST: f"{test}: expected calibration error (network alone)",
                      **{name: f"{results[name][test]['ece']:.3f}" for name in judged}})
     conditions = {}
