@@ -139,6 +139,9 @@ figures:
 		--out bench/results/flatten_training.json
 	$(PY) bench/bias_training.py --ixi $(IXI_SOURCE) --seed 1 --bias-field 0 0 --flatten-mm 20 \
 		--fits data/flatten_training_seed1 --out bench/results/flatten_training-seed1.json
+	for s in 10 40; do mkdir -p data/flatten$${s}_training && cp data/bias_training/fit-0.pt data/bias_training/fit-0.tsv data/flatten$${s}_training/ \
+		&& $(PY) bench/bias_training.py --ixi $(IXI_SOURCE) --bias-field 0 0 --flatten-mm $$s --fits data/flatten$${s}_training \
+		--out bench/results/flatten$${s}_training.json || exit 1; done
 	for c in 0.5 1.0; do $(PY) bench/anatomy.py --ixi $(IXI_SOURCE) --families none,partial,eye_level,blur --bias-field $$c \
 		--out bench/results/anatomy-bias$$c.json || exit 1; done
 	$(PY) bench/anatomy.py --ixi $(IXI_SOURCE) --families none,partial,eye_level,blur --out bench/results/anatomy-faces.json
