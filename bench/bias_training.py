@@ -12,8 +12,9 @@ A fit already in ``--fits`` whose facts match (families, seed, field, flattening
 the shipped ensemble beside them, is judged by the network alone on the 8 held-out heads' test draws
 (seed 1000 whatever ``--seed``, as ``bench/detector_eval.py``'s shipped column), then on the very same
 draws under a field of coefficients up to each of :data:`TEST_FIELDS` (every draw, paired: same variant
-and pose, the field added), each replacement family trained on also on its own (:data:`REPLACEMENTS`), then the two fits through ``check``'s path on ``bench/acquisition.py``'s
-bias-field conditions (``--ckpt``; written to ``--fits``).
+and pose, the field added), each replacement family trained on also on its own (:data:`REPLACEMENTS`),
+then the two fits through ``check``'s path on ``bench/acquisition.py``'s bias-field conditions
+(``--ckpt``; written to ``--fits``).
 
 ``--flatten-mm MM`` asks the other way round: the second fit's contract divides every volume by its
 tissue's local mean before the views (:func:`defacegan.contract.flattened`), drawn under a field too
@@ -48,7 +49,7 @@ TEST_FIELDS = (None, 0.5, 1.0)
 FIRST = "8 held-out subjects"
 TEST_SEED = 1000  # the shipped column's draws (bench/detector_eval.py), whatever seed the fits have
 #: The replacements trained on, each family's scans answered right three-way: which of them a contract
-#: loses when it loses replaced faces (a pasted face's seam is contrast that flattening can even out).
+#: loses when it loses replaced faces (a pasted face differs from a face in contrast a small σ evens out).
 REPLACEMENTS = ("replace_template", "replace_shell")
 
 
