@@ -14,14 +14,15 @@ the shipped ensemble beside them, is judged by the network alone on the 8 held-o
 draws under a field of coefficients up to each of :data:`TEST_FIELDS` (every draw, paired: same variant
 and pose, the field added), each replacement family trained on also on its own (:data:`REPLACEMENTS`),
 then the two fits through ``check``'s path on ``bench/acquisition.py``'s bias-field conditions
-(``--ckpt``; written to ``--fits``).
+(``--ckpt``; written to ``--fits``). ``--candidate CKPT`` judges one more detector, one that might be
+shipped next, beside the shipped ensemble in every row, and then both through ``check``'s path too.
 
 ``--flatten-mm MM`` asks the other way round: the second fit's contract divides every volume by its
 tissue's local mean before the views (:func:`defacegan.contract.flattened`), drawn under a field too
 unless ``--bias-field 0 0``. Each network is judged on draws made with its own contract (the same
 variants, poses and fields: the draws are seeded alike).
 
-    python bench/bias_training.py [--ixi ../shared/data/ixi-t1-2mm] [--bias-field 0.5 0.6] [--flatten-mm MM]
+    python bench/bias_training.py [--ixi ../shared/data/ixi-t1-2mm] [--bias-field 0.5 0.6] [--flatten-mm MM] [--candidate CKPT]
 
 Prints a table and writes JSON to ``--out`` (default bench/results/bias_training.json).
 """
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--bias-field", type=float, nargs=2, default=(0.5, 0.6), metavar=("PROB", "COEFFICIENTS"),
                         help="the second fit's draws under a field (PROB 0: none)")
     parser.add_argument("--flatten-mm", type=float, default=None, metavar="MM", help="the second fit's contract flattens")
+    parser.add_argument("--candidate", type=Path, default=None, metavar="CKPT",
+                        help="a detector that might be shipped next (e.g. an ensemble of `make weights` members on another "
+                             "contract), judged beside the shipped ensemble, through check's path too")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     trained_field = dict(zip(("prob", "coefficients"), args.bias_field)) if args.bias_field[0] else None
@@ -89,7 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("the second fit would be the first: give it a --bias-field or --flatten-mm")
     fits = {"as shipped": fitted(args, 0, None),
             second_fit_name(trained_field, args.flatten_mm): fitted(args, 1, trained_field, args.flatten_mm)}
-    judged = {"shipped ensemble": Path(str(SHIPPED_CHECKPOINT)), **fits}
+    candidate = {f"candidate ({args.candidate})": args.candidate} if args.candidate else {}
+    judged = {"shipped ensemble": Path(str(SHIPPED_CHECKPOINT)), **candidate, **fits}
+    through_check = {**({"shipped ensemble": judged["shipped ensemble"]} if candidate else {}), **candidate, **fits}
     networks = {name: load_network(path) for name, path in judged.items()}
     held_paths = [path for path in sorted(args.ixi.glob("*.nii*")) if subject_of(path) in HELD_OUT]
     rows, results = [], {}
@@ -117,13 +123,13 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append({FIRST: f"{test}: expected calibration error (network alone)",
                      **{name: f"{results[name][test]['ece']:.3f}" for name in judged}})
     conditions = {}
-    for number, (name, path) in enumerate(fits.items()):
+    for number, (name, path) in enumerate(through_check.items()):
         conditions[name] = acquisition.main(["--ixi", str(args.ixi), "--cache", str(args.cache), "--ckpt", str(path),
                                              "--conditions", "bias field", "--out", str(args.fits / f"acquisition-{number}.json")])["rows"]
     for i, condition in enumerate(conditions["as shipped"]):
         rows.append({FIRST: f"{condition['case']}, {condition['condition']}: heads answered right (check's default)",
-                     "shipped ensemble": "",
-                     **{name: f"{by_fit[i]['right']}/{by_fit[i]['n']}" for name, by_fit in conditions.items()}})
+                     **{name: f"{conditions[name][i]['right']}/{conditions[name][i]['n']}" if name in conditions else ""
+                        for name in judged}})
     return write_table(args, rows, {"fits": {name: str(path) for name, path in fits.items()}, "trained_field": trained_field,
                                     "test_fields": list(TEST_FIELDS), "results": results, "acquisition": conditions}, started)
 

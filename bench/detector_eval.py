@@ -37,14 +37,16 @@ shared with ``make weights``; ``--no-lofo`` skips the leave-one-family-out fits 
 
     python bench/detector_eval.py [--ixi ../shared/data/ixi-t1-2mm] [--folds 4] [--no-lofo | --lofo-only] [--shipped-only]
     python bench/detector_eval.py --view-mode all_face --no-lofo --out bench/results/detector_eval-nine
-    python bench/detector_eval.py --view-mode all_face --shipped-only --ckpt PREVIOUS.pt --out DIR
+    python bench/detector_eval.py --shipped-only --ckpt OTHER.pt --out DIR
     python bench/detector_eval.py --train-rounds 4 --no-lofo --out bench/results/detector_eval-rounds4
 
 The second fits the k-fold on another contract's views (here the nine views, without the face's
 texture, docs/detector.md): no shipped column, since the shipped detector sees the shipped
-contract's. The third is the shipped column of a detector of that contract (the nine-view one,
-``git show a78e2cc:src/defacegan/assets/detector.pt``, or an ensemble of ``python -m
-defacegan.detector_training --view-mode all_face`` members), on the same held-out draws.
+contract's. The third is the shipped column of another detector, on the held-out heads' draws of its
+own contract (read from its checkpoint): the nine-view one (``git show
+a78e2cc:src/defacegan/assets/detector.pt``), a member, or an ensemble of members on another contract
+(``python -m defacegan.detector_training --view-mode all_face`` or ``--flatten-mm 20``), the same
+subjects, variants and poses as the shipped detector's column.
 The fourth trains each k-fold network on four rounds of draws instead of two and tests it on the
 same scans as the first (the first two rounds of the test subjects): ``bench/kfold_compare.py``
 reads the two reports side by side.
@@ -533,13 +535,13 @@ def main() -> None:
                         help="after `make weights`: redo the shipped detector's column only, keeping the k-fold and "
                              "leave-one-family-out figures of the last full run in --out, if any (they do not use the shipped weights)")
     parser.add_argument("--view-mode", default=InputContract().view_mode, choices=list(VIEW_MODES),
-                        help="the views the k-fold's networks see (another than the shipped contract's: no shipped column, "
-                             "but with --shipped-only and a --ckpt detector of that contract)")
+                        help="the views the k-fold's networks see (another than the shipped contract's: no shipped column; "
+                             "with --shipped-only the --ckpt detector's own contract is used, whatever its views)")
     args = parser.parse_args()
     args.train_rounds = args.train_rounds or args.rounds
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
-    contract = InputContract(view_mode=args.view_mode)
+    contract = load_network(args.ckpt)[1] if args.shipped_only else InputContract(view_mode=args.view_mode)
     caches = bundle_caches(sorted(args.ixi.glob("*.nii*"))[: args.subjects], contract, args.cache)
     if args.shipped_only:
         last = args.out / "detector_eval.json"
