@@ -7,7 +7,7 @@ DEMO   ?= data/demo
 IXI    ?= data/ixi
 IXI_SOURCE ?= ../shared/data/ixi-t1-2mm
 
-.PHONY: install test test-all train demo weights figures audit audit-native assets bench clean
+.PHONY: install test test-all train demo weights candidate figures audit audit-native assets bench clean
 
 # caideface is installed for its face mask and MNI152 template only (bench/other_defacers.py): its own
 # steps need HD-BET's weights and 3D Slicer, and it pins numpy<2, so it comes without its dependencies;
@@ -56,16 +56,24 @@ WEIGHT_WITHOUT ?= replace_smooth
 # Rounds of draws a member trains on, member N on seeds N to N+3: one network of four rounds beat one of
 # two on every k-fold row (docs/detector.md, "Four rounds of draws a network").
 WEIGHT_ROUNDS ?= 4
-MEMBER_DIR := data/members-rounds$(WEIGHT_ROUNDS)
+# Where set, each volume is divided by its tissue's local mean at this σ (mm) before the views (the contract's
+# flatten_mm; docs/detector.md, "Flattening the field out of the views"); empty, as shipped. `make candidate
+# WEIGHT_FLATTEN_MM=20` builds that recipe's ensemble beside the shipped one, for the benches' --candidate/--ckpt.
+WEIGHT_FLATTEN_MM ?=
+MEMBER_DIR := data/members-rounds$(WEIGHT_ROUNDS)$(if $(WEIGHT_FLATTEN_MM),-flatten$(WEIGHT_FLATTEN_MM))
 MEMBERS := $(WEIGHT_SEEDS:%=$(MEMBER_DIR)/seed-%.pt)
+CANDIDATE := data/detector$(if $(WEIGHT_FLATTEN_MM),-flatten$(WEIGHT_FLATTEN_MM)).pt
 
 weights: $(MEMBERS)
 	$(PY) -m defacegan.detector_training --ensemble $(MEMBERS) --out src/defacegan/assets/detector.pt
 
+candidate: $(MEMBERS)
+	$(PY) -m defacegan.detector_training --ensemble $(MEMBERS) --out $(CANDIDATE)
+
 $(MEMBER_DIR)/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src/defacegan/detector_data.py src/defacegan/detector_training.py \
                         src/defacegan/augment.py src/defacegan/contract.py src/defacegan/views.py
 	$(PY) -m defacegan.detector_training --source $(IXI_SOURCE) --seed $* --rounds $(WEIGHT_ROUNDS) --out $@ \
-		--manifest $(MEMBER_DIR)/seed-$*.tsv --without $(WEIGHT_WITHOUT)
+		--manifest $(MEMBER_DIR)/seed-$*.tsv --without $(WEIGHT_WITHOUT) $(if $(WEIGHT_FLATTEN_MM),--flatten-mm $(WEIGHT_FLATTEN_MM))
 
 # The detector's figures in the README: the shipped detector on held-out heads, k-fold, calibration,
 # the partial-removal sweep, leave-one-family-out (64 min at its last run, 8 of them drawing the views make weights had not cached);
@@ -93,6 +101,8 @@ $(MEMBER_DIR)/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src
 # and again with every draw under a milder field (~40 min; the plain fit copied from the first run's), and on a contract that
 # divides each volume by its tissue's local mean before the views (--flatten-mm, ~60 min: its own draws, held-out ones too),
 # and that pair again for seed 1's member (~60 min: round 0 of seed 1 drawn on both contracts, both fitted; the same test draws);
+# then the shipped recipe itself on the flattening contract, three members of four rounds (`make candidate WEIGHT_FLATTEN_MM=20`, ~100 min
+# with its draws), judged beside the shipped ensemble: network alone under fields, check's path under them, its shipped column, every acquisition;
 # and check's default on the face-labelled families' held-out draws under those two fields and without one (bench/anatomy.py --bias-field, 15, 24 and 8 min);
 # whether a registration tells a blurred face from a smooth fill where no feature region holds tissue, what a converse rule would need
 # (bench/blur_or_fill.py: its lines looked at on the 24 training heads, then checked on the 8 held-out ones; 35 and 47 min run side by side);
@@ -142,6 +152,12 @@ figures:
 	for s in 10 40; do mkdir -p data/flatten$${s}_training && cp data/bias_training/fit-0.pt data/bias_training/fit-0.tsv data/flatten$${s}_training/ \
 		&& $(PY) bench/bias_training.py --ixi $(IXI_SOURCE) --bias-field 0 0 --flatten-mm $$s --fits data/flatten$${s}_training \
 		--out bench/results/flatten$${s}_training.json || exit 1; done
+	$(MAKE) candidate WEIGHT_FLATTEN_MM=20
+	mkdir -p data/flatten20_candidate && cp data/flatten_training/fit-[01].* data/flatten20_candidate/
+	$(PY) bench/bias_training.py --ixi $(IXI_SOURCE) --bias-field 0 0 --flatten-mm 20 --fits data/flatten20_candidate \
+		--candidate data/detector-flatten20.pt --out bench/results/flatten20_candidate.json
+	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE) --shipped-only --ckpt data/detector-flatten20.pt --out bench/results/detector_eval-flatten20
+	$(PY) bench/acquisition.py --ixi $(IXI_SOURCE) --ckpt data/detector-flatten20.pt --out bench/results/acquisition-flatten20.json
 	for c in 0.5 1.0; do $(PY) bench/anatomy.py --ixi $(IXI_SOURCE) --families none,partial,eye_level,blur --bias-field $$c \
 		--out bench/results/anatomy-bias$$c.json || exit 1; done
 	$(PY) bench/anatomy.py --ixi $(IXI_SOURCE) --families none,partial,eye_level,blur --out bench/results/anatomy-faces.json
