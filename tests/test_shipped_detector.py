@@ -58,13 +58,24 @@ def test_the_shipped_detector_never_saw_the_held_out_subjects(detector):
     assert not seen & set(HELD_OUT) and detector.contract.classes == ("face", "removed", "replaced")
 
 
+def makefile_default(name: str) -> str:
+    """The default (``NAME ?= value``) the Makefile gives one of its variables."""
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    return next(line.split("?=")[1].strip() for line in makefile.splitlines() if line.startswith(f"{name} ?="))
+
+
 def test_the_shipped_detector_is_trained_on_the_makefiles_families(detector):
     """Every member was trained on every family but the Makefile's WEIGHT_WITHOUT: the weights are
     not older than the recipe the README and the k-fold describe."""
-    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
-    without = next(line.split("?=")[1].split() for line in makefile.splitlines() if line.startswith("WEIGHT_WITHOUT"))
-    expected = families_but(without)
+    expected = families_but(makefile_default("WEIGHT_WITHOUT").split())
     assert [member["families"] for member in detector.facts["members"]] == [expected] * len(detector.facts["members"])
+
+
+def test_the_shipped_detector_sees_the_makefiles_contract(detector):
+    """Its contract flattens as the Makefile's WEIGHT_FLATTEN_MM says (empty: not), so that shipping a
+    recipe on another contract changes both or neither."""
+    flatten_mm = makefile_default("WEIGHT_FLATTEN_MM")
+    assert detector.contract.flatten_mm == (float(flatten_mm) if flatten_mm else None)
 
 
 def test_real_faces_are_faces(detector, held_out):
