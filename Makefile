@@ -56,10 +56,12 @@ WEIGHT_WITHOUT ?= replace_smooth
 # Rounds of draws a member trains on, member N on seeds N to N+3: one network of four rounds beat one of
 # two on every k-fold row (docs/detector.md, "Four rounds of draws a network").
 WEIGHT_ROUNDS ?= 4
-# Where set, each volume is divided by its tissue's local mean at this σ (mm) before the views (the contract's
-# flatten_mm; docs/detector.md, "Flattening the field out of the views"); empty, as shipped. `make candidate
-# WEIGHT_FLATTEN_MM=20` builds that recipe's ensemble beside the shipped one, for the benches' --candidate/--ckpt.
-WEIGHT_FLATTEN_MM ?=
+# Each volume divided by its tissue's local mean at this σ (mm) before the views (the contract's flatten_mm), so that
+# a receive coil's field divides out: built as a candidate beside the unflattened ensemble, it kept more real faces
+# under a field and lost none without (docs/detector.md, "Flattening the field out of the views"); empty: not
+# flattened. `make candidate WEIGHT_FLATTEN_MM=...` builds another recipe's ensemble beside the shipped one, for the
+# benches' --candidate/--ckpt.
+WEIGHT_FLATTEN_MM ?= 20
 MEMBER_DIR := data/members-rounds$(WEIGHT_ROUNDS)$(if $(WEIGHT_FLATTEN_MM),-flatten$(WEIGHT_FLATTEN_MM))
 MEMBERS := $(WEIGHT_SEEDS:%=$(MEMBER_DIR)/seed-%.pt)
 CANDIDATE := data/detector$(if $(WEIGHT_FLATTEN_MM),-flatten$(WEIGHT_FLATTEN_MM)).pt

@@ -4,8 +4,8 @@ Every IXI head of the subset is registered once (cached bundles), every defacing
 ``--draws`` times per head and round (``--rounds``) with a random pose and contrast, and the
 detector is fitted with :mod:`defacegan.detector_training` by the recipe of one of the shipped
 detector's members (its draws, rounds and epochs, and the families it was trained on, from its
-facts; every family is tested; one network per fold, not an ensemble: three would triple the hour
-this takes). Then:
+facts, and its contract's flattening unless ``--flatten-mm`` says otherwise; every family is tested;
+one network per fold, not an ensemble: three would triple the hour this takes). Then:
 
 0. **The shipped detector** (the ensemble ``make weights`` writes) on the 8 subjects it never saw
    (``HELD_OUT``), one round of fresh draws, and the partial-removal sweep (3.) on them, with how
@@ -41,8 +41,7 @@ shared with ``make weights``; ``--no-lofo`` skips the leave-one-family-out fits 
     python bench/detector_eval.py --train-rounds 4 --no-lofo --out bench/results/detector_eval-rounds4
 
 The second fits the k-fold on another contract's views (here the nine views, without the face's
-texture, docs/detector.md): no shipped column, since the shipped detector sees the shipped
-contract's. The third is the shipped column of another detector, on the held-out heads' draws of its
+texture, docs/detector.md); the shipped column is drawn on the shipped detector's own. The third is the shipped column of another detector, on the held-out heads' draws of its
 own contract (read from its checkpoint): the nine-view one (``git show
 a78e2cc:src/defacegan/assets/detector.pt``), a member, or an ensemble of members on another contract
 (``python -m defacegan.detector_training --view-mode all_face`` or ``--flatten-mm 20``), the same
@@ -393,12 +392,11 @@ def held_out_draws(held: list[Path], contract: InputContract, cache_dir: Path, d
     return draw(held, contract, cache_dir, draws=draws, seed=seed + 1000)
 
 
-def shipped(caches: list[Path], contract: InputContract, cache_dir: Path, draws: int, seed: int, ckpt: Path) -> dict:
-    """The detector ``ckpt`` (the shipped one by default) on the subjects it never saw (HELD_OUT), fresh draws of every family."""
-    net, ckpt_contract, facts = load_network(ckpt)
-    if ckpt_contract != contract:
-        raise ValueError(f"{ckpt}: the detector's contract {ckpt_contract} is not the evaluation's {contract}")
-    held = [cache for cache in caches if subject_of(cache) in HELD_OUT]
+def shipped(paths: list[Path], cache_dir: Path, draws: int, seed: int, ckpt: Path) -> dict:
+    """The detector ``ckpt`` (the shipped one by default) on the subjects it never saw (HELD_OUT),
+    fresh draws of every family on its own contract (whatever the k-fold's)."""
+    net, contract, facts = load_network(ckpt)
+    held = bundle_caches([path for path in paths if subject_of(path) in HELD_OUT], contract, cache_dir)
     samples = held_out_draws(held, contract, cache_dir, draws, seed)
     probabilities = torch.softmax(logits_of(net, samples.views), 1).numpy()
     bundles = [read_bundle(cache) for cache in held]
@@ -535,23 +533,27 @@ def main() -> None:
                         help="after `make weights`: redo the shipped detector's column only, keeping the k-fold and "
                              "leave-one-family-out figures of the last full run in --out, if any (they do not use the shipped weights)")
     parser.add_argument("--view-mode", default=InputContract().view_mode, choices=list(VIEW_MODES),
-                        help="the views the k-fold's networks see (another than the shipped contract's: no shipped column; "
-                             "with --shipped-only the --ckpt detector's own contract is used, whatever its views)")
+                        help="the views the k-fold's networks see (the shipped column sees the --ckpt detector's own)")
+    parser.add_argument("--flatten-mm", type=float, default=None, metavar="MM",
+                        help="the k-fold's networks' views flattened at this σ (the contract's flatten_mm; default: the "
+                             "--ckpt detector's, so that the fits repeat its recipe; 0: not flattened)")
     args = parser.parse_args()
     args.train_rounds = args.train_rounds or args.rounds
+    args.paths = sorted(args.ixi.glob("*.nii*"))[: args.subjects]
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
-    contract = load_network(args.ckpt)[1] if args.shipped_only else InputContract(view_mode=args.view_mode)
-    caches = bundle_caches(sorted(args.ixi.glob("*.nii*"))[: args.subjects], contract, args.cache)
     if args.shipped_only:
         last = args.out / "detector_eval.json"
         report = json.loads(last.read_text()) if last.exists() else {}
-        report["shipped"] = shipped(caches, contract, args.cache, args.draws, args.seed, args.ckpt)
+        report["shipped"] = shipped(args.paths, args.cache, args.draws, args.seed, args.ckpt)
         report["shipped"]["seconds"] = time.perf_counter() - started
         report.setdefault("seconds", report["shipped"]["seconds"])
         write_report(report, args.out)
         print(f"(the shipped column alone: {report['shipped']['seconds'] / 60:.1f} min)", flush=True)
         return
+    flatten_mm = load_network(args.ckpt)[1].flatten_mm if args.flatten_mm is None else args.flatten_mm or None
+    contract = InputContract(view_mode=args.view_mode, flatten_mm=flatten_mm)
+    caches = bundle_caches(args.paths, contract, args.cache)
     bundles = [read_bundle(cache) for cache in caches]
     samples = draw(caches, contract, args.cache, draws=args.draws, seed=args.seed, rounds=args.rounds)
     print(f"{len(samples.label)} scans drawn from {len(bundles)} subjects ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -566,7 +568,7 @@ def main() -> None:
             raise SystemExit(f"{last}: no k-fold report to add to; run without --lofo-only first")
         report, started = json.loads(last.read_text()), None  # its k-fold's time stays its own
     else:
-        report = kfold_report(args, caches, contract, bundles, samples, drawn, trained)
+        report = kfold_report(args, contract, bundles, samples, drawn, trained)
         write_report(report, args.out, started)  # the k-fold's figures survive an interrupted leave-one-family-out
     if not args.no_lofo:
         report["leave_one_family_out"] = leave_one_family_out(samples, contract, bundles, args.folds, args.epochs, args.seed,
@@ -575,7 +577,7 @@ def main() -> None:
         write_report(report, args.out, started)
 
 
-def kfold_report(args: argparse.Namespace, caches: list[Path], contract: InputContract, bundles: list[FaceBundle],
+def kfold_report(args: argparse.Namespace, contract: InputContract, bundles: list[FaceBundle],
                  samples: Samples, drawn: list[Samples], trained: list[str]) -> dict:
     """The k-fold's figures on the test scans ``samples`` of networks fitted on ``drawn`` (and the
     shipped column unless ``--subjects``), with both PNGs written."""
@@ -585,7 +587,7 @@ def kfold_report(args: argparse.Namespace, caches: list[Path], contract: InputCo
     sweeps = sweep(bundles, models, contract)
     sweep_png(sweeps, args.out / "sweep.png")
     return {
-        "shipped": None if args.subjects or contract != InputContract() else shipped(caches, contract, args.cache, args.draws, args.seed, args.ckpt),
+        "shipped": None if args.subjects else shipped(args.paths, args.cache, args.draws, args.seed, args.ckpt),
         "subjects": len(bundles), "folds": args.folds, "members": args.members, "draws": args.draws, "rounds": args.rounds,
         "train_rounds": args.train_rounds, "epochs": args.epochs,
         "trained_families": trained,

@@ -24,8 +24,8 @@ scan the same way:
    the volume's robust scale (99.5th percentile of the nonzero voxels), stored as float16 —
    what the training cache holds, so check and training see the same numbers;
 4. **views**: :func:`defacegan.views.compute_views` at ``view_size`` pixels, ``view_mode`` views;
-   with ``flatten_mm`` set (not in the shipped recipe), of the volume divided by its tissue's local
-   mean first (:func:`flattened`).
+   with ``flatten_mm`` set (the shipped detector's is 20 mm: ``make weights``' WEIGHT_FLATTEN_MM),
+   of the volume divided by its tissue's local mean first (:func:`flattened`).
 """
 
 from __future__ import annotations
@@ -104,8 +104,10 @@ class InputContract:
     #: each of whose projections reads less than the turn or the roll alone.
     straighten_beyond: float = 10.0
     #: Where set, the grid volume is divided by its tissue's local mean, a Gaussian of this σ (mm),
-    #: before the views (:func:`flattened`), so that a receive coil's smooth field divides out. Not
-    #: in the shipped recipe (None); measured by ``bench/bias_training.py --flatten-mm``.
+    #: before the views (:func:`flattened`), so that a receive coil's smooth field divides out. The
+    #: shipped detector's checkpoint carries 20 (``make weights``' WEIGHT_FLATTEN_MM); None here keeps
+    #: the default contract's views, and the caches drawn on it, as they were; measured by
+    #: ``bench/bias_training.py --flatten-mm``.
     flatten_mm: float | None = None
 
     def __post_init__(self):

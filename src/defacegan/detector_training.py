@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> Path:
                         help="the contract's views (the shipped recipe's by default); all_face leaves out the face's texture, as the nine-view detector did")
     parser.add_argument("--flatten-mm", type=float, default=None, metavar="MM",
                         help="divide each volume by its tissue's local mean over a Gaussian of this σ before the views "
-                             "(the contract's flatten_mm; not in the shipped recipe)")
+                             "(the contract's flatten_mm; make weights passes 20)")
     parser.add_argument("--without", nargs="*", default=[], choices=list(FAMILIES), metavar="FAMILY",
                         help="families drawn (they stay in the manifest) but not trained on")
     parser.add_argument("--ensemble", type=Path, nargs="+", metavar="MEMBER",
