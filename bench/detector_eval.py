@@ -401,7 +401,7 @@ def shipped(paths: list[Path], cache_dir: Path, draws: int, seed: int, ckpt: Pat
     probabilities = torch.softmax(logits_of(net, samples.views), 1).numpy()
     bundles = [read_bundle(cache) for cache in held]
     trained = trained_families(facts)
-    return {"ckpt": str(ckpt), "subjects": sorted(set(samples.subject)), "draws": draws, "training": facts,
+    return {"ckpt": str(ckpt), "contract": contract.to_dict(), "subjects": sorted(set(samples.subject)), "draws": draws, "training": facts,
             "headline": headline(samples, probabilities, trained=trained), "per_family": per_family(samples, probabilities),
             "margins": by_margin(samples, probabilities, trained),
             "fully_removed_by_subject": fully_removed_by_subject(samples, probabilities, trained),

@@ -98,7 +98,7 @@ def detector_rows(report: dict, others: list[dict | None] = ()) -> list[dict]:
     :func:`detector_eval.rate` gave it lack."""
     shipped, source = report["shipped"], "bench/detector_eval.py"
     columns = [(f"shipped, {len(shipped['subjects'])} held-out subjects", "expected calibration error", shipped, True),
-               *((kfold_section(r, shipped["training"]), "expected calibration error, temperature-scaled", r, False)
+               *((kfold_section(r, shipped), "expected calibration error, temperature-scaled", r, False)
                  for r in (report, *others) if r and "headline" in r)]
     scored = []  # per column: its section, run, headline rates and ECE row
     for section, what, column, is_shipped in columns:
@@ -125,12 +125,15 @@ def detector_rows(report: dict, others: list[dict | None] = ()) -> list[dict]:
 
 
 def kfold_section(report: dict, shipped: dict) -> str:
-    """The k-fold's recipe, networks a fold and rounds of draws a network, named the shipped one only
-    where it is the recipe of ``shipped``, the shipped detector's training facts."""
+    """The k-fold's recipe, networks a fold, rounds of draws a network and the views' flattening, named
+    the shipped one only where it is the recipe of ``shipped``, the report's shipped column (its
+    contract, where recorded, and its detector's training facts)."""
     members, rounds = report.get("members", 1), report.get("train_rounds", report["rounds"])
-    recipe = shipped.get("members", [shipped])
-    is_shipped = (members, rounds) == (len(recipe), recipe[0].get("rounds"))
-    return (f"k-fold, {'one network' if members == 1 else f'{members} networks'} of {rounds} rounds a fold"
+    recipe = shipped["training"].get("members", [shipped["training"]])
+    flatten, shipped_flatten = (column.get("contract", {}).get("flatten_mm") for column in (report, shipped))
+    is_shipped = "contract" in shipped and (members, rounds, flatten) == (len(recipe), recipe[0].get("rounds"), shipped_flatten)
+    views = f"views flattened at σ {flatten:g} mm" if flatten else "views not flattened"
+    return (f"k-fold, {'one network' if members == 1 else f'{members} networks'} of {rounds} rounds a fold, {views}"
             + (" (the shipped recipe)" if is_shipped else ""))
 
 
