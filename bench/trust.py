@@ -108,19 +108,7 @@ def detector_rows(report: dict, others: list[dict | None] = ()) -> list[dict]:
     rows = [row(section, name, rates[name], TARGETS.get(name), source, run)
             for name in [*TARGETS, *WATCHED] for section, run, rates, _ in scored]
     rows += [ece for *_, ece in scored]
-    lofo = report.get("leave_one_family_out", {})
-    if lofo.get("families"):
-        right = [family for family, r in lofo["families"].items() if r["face_or_not"]["rate"] >= LOFO_TARGET]
-        note = "met by: " + (", ".join(right) or "none") + "; each family's rate: " + \
-            ", ".join(f"{f} {r['face_or_not']['rate']:.2f}" for f, r in lofo["families"].items())
-        with_it = {f: r for f, r in (lofo.get("with_every_family") or {}).items() if r}
-        if with_it:
-            short = [f"{f} {r['face_or_not']['rate']:.2f}" for f, r in with_it.items() if r["face_or_not"]["rate"] < LOFO_TARGET]
-            note += (f"; the same fit trained with the family: {len(with_it) - len(short)} of {len(with_it)} reach it"
-                     + (f" (short: {', '.join(short)})" if short else ""))
-        rows.append(row("leave-one-family-out", "held-out families answered face-or-not right in ≥ 0.90",
-                        counted(len(right), len(lofo["families"]), len(lofo["test_subjects"]), "families"), 1.0, source,
-                        lofo.get("run"), note))
+    rows += [lofo_row(r) for r in (report, *others) if r and r.get("leave_one_family_out", {}).get("families")]
     return rows
 
 
@@ -132,9 +120,31 @@ def kfold_section(report: dict, shipped: dict) -> str:
     recipe = shipped["training"].get("members", [shipped["training"]])
     flatten, shipped_flatten = (column.get("contract", {}).get("flatten_mm") for column in (report, shipped))
     is_shipped = "contract" in shipped and (members, rounds, flatten) == (len(recipe), recipe[0].get("rounds"), shipped_flatten)
-    views = f"views flattened at σ {flatten:g} mm" if flatten else "views not flattened"
-    return (f"k-fold, {'one network' if members == 1 else f'{members} networks'} of {rounds} rounds a fold, {views}"
+    return (f"k-fold, {'one network' if members == 1 else f'{members} networks'} of {rounds} rounds a fold, {views_of(report)}"
             + (" (the shipped recipe)" if is_shipped else ""))
+
+
+def views_of(report: dict) -> str:
+    """A k-fold report's views: flattened against a coil's field, at which σ, or not."""
+    flatten = report.get("contract", {}).get("flatten_mm")
+    return f"views flattened at σ {flatten:g} mm" if flatten else "views not flattened"
+
+
+def lofo_row(report: dict) -> dict:
+    """How many held-out families a report's leave-one-family-out fits answered face-or-not right in
+    ≥ :data:`LOFO_TARGET`, each family's rate, and how many the same fit trained with the family reaches."""
+    lofo = report["leave_one_family_out"]
+    right = [family for family, r in lofo["families"].items() if r["face_or_not"]["rate"] >= LOFO_TARGET]
+    note = "met by: " + (", ".join(right) or "none") + "; each family's rate: " + \
+        ", ".join(f"{f} {r['face_or_not']['rate']:.2f}" for f, r in lofo["families"].items())
+    with_it = {f: r for f, r in (lofo.get("with_every_family") or {}).items() if r}
+    if with_it:
+        short = [f"{f} {r['face_or_not']['rate']:.2f}" for f, r in with_it.items() if r["face_or_not"]["rate"] < LOFO_TARGET]
+        note += (f"; the same fit trained with the family: {len(with_it) - len(short)} of {len(with_it)} reach it"
+                 + (f" (short: {', '.join(short)})" if short else ""))
+    return row(f"leave-one-family-out, {views_of(report)}", "held-out families answered face-or-not right in ≥ 0.90",
+               counted(len(right), len(lofo["families"]), len(lofo["test_subjects"]), "families"), 1.0,
+               "bench/detector_eval.py", lofo.get("run"), note)
 
 
 def anatomy_rows(report: dict, section: str = "`check` (with the anatomy), held-out") -> list[dict]:
@@ -304,8 +314,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.results / 'detector_eval' / 'detector_eval.json'}: missing, its rows left out (bench/detector_eval.py)")
     anatomy = load(args.results, "anatomy.json")
     guard = load(args.results, "pose_guard.json")
-    others = [load(args.results / name, "detector_eval.json")  # --members 3; --train-rounds 4 (make figures)
-              for name in ("detector_eval-members3", "detector_eval-rounds4")]
+    others = [load(args.results / name, "detector_eval.json")  # make figures' other k-folds
+              for name in ("detector_eval-members3", "detector_eval-rounds4", "detector_eval-rounds4-flatten20")]
     rows = [*(detector_rows(report, others) if report else []), *(guard_rows(guard) if guard else []),
             *(anatomy_rows(anatomy) if anatomy else []),
             *(anatomy_rows(partial, "`check` (with the anatomy), held-out, partial and eye-level draws only")
