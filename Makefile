@@ -79,10 +79,11 @@ $(MEMBER_DIR)/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src
 
 # The detector's figures in the README: the shipped detector on held-out heads, k-fold, calibration,
 # the partial-removal sweep, leave-one-family-out (64 min at its last run, 8 of them drawing the views make weights had not cached);
-# the same k-fold with the shipped recipe itself, three networks a fold (89 min at its last run, 77 of them fitting; the rest drew the held-out heads' views of seeds 1 and 2);
+# the same k-fold with three networks a fold, the recipe shipped until 02e70a9 (89 min at its last run, 77 of them fitting; the rest drew the held-out heads' views of seeds 1 and 2);
 # the same k-fold with one network a fold trained on four rounds of draws instead of two (54 min), and bench/kfold_compare.py reading it beside both (seconds);
 # those three on views not flattened (--flatten-mm 0: the recipe before ff29075, whose rows the README keeps); then the four-round k-fold on the
-# shipped detector's own views, flattened at σ 20 mm (~70 min, 10 of them drawing the held-out heads' flattened rounds), read beside the unflattened one;
+# shipped detector's own views, flattened at σ 20 mm, with its leave-one-family-out fits (62 min at its last run: 51 for the k-fold, 7.5 of them
+# drawing the held-out heads' flattened rounds, 11 for the fits), read beside the unflattened one;
 # then the shipped detector on the heads from outside IXI (bench/outside_heads.py, ~4 min) and on
 # held-out IXI heads whose field of view stops above the neck, below the top of the head or behind the nose (bench/field_of_view.py,
 # a few minutes), as other scanners would acquire them: thick slices, noise, bias, smoothing, ghosts, motion, tilts (bench/acquisition.py,
@@ -120,7 +121,7 @@ figures:
 	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE) --flatten-mm 0 --train-rounds 4 --no-lofo --out bench/results/detector_eval-rounds4
 	$(PY) bench/kfold_compare.py bench/results/detector_eval bench/results/detector_eval-rounds4
 	$(PY) bench/kfold_compare.py bench/results/detector_eval-members3 bench/results/detector_eval-rounds4
-	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE) --train-rounds 4 --no-lofo --out bench/results/detector_eval-rounds4-flatten20
+	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE) --train-rounds 4 --out bench/results/detector_eval-rounds4-flatten20
 	$(PY) bench/kfold_compare.py bench/results/detector_eval-rounds4 bench/results/detector_eval-rounds4-flatten20 --names "not flattened" "flattened"
 	$(PY) bench/outside_heads.py
 	$(PY) bench/field_of_view.py --ixi $(IXI_SOURCE)
