@@ -106,9 +106,8 @@ $(MEMBER_DIR)/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src
 # and again with every draw under a milder field (~40 min; the plain fit copied from the first run's), and on a contract that
 # divides each volume by its tissue's local mean before the views (--flatten-mm, ~60 min: its own draws, held-out ones too),
 # and that pair again for seed 1's member (~60 min: round 0 of seed 1 drawn on both contracts, both fitted; the same test draws);
-# then the shipped recipe itself on the flattening contract, three members of four rounds (`make candidate WEIGHT_FLATTEN_MM=20`, ~100 min
-# with its draws), judged beside the shipped ensemble, network alone under fields and check's path under them (~25 min; since ff29075 it is the
-# shipped ensemble, so the benches above judge it and its other --ckpt runs, docs/detector.md, are not repeated here);
+# then the shipped ensemble (since ff29075 the recipe on the flattening contract, which `make weights` builds) beside the unflattened one it
+# replaced (02e70a9's checkpoint, from git), network alone under fields and check's path under them (~10 min with the draws cached, ~25 without);
 # and check's default on the face-labelled families' held-out draws under those two fields and without one (bench/anatomy.py --bias-field, 15, 24 and 8 min);
 # whether a registration tells a blurred face from a smooth fill where no feature region holds tissue, what a converse rule would need
 # (bench/blur_or_fill.py: its lines looked at on the 24 training heads, then checked on the 8 held-out ones; 35 and 47 min run side by side);
@@ -160,10 +159,10 @@ figures:
 	for s in 10 40; do mkdir -p data/flatten$${s}_training && cp data/bias_training/fit-0.pt data/bias_training/fit-0.tsv data/flatten$${s}_training/ \
 		&& $(PY) bench/bias_training.py --ixi $(IXI_SOURCE) --bias-field 0 0 --flatten-mm $$s --fits data/flatten$${s}_training \
 		--out bench/results/flatten$${s}_training.json || exit 1; done
-	$(MAKE) candidate WEIGHT_FLATTEN_MM=20
+	git show 02e70a9:src/defacegan/assets/detector.pt > data/detector-unflattened.pt.tmp && mv data/detector-unflattened.pt.tmp data/detector-unflattened.pt
 	mkdir -p data/flatten20_candidate && cp data/flatten_training/fit-[01].* data/flatten20_candidate/
 	$(PY) bench/bias_training.py --ixi $(IXI_SOURCE) --bias-field 0 0 --flatten-mm 20 --fits data/flatten20_candidate \
-		--candidate data/detector-flatten20.pt --out bench/results/flatten20_candidate.json
+		--candidate data/detector-unflattened.pt --out bench/results/flattened_beside_unflattened.json
 	for c in 0.5 1.0; do $(PY) bench/anatomy.py --ixi $(IXI_SOURCE) --families none,partial,eye_level,blur --bias-field $$c \
 		--out bench/results/anatomy-bias$$c.json || exit 1; done
 	$(PY) bench/anatomy.py --ixi $(IXI_SOURCE) --families none,partial,eye_level,blur --out bench/results/anatomy-faces.json

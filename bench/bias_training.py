@@ -15,7 +15,9 @@ draws under a field of coefficients up to each of :data:`TEST_FIELDS` (every dra
 and pose, the field added), each replacement family trained on also on its own (:data:`REPLACEMENTS`),
 then the two fits through ``check``'s path on ``bench/acquisition.py``'s bias-field conditions
 (``--ckpt``; written to ``--fits``). ``--candidate CKPT`` judges one more detector, one that might be
-shipped next, beside the shipped ensemble in every row, and then both through ``check``'s path too.
+shipped next or the one shipped before, beside the shipped ensemble in every row, and then both
+through ``check``'s path too (``make figures`` sets the unflattened ensemble of 02e70a9 beside the
+flattened one shipped at ff29075).
 
 ``--flatten-mm MM`` asks the other way round: the second fit's contract divides every volume by its
 tissue's local mean before the views (:func:`defacegan.contract.flattened`), drawn under a field too
@@ -84,8 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="the second fit's draws under a field (PROB 0: none)")
     parser.add_argument("--flatten-mm", type=float, default=None, metavar="MM", help="the second fit's contract flattens")
     parser.add_argument("--candidate", type=Path, default=None, metavar="CKPT",
-                        help="a detector that might be shipped next (e.g. an ensemble of `make weights` members on another "
-                             "contract), judged beside the shipped ensemble, through check's path too")
+                        help="another detector, one that might be shipped next (e.g. an ensemble of `make weights` members on "
+                             "another contract) or the one shipped before, judged beside the shipped ensemble, through check's path too")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     trained_field = dict(zip(("prob", "coefficients"), args.bias_field)) if args.bias_field[0] else None
