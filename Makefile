@@ -83,7 +83,8 @@ $(MEMBER_DIR)/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src
 # the same k-fold with one network a fold trained on four rounds of draws instead of two (54 min), and bench/kfold_compare.py reading it beside both (seconds);
 # those three on views not flattened (--flatten-mm 0: the recipe before ff29075, whose rows the README keeps); then the four-round k-fold on the
 # shipped detector's own views, flattened at σ 20 mm, with its leave-one-family-out fits (62 min at its last run: 51 for the k-fold, 7.5 of them
-# drawing the held-out heads' flattened rounds, 11 for the fits), read beside the unflattened one;
+# drawing the held-out heads' flattened rounds, 11 for the fits), read beside the unflattened one; the leave-one-family-out fits again on
+# four draws per family and round instead of one, on copies of both reports (46 min each; docs/detector.md, "With four times the draws");
 # then the shipped detector on the heads from outside IXI (bench/outside_heads.py, ~4 min) and on
 # held-out IXI heads whose field of view stops above the neck, below the top of the head or behind the nose (bench/field_of_view.py,
 # a few minutes), as other scanners would acquire them: thick slices, noise, bias, smoothing, ghosts, motion, tilts (bench/acquisition.py,
@@ -116,12 +117,16 @@ figures:
 	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE) --flatten-mm 0
 	cp bench/results/detector_eval/reliability.png docs/detector_reliability.png
 	cp bench/results/detector_eval/sweep.png docs/detector_sweep.png
+	rm -rf bench/results/detector_eval-lofo4 && cp -r bench/results/detector_eval bench/results/detector_eval-lofo4
+	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE) --flatten-mm 0 --lofo-only --lofo-draws 4 --out bench/results/detector_eval-lofo4
 	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE) --flatten-mm 0 --members 3 --no-lofo --out bench/results/detector_eval-members3
 	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE) --flatten-mm 0 --train-rounds 4 --no-lofo --out bench/results/detector_eval-rounds4
 	$(PY) bench/kfold_compare.py bench/results/detector_eval bench/results/detector_eval-rounds4
 	$(PY) bench/kfold_compare.py bench/results/detector_eval-members3 bench/results/detector_eval-rounds4
 	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE) --train-rounds 4 --out bench/results/detector_eval-rounds4-flatten20
 	$(PY) bench/kfold_compare.py bench/results/detector_eval-rounds4 bench/results/detector_eval-rounds4-flatten20 --names "not flattened" "flattened"
+	rm -rf bench/results/detector_eval-rounds4-flatten20-lofo4 && cp -r bench/results/detector_eval-rounds4-flatten20 bench/results/detector_eval-rounds4-flatten20-lofo4
+	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE) --train-rounds 4 --lofo-only --lofo-draws 4 --out bench/results/detector_eval-rounds4-flatten20-lofo4
 	$(PY) bench/outside_heads.py
 	$(PY) bench/field_of_view.py --ixi $(IXI_SOURCE)
 	$(PY) bench/acquisition.py --ixi $(IXI_SOURCE)
