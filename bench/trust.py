@@ -118,15 +118,19 @@ def kfold_section(report: dict, shipped: dict) -> str:
     contract, where recorded, and its detector's training facts)."""
     members, rounds = report.get("members", 1), report.get("train_rounds", report["rounds"])
     recipe = shipped["training"].get("members", [shipped["training"]])
-    flatten, shipped_flatten = (column.get("contract", {}).get("flatten_mm") for column in (report, shipped))
-    is_shipped = "contract" in shipped and (members, rounds, flatten) == (len(recipe), recipe[0].get("rounds"), shipped_flatten)
+    is_shipped = "contract" in shipped and (members, rounds, flatten_of(report)) == (len(recipe), recipe[0].get("rounds"), flatten_of(shipped))
     return (f"k-fold, {'one network' if members == 1 else f'{members} networks'} of {rounds} rounds a fold, {views_of(report)}"
             + (" (the shipped recipe)" if is_shipped else ""))
 
 
+def flatten_of(column: dict) -> float | None:
+    """The σ (mm) a report's k-fold or shipped column flattened its views at (None: not, or not recorded)."""
+    return column.get("contract", {}).get("flatten_mm")
+
+
 def views_of(report: dict) -> str:
     """A k-fold report's views: flattened against a coil's field, at which σ, or not."""
-    flatten = report.get("contract", {}).get("flatten_mm")
+    flatten = flatten_of(report)
     return f"views flattened at σ {flatten:g} mm" if flatten else "views not flattened"
 
 
