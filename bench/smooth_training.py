@@ -79,14 +79,22 @@ def write_table(args: argparse.Namespace, rows: list[dict], result: dict, starte
     return result
 
 
-def round_zero(args: argparse.Namespace) -> tuple[InputContract, list[Path], list[str], list[str], Samples]:
+def round_zero(args: argparse.Namespace, contract: InputContract | None = None
+               ) -> tuple[InputContract, list[Path], list[str], list[str], Samples]:
     """(the contract, every head's bundle cache, seed ``args.seed``'s training and calibration heads, the
-    training heads' round-0 draws): what a member of ``make weights``' recipe is fitted on."""
-    contract = InputContract()
+    training heads' round-0 draws): what a member of ``make weights``' recipe is fitted on, on ``contract``
+    (default: the unflattened ``InputContract()`` these benches first ran on)."""
+    contract = contract or InputContract()
     caches = bundle_caches(sorted(args.ixi.glob("*.nii*")), contract, args.cache)
     known = [cache for cache in caches if subject_of(cache) not in HELD_OUT]
     train_heads, val_heads = split_subjects(sorted({subject_of(c) for c in known}), val=4, seed=args.seed)
     return contract, caches, train_heads, val_heads, draw(known, contract, args.cache, seed=args.seed)
+
+
+def judged(args: argparse.Namespace, ckpt: Path) -> dict:
+    """The fit ``ckpt`` judged as ``bench/detector_eval.py``'s shipped column judges the shipped detector:
+    the held-out heads' fresh draws on its own contract, network alone."""
+    return shipped(sorted(args.ixi.glob("*.nii*")), args.cache, DRAWS, args.seed, ckpt)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -94,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--blur-times", type=int, default=3)
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    contract, caches, train_heads, val_heads, samples = round_zero(args)
+    contract, _, train_heads, val_heads, samples = round_zero(args)
     results = {}
     for number, (name, (without, blur_times)) in enumerate(fits(args.blur_times).items()):
         net, temperature, train = fit_member(samples, contract, families_but(without), train_heads, val_heads, args.seed,
@@ -103,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "families": families_but(without), "blur_times": blur_times, "temperature": temperature,
                  "seed": args.seed}
         path = save_detector(net, contract, args.fits / f"fit-{number}.pt", facts)
-        results[name] = shipped(caches, contract, args.cache, DRAWS, args.seed, path)
+        results[name] = judged(args, path)
         results[name]["views"] = len(train.label)
         print(f"{name}: {path}, {len(train.label)} training views ({time.perf_counter() - started:.0f} s)", flush=True)
     rows = [{"held-out, 8 subjects, network alone": row,

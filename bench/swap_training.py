@@ -19,6 +19,11 @@ the fit as its network).
 
     python bench/swap_training.py [--ixi ../shared/data/ixi-t1-2mm]
     python bench/swap_training.py --donors average --fits data/average_training --out bench/results/average_training.json
+    python bench/swap_training.py --donors average --flatten-mm 20 --fits data/average_training-flatten20 \
+        --out bench/results/average_training-flatten20.json
+
+``--flatten-mm 20`` fits both on the shipped detector's contract (views flattened at σ 20 mm), its
+round 0 of the training heads drawn and cached as ``make weights`` draws it.
 
 Draws round 0 of the training heads once (18 min here in two processes, cached in ``data/bundles``), then the
 face swaps or averages (cached in ``--fits``), two fits and their judging. Prints a table and writes
@@ -40,8 +45,8 @@ from defacegan.contract import InputContract
 from defacegan.detector_data import DRAWS, Samples, _save_npz, draw_bundle, read_bundle, subject_of
 from defacegan.detector_training import HELD_OUT, fit_member, save_detector
 from defacegan.families import families_but
-from detector_eval import rate_text, shipped
-from smooth_training import ROWS, SHIPPED_WITHOUT, options, round_zero, write_table
+from detector_eval import rate_text
+from smooth_training import ROWS, SHIPPED_WITHOUT, judged, options, round_zero, write_table
 
 #: The experiment's family for each kind of donor (``--donors``); none is in defacegan.families.FAMILIES.
 EXPERIMENT_FAMILIES = {"other": "replace_other", "average": "replace_average"}
@@ -61,7 +66,8 @@ def swaps(paths: list[Path], caches: list[Path], contract: InputContract, store:
     """:data:`DRAWS` draws of ``EXPERIMENT_FAMILIES[donors]`` for every head of ``paths`` (their bundles
     ``caches``), with the faces :func:`donor_faces` gives; cached in ``store``."""
     family = EXPERIMENT_FAMILIES[donors]
-    target = store / f"{family}-seed{seed}.npz"
+    flattened = f"-flatten{contract.flatten_mm:g}" if contract.flatten_mm else ""
+    target = store / f"{family}-seed{seed}{flattened}.npz"
     if target.is_file():
         with np.load(target) as stored:
             return Samples(torch.from_numpy(stored["views"]), *(stored[k] for k in Samples.FACTS))
@@ -84,10 +90,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = options(__doc__, "swap_training")
     parser.add_argument("--donors", choices=list(EXPERIMENT_FAMILIES), default="other",
                         help="paste other training heads' faces, or their average (give it its own --fits and --out)")
+    parser.add_argument("--flatten-mm", type=float, default=None, metavar="MM",
+                        help="both fits' contract flattens at this σ (the shipped detector's 20; default: not flattened)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     family = EXPERIMENT_FAMILIES[args.donors]
-    contract, caches, train_heads, val_heads, drawn = round_zero(args)
+    contract, caches, train_heads, val_heads, drawn = round_zero(args, InputContract(flatten_mm=args.flatten_mm))
     known = [path for path in sorted(args.ixi.glob("*.nii*")) if subject_of(path) not in HELD_OUT]
     swapped = swaps(known, [cache for cache in caches if subject_of(cache) not in HELD_OUT], contract, args.fits, args.seed,
                     args.donors)
@@ -99,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         facts = {"train_subjects": train_heads, "val_subjects": val_heads, "held_out": list(HELD_OUT),
                  "families": trained, "temperature": temperature, "seed": args.seed}
         path = save_detector(net, contract, args.fits / f"fit-{number}.pt", facts)
-        results[name] = shipped(caches, contract, args.cache, DRAWS, args.seed, path)
+        results[name] = judged(args, path)
         results[name]["views"] = len(train.label)
         faces[name] = other_faces.main(["--ckpt", str(path), "--ixi", str(args.ixi), "--cache", str(args.cache),
                                         "--out", str(args.fits / f"other_faces-{number}.json")])
