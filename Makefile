@@ -85,6 +85,8 @@ $(MEMBER_DIR)/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src
 # shipped detector's own views, flattened at σ 20 mm, with its leave-one-family-out fits (62 min at its last run: 51 for the k-fold, 7.5 of them
 # drawing the held-out heads' flattened rounds, 11 for the fits), read beside the unflattened one; the leave-one-family-out fits again on
 # four draws per family and round instead of one, on copies of both reports (46 min each; docs/detector.md, "With four times the draws");
+# and the shipped recipe itself, three such networks a fold on the flattened views (no leave-one-family-out; ~2 h, 7 min of it drawing
+# the held-out heads' rounds of seeds 4 and 5), read beside its first network alone (the four-round k-fold's own);
 # then the shipped detector on the heads from outside IXI (bench/outside_heads.py, ~4 min) and on
 # held-out IXI heads whose field of view stops above the neck, below the top of the head or behind the nose (bench/field_of_view.py,
 # a few minutes), as other scanners would acquire them: thick slices, noise, bias, smoothing, ghosts, motion, tilts (bench/acquisition.py,
@@ -102,6 +104,7 @@ $(MEMBER_DIR)/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src
 # and its two fits through check's default on real faces and on every family (bench/anatomy.py --ckpt, ~50 min);
 # whether the average of the other training heads' faces does instead (bench/swap_training.py --donors average, ~27 min),
 # and its second fit through check's default (the first is the face swaps' own; ~20 min);
+# and the same pair of fits on the shipped detector's flattened views (--flatten-mm 20, ~30 min), since the flattening lost the average faces;
 # whether drawing the training heads under a receive coil's field makes it hold under one (bench/bias_training.py: round 0 drawn
 # under the field, ~25 min, and a fit, ~12 min; the plain fit again unless data/bias_training holds it; then the held-out draws under two fields),
 # and again with every draw under a milder field (~40 min; the plain fit copied from the first run's), and on a contract that
@@ -127,6 +130,8 @@ figures:
 	$(PY) bench/kfold_compare.py bench/results/detector_eval-rounds4 bench/results/detector_eval-rounds4-flatten20 --names "not flattened" "flattened"
 	rm -rf bench/results/detector_eval-rounds4-flatten20-lofo4 && cp -r bench/results/detector_eval-rounds4-flatten20 bench/results/detector_eval-rounds4-flatten20-lofo4
 	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE) --train-rounds 4 --lofo-only --lofo-draws 4 --out bench/results/detector_eval-rounds4-flatten20-lofo4
+	$(PY) bench/detector_eval.py --ixi $(IXI_SOURCE) --train-rounds 4 --members 3 --no-lofo --out bench/results/detector_eval-members3-rounds4-flatten20
+	$(PY) bench/kfold_compare.py bench/results/detector_eval-rounds4-flatten20 bench/results/detector_eval-members3-rounds4-flatten20 --names "one network" "the shipped recipe"
 	$(PY) bench/outside_heads.py
 	$(PY) bench/field_of_view.py --ixi $(IXI_SOURCE)
 	$(PY) bench/acquisition.py --ixi $(IXI_SOURCE)
@@ -152,6 +157,8 @@ figures:
 	$(PY) bench/anatomy.py --ixi $(IXI_SOURCE) --ckpt data/average_training/fit-1.pt --families none --draws 8 \
 		--out data/average_training/anatomy-none-1.json
 	$(PY) bench/anatomy.py --ixi $(IXI_SOURCE) --ckpt data/average_training/fit-1.pt --draws 2 --out data/average_training/anatomy-1.json
+	$(PY) bench/swap_training.py --ixi $(IXI_SOURCE) --donors average --flatten-mm 20 --fits data/average_training-flatten20 \
+		--out bench/results/average_training-flatten20.json
 	$(PY) bench/bias_training.py --ixi $(IXI_SOURCE)
 	mkdir -p data/bias_training_mild && cp data/bias_training/fit-0.pt data/bias_training/fit-0.tsv data/bias_training_mild/
 	$(PY) bench/bias_training.py --ixi $(IXI_SOURCE) --bias-field 1.0 0.3 --fits data/bias_training_mild \

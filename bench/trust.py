@@ -319,7 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     anatomy = load(args.results, "anatomy.json")
     guard = load(args.results, "pose_guard.json")
     others = [load(args.results / name, "detector_eval.json")  # make figures' other k-folds
-              for name in ("detector_eval-members3", "detector_eval-rounds4", "detector_eval-rounds4-flatten20")]
+              for name in ("detector_eval-members3", "detector_eval-rounds4", "detector_eval-rounds4-flatten20",
+                           "detector_eval-members3-rounds4-flatten20")]
     rows = [*(detector_rows(report, others) if report else []), *(guard_rows(guard) if guard else []),
             *(anatomy_rows(anatomy) if anatomy else []),
             *(anatomy_rows(partial, "`check` (with the anatomy), held-out, partial and eye-level draws only")
