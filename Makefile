@@ -85,8 +85,8 @@ $(MEMBER_DIR)/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src
 # shipped detector's own views, flattened at σ 20 mm, with its leave-one-family-out fits (62 min at its last run: 51 for the k-fold, 7.5 of them
 # drawing the held-out heads' flattened rounds, 11 for the fits), read beside the unflattened one; the leave-one-family-out fits again on
 # four draws per family and round instead of one, on copies of both reports (46 min each; docs/detector.md, "With four times the draws");
-# and the shipped recipe itself, three such networks a fold on the flattened views (no leave-one-family-out; ~2 h, 7 min of it drawing
-# the held-out heads' rounds of seeds 4 and 5), read beside its first network alone (the four-round k-fold's own);
+# and the shipped recipe itself, three such networks a fold on the flattened views (no leave-one-family-out; 114 min at its last run,
+# 104 of them fitting, the rest drawing the held-out heads' rounds of seeds 4 and 5), read beside its first network alone (the four-round k-fold's own);
 # then the shipped detector on the heads from outside IXI (bench/outside_heads.py, ~4 min) and on
 # held-out IXI heads whose field of view stops above the neck, below the top of the head or behind the nose (bench/field_of_view.py,
 # a few minutes), as other scanners would acquire them: thick slices, noise, bias, smoothing, ghosts, motion, tilts (bench/acquisition.py,
@@ -104,7 +104,7 @@ $(MEMBER_DIR)/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src
 # and its two fits through check's default on real faces and on every family (bench/anatomy.py --ckpt, ~50 min);
 # whether the average of the other training heads' faces does instead (bench/swap_training.py --donors average, ~27 min),
 # and its second fit through check's default (the first is the face swaps' own; ~20 min);
-# and the same pair of fits on the shipped detector's flattened views (--flatten-mm 20, ~30 min), since the flattening lost the average faces;
+# and the same pair of fits on the shipped detector's flattened views (--flatten-mm 20, 22 min), since the shipped ensemble lost the average faces;
 # whether drawing the training heads under a receive coil's field makes it hold under one (bench/bias_training.py: round 0 drawn
 # under the field, ~25 min, and a fit, ~12 min; the plain fit again unless data/bias_training holds it; then the held-out draws under two fields),
 # and again with every draw under a milder field (~40 min; the plain fit copied from the first run's), and on a contract that
