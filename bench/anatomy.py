@@ -20,6 +20,7 @@ registered are printed. Real tools' defacings are in bench/other_defacers.py, wh
     python bench/anatomy.py --subjects training --draws 1 --seed 2000 --out bench/results/anatomy-training.json
     python bench/anatomy.py --families partial,eye_level --draws 12 --seed 3000 --out bench/results/anatomy-partial.json
     python bench/anatomy.py --families none,partial,eye_level,blur --bias-field 0.5 --out bench/results/anatomy-bias0.5.json
+    python bench/anatomy.py --folds data/kfold-rounds4-flatten20 --draws 1 --out bench/results/anatomy-kfold.json
 
 The second draws on the 24 heads the detector was trained on instead: where the anatomy's lines
 are looked at without touching the held-out heads. The third draws only the two families whose cuts
@@ -29,6 +30,8 @@ defaced, lives there, and 4 draws a family leave few such cuts to count. The fou
 face-labelled families' volumes, each under a receive coil's field of coefficients up to
 ``--bias-field`` (:func:`defacegan.detector_data.with_bias_field`; every other draw as without it):
 a field that darkens the face is what the network is weakest against (bench/bias_training.py).
+The fifth judges all 32 heads, each with the k-fold network that never saw it (``bench/detector_eval.py
+--fits``), in place of the shipped detector: ``check``'s path on four times the held-out subjects.
 
 Prints tables and writes JSON (default bench/results/anatomy.json), with what the floor
 (:data:`~defacegan.anatomy.NETWORK_UNSURE`) changed on the run: the anatomy's false alarms and the
@@ -58,6 +61,8 @@ from defacegan.detector_data import Samples, bundle_caches, draw_volumes, read_b
 from defacegan.families import FAMILIES
 from defacegan.features import FACE_MIN_FRACTION, FEATURES
 from defacegan.inference import left_by_evened_look, turned_by_evened_look
+from defacegan.detector_data import subject_of
+from defacegan.inference import Detector
 from defacegan.io import Scan
 from detector_eval import headline, rate
 from held_out import held_out_setup, rate_table, write_result
@@ -187,12 +192,21 @@ def print_floor_report(report: dict) -> None:
           + "; ".join(f"{name} {k}/{n}" for name, (k, n) in report["without_floor"].items()))
 
 
+def fold_judges(folds: Path, ixi: Path, pose_check: bool) -> list[tuple[Detector, list[Path]]]:
+    """Each fold network ``bench/detector_eval.py --fits`` kept in ``folds``, with the heads of ``ixi``
+    it never saw (its test subjects, ``folds.json``)."""
+    every = sorted(ixi.glob("*.nii*"))
+    return [(Detector(folds / name, device="cpu", pose_check=pose_check), [path for path in every if subject_of(path) in tested])
+            for name, tested in json.loads((folds / "folds.json").read_text()).items()]
+
+
 def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     args, detector, paths = held_out_setup(__doc__, "anatomy.json", argv, extra=[("--draws", int, 4), ("--rows", Path, None),
                                                                                             ("--seed", int, SEED),
                                                                                             ("--families", str, ",".join(FAMILIES)),
-                                                                                            ("--bias-field", float, None)])
+                                                                                            ("--bias-field", float, None),
+                                                                                            ("--folds", Path, None)])
     drawn = args.families.split(",")
     field = {"prob": 1.0, "coefficients": args.bias_field} if args.bias_field else None
     if args.rows:
@@ -205,41 +219,44 @@ def main(argv: list[str] | None = None) -> dict:
         if "own" in rows[0]:  # runs stored before the rows held the rule's shares cannot say
             print_reading_report(reading_report(rows))
         return report
-    detector.anatomy, detector.workers = "always", 2
+    judges = fold_judges(args.folds, args.ixi, args.pose_check) if args.folds else [(detector, paths)]
+    heads = "k-fold" if args.folds else args.subjects  # k-fold: every head, by the fold network that never saw it
     parts, alone_probabilities, probabilities, tissue, texture, nods, evened, seconds = [], [], [], [], [], [], [], 0.0
     default_seconds, registered, same, failures, guard, said = 0.0, 0, True, [], [], {"network": [], "anatomy": []}
-    for cache in bundle_caches(paths, detector.contract, args.cache):
-        bundle = read_bundle(cache)
-        batch, facts = draw_volumes(bundle, detector.contract, drawn, draws=args.draws, seed=args.seed, bias_field=field)
-        scans = [Scan(volume[0].numpy(), bundle.affine) for volume in batch]
-        clock = time.perf_counter()
-        predictions = detector.predict(scans)
-        seconds += time.perf_counter() - clock
-        detector.anatomy = "unsure"  # check's default
-        clock = time.perf_counter()
-        defaults = detector.predict(scans)
-        default_seconds += time.perf_counter() - clock
-        detector.anatomy = "never"  # the network alone
-        alone = detector.predict(scans)
-        detector.anatomy = "always"
-        # a scan any of the three runs could not judge is reported and left out of the rates, as check carries on
-        keep = np.array([not (a.error or b.error or c.error) for a, b, c in zip(predictions, defaults, alone)])
-        failures += [f"{bundle.subject} {facts['family'][i]} draw {facts['number'][i]}: "
-                     + next(p.error for p in (predictions[i], defaults[i], alone[i]) if p.error) for i in np.flatnonzero(~keep)]
-        predictions, defaults, alone = ([p for p, k in zip(run, keep) if k] for run in (predictions, defaults, alone))
-        registered += sum(p.tissue is not None for p in defaults)
-        same &= [p.verdict for p in predictions] == [p.verdict for p in defaults]
-        parts.append(Samples(torch.zeros(len(batch), 0), **facts).where(keep))
-        guard += [(p.righted, p.unrighted, p.pose_understood, p.registered_upright) for p in predictions]  # with the registration's say
-        said["network"] += [VERDICTS.index(p.verdict) for p in alone]
-        said["anatomy"] += [VERDICTS.index(p.verdict) for p in predictions]
-        alone_probabilities += [[p.probabilities[v] for v in VERDICTS] for p in alone]
-        probabilities += [[p.probabilities[v] for v in VERDICTS] for p in predictions]
-        tissue += [p.tissue for p in predictions]
-        texture += [p.texture for p in predictions]
-        nods += [(p.nod, p.unnodded) for p in predictions]
-        evened += [(p.evened_p_face, p.evened_tissue, p.registered_evened) for p in predictions]
-        print(f"{bundle.subject}: {len(batch)} volumes, {int((~keep).sum())} not judged", flush=True)
+    for detector, paths in judges:
+        detector.anatomy, detector.workers = "always", 2
+        for cache in bundle_caches(paths, detector.contract, args.cache):
+            bundle = read_bundle(cache)
+            batch, facts = draw_volumes(bundle, detector.contract, drawn, draws=args.draws, seed=args.seed, bias_field=field)
+            scans = [Scan(volume[0].numpy(), bundle.affine) for volume in batch]
+            clock = time.perf_counter()
+            predictions = detector.predict(scans)
+            seconds += time.perf_counter() - clock
+            detector.anatomy = "unsure"  # check's default
+            clock = time.perf_counter()
+            defaults = detector.predict(scans)
+            default_seconds += time.perf_counter() - clock
+            detector.anatomy = "never"  # the network alone
+            alone = detector.predict(scans)
+            detector.anatomy = "always"
+            # a scan any of the three runs could not judge is reported and left out of the rates, as check carries on
+            keep = np.array([not (a.error or b.error or c.error) for a, b, c in zip(predictions, defaults, alone)])
+            failures += [f"{bundle.subject} {facts['family'][i]} draw {facts['number'][i]}: "
+                         + next(p.error for p in (predictions[i], defaults[i], alone[i]) if p.error) for i in np.flatnonzero(~keep)]
+            predictions, defaults, alone = ([p for p, k in zip(run, keep) if k] for run in (predictions, defaults, alone))
+            registered += sum(p.tissue is not None for p in defaults)
+            same &= [p.verdict for p in predictions] == [p.verdict for p in defaults]
+            parts.append(Samples(torch.zeros(len(batch), 0), **facts).where(keep))
+            guard += [(p.righted, p.unrighted, p.pose_understood, p.registered_upright) for p in predictions]  # with the registration's say
+            said["network"] += [VERDICTS.index(p.verdict) for p in alone]
+            said["anatomy"] += [VERDICTS.index(p.verdict) for p in predictions]
+            alone_probabilities += [[p.probabilities[v] for v in VERDICTS] for p in alone]
+            probabilities += [[p.probabilities[v] for v in VERDICTS] for p in predictions]
+            tissue += [p.tissue for p in predictions]
+            texture += [p.texture for p in predictions]
+            nods += [(p.nod, p.unnodded) for p in predictions]
+            evened += [(p.evened_p_face, p.evened_tissue, p.registered_evened) for p in predictions]
+            print(f"{bundle.subject}: {len(batch)} volumes, {int((~keep).sum())} not judged", flush=True)
     samples, probabilities, alone_probabilities = Samples.join(parts), np.array(probabilities), np.array(alone_probabilities)
     # check's verdicts as it gave them: a head whose pose was not understood is face whatever its probabilities
     said = {name: np.array(verdict) for name, verdict in said.items()}
@@ -252,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
     n_subjects = len(set(samples.subject))
     columns = {"network alone": "network", "--anatomy": "anatomy"}
     console = Console(width=160)
-    console.print(rate_table(f"{args.subjects.capitalize()} IXI ({n_subjects} subjects, {args.draws} draws per family): network alone vs --anatomy",
+    console.print(rate_table(f"{heads.capitalize()} IXI ({n_subjects} subjects, {args.draws} draws per family): network alone vs --anatomy",
                              "rate", columns, {name: {"network": alone[name], "anatomy": checked[name]} for name in alone}))
     console.print(rate_table("Face or not, per family", "family", columns, families))
     per_scan, default_per_scan = seconds / len(samples.label), default_seconds / len(samples.label)
@@ -280,7 +297,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"judged again with the bias field taken off (every verdict not face): {len(looked)} of {len(rows)} scans; turned to "
           f"face: {sum(turned.values())} (by label: {dict(turned) or 'none'}); a face seen but no eye or nose region "
           f"holding tissue, so not turned: {sum(unconfirmed.values())} (by label: {dict(unconfirmed) or 'none'})")
-    result = write_result(args, detector, started, subjects=n_subjects, draws=args.draws, seed=args.seed, subjects_drawn=args.subjects,
+    fold_checkpoints = {"ckpt": str(args.folds)} if args.folds else {}  # in place of the last fold's alone
+    result = write_result(args, detector, started, **fold_checkpoints, subjects=n_subjects, draws=args.draws, seed=args.seed,
+                          subjects_drawn=heads,
                           families=drawn, bias_field=field,
                           seconds_per_scan=round(per_scan, 2), default_seconds_per_scan=round(default_per_scan, 2),
                           default_registered=registered, default_same_verdicts=same, network=alone, anatomy=checked,

@@ -48,7 +48,8 @@ a78e2cc:src/defacegan/assets/detector.pt``), a member, or an ensemble of members
 subjects, variants and poses as the shipped detector's column.
 The fourth trains each k-fold network on four rounds of draws instead of two and tests it on the
 same scans as the first (the first two rounds of the test subjects): ``bench/kfold_compare.py``
-reads the two reports side by side.
+reads the two reports side by side. ``--fits DIR`` keeps every fold's networks, which
+``bench/anatomy.py --folds DIR`` puts through ``check``'s own path on the heads each never saw.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ import torch
 
 from defacegan.contract import VERDICTS, InputContract
 from defacegan.detector_data import DRAWS, ROUNDS, Samples, bundle_caches, draw, read_bundle, subject_of
-from defacegan.detector_training import EPOCHS, HELD_OUT, calibrate, fit, logits_of, split_subjects
+from defacegan.detector_training import EPOCHS, HELD_OUT, calibrate, fit, logits_of, save_detector, save_ensemble, split_subjects
 from defacegan.families import FAMILIES, SWEEP_MODES, FaceBundle, families_but, remove_share
 from defacegan.features import FACE_MIN_FRACTION, FEATURES
 from defacegan.inference import SHIPPED_CHECKPOINT, load_network, verdict_of
@@ -113,10 +114,11 @@ def fold_of(bundles: list[FaceBundle], folds: int, seed: int) -> dict[str, int]:
 
 
 def kfold(bundles: list[FaceBundle], samples: Samples, drawn: list[Samples], contract: InputContract, folds: int,
-          epochs: int, seed: int, trained: list[str]):
+          epochs: int, seed: int, trained: list[str], fits: Path | None = None):
     """Test probabilities (calibrated, and with temperature 1) for every scan of ``samples``, each
     from the fold's networks that did not see its subject, fitted on the ``trained`` families; plus
-    the fold models and the seconds each fold's fits cost.
+    the fold models and the seconds each fold's fits cost. With ``fits``, each fold's networks are
+    kept there (:func:`keep_fold`).
 
     A fold fits one network per entry of ``drawn``, each on its own draws, with its own
     calibration subjects and seed, as ``make weights``' members differ (``drawn[m]`` holds the
@@ -130,7 +132,7 @@ def kfold(bundles: list[FaceBundle], samples: Samples, drawn: list[Samples], con
     for fold in range(folds):
         test = {s for s, f in fold_of_subject.items() if f == fold}
         at_test = np.isin(samples.subject, sorted(test))
-        started, nets = time.perf_counter(), []
+        started, nets, facts = time.perf_counter(), [], []
         for member, theirs in enumerate(drawn):
             member_seed = seed + fold + 100 * member  # member 0: the single network's seeds
             train_subjects, val_subjects = split_subjects([s for s in fold_of_subject if s not in test], val=3, seed=member_seed)
@@ -141,11 +143,33 @@ def kfold(bundles: list[FaceBundle], samples: Samples, drawn: list[Samples], con
             calibrate(net, theirs.where(recipe & np.isin(theirs.subject, val_subjects)))
             probabilities[at_test] += torch.softmax(logits / net.temperature, 1).numpy() / len(drawn)
             nets.append(net)
+            facts.append({"fold": fold, "seed": member_seed, "trained_families": list(trained), "train_subjects": train_subjects,
+                          "val_subjects": val_subjects, "test_subjects": sorted(test)})
         seconds.append(time.perf_counter() - started)
+        if fits is not None:
+            keep_fold(fits, fold, nets, facts, contract)
         models.update({s: nets[0] if len(nets) == 1 else DetectorEnsemble(nets).eval() for s in test})
         print(f"fold {fold}: {len(train_subjects)} train / {len(val_subjects)} val / {len(test)} test subjects, "
               f"T = {' / '.join(f'{float(net.temperature):.2f}' for net in nets)}, fit {seconds[-1]:.0f} s", flush=True)
     return probabilities, raw, models, seconds
+
+
+def keep_fold(fits: Path, fold: int, nets: list[DetectorNet], facts: list[dict], contract: InputContract) -> Path:
+    """A fold's networks as one checkpoint, ``fits/fold-K.pt`` (an ensemble of its members'
+    checkpoints where it has several), and its test subjects in ``fits/folds.json``: what
+    ``bench/anatomy.py --folds`` puts through ``check``'s own path, heads the network never saw."""
+    fits.mkdir(parents=True, exist_ok=True)
+    path = fits / f"fold-{fold}.pt"
+    if len(nets) == 1:
+        save_detector(nets[0], contract, path, facts[0])
+    else:
+        save_ensemble([save_detector(net, contract, fits / f"fold-{fold}-member-{m}.pt", fact)
+                       for m, (net, fact) in enumerate(zip(nets, facts))], path)
+    index = fits / "folds.json"
+    folds = json.loads(index.read_text()) if fold and index.exists() else {}
+    folds[path.name] = facts[0]["test_subjects"]
+    atomic_write_text(index, json.dumps(folds, indent=2) + "\n")
+    return path
 
 
 def verdicts(probabilities: np.ndarray, threshold: float = 0.5, tissue: list[dict] | None = None,
@@ -519,6 +543,9 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=1,
                         help="networks per fold, averaged as make weights' ensemble is (3: the shipped recipe, three times the fits)")
     parser.add_argument("--subjects", type=int, default=None, help="only the first N heads (a quick smoke run)")
+    parser.add_argument("--fits", type=Path, default=None, metavar="DIR",
+                        help="keep each fold's networks in DIR (fold-K.pt, folds.json): bench/anatomy.py --folds DIR "
+                             "judges every head through check's path with the fold network that never saw it")
     parser.add_argument("--lofo-draws", type=int, default=1, help="draws per family and round in the leave-one-family-out fits")
     parser.add_argument("--no-lofo", action="store_true", help="skip the leave-one-family-out fits")
     parser.add_argument("--lofo-only", action="store_true",
@@ -581,7 +608,8 @@ def kfold_report(args: argparse.Namespace, contract: InputContract, bundles: lis
                  samples: Samples, drawn: list[Samples], trained: list[str]) -> dict:
     """The k-fold's figures on the test scans ``samples`` of networks fitted on ``drawn`` (and the
     shipped column unless ``--subjects``), with both PNGs written."""
-    probabilities, raw, models, seconds = kfold(bundles, samples, drawn, contract, args.folds, args.epochs, args.seed, trained)
+    probabilities, raw, models, seconds = kfold(bundles, samples, drawn, contract, args.folds, args.epochs, args.seed, trained,
+                                                args.fits)
     args.out.mkdir(parents=True, exist_ok=True)
     reliability_png(probabilities, samples.label, args.out / "reliability.png")
     sweeps = sweep(bundles, models, contract)

@@ -42,6 +42,9 @@ WATCHED = ["partial defacings leaving the eyes but not the nose called face", "e
 #: ... and, where ``check``'s own path is measured (bench/anatomy.py), the learned defacer's cut that leaves the eyes.
 EYE_LEVEL = "eye-level cuts leaving the eyes but not the nose called face"
 ECE_TARGET, LOFO_TARGET = 0.05, 0.90
+#: bench/anatomy.py --folds runs (every IXI head judged by the k-fold network that never saw it) and
+#: what their section adds about the draws.
+KFOLD_ANATOMY = {"anatomy-kfold.json": "", "anatomy-kfold-partial.json": ", partial and eye-level draws only"}
 #: The coil fields' strengths under which bench/anatomy.py --bias-field judged the face-labelled families.
 COIL_FIELDS = ("0.5", "1.0")
 
@@ -325,6 +328,9 @@ def main(argv: list[str] | None = None) -> None:
             *(anatomy_rows(anatomy) if anatomy else []),
             *(anatomy_rows(partial, "`check` (with the anatomy), held-out, partial and eye-level draws only")
               if (partial := load(args.results, "anatomy-partial.json")) else []),
+            *[row for name, draws in KFOLD_ANATOMY.items() if (kfold := load(args.results, name))
+              for row in anatomy_rows(kfold, f"`check` (with the anatomy), k-fold, one network of 4 rounds a fold, views flattened "
+                                             f"at σ 20 mm{draws}")],
             *[row for strength in COIL_FIELDS if (field := load(args.results, f"anatomy-bias{strength}.json"))
               for row in anatomy_rows(field, f"`check` (with the anatomy), held-out, faces under a coil's field up to {strength}")],
             *(sweep_rows(sweep, load(args.results, "sweep_check-colin27.json")) if (sweep := load(args.results, "sweep_check.json")) else []),
