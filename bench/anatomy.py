@@ -297,9 +297,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"judged again with the bias field taken off (every verdict not face): {len(looked)} of {len(rows)} scans; turned to "
           f"face: {sum(turned.values())} (by label: {dict(turned) or 'none'}); a face seen but no eye or nose region "
           f"holding tissue, so not turned: {sum(unconfirmed.values())} (by label: {dict(unconfirmed) or 'none'})")
-    fold_checkpoints = {"ckpt": str(args.folds)} if args.folds else {}  # in place of the last fold's alone
-    result = write_result(args, detector, started, **fold_checkpoints, subjects=n_subjects, draws=args.draws, seed=args.seed,
-                          subjects_drawn=heads,
+    result = write_result(args, detector, started, ckpt=args.folds and str(args.folds),  # every fold's, not the last one's
+                          subjects=n_subjects, draws=args.draws, seed=args.seed, subjects_drawn=heads,
                           families=drawn, bias_field=field,
                           seconds_per_scan=round(per_scan, 2), default_seconds_per_scan=round(default_per_scan, 2),
                           default_registered=registered, default_same_verdicts=same, network=alone, anatomy=checked,

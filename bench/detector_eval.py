@@ -164,7 +164,7 @@ def keep_fold(fits: Path, fold: int, nets: list[DetectorNet], facts: list[dict],
         save_detector(nets[0], contract, path, facts[0])
     else:
         save_ensemble([save_detector(net, contract, fits / f"fold-{fold}-member-{m}.pt", fact)
-                       for m, (net, fact) in enumerate(zip(nets, facts))], path)
+                       for m, (net, fact) in enumerate(zip(nets, facts))], path, held_out=facts[0]["test_subjects"])
     index = fits / "folds.json"
     folds = json.loads(index.read_text()) if fold and index.exists() else {}
     folds[path.name] = facts[0]["test_subjects"]

@@ -63,10 +63,11 @@ def held_out_setup(doc: str, result: str, argv: list[str] | None,
     return args, detector, paths
 
 
-def write_result(args: argparse.Namespace, detector: Detector, started: float, **fields) -> dict:
-    """The script's JSON (the checkpoint, whether the pose guard was on, ``fields``, the seconds since
-    ``started``, the code it ran: :func:`provenance`), written atomically."""
-    result = {"ckpt": str(detector.checkpoint), "member": args.member, "pose_check": detector.pose_check, **fields,
+def write_result(args: argparse.Namespace, detector: Detector, started: float, ckpt: str | None = None, **fields) -> dict:
+    """The script's JSON (the checkpoint, ``ckpt`` where it is not the detector's own, whether the pose
+    guard was on, ``fields``, the seconds since ``started``, the code it ran: :func:`provenance`),
+    written atomically."""
+    result = {"ckpt": ckpt or str(detector.checkpoint), "member": args.member, "pose_check": detector.pose_check, **fields,
               "seconds": round(time.perf_counter() - started, 1), "run": provenance()}
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"written to {args.out}")

@@ -40,6 +40,8 @@ def test_kept_folds_load_as_check_loads_them_and_judge_only_their_own_test_heads
     assert [[subject_of(path) for path in paths] for _, paths in judges] == [["IXI002"], ["IXI012", "IXI013"]]
     views = torch.rand(2, len(contract.view_names), contract.view_size, contract.view_size)
     (single, _), (pair, _) = judges
+    facts = torch.load(fits / "fold-1.pt", weights_only=True)["facts"]
+    assert facts["held_out"] == ["IXI012", "IXI013"]  # the fold's test heads, not the shipped detector's
     assert single.contract == contract and pair.contract == contract
     with torch.no_grad():
         assert torch.allclose(torch.softmax(single.net(views), 1), torch.softmax(nets[0](views), 1), atol=1e-6)

@@ -102,10 +102,11 @@ def save_detector(net: DetectorNet, contract: InputContract, path: str | os.Path
                               "facts": facts or {}}, path)
 
 
-def save_ensemble(members: Sequence[str | os.PathLike], path: str | os.PathLike) -> Path:
+def save_ensemble(members: Sequence[str | os.PathLike], path: str | os.PathLike, held_out: Sequence[str] = HELD_OUT) -> Path:
     """One checkpoint of the member checkpoints (:func:`save_detector`'s, one input contract),
     whose probabilities :class:`~defacegan.models.detector.DetectorEnsemble` averages. Its facts
-    list each member's; its training and calibration subjects are every member's."""
+    list each member's; its training and calibration subjects are every member's; ``held_out``, the
+    subjects none of them saw (a k-fold's fold names its own test subjects)."""
     loaded = [torch.load(member, map_location="cpu", weights_only=True) for member in members]
     if not loaded or any(checkpoint["contract"] != loaded[0]["contract"] for checkpoint in loaded):
         raise ValueError(f"an ensemble needs one or more members with one input contract: {[str(m) for m in members]}")
@@ -113,7 +114,7 @@ def save_ensemble(members: Sequence[str | os.PathLike], path: str | os.PathLike)
     union = {key: sorted({subject for member in facts for subject in member.get(key, [])}) for key in ("train_subjects", "val_subjects")}
     checkpoint = {"contract": loaded[0]["contract"],
                   "members": [{key: member[key] for key in ("network", "state_dict")} for member in loaded],
-                  "facts": {**union, "held_out": list(HELD_OUT), "members": facts}}
+                  "facts": {**union, "held_out": list(held_out), "members": facts}}
     return _write_checkpoint(checkpoint, path)
 
 
