@@ -57,12 +57,10 @@ from rich.console import Console
 
 from defacegan.anatomy import NETWORK_SURE, NETWORK_UNSURE, OVERRULING, TISSUE_MIN_SHARE, overrules
 from defacegan.contract import VERDICTS
-from defacegan.detector_data import Samples, bundle_caches, draw_volumes, read_bundle
+from defacegan.detector_data import Samples, bundle_caches, draw_volumes, read_bundle, subject_of
 from defacegan.families import FAMILIES
 from defacegan.features import FACE_MIN_FRACTION, FEATURES
-from defacegan.inference import left_by_evened_look, turned_by_evened_look
-from defacegan.detector_data import subject_of
-from defacegan.inference import Detector
+from defacegan.inference import Detector, left_by_evened_look, turned_by_evened_look
 from defacegan.io import Scan
 from detector_eval import headline, rate
 from held_out import held_out_setup, rate_table, write_result
