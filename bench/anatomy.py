@@ -221,40 +221,38 @@ def main(argv: list[str] | None = None) -> dict:
     heads = "k-fold" if args.folds else args.subjects  # k-fold: every head, by the fold network that never saw it
     parts, alone_probabilities, probabilities, tissue, texture, nods, evened, seconds = [], [], [], [], [], [], [], 0.0
     default_seconds, registered, same, failures, guard, said = 0.0, 0, True, [], [], {"network": [], "anatomy": []}
-    for detector, paths in judges:
-        detector.anatomy, detector.workers = "always", 2
-        for cache in bundle_caches(paths, detector.contract, args.cache):
-            bundle = read_bundle(cache)
-            batch, facts = draw_volumes(bundle, detector.contract, drawn, draws=args.draws, seed=args.seed, bias_field=field)
-            scans = [Scan(volume[0].numpy(), bundle.affine) for volume in batch]
-            clock = time.perf_counter()
-            predictions = detector.predict(scans)
-            seconds += time.perf_counter() - clock
-            detector.anatomy = "unsure"  # check's default
-            clock = time.perf_counter()
-            defaults = detector.predict(scans)
-            default_seconds += time.perf_counter() - clock
-            detector.anatomy = "never"  # the network alone
-            alone = detector.predict(scans)
-            detector.anatomy = "always"
-            # a scan any of the three runs could not judge is reported and left out of the rates, as check carries on
-            keep = np.array([not (a.error or b.error or c.error) for a, b, c in zip(predictions, defaults, alone)])
-            failures += [f"{bundle.subject} {facts['family'][i]} draw {facts['number'][i]}: "
-                         + next(p.error for p in (predictions[i], defaults[i], alone[i]) if p.error) for i in np.flatnonzero(~keep)]
-            predictions, defaults, alone = ([p for p, k in zip(run, keep) if k] for run in (predictions, defaults, alone))
-            registered += sum(p.tissue is not None for p in defaults)
-            same &= [p.verdict for p in predictions] == [p.verdict for p in defaults]
-            parts.append(Samples(torch.zeros(len(batch), 0), **facts).where(keep))
-            guard += [(p.righted, p.unrighted, p.pose_understood, p.registered_upright) for p in predictions]  # with the registration's say
-            said["network"] += [VERDICTS.index(p.verdict) for p in alone]
-            said["anatomy"] += [VERDICTS.index(p.verdict) for p in predictions]
-            alone_probabilities += [[p.probabilities[v] for v in VERDICTS] for p in alone]
-            probabilities += [[p.probabilities[v] for v in VERDICTS] for p in predictions]
-            tissue += [p.tissue for p in predictions]
-            texture += [p.texture for p in predictions]
-            nods += [(p.nod, p.unnodded) for p in predictions]
-            evened += [(p.evened_p_face, p.evened_tissue, p.registered_evened) for p in predictions]
-            print(f"{bundle.subject}: {len(batch)} volumes, {int((~keep).sum())} not judged", flush=True)
+    for detector, cache in [(judge, cache) for judge, its_paths in judges for cache in bundle_caches(its_paths, judge.contract, args.cache)]:
+        detector.anatomy, detector.workers = "always", 2  # --anatomy first, then check's default, then the network alone
+        bundle = read_bundle(cache)
+        batch, facts = draw_volumes(bundle, detector.contract, drawn, draws=args.draws, seed=args.seed, bias_field=field)
+        scans = [Scan(volume[0].numpy(), bundle.affine) for volume in batch]
+        clock = time.perf_counter()
+        predictions = detector.predict(scans)
+        seconds += time.perf_counter() - clock
+        detector.anatomy = "unsure"  # check's default
+        clock = time.perf_counter()
+        defaults = detector.predict(scans)
+        default_seconds += time.perf_counter() - clock
+        detector.anatomy = "never"  # the network alone
+        alone = detector.predict(scans)
+        # a scan any of the three runs could not judge is reported and left out of the rates, as check carries on
+        keep = np.array([not (a.error or b.error or c.error) for a, b, c in zip(predictions, defaults, alone)])
+        failures += [f"{bundle.subject} {facts['family'][i]} draw {facts['number'][i]}: "
+                     + next(p.error for p in (predictions[i], defaults[i], alone[i]) if p.error) for i in np.flatnonzero(~keep)]
+        predictions, defaults, alone = ([p for p, k in zip(run, keep) if k] for run in (predictions, defaults, alone))
+        registered += sum(p.tissue is not None for p in defaults)
+        same &= [p.verdict for p in predictions] == [p.verdict for p in defaults]
+        parts.append(Samples(torch.zeros(len(batch), 0), **facts).where(keep))
+        guard += [(p.righted, p.unrighted, p.pose_understood, p.registered_upright) for p in predictions]  # with the registration's say
+        said["network"] += [VERDICTS.index(p.verdict) for p in alone]
+        said["anatomy"] += [VERDICTS.index(p.verdict) for p in predictions]
+        alone_probabilities += [[p.probabilities[v] for v in VERDICTS] for p in alone]
+        probabilities += [[p.probabilities[v] for v in VERDICTS] for p in predictions]
+        tissue += [p.tissue for p in predictions]
+        texture += [p.texture for p in predictions]
+        nods += [(p.nod, p.unnodded) for p in predictions]
+        evened += [(p.evened_p_face, p.evened_tissue, p.registered_evened) for p in predictions]
+        print(f"{bundle.subject}: {len(batch)} volumes, {int((~keep).sum())} not judged", flush=True)
     samples, probabilities, alone_probabilities = Samples.join(parts), np.array(probabilities), np.array(alone_probabilities)
     # check's verdicts as it gave them: a head whose pose was not understood is face whatever its probabilities
     said = {name: np.array(verdict) for name, verdict in said.items()}
