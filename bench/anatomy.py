@@ -70,6 +70,8 @@ SEED = 1000  # the shipped column's draws (bench/detector_eval.py)
 #: the anatomy takes the network's ``face`` for unsure).
 VACANCY_LINES = (0.05, 0.1, 0.2, 0.3)
 VACANCY_CEILINGS = (NETWORK_SURE, None)
+#: The sets of feature regions :func:`overruling_report` lets overrule, fewest first.
+OVERRULING_CANDIDATES = (("eyes", "nose"), ("eyes", "nose", "chin"), ("eyes", "nose", "mouth"), ("eyes", "nose", "mouth", "chin"))
 
 
 def floor_report(rows: list[dict]) -> dict:
@@ -89,6 +91,39 @@ def floor_report(rows: list[dict]) -> dict:
             "lowest_recovered_p_face": min(recovered, default=None),
             "without_floor": {"removed faces not called face": [sum(unfloored(r) != "face" for r in removed), len(removed)],
                               "every face-labelled variant called face": [sum(unfloored(r) == "face" for r in faces), len(faces)]}}
+
+
+def overruling_report(rows: list[dict], folds: dict[str, str] | None = None) -> dict:
+    """Which feature regions should overrule (:data:`~defacegan.anatomy.OVERRULING`), on a run's rows:
+    for each set of :data:`OVERRULING_CANDIDATES`, the network's verdicts it turns ``face`` at the floor,
+    by label (its ``face`` ones are faces recovered, the rest false alarms). With ``folds`` (subject ->
+    the fold network that judged it, a ``--folds`` run), the choice cross-fitted: each fold gets the set
+    that recovers most faces net of false alarms on the other folds' heads (fewest regions on a tie) and
+    is scored on its own, so that no head's rows choose the set it is scored by."""
+    def turned(features: tuple[str, ...], subset: list[dict]) -> dict[str, int]:
+        flipped = [row["label"] for row in subset if row["network"] != "face"
+                   and overrules(row["network"], row["p_face"], row["tissue"], row.get("texture"), features=features)]
+        return {label: flipped.count(label) for label in VERDICTS}
+
+    def net(counts: dict[str, int]) -> int:
+        return counts["face"] - counts["removed"] - counts["replaced"]
+
+    report = {"current": list(OVERRULING), "sets": [{"features": list(features), **turned(features, rows)} for features in OVERRULING_CANDIDATES]}
+    if folds:
+        chosen = []
+        for fold in sorted(set(folds.values())):
+            own = [row for row in rows if folds[row["subject"]] == fold]
+            others = [row for row in rows if folds[row["subject"]] != fold]
+            best = max(OVERRULING_CANDIDATES, key=lambda features: (net(turned(features, others)), -len(features)))
+            chosen.append({"fold": fold, "features": list(best), "on_other_folds": turned(best, others), "on_own_fold": turned(best, own)})
+        report["cross_fitted"] = chosen
+    return report
+
+
+def run_folds(ckpt: str | None) -> dict[str, str] | None:
+    """Subject -> fold checkpoint, where a run judged its heads by the fold networks of ``ckpt`` (a ``--folds`` directory)."""
+    index = Path(ckpt or "") / "folds.json"
+    return {subject: name for name, tested in json.loads(index.read_text()).items() for subject in tested} if index.is_file() else None
 
 
 def vacancy_report(rows: list[dict]) -> dict:
@@ -135,8 +170,9 @@ def reading_report(rows: list[dict]) -> dict:
     :data:`~defacegan.features.FACE_MIN_FRACTION`), how many read at the anatomy's line
     (:data:`~defacegan.anatomy.TISSUE_MIN_SHARE`) or more, and of those where it does not, how many
     read so all the same; with the mean reading minus own share where the rule keeps it. And the
-    face-labelled scans ``check`` called defaced, by why the anatomy let them pass: an eye or nose
-    the rule keeps read under the line, or only the mouth or chin kept (regions it does not overrule on)."""
+    face-labelled scans ``check`` called defaced, by why the anatomy let them pass: an overruling
+    feature (:data:`~defacegan.anatomy.OVERRULING`) the rule keeps read under the line, or only
+    features kept that do not overrule."""
     read = [row for row in rows if row["tissue"] is not None]
     def share(value: float) -> float:
         return value if value == value else 0.0  # NaN: outside the field of view, none
@@ -150,8 +186,8 @@ def reading_report(rows: list[dict]) -> dict:
     missed = [row for row in read if row["label"] == "face" and row["anatomy"] != "face"]
     unread = [row for row in missed if any(share(row["own"][name]) >= FACE_MIN_FRACTION for name in OVERRULING)]
     return {"read": len(read), "of": len(rows), "features": features, "faces_called_defaced": len(missed),
-            "eyes_or_nose_kept_read_under_line": [f"{row['subject']} {row['family']} {row['draw']}" for row in unread],
-            "only_mouth_or_chin_kept": len(missed) - len(unread)}
+            "overruling_kept_read_under_line": [f"{row['subject']} {row['family']} {row['draw']}" for row in unread],
+            "only_others_kept": len(missed) - len(unread)}
 
 
 def print_reading_report(report: dict) -> None:
@@ -160,10 +196,10 @@ def print_reading_report(report: dict) -> None:
     for name, f in report["features"].items():
         bias = "" if f["kept_bias"] is None else f", reading minus own share where kept {f['kept_bias']:+.2f}"
         print(f"  {name}: {f['kept_read']} of {f['kept']} / {f['gone_read']} of {f['gone']}{bias}")
-    unread = report["eyes_or_nose_kept_read_under_line"]
+    unread = report["overruling_kept_read_under_line"]
     which = f" ({', '.join(unread)})" if unread else ""
-    print(f"face-labelled scans check called defaced: {report['faces_called_defaced']}; an eye or nose kept but read under the line: "
-          f"{len(unread)}{which}; only the mouth or chin kept: {report['only_mouth_or_chin_kept']}")
+    print(f"face-labelled scans check called defaced: {report['faces_called_defaced']}; {'/'.join(OVERRULING)} kept but read under the line: "
+          f"{len(unread)}{which}; only the other features kept: {report['only_others_kept']}")
 
 
 def print_nod_report(report: dict) -> None:
@@ -180,6 +216,14 @@ def print_vacancy_report(report: dict) -> None:
         ceiling = "none" if r["ceiling"] is None else f"{r['ceiling']:.2f}"
         print(f"  line {r['line']:.2f}, ceiling {ceiling}: removed {r['removed']}, replaced {r['replaced']}, "
               f"face {r['face']}{f' ({faces})' if faces else ''}")
+
+
+def print_overruling_report(report: dict) -> None:
+    print(f"regions that may overrule (now {'+'.join(report['current'])}): turned face at the floor, by label: "
+          + "; ".join(f"{'+'.join(entry['features'])}: " + ", ".join(f"{label} {entry[label]}" for label in VERDICTS)
+                      for entry in report["sets"]))
+    for fold in report.get("cross_fitted", []):
+        print(f"  cross-fitted, {fold['fold']}: {'+'.join(fold['features'])} (other folds {fold['on_other_folds']}; own fold {fold['on_own_fold']})")
 
 
 def print_floor_report(report: dict) -> None:
@@ -212,6 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
         report = floor_report(rows)
         print(f"{args.rows}:")
         print_floor_report(report)
+        print_overruling_report(overruling_report(rows, run_folds(json.loads(args.rows.read_text())["ckpt"])))
         print_vacancy_report(vacancy_report(rows))
         print_nod_report(nod_report(rows, detector.threshold))
         if "own" in rows[0]:  # runs stored before the rows held the rule's shares cannot say
@@ -291,14 +336,15 @@ def main(argv: list[str] | None = None) -> dict:
     turned = Counter(row["label"] for row in looked if turned_by_evened_look(row["anatomy"], row["p_face_evened"]))
     unconfirmed = Counter(row["label"] for row in looked if left_by_evened_look(row["anatomy"], row["tissue_evened"]))
     print(f"judged again with the bias field taken off (every verdict not face): {len(looked)} of {len(rows)} scans; turned to "
-          f"face: {sum(turned.values())} (by label: {dict(turned) or 'none'}); a face seen but no eye or nose region "
+          f"face: {sum(turned.values())} (by label: {dict(turned) or 'none'}); a face seen but no eye, nose or chin region "
           f"holding tissue, so not turned: {sum(unconfirmed.values())} (by label: {dict(unconfirmed) or 'none'})")
     result = write_result(args, detector, started, ckpt=args.folds and str(args.folds),  # every fold's, not the last one's
                           subjects=n_subjects, draws=args.draws, seed=args.seed, subjects_drawn=heads,
                           families=drawn, bias_field=field,
                           seconds_per_scan=round(per_scan, 2), default_seconds_per_scan=round(default_per_scan, 2),
                           default_registered=registered, default_same_verdicts=same, network=alone, anatomy=checked,
-                          per_family=families, floor=floor_report(rows), vacancy=vacancy_report(rows),
+                          per_family=families, floor=floor_report(rows),
+                          overruling=overruling_report(rows, run_folds(args.folds and str(args.folds))), vacancy=vacancy_report(rows),
                           nod=nod_report(rows, detector.threshold), reading=reading_report(rows), failures=failures, rows=rows)
     print(f"the pose guard (--anatomy): {sum(r['righted'] is not None for r in rows)} of {len(rows)} scans judged righted, "
           f"{sum(r['registered_upright'] for r in rows)} it could not read found upright by a registration and judged as they lie, "
@@ -306,6 +352,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"registered onto the evened scan alone; {len(failures)} scans not judged"
           + "".join(f"\n  {failure}" for failure in failures))
     print_floor_report(result["floor"])
+    print_overruling_report(result["overruling"])
     print_vacancy_report(result["vacancy"])
     print_nod_report(result["nod"])
     print_reading_report(result["reading"])

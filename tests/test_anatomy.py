@@ -65,9 +65,12 @@ def mean_head_versions(mean_head) -> dict[str, Scan]:
 
 def test_a_removed_verdict_is_overruled_only_where_a_feature_region_holds_tissue_and_the_network_is_unsure():
     kept = {"eyes": 0.9, "nose": 0.1, "mouth": 0.0, "chin": float("nan")}
-    gone = {"eyes": 0.2, "nose": 0.0, "mouth": 0.0, "chin": 1.0}  # the chin region lies next to the neck: no vote
-    assert kept_features(kept) == ["eyes"] and kept_features(gone) == []
+    chin = {"eyes": 0.0, "nose": 0.0, "mouth": 0.0, "chin": 0.9}  # a failed defacing that left the lower face
+    gone = {"eyes": 0.2, "nose": 0.0, "mouth": 1.0, "chin": 0.1}  # the mouth region: no vote
+    assert kept_features(kept) == ["eyes"] and kept_features(chin) == ["chin"] and kept_features(gone) == []
+    assert kept_features(chin, ("eyes", "nose")) == []
     assert verdict_of(REMOVED_LIKELY, 0.5, kept) == "face"
+    assert verdict_of(REMOVED_LIKELY, 0.5, chin) == "face"
     assert verdict_of(REMOVED_LIKELY, 0.5, gone) == "removed"
     assert verdict_of(REMOVED_LIKELY, 0.5) == "removed"
     assert verdict_of(REPLACED_LIKELY, 0.5, kept) == "replaced"  # a pasted face holds tissue by design
@@ -77,7 +80,7 @@ def test_a_removed_verdict_is_overruled_only_where_a_feature_region_holds_tissue
 
 def test_a_replaced_verdict_is_overruled_only_where_the_face_also_has_the_heads_own_texture():
     kept = {"eyes": 0.9, "nose": 0.8, "mouth": 0.9, "chin": 0.9}
-    gone = {"eyes": 0.2, "nose": 0.0, "mouth": 0.0, "chin": 1.0}
+    gone = {"eyes": 0.2, "nose": 0.0, "mouth": 1.0, "chin": 0.0}
     assert verdict_of(REPLACED_LIKELY, 0.5, kept, OWN_TEXTURE) == "face"
     assert verdict_of(REPLACED_LIKELY, 0.5, kept, OWN_TEXTURE - 0.05) == "replaced"  # smoother than the head: pasted
     assert verdict_of(REPLACED_LIKELY, 0.5, kept, float("nan")) == "replaced"
@@ -210,8 +213,10 @@ def test_on_a_real_held_out_head(held_out_bundle):
     lowest_eye = np.nonzero(eyes)[2].min()
     z = np.arange(bundle.face.shape[2])[None, None, :]
     below = (z < lowest_eye - 1) & bundle.face_region.any(axis=2, keepdims=True)
+    top_of_chin = np.nonzero(bundle.features == 1 + FEATURES.index("chin"))[2].max()
     versions = {"intact": bundle.face, "mask": np.where(bundle.face_region, 0, bundle.face),
-                "below the eyes": np.where(below, 0, bundle.face)}
+                "below the eyes": np.where(below, 0, bundle.face),
+                "all but the chin": np.where(bundle.face_region & (z > top_of_chin), 0, bundle.face)}
     shares = {name: read(Scan(volume.astype(np.float32), bundle.affine)).tissue for name, volume in versions.items()}
     assert {"eyes", "nose"} <= set(kept_features(shares["intact"])), shares["intact"]
     assert kept_features(shares["mask"]) == [], shares["mask"]
@@ -219,6 +224,8 @@ def test_on_a_real_held_out_head(held_out_bundle):
     # than the intact one's (0.45 on this head), which the 0.35 line still counts as kept
     assert "eyes" in kept_features(shares["below the eyes"]), shares["below the eyes"]
     assert shares["below the eyes"]["nose"] < shares["intact"]["nose"] - 0.3, shares
+    # a mask that stopped above the chin (shifted up, as a misregistered defacing leaves it): a face
+    assert kept_features(shares["all but the chin"]) == ["chin"], shares["all but the chin"]
 
 
 def test_an_overruled_verdict_says_why():

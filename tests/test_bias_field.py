@@ -79,18 +79,18 @@ def test_a_face_darkened_by_a_bias_field_is_face_and_a_removed_one_stays_removed
     assert Summary.of([result], 1.0).overruled == 1
 
 
-def test_the_evened_look_turns_a_verdict_only_where_the_eyes_or_nose_hold_tissue():
+def test_the_evened_look_turns_a_verdict_only_where_the_eyes_nose_or_chin_hold_tissue():
     """The network saw faces in defaced heads once they were evened (a mask-defaced head under Rician
-    noise, bench/acquisition.py): its face counts only where the anatomy finds the eye or nose region
-    on the evened scan; otherwise the verdict stays, with a note to look at it."""
+    noise, bench/acquisition.py): its face counts only where the anatomy finds an overruling region
+    (eyes, nose, chin) on the evened scan; otherwise the verdict stays, with a note to look at it."""
     detector = Detector(anatomy="never")  # the rule alone; the network is not run
-    gone = {"eyes": 0.0, "nose": 0.12, "mouth": 0.5, "chin": 0.9}
-    assert detector.evened_shows_face(0.9, {**gone, "eyes": 0.8})
+    gone = {"eyes": 0.0, "nose": 0.12, "mouth": 0.5, "chin": 0.2}
+    assert detector.evened_shows_face(0.9, {**gone, "eyes": 0.8}) and detector.evened_shows_face(0.9, {**gone, "chin": 0.8})
     assert not detector.evened_shows_face(0.9, gone)
     assert not detector.evened_shows_face(0.3, {**gone, "eyes": 0.8}) and not detector.evened_shows_face(None, None)
     left = CheckResult("scan.nii.gz", probabilities={"face": 0.3, "removed": 0.6, "replaced": 0.1}, answer="removed",
                        evened_p_face=0.9, evened_tissue=gone)
-    assert left.evened_unconfirmed and not left.evened_to_face and "no eye or nose region holds tissue" in left.note
+    assert left.evened_unconfirmed and not left.evened_to_face and "no eye, nose or chin region holds tissue" in left.note
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ bias fields with coefficients up to 1, ``check`` called three of eight held-out 
 estimates the smooth multiplicative field and divides it out. The network never saw N4-corrected
 heads, so it is not run on every scan; a scan the network and the anatomy call ``removed`` or
 ``replaced`` is judged once more with its intensities evened, and called ``face`` if the network then
-sees one and the anatomy, read on the evened scan, finds the eye or nose region holding tissue
+sees one and the anatomy, read on the evened scan, finds the eye, nose or chin region holding tissue
 (:meth:`defacegan.inference.Detector.look_evened`). It can only turn a verdict to ``face``: the error
 it risks is a false alarm, the safe one. The anatomy has its say because the network alone saw a
 face in a mask-defaced held-out head under Rician noise once it was evened (p(face) 0.50;

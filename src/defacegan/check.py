@@ -211,7 +211,7 @@ class CheckResult:
                          f"tissue ({self.regions_text(self.evened_tissue)}): look at it")
         if self.evened_unconfirmed:
             notes.append(f"with the scan's intensities evened (its bias field taken off, N4) the network sees a face "
-                         f"(p(face) {self.evened_p_face:.2f}), but no eye or nose region holds tissue: look at it")
+                         f"(p(face) {self.evened_p_face:.2f}), but no eye, nose or chin region holds tissue: look at it")
         if self.registered_evened:
             notes.append("the template would not register onto the scan as it is (a strong bias field?); it did with "
                          "the scan's intensities evened (its bias field taken off, N4), and the anatomy was read there")
@@ -230,7 +230,7 @@ class CheckResult:
 
     @staticmethod
     def regions_text(tissue: dict[str, float]) -> str:
-        """The eye and nose regions that hold tissue, with their shares: "eyes 0.94, nose 0.99"."""
+        """The eye, nose and chin regions that hold tissue, with their shares: "eyes 0.94, nose 0.99"."""
         return ", ".join(f"{name} {tissue[name]:.2f}" for name in kept_features(tissue))
 
     @property

@@ -135,7 +135,7 @@ def add_detector_options(parser) -> None:
                         "measured only where it can change the answer: a scan the network is unsure of, "
                         f"{NETWORK_UNSURE} <= p(face) < {NETWORK_SURE}, whose head is nodded more than {NOD_BEYOND:g} degrees "
                         "from the training heads' pose is judged again with the nod taken off; a 'removed' verdict at "
-                        f"p(face) >= {NETWORK_UNSURE} becomes 'face' when the eye or nose region still holds tissue, and so does any "
+                        f"p(face) >= {NETWORK_UNSURE} becomes 'face' when the eye, nose or chin region still holds tissue, and so does any "
                         "'replaced' one whose face also has the fine texture of the rest of the head; "
                         "a template registration, 2-3 s a scan; and every scan called 'removed' or 'replaced' is "
                         "judged again with its bias field taken off, N4, about a second)")

@@ -10,7 +10,7 @@ instead of stopping the batch.
 
 :mod:`defacegan.anatomy` gives a second opinion from a registration of the template: a head
 nodded beyond the training poses, of which the network was unsure, is judged again on a grid turned
-to take the nod off; then a ``removed`` verdict the network is unsure of whose eye or nose region
+to take the nod off; then a ``removed`` verdict the network is unsure of whose eye, nose or chin region
 still holds tissue becomes ``face``, and so does any ``replaced`` one, however sure the network
 was, whose face also has the fine texture of the rest of the head. ``anatomy`` says on which scans
 it is measured (:data:`ANATOMY_MODES`): by default only on those it could change (:func:`~defacegan.anatomy.needs_reading`),
@@ -117,7 +117,7 @@ def turned_by_evened_look(verdict: str | None, evened_p_face: float | None) -> b
 
 def left_by_evened_look(verdict: str | None, evened_tissue: dict[str, float] | None) -> bool:
     """Called ``removed`` or ``replaced`` though the network saw a face once the bias field was taken
-    off: no eye or nose region held tissue on the evened scan."""
+    off: no eye, nose or chin region held tissue on the evened scan."""
     return verdict in ("removed", "replaced") and evened_tissue is not None
 
 
@@ -425,7 +425,7 @@ class Detector:
 
     def evened_shows_face(self, p_face: float | None, tissue: dict[str, float] | None) -> bool:
         """Whether the evened look (:meth:`look_evened`; None: none taken) sees a face: the network does
-        and the eye or nose region holds tissue (:func:`defacegan.anatomy.kept_features`). Both, because
+        and the eye, nose or chin region holds tissue (:func:`defacegan.anatomy.kept_features`). Both, because
         the network alone, on evened scans it was never trained on, saw faces in defaced heads too (a
         mask-defaced head under Rician noise, bench/acquisition.py)."""
         return p_face is not None and p_face >= self.threshold and bool(kept_features(tissue or {}))
