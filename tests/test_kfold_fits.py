@@ -47,3 +47,32 @@ def test_kept_folds_load_as_check_loads_them_and_judge_only_their_own_test_heads
         assert torch.allclose(torch.softmax(single.net(views), 1), torch.softmax(nets[0](views), 1), atol=1e-6)
         mean = torch.stack([torch.softmax(net(views), 1) for net in nets[1:]]).mean(0)
         assert torch.allclose(torch.softmax(pair.net(views), 1), mean, atol=1e-6)
+
+
+def _row(subject: str, label: str, chin: float, p_face: float = 0.3) -> dict:
+    """A ``removed`` verdict the network was unsure of, whose only region holding tissue is the chin's."""
+    return {"subject": subject, "label": label, "network": "removed", "p_face": p_face, "texture": 1.0,
+            "tissue": {"eyes": 0.0, "nose": 0.0, "mouth": 0.0, "chin": chin}}
+
+
+def test_the_overruling_regions_are_chosen_on_the_other_folds_heads_and_scored_on_their_own(monkeypatch):
+    """The cross-fitted choice of ``bench/anatomy.py``'s ``overruling`` report: a fold's set comes from
+    the other folds' rows only. A chin that recovers the faces of folds 0 and 1 but raises two false
+    alarms on fold 2 is chosen for fold 2 (and scored there: two false alarms), and for neither fold
+    0 nor 1, whose other folds' rows show it losing."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from anatomy import overruling_report
+
+    rows = [_row("A", "face", 0.9), _row("B", "face", 0.8), _row("C", "removed", 0.9), _row("C", "removed", 0.9),
+            _row("C", "face", 0.1), _row("A", "removed", 0.1, p_face=0.01)]  # the last two: under the line, under the floor
+    report = overruling_report(rows, {"A": "fold-0.pt", "B": "fold-1.pt", "C": "fold-2.pt"})
+
+    chin = next(entry for entry in report["sets"] if entry["features"] == ["eyes", "nose", "chin"])
+    plain = next(entry for entry in report["sets"] if entry["features"] == ["eyes", "nose"])
+    assert (chin["face"], chin["removed"]) == (2, 2) and (plain["face"], plain["removed"]) == (0, 0)
+    chosen = {fold["fold"]: fold for fold in report["cross_fitted"]}
+    # fold 0's others: B's face against C's two false alarms; fold 1's the same with A: a loss, so no chin
+    assert chosen["fold-0.pt"]["features"] == ["eyes", "nose"] and chosen["fold-1.pt"]["features"] == ["eyes", "nose"]
+    # fold 2's others: A's and B's faces, no false alarm: the chin, scored on C's two false alarms
+    assert chosen["fold-2.pt"]["features"] == ["eyes", "nose", "chin"]
+    assert chosen["fold-2.pt"]["on_own_fold"] == {"face": 0, "removed": 2, "replaced": 0}
