@@ -101,8 +101,8 @@ def overruling_report(rows: list[dict], folds: dict[str, str] | None = None) -> 
     that recovers most faces net of false alarms on the other folds' heads (fewest regions on a tie) and
     is scored on its own, so that no head's rows choose the set it is scored by."""
     def turned(features: tuple[str, ...], subset: list[dict]) -> dict[str, int]:
-        flipped = [row["label"] for row in subset if row["network"] != "face"
-                   and overrules(row["network"], row["p_face"], row["tissue"], row.get("texture"), features=features)]
+        flipped = [row["label"] for row in subset
+                   if overrules(row["network"], row["p_face"], row["tissue"], row.get("texture"), features=features)]
         return {label: flipped.count(label) for label in VERDICTS}
 
     def net(counts: dict[str, int]) -> int:
@@ -114,16 +114,22 @@ def overruling_report(rows: list[dict], folds: dict[str, str] | None = None) -> 
         for fold in sorted(set(folds.values())):
             own = [row for row in rows if folds[row["subject"]] == fold]
             others = [row for row in rows if folds[row["subject"]] != fold]
-            best = max(OVERRULING_CANDIDATES, key=lambda features: (net(turned(features, others)), -len(features)))
-            chosen.append({"fold": fold, "features": list(best), "on_other_folds": turned(best, others), "on_own_fold": turned(best, own)})
+            on_others = {features: turned(features, others) for features in OVERRULING_CANDIDATES}
+            best = max(OVERRULING_CANDIDATES, key=lambda features: (net(on_others[features]), -len(features)))
+            chosen.append({"fold": fold, "features": list(best), "on_other_folds": on_others[best], "on_own_fold": turned(best, own)})
         report["cross_fitted"] = chosen
     return report
 
 
+def fold_tests(folds: Path) -> dict[str, list[str]]:
+    """Each fold checkpoint ``bench/detector_eval.py --fits`` kept in ``folds``, with its test subjects (``folds.json``)."""
+    return json.loads((folds / "folds.json").read_text())
+
+
 def run_folds(ckpt: str | None) -> dict[str, str] | None:
     """Subject -> fold checkpoint, where a run judged its heads by the fold networks of ``ckpt`` (a ``--folds`` directory)."""
-    index = Path(ckpt or "") / "folds.json"
-    return {subject: name for name, tested in json.loads(index.read_text()).items() for subject in tested} if index.is_file() else None
+    folds = Path(ckpt or "")
+    return {subject: name for name, tested in fold_tests(folds).items() for subject in tested} if (folds / "folds.json").is_file() else None
 
 
 def vacancy_report(rows: list[dict]) -> dict:
@@ -239,7 +245,7 @@ def fold_judges(folds: Path, ixi: Path, pose_check: bool) -> list[tuple[Detector
     it never saw (its test subjects, ``folds.json``)."""
     every = sorted(ixi.glob("*.nii*"))
     return [(Detector(folds / name, device="cpu", pose_check=pose_check), [path for path in every if subject_of(path) in tested])
-            for name, tested in json.loads((folds / "folds.json").read_text()).items()]
+            for name, tested in fold_tests(folds).items()]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -252,11 +258,12 @@ def main(argv: list[str] | None = None) -> dict:
     drawn = args.families.split(",")
     field = {"prob": 1.0, "coefficients": args.bias_field} if args.bias_field else None
     if args.rows:
-        rows = json.loads(args.rows.read_text())["rows"]
+        stored = json.loads(args.rows.read_text())
+        rows = stored["rows"]
         report = floor_report(rows)
         print(f"{args.rows}:")
         print_floor_report(report)
-        print_overruling_report(overruling_report(rows, run_folds(json.loads(args.rows.read_text())["ckpt"])))
+        print_overruling_report(overruling_report(rows, run_folds(stored["ckpt"])))
         print_vacancy_report(vacancy_report(rows))
         print_nod_report(nod_report(rows, detector.threshold))
         if "own" in rows[0]:  # runs stored before the rows held the rule's shares cannot say

@@ -82,9 +82,10 @@ TISSUE_MIN_SHARE = 0.35
 #: eyes, nose and chin in 7 of 8 choices (both runs, four folds each), and on the folds it was chosen
 #: for it recovered 11 faces (eyes and nose alone: 9) for the same 3 false alarms. On the 24 heads the
 #: shipped detector trained on (``--subjects training --draws 1 --seed 2000``) it turns 1 more face
-#: for 3 more false alarms; on its 8 held-out heads' five runs (make figures), 6 more faces for 1. A
-#: face called defaced is the error a privacy check must not make; a false alarm costs a look. The
-#: mouth region adds a face the chin does not on one run of those seven.
+#: for 3 more false alarms; on its 8 held-out heads, through ``check`` before and after (make
+#: figures' five anatomy runs and the sweep, rerun at 7e2a13d), 5 more faces for 2. A face called
+#: defaced is the error a privacy check must not make; a false alarm costs a look. The mouth region
+#: adds a face the chin does not on one of the seven anatomy runs.
 OVERRULING = ("eyes", "nose", "chin")
 #: ... and only when the network gave the face at least this probability. Chosen on the anatomy bench's
 #: runs of the two shipped detectors before the current one (bench/anatomy.py, 8 held-out heads,
