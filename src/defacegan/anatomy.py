@@ -253,11 +253,12 @@ def feature_regions(scan: Scan, transform: sitk.Transform) -> np.ndarray:
     return deface.warp(template_features(), transform, scan.data.shape, scan.affine, linear=False).astype(np.uint8)
 
 
-def looks_like_tissue(data: np.ndarray, region: np.ndarray) -> bool:
+def looks_like_tissue(data: np.ndarray, region: np.ndarray, min_variation: float = MIN_VARIATION) -> bool:
     """Whether the voxels of ``region`` look like tissue rather than a fill: neighbours along the
-    voxel axes correlate (:data:`MIN_NEIGHBOUR_CORRELATION`) and intensities vary (:data:`MIN_VARIATION`)."""
+    voxel axes correlate (:data:`MIN_NEIGHBOUR_CORRELATION`) and intensities vary (``min_variation``;
+    bench/reading.py asks what a lower line would change)."""
     values = data[region].astype(np.float64)
-    if values.size < 20 or values.mean() <= 0 or values.std() / values.mean() < MIN_VARIATION:
+    if values.size < 20 or values.mean() <= 0 or values.std() / values.mean() < min_variation:
         return False
     correlations = []
     for axis in range(3):
