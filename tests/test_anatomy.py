@@ -16,7 +16,8 @@ import pytest
 from scipy import ndimage
 
 from defacegan.anatomy import (NETWORK_SURE, NETWORK_UNSURE, NOD_BEYOND, OWN_TEXTURE, TISSUE_MIN_SHARE, TYPICAL_NOD,
-                               face_texture, feature_regions, kept_features, nod_to_undo, read)
+                               face_texture, feature_regions, kept_features, looks_like_tissue, nod_to_undo, read,
+                               template_features)
 from defacegan.check import CheckResult
 from defacegan.cli import EXIT_FACE, main
 from defacegan.contract import plane_rotation, turned
@@ -126,6 +127,20 @@ def test_each_carried_feature_region_lies_in_its_own_template_boxes(mean_head):
         grown = [tuple((low - 1, high + 1) for low, high in box) for box in FEATURE_BOXES[name]]
         labelled = regions == number
         assert labelled.sum() > 100 and in_boxes(voxels[labelled], grown).all(), name
+
+
+def test_a_lower_variation_line_reads_the_mean_heads_homogeneous_chin_and_still_no_fill():
+    """The tissue test's variation line fails the template's own intact chin (its intensities vary by
+    0.14 of their mean: fat under thin skin), which is why a kept chin often reads 0 (bench/reading.py
+    asks what a lower line would change); a constant or noise fill fails a lower line too."""
+    data = np.asanyarray(template_masks().head.dataobj).astype(np.float32)
+    chin = (np.asanyarray(template_features().dataobj) == 1 + FEATURES.index("chin")) & head_mask(data)
+    assert not looks_like_tissue(data, chin)
+    assert looks_like_tissue(data, chin, min_variation=0.05)
+    level = float(data[chin].mean())
+    noise = np.random.default_rng(0).normal(level, level / 2, data.shape).astype(np.float32)
+    for fill in (np.full_like(data, level), noise):
+        assert not looks_like_tissue(np.where(chin, fill, data), chin, min_variation=0.05)
 
 
 def test_feature_regions_on_the_mean_head(mean_head_versions):
