@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from defacegan.anatomy import NETWORK_SURE, NETWORK_UNSURE, OVERRULING, TISSUE_MIN_SHARE, overrules
+from defacegan.anatomy import NETWORK_SURE, NETWORK_UNSURE, OVERRULING, TISSUE_MIN_SHARE, kept_features, may_overrule, overrules
 from defacegan.contract import VERDICTS
 from defacegan.detector_data import Samples, bundle_caches, draw_volumes, read_bundle, subject_of
 from defacegan.families import FAMILIES
@@ -176,8 +176,8 @@ def reading_report(rows: list[dict]) -> dict:
     :data:`~defacegan.features.FACE_MIN_FRACTION`), how many read at the anatomy's line
     (:data:`~defacegan.anatomy.TISSUE_MIN_SHARE`) or more, and of those where it does not, how many
     read so all the same; with the mean reading minus own share where the rule keeps it. And the
-    face-labelled scans ``check`` called defaced, by why the anatomy let them pass: an overruling
-    feature (:data:`~defacegan.anatomy.OVERRULING`) the rule keeps read under the line, or only
+    face-labelled scans ``check`` called defaced, by why the anatomy let them pass (:func:`why_passed`),
+    where the rule keeps an overruling feature (:data:`~defacegan.anatomy.OVERRULING`), or only
     features kept that do not overrule."""
     read = [row for row in rows if row["tissue"] is not None]
     def share(value: float) -> float:
@@ -190,10 +190,28 @@ def reading_report(rows: list[dict]) -> dict:
                           "kept_bias": float(np.mean([share(row["tissue"][name]) - row["own"][name] for row in kept])) if kept else None,
                           "gone": len(gone), "gone_read": sum(share(row["tissue"][name]) >= TISSUE_MIN_SHARE for row in gone)}
     missed = [row for row in read if row["label"] == "face" and row["anatomy"] != "face"]
-    unread = [row for row in missed if any(share(row["own"][name]) >= FACE_MIN_FRACTION for name in OVERRULING)]
+    overruling = [row for row in missed if any(share(row["own"][name]) >= FACE_MIN_FRACTION for name in OVERRULING)]
+    passed: dict[str, list[str]] = {why: [] for why in WHY_PASSED}
+    for row in overruling:
+        passed[why_passed(row)].append(f"{row['subject']} {row['family']} {row['draw']}")
     return {"read": len(read), "of": len(rows), "features": features, "faces_called_defaced": len(missed),
-            "overruling_kept_read_under_line": [f"{row['subject']} {row['family']} {row['draw']}" for row in unread],
-            "only_others_kept": len(missed) - len(unread)}
+            "overruling_kept": passed, "only_others_kept": len(missed) - len(overruling)}
+
+
+#: Why a face-labelled scan ``check`` called defaced got past the anatomy (:func:`why_passed`).
+WHY_PASSED = ("read under the line", "read, the network sure", "read, smooth as a pasted face", "read, yet not face")
+
+
+def why_passed(row: dict) -> str:
+    """Of :data:`WHY_PASSED`: no overruling region read at the line; or they read, but the network was
+    sure of its ``removed`` (p(face) under the floor, after a nod was taken off), or the face's texture
+    was not the head's own (a ``replaced`` verdict), or a later look (the evened one) left the verdict."""
+    p_face = row["p_face_unnodded"] if row["p_face_unnodded"] is not None else row["p_face"]
+    if not kept_features(row["tissue"]):
+        return WHY_PASSED[0]
+    if not may_overrule(row["anatomy"], p_face):
+        return WHY_PASSED[1]
+    return WHY_PASSED[2] if not overrules(row["anatomy"], p_face, row["tissue"], row["texture"]) else WHY_PASSED[3]
 
 
 def print_reading_report(report: dict) -> None:
@@ -202,10 +220,9 @@ def print_reading_report(report: dict) -> None:
     for name, f in report["features"].items():
         bias = "" if f["kept_bias"] is None else f", reading minus own share where kept {f['kept_bias']:+.2f}"
         print(f"  {name}: {f['kept_read']} of {f['kept']} / {f['gone_read']} of {f['gone']}{bias}")
-    unread = report["overruling_kept_read_under_line"]
-    which = f" ({', '.join(unread)})" if unread else ""
-    print(f"face-labelled scans check called defaced: {report['faces_called_defaced']}; {'/'.join(OVERRULING)} kept but read under the line: "
-          f"{len(unread)}{which}; only the other features kept: {report['only_others_kept']}")
+    print(f"face-labelled scans check called defaced: {report['faces_called_defaced']}; {'/'.join(OVERRULING)} kept: "
+          + "; ".join(f"{why} {len(scans)}" + (f" ({', '.join(scans)})" if scans else "") for why, scans in report["overruling_kept"].items())
+          + f"; only the other features kept: {report['only_others_kept']}")
 
 
 def print_nod_report(report: dict) -> None:
