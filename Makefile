@@ -96,7 +96,7 @@ $(MEMBER_DIR)/seed-%.pt: src/defacegan/families.py src/defacegan/features.py src
 # and the anatomy's second opinion against the network alone on every family (bench/anatomy.py, ~38 min), and on fresh partial and eye-level draws alone (15 min);
 # and on all 32 heads, each judged by the flattened one-network k-fold's network that never saw it (its fits kept by --fits; 31 min), and on their fresh partial and eye-level draws (~15 min);
 # how the anatomy's reading of each feature region agrees with the label rule on those k-fold runs and the held-out partial one, and what a
-# head grown 2 or 4 mm or a lower variation line for the tissue test would turn in check (bench/reading.py, 13, 6 and 6 min);
+# head grown 2 or 4 mm or a lower variation line for the tissue test would turn in check (bench/reading.py, 10, 5 and 5 min);
 # the partial-removal sweep (from below, from the front, the nose alone) through check and the network alone (bench/sweep_check.py, ~5 min), and on Colin27 (1 min);
 # and held-out heads re-faced by a Pix2Pix that train.py trains on the others (bench/gan_refaced.py, ~5 min);
 # held-out heads whose face is replaced by faces the detector never trained on: Colin27's, the training heads' average, the other held-out heads' average, another held-out head's (bench/other_faces.py, 7 min), and by each of the shipped ensemble's members alone (--member, 6 min each);
