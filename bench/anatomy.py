@@ -56,6 +56,7 @@ import torch
 from rich.console import Console
 
 from defacegan.anatomy import NETWORK_SURE, NETWORK_UNSURE, OVERRULING, TISSUE_MIN_SHARE, kept_features, may_overrule, overrules
+from defacegan.check import LOOK_FLOOR
 from defacegan.contract import VERDICTS
 from defacegan.detector_data import Samples, bundle_caches, draw_volumes, read_bundle, subject_of
 from defacegan.families import FAMILIES
@@ -193,9 +194,15 @@ def reading_report(rows: list[dict]) -> dict:
     overruling = [row for row in missed if any(share(row["own"][name]) >= FACE_MIN_FRACTION for name in OVERRULING)]
     passed: dict[str, list[str]] = {why: [] for why in WHY_PASSED}
     for row in overruling:
-        passed[why_passed(row)].append(f"{row['subject']} {row['family']} {row['draw']}")
+        passed[why_passed(row)].append(f"{row['subject']} {row['family']} {row['draw']} (p(face) {final_p_face(row):.2f})")
     return {"read": len(read), "of": len(rows), "features": features, "faces_called_defaced": len(missed),
+            "noted_near_the_line": sum(final_p_face(row) >= LOOK_FLOOR for row in missed),
             "overruling_kept": passed, "only_others_kept": len(missed) - len(overruling)}
+
+
+def final_p_face(row: dict) -> float:
+    """p(face) as ``check`` last gave it: the network's, or with the nod taken off where it was."""
+    return row["p_face_unnodded"] if row["p_face_unnodded"] is not None else row["p_face"]
 
 
 #: Why a face-labelled scan ``check`` called defaced got past the anatomy (:func:`why_passed`).
@@ -206,7 +213,7 @@ def why_passed(row: dict) -> str:
     """Of :data:`WHY_PASSED`: no overruling region read at the line; or they read, but the network was
     sure of its ``removed`` (p(face) under the floor, after a nod was taken off), or the face's texture
     was not the head's own (a ``replaced`` verdict), or a later look (the evened one) left the verdict."""
-    p_face = row["p_face_unnodded"] if row["p_face_unnodded"] is not None else row["p_face"]
+    p_face = final_p_face(row)
     if not kept_features(row["tissue"]):
         return WHY_PASSED[0]
     if not may_overrule(row["anatomy"], p_face):
@@ -220,7 +227,8 @@ def print_reading_report(report: dict) -> None:
     for name, f in report["features"].items():
         bias = "" if f["kept_bias"] is None else f", reading minus own share where kept {f['kept_bias']:+.2f}"
         print(f"  {name}: {f['kept_read']} of {f['kept']} / {f['gone_read']} of {f['gone']}{bias}")
-    print(f"face-labelled scans check called defaced: {report['faces_called_defaced']}; {'/'.join(OVERRULING)} kept: "
+    print(f"face-labelled scans check called defaced: {report['faces_called_defaced']}, {report['noted_near_the_line']} of them "
+          f"noted near the line (p(face) >= {LOOK_FLOOR:g}); {'/'.join(OVERRULING)} kept: "
           + "; ".join(f"{why} {len(scans)}" + (f" ({', '.join(scans)})" if scans else "") for why, scans in report["overruling_kept"].items())
           + f"; only the other features kept: {report['only_others_kept']}")
 

@@ -42,6 +42,7 @@ from defacegan.contract import VERDICTS
 from defacegan.detector_data import bundle_caches, subject_of
 from defacegan.features import FACE_MIN_FRACTION, FEATURES
 from defacegan.inference import Detector
+from anatomy import final_p_face
 from held_out import held_out_setup, write_result
 
 #: The readings compared: name → (mm the head is grown by, the variation line of the tissue test).
@@ -125,8 +126,7 @@ def why_unread(rows: list[dict]) -> dict:
 def replay(rows: list[dict], reading: str) -> dict:
     """The run's final verdicts not ``face`` that ``reading`` would overrule, by label, and who they are."""
     turned = [row for row in rows if row["anatomy"] != "face"
-              and overrules(row["anatomy"], row["p_face_unnodded"] if row["p_face_unnodded"] is not None else row["p_face"],
-                            row["readings"][reading], row["texture"])]
+              and overrules(row["anatomy"], final_p_face(row), row["readings"][reading], row["texture"])]
     return {"by_label": {label: sum(row["label"] == label for row in turned) for label in VERDICTS},
             "scans": [f"{row['subject']} {row['family']} {row['draw']} ({row['label']})" for row in turned]}
 
