@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -181,23 +182,33 @@ def reading_report(rows: list[dict]) -> dict:
     where the rule keeps an overruling feature (:data:`~defacegan.anatomy.OVERRULING`), or only
     features kept that do not overrule."""
     read = [row for row in rows if row["tissue"] is not None]
-    def share(value: float) -> float:
-        return value if value == value else 0.0  # NaN: outside the field of view, none
-    features = {}
-    for name in FEATURES:
-        kept = [row for row in read if share(row["own"][name]) >= FACE_MIN_FRACTION]
-        gone = [row for row in read if share(row["own"][name]) < FACE_MIN_FRACTION]
-        features[name] = {"kept": len(kept), "kept_read": sum(share(row["tissue"][name]) >= TISSUE_MIN_SHARE for row in kept),
-                          "kept_bias": float(np.mean([share(row["tissue"][name]) - row["own"][name] for row in kept])) if kept else None,
-                          "gone": len(gone), "gone_read": sum(share(row["tissue"][name]) >= TISSUE_MIN_SHARE for row in gone)}
     missed = [row for row in read if row["label"] == "face" and row["anatomy"] != "face"]
     overruling = [row for row in missed if any(share(row["own"][name]) >= FACE_MIN_FRACTION for name in OVERRULING)]
     passed: dict[str, list[str]] = {why: [] for why in WHY_PASSED}
     for row in overruling:
         passed[why_passed(row)].append(f"{row['subject']} {row['family']} {row['draw']} (p(face) {final_p_face(row):.2f})")
-    return {"read": len(read), "of": len(rows), "features": features, "faces_called_defaced": len(missed),
+    return {"read": len(read), "of": len(rows), "features": feature_agreement(read, lambda row: row["tissue"]),
+            "faces_called_defaced": len(missed),
             "noted_near_the_line": sum(final_p_face(row) >= LOOK_FLOOR for row in missed),
             "overruling_kept": passed, "only_others_kept": len(missed) - len(overruling)}
+
+
+def share(value: float) -> float:
+    return value if value == value else 0.0  # NaN: outside the field of view, none
+
+
+def feature_agreement(rows: list[dict], tissue: Callable[[dict], dict[str, float]]) -> dict:
+    """Per feature, of ``rows``: where the label rule keeps it (``own`` share at least
+    :data:`~defacegan.features.FACE_MIN_FRACTION`) how many read (``tissue(row)``) at the anatomy's line
+    or more, and the mean reading minus own share there; where it does not, how many read so all the same."""
+    result = {}
+    for name in FEATURES:
+        kept = [row for row in rows if share(row["own"][name]) >= FACE_MIN_FRACTION]
+        gone = [row for row in rows if share(row["own"][name]) < FACE_MIN_FRACTION]
+        result[name] = {"kept": len(kept), "kept_read": sum(share(tissue(row)[name]) >= TISSUE_MIN_SHARE for row in kept),
+                        "kept_bias": float(np.mean([share(tissue(row)[name]) - row["own"][name] for row in kept])) if kept else None,
+                        "gone": len(gone), "gone_read": sum(share(tissue(row)[name]) >= TISSUE_MIN_SHARE for row in gone)}
+    return result
 
 
 def final_p_face(row: dict) -> float:

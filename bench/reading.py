@@ -42,7 +42,7 @@ from defacegan.contract import VERDICTS
 from defacegan.detector_data import bundle_caches, subject_of
 from defacegan.features import FACE_MIN_FRACTION, FEATURES
 from defacegan.inference import Detector
-from anatomy import final_p_face
+from anatomy import feature_agreement, final_p_face, share
 from held_out import held_out_setup, write_result
 
 #: The readings compared: name → (mm the head is grown by, the variation line of the tissue test).
@@ -60,7 +60,7 @@ def read_head(job: tuple) -> list[dict]:
     from defacegan.anatomy import feature_regions, looks_like_tissue
     from defacegan.contract import InputContract
     from defacegan.detector_data import draw_volumes, read_bundle
-    from defacegan.features import head_mask
+    from defacegan.features import fractions, head_mask
     from defacegan.io import Scan, ScanError
 
     torch.set_num_threads(1)
@@ -77,33 +77,17 @@ def read_head(job: tuple) -> list[dict]:
             continue
         head = head_mask(scan.data)
         outside = ndimage.distance_transform_edt(~head, sampling=scan.spacing)
-        regions = {name: features == number for number, name in enumerate(FEATURES, start=1)}
-        row["readings"] = {}
-        for reading, (grown, variation) in READINGS.items():
-            near = outside <= grown
-            row["readings"][reading] = {
-                name: float("nan") if not region.any()
-                else float((region & near).sum() / region.sum()) if looks_like_tissue(scan.data, region & head, variation) else 0.0
-                for name, region in regions.items()}
-        row["inside"] = {name: float((region & head).sum() / region.sum()) if region.any() else float("nan") for name, region in regions.items()}
+        within = {grown: fractions(features, outside <= grown) for grown in {grown for grown, _ in READINGS.values()}}
+        tissue_like = {variation: {name: looks_like_tissue(scan.data, (features == index) & head, variation)
+                                   for index, name in enumerate(FEATURES, start=1)}
+                       for variation in {variation for _, variation in READINGS.values()}}
+        row["readings"] = {reading: {name: value if value != value or tissue_like[variation][name] else 0.0
+                                     for name, value in within[grown].items()}
+                           for reading, (grown, variation) in READINGS.items()}
+        row["inside"] = within[0.0]
         rows.append(row)
     print(f"  {bundle.subject}: {len(rows)} volumes", flush=True)
     return rows
-
-
-def share(value: float) -> float:
-    return value if value == value else 0.0  # NaN: outside the field of view, none
-
-
-def agreement(rows: list[dict], reading: str) -> dict:
-    """Per feature: scans where the rule keeps it and how many read at the line; where it does not, the same."""
-    result = {}
-    for name in FEATURES:
-        kept = [row for row in rows if share(row["own"][name]) >= FACE_MIN_FRACTION]
-        gone = [row for row in rows if share(row["own"][name]) < FACE_MIN_FRACTION]
-        result[name] = {"kept": len(kept), "kept_read": sum(share(row["readings"][reading][name]) >= TISSUE_MIN_SHARE for row in kept),
-                        "gone": len(gone), "gone_read": sum(share(row["readings"][reading][name]) >= TISSUE_MIN_SHARE for row in gone)}
-    return result
 
 
 def why_unread(rows: list[dict]) -> dict:
@@ -154,7 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append({**row, **again})
     print(f"{len(rows)} of {len(stored['rows'])} scans read again; {differ} read otherwise than the stored run "
           f"({'the same volumes' if not differ else 'NOT the same volumes or code: the replay below is not the run'})")
-    readings = {reading: {"agreement": agreement(rows, reading), "replay": replay(rows, reading)} for reading in READINGS}
+    readings = {reading: {"agreement": feature_agreement(rows, lambda row: row["readings"][reading]),
+                          "replay": replay(rows, reading)} for reading in READINGS}
     print(f"reading at the line ({TISSUE_MIN_SHARE}) or more, where the rule keeps the feature (own >= {FACE_MIN_FRACTION}) / where not; "
           f"check's verdicts not face it turns face, by label:")
     for reading, result in readings.items():
